@@ -1,0 +1,187 @@
+use super::*;
+use std::collections::HashMap;
+use std::io::Write;
+
+fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let map: HashMap<String, String> =
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    move |k| map.get(k).cloned()
+}
+
+fn file_with(text: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    f
+}
+
+fn load(text: &str, env: &[(&str, &str)], flags: &Overrides) -> Result<Config, ConfigError> {
+    let f = file_with(text);
+    Config::load(Some(f.path()), &env_of(env), flags)
+}
+
+const FULL: &str = r#"
+listen = "127.0.0.1:7000"
+admin_listen = "127.0.0.1:7001"
+
+[health]
+interval = "250ms"
+timeout = "500ms"
+failure_threshold = 5
+
+[failover]
+promote = "never"
+hold_timeout = "3s"
+max_lag_bytes = 1024
+
+[primary]
+name = "pg-a"
+host = "10.0.0.1"
+port = 5432
+database = "app"
+user = "monitor"
+password = "s3cret"
+ssl = true
+
+[[standbys]]
+name = "pg-b"
+host = "10.0.0.2"
+port = 5433
+"#;
+
+#[test]
+fn defaults_without_file() {
+    let c = Config::load(None, &env_of(&[]), &Overrides::default()).unwrap();
+    assert_eq!(c.listen.to_string(), "127.0.0.1:6432");
+    assert_eq!(c.admin_listen.to_string(), "127.0.0.1:9432");
+    assert_eq!(c.health.interval, Duration::from_secs(1));
+    assert_eq!(c.health.failure_threshold, 3);
+    assert_eq!(c.failover.promote, PromoteMode::Auto);
+    assert_eq!(c.failover.hold_timeout, Duration::from_secs(5));
+    assert_eq!(c.failover.max_lag_bytes, 16_777_216);
+    assert!(c.standbys.is_empty());
+}
+
+#[test]
+fn file_values_and_standby_inheritance() {
+    let c = load(FULL, &[], &Overrides::default()).unwrap();
+    assert_eq!(c.listen.port(), 7000);
+    assert_eq!(c.health.interval, Duration::from_millis(250));
+    assert_eq!(c.health.timeout, Duration::from_millis(500));
+    assert_eq!(c.health.failure_threshold, 5);
+    assert_eq!(c.failover.promote, PromoteMode::Never);
+    assert_eq!(c.failover.max_lag_bytes, 1024);
+    assert_eq!(c.primary.name, "pg-a");
+    let s = &c.standbys[0];
+    assert_eq!((s.name.as_str(), s.host.as_str(), s.port), ("pg-b", "10.0.0.2", 5433));
+    // Credentials default to the primary's.
+    assert_eq!((s.database.as_str(), s.user.as_str()), ("app", "monitor"));
+    assert_eq!(s.password.as_ref().map(Secret::expose), Some("s3cret"));
+    assert!(s.ssl);
+}
+
+#[test]
+fn env_beats_file_and_flags_beat_env() {
+    let env = [
+        ("DB_HOST", "db.internal"),
+        ("DB_PORT", "6543"),
+        ("DB_PASSWORD", "fromenv"),
+        ("FAILOVER_HEALTH_CHECK_INTERVAL", "10000"),
+        ("PGFAILOVER_LISTEN", "127.0.0.1:7100"),
+        ("PGFAILOVER_ADMIN_TOKEN", "tok"),
+    ];
+    let c = load(FULL, &env, &Overrides::default()).unwrap();
+    assert_eq!(c.primary.host, "db.internal");
+    assert_eq!(c.primary.port, 6543);
+    assert_eq!(c.primary.password.as_ref().map(Secret::expose), Some("fromenv"));
+    assert_eq!(c.standbys[0].password.as_ref().map(Secret::expose), Some("fromenv"));
+    assert_eq!(c.health.interval, Duration::from_secs(10));
+    assert_eq!(c.listen.port(), 7100);
+    assert_eq!(c.admin_token.as_ref().map(Secret::expose), Some("tok"));
+
+    let flags = Overrides {
+        listen: Some("127.0.0.1:7200".parse().unwrap()),
+        promote: Some("auto".into()),
+        ..Default::default()
+    };
+    let c = load(FULL, &env, &flags).unwrap();
+    assert_eq!(c.listen.port(), 7200);
+    assert_eq!(c.failover.promote, PromoteMode::Auto);
+}
+
+#[test]
+fn standbys_from_env_and_flags() {
+    let env = [("PGFAILOVER_STANDBYS", "pg-x=127.0.0.1:6001, [::1]:6002")];
+    let c = load(FULL, &env, &Overrides::default()).unwrap();
+    assert_eq!(c.standbys.len(), 2);
+    assert_eq!((c.standbys[0].name.as_str(), c.standbys[0].port), ("pg-x", 6001));
+    assert_eq!((c.standbys[1].name.as_str(), c.standbys[1].host.as_str()), ("standby-1", "::1"));
+    assert_eq!(c.standbys[1].address(), "[::1]:6002");
+    let flags = Overrides { standbys: vec!["pg-y=h:7".into()], ..Default::default() };
+    let c = load(FULL, &env, &flags).unwrap();
+    assert_eq!(c.standbys.len(), 1);
+    assert_eq!(c.standbys[0].name, "pg-y");
+}
+
+fn err(text: &str, env: &[(&str, &str)]) -> String {
+    load(text, env, &Overrides::default()).unwrap_err().to_string()
+}
+
+#[test]
+fn unknown_key_names_file_and_key() {
+    let e = err("[health]\nintervl = \"1s\"\n", &[]);
+    assert!(e.contains("health.intervl") || e.contains("health"), "{e}");
+    assert!(e.contains("unknown field"), "{e}");
+    assert!(!e.contains('\n'));
+    let e = err("bogus = 1\n", &[]);
+    assert!(e.contains("unknown field `bogus`"), "{e}");
+}
+
+#[test]
+fn bad_values_are_named() {
+    let e = err("[health]\ninterval = \"soon\"\n", &[]);
+    assert!(e.contains("health.interval") && e.contains("not a duration"), "{e}");
+    let e = err("[health]\ninterval = \"100\"\n", &[]);
+    assert!(e.contains("no unit"), "{e}");
+    let e = err("[failover]\npromote = \"sometimes\"\n", &[]);
+    assert!(e.contains("failover.promote") && e.contains("auto"), "{e}");
+    let e = err("listen = \"nowhere\"\n", &[]);
+    assert!(e.starts_with(std::env::temp_dir().to_str().unwrap()) && e.contains("listen"), "{e}");
+    let e = err("[primary]\nport = 70000\n", &[]);
+    assert!(e.contains("primary.port"), "{e}");
+    let e = err("[health]\nfailure_threshold = 0\n", &[]);
+    assert!(e.contains("failure_threshold") && e.contains("at least 1"), "{e}");
+    let e = err("x = [\n", &[]);
+    assert!(e.contains("line"), "{e}");
+    let e = err("", &[("DB_PORT", "abc")]);
+    assert!(e.contains("environment: DB_PORT"), "{e}");
+    let e = err("", &[("FAILOVER_HEALTH_CHECK_INTERVAL", "1s")]);
+    assert!(e.contains("FAILOVER_HEALTH_CHECK_INTERVAL"), "{e}");
+    let e = err("[[standbys]]\nname = \"primary\"\n", &[]);
+    assert!(e.contains("used by two backends"), "{e}");
+}
+
+#[test]
+fn missing_file_is_an_error_not_a_panic() {
+    let e = Config::load(Some(Path::new("/nonexistent/proxy.toml")), &env_of(&[]), &Overrides::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("/nonexistent/proxy.toml: cannot read"), "{e}");
+}
+
+#[test]
+fn password_file_and_secrets_never_debug_print() {
+    let pw = file_with("filepw\n");
+    let text = format!("[primary]\npassword_file = {:?}\n", pw.path());
+    let c = load(&text, &[], &Overrides::default()).unwrap();
+    assert_eq!(c.primary.password.as_ref().map(Secret::expose), Some("filepw"));
+    let dbg = format!("{c:?}");
+    assert!(!dbg.contains("filepw"), "{dbg}");
+}
+
+#[test]
+fn repo_example_config_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("proxy.toml");
+    let c = Config::load(Some(&path), &env_of(&[]), &Overrides::default()).unwrap();
+    assert_eq!(c.primary.name, "pg-a");
+    assert_eq!(c.standbys[0].name, "pg-b");
+}

@@ -1,0 +1,159 @@
+//! The `pgfailover` binary: run the proxy, validate a config, run the demo, show status.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use pgfailover::config::{process_env, Config, LogFormat, Overrides};
+use tokio_util::sync::CancellationToken;
+
+mod demo;
+
+#[derive(Parser, Debug)]
+#[command(name = "pgfailover", version, about = "PostgreSQL failover proxy: keeps applications on the current primary")]
+struct Cli {
+    /// Configuration file (TOML); environment variables and flags override it.
+    #[arg(long, short = 'c', global = true)]
+    config: Option<PathBuf>,
+    /// Validate the configuration, print a summary (no secrets) and exit.
+    #[arg(long)]
+    check: bool,
+    /// Address for client connections, e.g. 127.0.0.1:6432.
+    #[arg(long, global = true)]
+    listen: Option<SocketAddr>,
+    /// Address of the admin HTTP port, e.g. 127.0.0.1:9432.
+    #[arg(long, global = true)]
+    admin_listen: Option<SocketAddr>,
+    /// Log filter (overridden by RUST_LOG), e.g. info or pgfailover=debug.
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    /// text or json.
+    #[arg(long, global = true)]
+    log_format: Option<String>,
+    /// auto (promote a standby) or never (follow an external manager).
+    #[arg(long, global = true)]
+    promote: Option<String>,
+    /// Directory for the history journal.
+    #[arg(long, global = true)]
+    state_dir: Option<PathBuf>,
+    /// A standby as name=host:port (repeatable); replaces the configured standbys.
+    #[arg(long = "standby", global = true)]
+    standbys: Vec<String>,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Start a local primary + standby and the proxy in front of them; Ctrl-C removes all.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let overrides = Overrides {
+        listen: cli.listen,
+        admin_listen: cli.admin_listen,
+        log_level: cli.log_level.clone(),
+        log_format: cli.log_format.clone(),
+        promote: cli.promote.clone(),
+        state_dir: cli.state_dir.clone(),
+        standbys: cli.standbys.clone(),
+    };
+    if let Some(Cmd::Demo) = cli.command {
+        return demo::main(overrides);
+    }
+    let cfg = match Config::load(cli.config.as_deref(), &process_env, &overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pgfailover: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.check {
+        println!("{}", summary(&cfg));
+        return ExitCode::SUCCESS;
+    }
+    init_logging(&cfg);
+    run_until_signal(cfg, |_| {})
+}
+
+/// One line per backend and the key settings; never a secret.
+fn summary(cfg: &Config) -> String {
+    let mut s = format!(
+        "configuration OK: listen {}, admin {}, health every {} (timeout {}, threshold {}), promote {:?}, hold {}",
+        cfg.listen,
+        cfg.admin_listen,
+        humantime::format_duration(cfg.health.interval),
+        humantime::format_duration(cfg.health.timeout),
+        cfg.health.failure_threshold,
+        cfg.failover.promote,
+        humantime::format_duration(cfg.failover.hold_timeout),
+    );
+    for (i, b) in cfg.backends().iter().enumerate() {
+        let role = if i == 0 { "primary" } else { "standby" };
+        s.push_str(&format!("\n  {role} {} at {} (db {}, user {}, ssl {})", b.name, b.address(), b.database, b.user, b.ssl));
+    }
+    s
+}
+
+pub(crate) fn init_logging(cfg: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&cfg.log_level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cfg.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Runs the proxy until SIGTERM/SIGINT, then drains and exits 0. `ready` is called once the
+/// listeners are bound.
+pub(crate) fn run_until_signal(cfg: Config, ready: impl FnOnce(&pgfailover::server::Bound)) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pgfailover: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let bound = match pgfailover::server::Bound::bind(&cfg).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!("{e}");
+                eprintln!("pgfailover: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        ready(&bound);
+        let shutdown = CancellationToken::new();
+        let signals = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("signal received; stopping");
+            signals.cancel();
+        });
+        bound.run(cfg, shutdown).await;
+        tracing::info!("stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

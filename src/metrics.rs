@@ -1,0 +1,223 @@
+//! Prometheus metrics, one recorder per proxy instance.
+//!
+//! The recorder is never installed globally: every handle is registered on this instance's
+//! recorder, so several proxies in one process (tests) keep separate figures. The seed's
+//! series keep their exact names; everything else is `pgfailover_*`.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+/// Why a session ended, as the `reason` label of `pgfailover_sessions_closed_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    ClientClosed,
+    ServerClosed,
+    /// The route moved away from the session's backend (failover, fence).
+    RouteChanged,
+    Shutdown,
+    Error,
+}
+
+impl CloseReason {
+    pub const ALL: [CloseReason; 5] = [
+        CloseReason::ClientClosed,
+        CloseReason::ServerClosed,
+        CloseReason::RouteChanged,
+        CloseReason::Shutdown,
+        CloseReason::Error,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::ClientClosed => "client_closed",
+            CloseReason::ServerClosed => "server_closed",
+            CloseReason::RouteChanged => "route_changed",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::Error => "error",
+        }
+    }
+}
+
+/// Handles to every series of one proxy; cheap to clone out and update from any task.
+pub struct Metrics {
+    /// Renders this instance's series; the recorder itself lives as long as the handles.
+    handle: PrometheusHandle,
+    _recorder: PrometheusRecorder,
+    pub connections_active: Gauge,
+    pub connections_accepted: Counter,
+    pub connections_held: Counter,
+    pub connections_refused: Counter,
+    pub bytes_client_to_server: Counter,
+    pub bytes_server_to_client: Counter,
+    /// Per backend, config order.
+    pub backend_connect_errors: Vec<Counter>,
+    sessions_closed: Vec<Counter>,
+    pub failover_state: Gauge,
+    pub failover_total: Counter,
+    pub recoveries_total: Counter,
+    pub health_check_failures_total: Counter,
+    pub primary_healthy: Gauge,
+    /// Per configured standby (label = standby index, as the seed).
+    pub standby_healthy: Vec<Gauge>,
+    /// Per backend, config order.
+    pub backend_healthy: Vec<Gauge>,
+    pub health_check_duration: Vec<Histogram>,
+    pub replication_lag_bytes: Vec<Gauge>,
+    pub failover_duration: Histogram,
+    pub split_brain_total: Counter,
+    pub fenced_backends: Gauge,
+    pub primary_routable: Gauge,
+    /// Microseconds without a routable primary; rendered as a float `_seconds_total`.
+    no_primary_micros: AtomicU64,
+    /// Readable copies of the data-path figures for the JSON API (Prometheus handles are
+    /// write-only).
+    pub stats: Stats,
+}
+
+/// Data-path figures the JSON API reports; updated beside the Prometheus series.
+#[derive(Default, Debug)]
+pub struct Stats {
+    pub active: AtomicU64,
+    pub accepted: AtomicU64,
+    pub held: AtomicU64,
+    pub refused: AtomicU64,
+    pub bytes_client_to_server: AtomicU64,
+    pub bytes_server_to_client: AtomicU64,
+    pub connect_errors: AtomicU64,
+}
+
+impl Stats {
+    pub fn get(v: &AtomicU64) -> u64 {
+        v.load(Ordering::Relaxed)
+    }
+}
+
+fn meta() -> Metadata<'static> {
+    Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()))
+}
+
+impl Metrics {
+    /// Registers every series for these backends (names in config order; the first is the
+    /// configured primary, the rest standbys).
+    pub fn new(backend_names: &[String]) -> Metrics {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Suffix("_seconds".into()),
+                &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+            )
+            .expect("static bucket list is not empty")
+            .build_recorder();
+        let r = &recorder;
+        let counter = |name: &'static str, help: &'static str, labels: Vec<Label>| {
+            r.describe_counter(name.into(), None, help.into());
+            r.register_counter(&Key::from_parts(name, labels), &meta())
+        };
+        let gauge = |name: &'static str, help: &'static str, labels: Vec<Label>| {
+            r.describe_gauge(name.into(), None, help.into());
+            r.register_gauge(&Key::from_parts(name, labels), &meta())
+        };
+        let histogram = |name: &'static str, help: &'static str, labels: Vec<Label>| {
+            r.describe_histogram(name.into(), Some(Unit::Seconds), help.into());
+            r.register_histogram(&Key::from_parts(name, labels), &meta())
+        };
+        let per_backend = |label: &'static str| -> Vec<Vec<Label>> {
+            backend_names.iter().map(|n| vec![Label::new(label, n.clone())]).collect()
+        };
+        let standby_count = backend_names.len().saturating_sub(1);
+        Metrics {
+            connections_active: gauge("pgfailover_client_connections_active", "Client sessions currently spliced to a backend or held.", vec![]),
+            connections_accepted: counter("pgfailover_client_connections_accepted_total", "Client connections accepted.", vec![]),
+            connections_held: counter("pgfailover_client_connections_held_total", "Client connections that had to wait for a routable primary.", vec![]),
+            connections_refused: counter("pgfailover_client_connections_refused_total", "Client connections refused with SQLSTATE 57P03.", vec![]),
+            bytes_client_to_server: counter("pgfailover_client_to_server_bytes_total", "Bytes spliced from clients to backends.", vec![]),
+            bytes_server_to_client: counter("pgfailover_server_to_client_bytes_total", "Bytes spliced from backends to clients.", vec![]),
+            backend_connect_errors: per_backend("backend").into_iter().map(|l| counter("pgfailover_backend_connect_errors_total", "Failed connects from the data path to a backend.", l)).collect(),
+            sessions_closed: CloseReason::ALL.iter().map(|c| counter("pgfailover_sessions_closed_total", "Client sessions ended, by reason.", vec![Label::new("reason", c.as_str())])).collect(),
+            failover_state: gauge("failover_state", "Failover state: 0 unknown, 1 healthy, 2 degraded, 3 failover_in_progress, 4 failover_complete, 5 recovery_in_progress.", vec![]),
+            failover_total: counter("failover_total", "Completed failovers (automatic and manual).", vec![]),
+            recoveries_total: counter("failover_recoveries_total", "Backends that became healthy again after being unhealthy.", vec![]),
+            health_check_failures_total: counter("failover_health_check_failures_total", "Failed health checks, all backends.", vec![]),
+            primary_healthy: gauge("failover_primary_healthy", "1 while the current primary is healthy and routable.", vec![]),
+            standby_healthy: (0..standby_count).map(|i| gauge("failover_standby_healthy", "1 while the configured standby (by index) is healthy.", vec![Label::new("standby", i.to_string())])).collect(),
+            backend_healthy: per_backend("backend").into_iter().map(|l| gauge("pgfailover_backend_healthy", "1 while the backend's checks succeed (below the failure threshold).", l)).collect(),
+            health_check_duration: per_backend("backend").into_iter().map(|l| histogram("pgfailover_health_check_duration_seconds", "Duration of one health check (connect + query).", l)).collect(),
+            replication_lag_bytes: per_backend("backend").into_iter().map(|l| gauge("pgfailover_replication_lag_bytes", "WAL bytes a standby is behind the primary's last seen position.", l)).collect(),
+            failover_duration: histogram("pgfailover_failover_duration_seconds", "Time from the start of a failover to the route switch.", vec![]),
+            split_brain_total: counter("failover_split_brain_total", "Times two backends claimed to be primary and one was fenced.", vec![]),
+            fenced_backends: gauge("pgfailover_fenced_backends", "Backends currently fenced (no traffic).", vec![]),
+            primary_routable: gauge("pgfailover_primary_routable", "1 while new client connections have a primary to go to.", vec![]),
+            no_primary_micros: AtomicU64::new(0),
+            stats: Stats::default(),
+            handle: recorder.handle(),
+            _recorder: recorder,
+        }
+    }
+
+    pub fn accepted(&self) {
+        self.connections_accepted.increment(1);
+        self.stats.accepted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn held(&self) {
+        self.connections_held.increment(1);
+        self.stats.held.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn refused(&self) {
+        self.connections_refused.increment(1);
+        self.stats.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connect_error(&self, backend: usize) {
+        if let Some(c) = self.backend_connect_errors.get(backend) {
+            c.increment(1);
+        }
+        self.stats.connect_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Tracks one active session; the returned guard decrements on drop, whatever the exit.
+    pub fn session_started(&self) -> ActiveGuard<'_> {
+        self.connections_active.increment(1.0);
+        self.stats.active.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(self)
+    }
+
+    pub fn session_closed(&self, reason: CloseReason) {
+        let i = CloseReason::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        self.sessions_closed[i].increment(1);
+    }
+
+    /// Adds time spent without a routable primary.
+    pub fn add_no_primary(&self, d: std::time::Duration) {
+        self.no_primary_micros.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    pub fn no_primary_seconds(&self) -> f64 {
+        self.no_primary_micros.load(Ordering::Relaxed) as f64 / 1e6
+    }
+
+    /// The Prometheus text exposition of this instance.
+    pub fn render(&self) -> String {
+        let mut out = self.handle.render();
+        let _ = write!(
+            out,
+            "# HELP pgfailover_no_primary_seconds_total Seconds during which no primary was routable.\n\
+             # TYPE pgfailover_no_primary_seconds_total counter\n\
+             pgfailover_no_primary_seconds_total {}\n",
+            self.no_primary_seconds()
+        );
+        out
+    }
+}
+
+/// Decrements the active-session gauge when a session ends.
+pub struct ActiveGuard<'a>(&'a Metrics);
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.connections_active.decrement(1.0);
+        self.0.stats.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}

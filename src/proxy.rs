@@ -1,0 +1,71 @@
+//! The client listener: accepts connections and spawns a [`session`](crate::session) for
+//! each. `run(listener, …, shutdown)` is the whole entry point, so a test can bind
+//! `127.0.0.1:0`, spawn it and talk to it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{BackendConfig, ProxyConfig};
+use crate::metrics::Metrics;
+use crate::route::Route;
+use crate::session;
+
+/// What every session needs; shared read-only behind an `Arc`.
+pub struct DataPath {
+    /// Backends in config order; the route names them by index.
+    pub backends: Arc<[BackendConfig]>,
+    /// The current route; sessions clone this receiver.
+    pub route: watch::Receiver<Route>,
+    pub proxy: ProxyConfig,
+    /// How long a new client waits for a routable primary before it is refused.
+    pub hold_timeout: Duration,
+    pub metrics: Arc<Metrics>,
+    /// Passive health signal: a backend index whose connect just failed.
+    pub connect_failed: mpsc::Sender<usize>,
+}
+
+/// Accepts clients until `shutdown`, then lets sessions drain for the configured grace
+/// period and closes the rest. Returns once every session task has ended.
+pub async fn run(listener: TcpListener, dp: Arc<DataPath>, shutdown: CancellationToken) {
+    let sessions = TaskTracker::new();
+    // Cancelled when the grace period is over: ends every session still running.
+    let kill = CancellationToken::new();
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((client, _peer)) => {
+                    backoff = Duration::from_millis(5);
+                    sessions.spawn(session::serve(client, dp.clone(), kill.clone()));
+                }
+                Err(e) => {
+                    // EMFILE and friends: the accept loop must survive them. Back off so a
+                    // full descriptor table does not become a busy loop.
+                    tracing::warn!(error = %e, "accept failed; backing off {:?}", backoff);
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.cancelled() => break,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            },
+        }
+    }
+    drop(listener);
+    sessions.close();
+    let open = sessions.len();
+    if open > 0 {
+        tracing::info!(sessions = open, grace = ?dp.proxy.shutdown_grace, "draining client sessions");
+    }
+    if tokio::time::timeout(dp.proxy.shutdown_grace, sessions.wait()).await.is_err() {
+        tracing::info!(sessions = sessions.len(), "grace period over; closing remaining sessions");
+        kill.cancel();
+        sessions.wait().await;
+    }
+}

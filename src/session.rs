@@ -1,0 +1,191 @@
+//! One client session: wait for a route (held), connect to the routed backend, splice bytes
+//! both ways until either side ends, the route moves away, or the proxy shuts down.
+
+use std::io;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::{CloseReason, Metrics};
+use crate::net;
+use crate::proxy::DataPath;
+use crate::route::Route;
+use crate::wire;
+
+/// Serves one accepted client until the session ends. Never panics on client input.
+pub async fn serve(mut client: TcpStream, dp: Arc<DataPath>, kill: CancellationToken) {
+    let m = &dp.metrics;
+    m.accepted();
+    let _active = m.session_started();
+    if let Err(e) = net::tune(&client, &dp.proxy) {
+        tracing::debug!(error = %e, "client socket options");
+    }
+    let mut route = dp.route.clone();
+    let (server, backend) = match connect_routed(&dp, &mut route, &kill).await {
+        Ok(pair) => pair,
+        Err(reason) => {
+            m.refused();
+            let outcome = wire::refuse(&mut client, &reason).await;
+            tracing::info!(%reason, ?outcome, "client refused");
+            return;
+        }
+    };
+    let reason = tokio::select! {
+        r = splice(&client, &server, m) => r,
+        _ = route_moved(&mut route, backend) => CloseReason::RouteChanged,
+        _ = kill.cancelled() => CloseReason::Shutdown,
+    };
+    m.session_closed(reason);
+    if reason == CloseReason::RouteChanged {
+        tracing::debug!(backend = %dp.backends[backend].name, "session cut: route moved away");
+    }
+}
+
+/// Waits (up to the hold timeout) for a routable backend and connects to it, retrying while
+/// the backend refuses. On failure returns the text for the client's 57P03 error.
+async fn connect_routed(
+    dp: &DataPath,
+    route: &mut watch::Receiver<Route>,
+    kill: &CancellationToken,
+) -> Result<(TcpStream, usize), String> {
+    let deadline = Instant::now() + dp.hold_timeout;
+    let mut counted_hold = false;
+    let mut last_error: Option<String> = None;
+    loop {
+        let current = route.borrow_and_update().clone();
+        if let Some(target) = current.target {
+            let backend = &dp.backends[target];
+            match net::connect(backend, &dp.proxy).await {
+                Ok(server) => return Ok((server, target)),
+                Err(e) => {
+                    dp.metrics.connect_error(target);
+                    // Passive detection: make the monitor check this backend now.
+                    let _ = dp.connect_failed.try_send(target);
+                    last_error = Some(format!(
+                        "could not connect to primary {} ({}): {e}",
+                        backend.name,
+                        backend.address()
+                    ));
+                }
+            }
+        }
+        if !counted_hold {
+            counted_hold = true;
+            dp.metrics.held();
+        }
+        if Instant::now() >= deadline {
+            let why = last_error.unwrap_or_else(|| current.reason.to_string());
+            return Err(format!("no primary database is available: {why}"));
+        }
+        // A backend that refused is retried shortly; otherwise wait for the route to change.
+        let retry = async {
+            if current.target.is_some() {
+                tokio::time::sleep(net::RETRY_DELAY).await;
+            } else if route.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            _ = retry => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = kill.cancelled() => return Err("the proxy is shutting down".into()),
+        }
+    }
+}
+
+/// Resolves when the route no longer names `backend`.
+async fn route_moved(route: &mut watch::Receiver<Route>, backend: usize) {
+    loop {
+        if route.changed().await.is_err() {
+            // The writer is gone (proxy stopping); shutdown ends the session instead.
+            std::future::pending::<()>().await;
+        }
+        if route.borrow_and_update().target != Some(backend) {
+            return;
+        }
+    }
+}
+
+/// Copies both directions at once (a pipelining client and a busy server never deadlock),
+/// half-closing each side as its peer finishes. Returns who ended it.
+async fn splice(client: &TcpStream, server: &TcpStream, m: &Metrics) -> CloseReason {
+    // Which side reached EOF first: 0 = none yet, else the Direction's tag.
+    let first_eof = AtomicU8::new(0);
+    let up = pump(client, server, Direction::Up, m, &first_eof);
+    let down = pump(server, client, Direction::Down, m, &first_eof);
+    match tokio::try_join!(up, down) {
+        Ok(_) if first_eof.load(Ordering::Relaxed) == Direction::Down as u8 => CloseReason::ServerClosed,
+        Ok(_) => CloseReason::ClientClosed,
+        Err(_) => CloseReason::Error,
+    }
+}
+
+#[derive(Clone, Copy)]
+#[repr(u8)]
+enum Direction {
+    /// Client to server.
+    Up = 1,
+    /// Server to client.
+    Down = 2,
+}
+
+/// Size of one read. Allocated while data flows and released whenever the socket runs dry,
+/// so an idle session holds no buffer.
+const CHUNK: usize = 32 * 1024;
+
+async fn pump(
+    from: &TcpStream,
+    to: &TcpStream,
+    dir: Direction,
+    m: &Metrics,
+    first_eof: &AtomicU8,
+) -> io::Result<()> {
+    let mut buf: Option<Box<[u8]>> = None;
+    loop {
+        from.readable().await?;
+        let b = buf.get_or_insert_with(|| vec![0u8; CHUNK].into_boxed_slice());
+        let n = match from.try_read(b) {
+            Ok(0) => {
+                let _ = first_eof.compare_exchange(0, dir as u8, Ordering::Relaxed, Ordering::Relaxed);
+                net::shutdown_write(to);
+                return Ok(());
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                buf = None;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        write_all(to, &b[..n]).await?;
+        count(m, dir, n as u64);
+    }
+}
+
+async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        match to.try_write(data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => to.writable().await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn count(m: &Metrics, dir: Direction, n: u64) {
+    match dir {
+        Direction::Up => {
+            m.bytes_client_to_server.increment(n);
+            m.stats.bytes_client_to_server.fetch_add(n, Ordering::Relaxed);
+        }
+        Direction::Down => {
+            m.bytes_server_to_client.increment(n);
+            m.stats.bytes_server_to_client.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+}
