@@ -1,0 +1,138 @@
+//! Shared test helpers: real clusters, an in-process proxy, clients, polling with deadlines.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pgfailover::config::{BackendConfig, Config, Secret};
+use pgfailover::localpg::{Cluster, ClusterOptions};
+use pgfailover::metrics::Metrics;
+use pgfailover::proxy::{self, DataPath};
+use pgfailover::route::RouteWriter;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_postgres::{Client, NoTls};
+use tokio_util::sync::CancellationToken;
+
+/// Starts a cluster off the async runtime's worker (it blocks for ~1.5 s).
+pub async fn cluster(standbys: usize) -> Cluster {
+    cluster_with(ClusterOptions { standbys, ..Default::default() }).await
+}
+
+pub async fn cluster_with(opts: ClusterOptions) -> Cluster {
+    tokio::task::spawn_blocking(move || Cluster::start(opts))
+        .await
+        .expect("cluster task")
+        .expect("start local PostgreSQL cluster")
+}
+
+/// Backend configs for every node of the cluster: node0 = "pg-a", node1 = "pg-b", ...
+pub fn backends(c: &Cluster) -> Vec<BackendConfig> {
+    let base = Config::default().primary;
+    c.nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| BackendConfig {
+            name: format!("pg-{}", (b'a' + i as u8) as char),
+            port: n.port,
+            password: Some(Secret::new(c.options.password.clone())),
+            ..base.clone()
+        })
+        .collect()
+}
+
+/// A data path with a route the test controls (no monitor).
+pub struct TestProxy {
+    pub addr: SocketAddr,
+    pub route: RouteWriter,
+    pub metrics: Arc<Metrics>,
+    pub passive: mpsc::Receiver<usize>,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<()>,
+}
+
+pub async fn data_path(backends: Vec<BackendConfig>, hold: Duration) -> TestProxy {
+    let names: Vec<String> = backends.iter().map(|b| b.name.clone()).collect();
+    let metrics = Arc::new(Metrics::new(&names));
+    let route = RouteWriter::new("no primary yet");
+    let (tx, passive) = mpsc::channel(64);
+    let mut pcfg = Config::default().proxy;
+    pcfg.shutdown_grace = Duration::from_millis(200);
+    let dp = Arc::new(DataPath {
+        backends: backends.into(),
+        route: route.subscribe(),
+        proxy: pcfg,
+        hold_timeout: hold,
+        metrics: metrics.clone(),
+        connect_failed: tx,
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(proxy::run(listener, dp, shutdown.clone()));
+    TestProxy { addr, route, metrics, passive, shutdown, task }
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Connection string for the proxy (or any address) with the cluster's password.
+pub fn conn_str(addr: SocketAddr, password: &str) -> String {
+    format!("host={} port={} user=postgres password={password} dbname=postgres connect_timeout=10", addr.ip(), addr.port())
+}
+
+pub async fn try_connect(addr: SocketAddr, password: &str) -> Result<Client, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::connect(&conn_str(addr, password), NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+pub async fn connect(addr: SocketAddr, password: &str) -> Client {
+    try_connect(addr, password).await.expect("connect")
+}
+
+pub fn node_addr(c: &Cluster, i: usize) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], c.nodes[i].port))
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, or panics with `what` after `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {limit:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// FNV-1a over a byte stream: chunk boundaries do not change the result.
+#[derive(Clone, Copy)]
+pub struct Fnv(pub u64);
+
+impl Fnv {
+    pub fn new() -> Self {
+        Fnv(0xcbf29ce484222325)
+    }
+    pub fn update(&mut self, data: &[u8]) {
+        for b in data {
+            self.0 ^= *b as u64;
+            self.0 = self.0.wrapping_mul(0x100000001b3);
+        }
+    }
+}
