@@ -15,6 +15,7 @@ pub mod config;
 pub mod duration;
 pub mod localpg;
 pub mod metrics;
+pub mod monitor;
 pub mod net;
 pub mod proxy;
 pub mod route;

@@ -1,0 +1,58 @@
+//! What one successful health check learns about a server.
+
+use std::time::Duration;
+
+/// A server's own answers about itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observation {
+    /// `pg_is_in_recovery()`: a standby (or a primary being demoted) says true.
+    pub in_recovery: bool,
+    /// `pg_control_system().system_identifier`: which cluster this server belongs to.
+    pub system_identifier: u64,
+    /// Primary: timeline of its current WAL file; standby: `received_tli`.
+    pub timeline: Option<u32>,
+    /// `pg_current_wal_lsn()` on a primary.
+    pub current_lsn: Option<u64>,
+    /// `pg_last_wal_receive_lsn()` on a standby.
+    pub receive_lsn: Option<u64>,
+    /// `pg_last_wal_replay_lsn()` on a standby.
+    pub replay_lsn: Option<u64>,
+    /// Connect (if needed) + query.
+    pub response_time: Duration,
+}
+
+impl Observation {
+    /// The WAL position that matters for routing and promotion: written on a primary,
+    /// received (or at least replayed) on a standby.
+    pub fn lsn(&self) -> Option<u64> {
+        if self.in_recovery {
+            self.receive_lsn.max(self.replay_lsn)
+        } else {
+            self.current_lsn
+        }
+    }
+}
+
+/// Parses PostgreSQL's `X/Y` LSN text.
+pub fn parse_lsn(s: &str) -> Option<u64> {
+    let (hi, lo) = s.split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+/// Formats an LSN the way PostgreSQL does.
+pub fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsn_round_trip() {
+        assert_eq!(parse_lsn("16/B374D848"), Some(0x16_B374_D848));
+        assert_eq!(format_lsn(0x16_B374_D848), "16/B374D848");
+        assert_eq!(parse_lsn("0/0"), Some(0));
+        assert_eq!(parse_lsn("nope"), None);
+    }
+}
