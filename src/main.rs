@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use pgfailover::config::{process_env, Config, LogFormat, Overrides};
-use tokio_util::sync::CancellationToken;
 
 mod demo;
 
@@ -112,7 +111,7 @@ pub(crate) fn init_logging(cfg: &Config) {
 
 /// Runs the proxy until SIGTERM/SIGINT, then drains and exits 0. `ready` is called once the
 /// listeners are bound.
-pub(crate) fn run_until_signal(cfg: Config, ready: impl FnOnce(&pgfailover::server::Bound)) -> ExitCode {
+pub(crate) fn run_until_signal(cfg: Config, ready: impl FnOnce(&pgfailover::server::Proxy)) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -121,23 +120,19 @@ pub(crate) fn run_until_signal(cfg: Config, ready: impl FnOnce(&pgfailover::serv
         }
     };
     rt.block_on(async move {
-        let bound = match pgfailover::server::Bound::bind(&cfg).await {
-            Ok(b) => b,
+        let proxy = match pgfailover::server::Proxy::start(cfg).await {
+            Ok(p) => p,
             Err(e) => {
                 tracing::error!("{e}");
                 eprintln!("pgfailover: {e}");
                 return ExitCode::FAILURE;
             }
         };
-        ready(&bound);
-        let shutdown = CancellationToken::new();
-        let signals = shutdown.clone();
-        tokio::spawn(async move {
-            wait_for_signal().await;
-            tracing::info!("signal received; stopping");
-            signals.cancel();
-        });
-        bound.run(cfg, shutdown).await;
+        ready(&proxy);
+        wait_for_signal().await;
+        tracing::info!("signal received; draining sessions and stopping");
+        proxy.shutdown();
+        proxy.stopped().await;
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })

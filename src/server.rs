@@ -1,50 +1,84 @@
-//! Wires a [`Config`] into one running proxy: listeners, route, metrics.
+//! Wires a [`Config`] into one running proxy: listeners, monitor, data path, admin port.
+//! Tests start it on port 0 and read the bound addresses; `main` adds signals.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::monitor::{self, history::History, MonitorHandle};
 use crate::proxy::{self, DataPath};
 use crate::route::RouteWriter;
 
-/// Listeners bound before anything runs, so start-up errors (port in use) surface at once
-/// and tests can bind port 0 and read the real addresses.
-pub struct Bound {
-    pub client: TcpListener,
-    pub client_addr: SocketAddr,
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} ({key}): {source}")]
+    Listen { addr: SocketAddr, key: &'static str, source: std::io::Error },
+    #[error("state_dir {dir}: {source}")]
+    StateDir { dir: String, source: std::io::Error },
 }
 
-impl Bound {
-    pub async fn bind(cfg: &Config) -> Result<Bound, String> {
+/// A running proxy.
+pub struct Proxy {
+    pub client_addr: SocketAddr,
+    pub monitor: MonitorHandle,
+    pub metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    done: JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Binds the listeners and starts every task. Errors (port in use, unwritable
+    /// state_dir) come back before anything runs.
+    pub async fn start(cfg: Config) -> Result<Proxy, StartError> {
         let client = TcpListener::bind(cfg.listen)
             .await
-            .map_err(|e| format!("cannot listen on {} (listen): {e}", cfg.listen))?;
-        let client_addr = client.local_addr().map_err(|e| e.to_string())?;
-        Ok(Bound { client, client_addr })
-    }
-
-    /// Runs the proxy until `shutdown` is cancelled and every session has drained.
-    pub async fn run(self, cfg: Config, shutdown: CancellationToken) {
+            .map_err(|source| StartError::Listen { addr: cfg.listen, key: "listen", source })?;
+        let client_addr = client.local_addr().map_err(|source| StartError::Listen { addr: cfg.listen, key: "listen", source })?;
+        let history = match &cfg.state_dir {
+            Some(dir) => History::open(dir).map_err(|source| StartError::StateDir { dir: dir.display().to_string(), source })?,
+            None => History::in_memory(),
+        };
         let backends: Arc<[_]> = cfg.backends().into();
         let names: Vec<String> = backends.iter().map(|b| b.name.clone()).collect();
         let metrics = Arc::new(Metrics::new(&names));
-        let route = RouteWriter::new("starting");
-        route.set(Some(0), "");
-        let (connect_failed, _passive) = mpsc::channel(64);
+        let route = RouteWriter::new("waiting for the first health checks");
+        let (connect_failed, passive) = mpsc::channel(64);
         let dp = Arc::new(DataPath {
-            backends,
+            backends: backends.clone(),
             route: route.subscribe(),
             proxy: cfg.proxy.clone(),
             hold_timeout: cfg.failover.hold_timeout,
-            metrics,
+            metrics: metrics.clone(),
             connect_failed,
         });
-        tracing::info!(listen = %self.client_addr, "accepting PostgreSQL clients");
-        proxy::run(self.client, dp, shutdown).await;
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let monitor = monitor::spawn(&cfg, backends, route, metrics.clone(), history, passive, shutdown.clone(), &tasks);
+        tracing::info!(listen = %client_addr, backends = ?names, promote = ?cfg.failover.promote, "pgfailover started");
+        let stop = shutdown.clone();
+        let done = tokio::spawn(async move {
+            proxy::run(client, dp, stop).await;
+            tasks.close();
+            tasks.wait().await;
+        });
+        Ok(Proxy { client_addr, monitor, metrics, shutdown, done })
+    }
+
+    /// Stops accepting; sessions drain for the grace period.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Waits until every task has ended (after [`shutdown`](Self::shutdown)).
+    pub async fn stopped(self) {
+        let _ = self.done.await;
     }
 }

@@ -136,3 +136,52 @@ impl Fnv {
         }
     }
 }
+
+/// A full proxy (monitor included) in front of the cluster: interval 250ms, timeout 500ms,
+/// threshold 3, listening on a free port. `tweak` adjusts the config.
+pub fn proxy_config(c: &Cluster, tweak: impl FnOnce(&mut Config)) -> Config {
+    let mut cfg = Config::default();
+    let b = backends(c);
+    cfg.primary = b[0].clone();
+    cfg.standbys = b[1..].to_vec();
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.admin_listen = "127.0.0.1:0".parse().unwrap();
+    cfg.health.interval = Duration::from_millis(250);
+    cfg.health.timeout = Duration::from_millis(500);
+    cfg.health.failure_threshold = 3;
+    cfg.proxy.shutdown_grace = Duration::from_millis(500);
+    tweak(&mut cfg);
+    cfg
+}
+
+pub async fn start_proxy(cfg: Config) -> pgfailover::server::Proxy {
+    pgfailover::server::Proxy::start(cfg).await.expect("proxy starts")
+}
+
+/// Polls the proxy's status until `cond` holds.
+pub async fn wait_status(
+    p: &pgfailover::server::Proxy,
+    limit: Duration,
+    what: &str,
+    cond: impl Fn(&pgfailover::monitor::status::Status) -> bool,
+) -> std::sync::Arc<pgfailover::monitor::status::Status> {
+    eventually(limit, what, || async {
+        let s = p.monitor.status();
+        cond(&s).then_some(s)
+    })
+    .await
+}
+
+pub fn backend<'a>(s: &'a pgfailover::monitor::status::Status, name: &str) -> &'a pgfailover::monitor::status::BackendStatus {
+    s.backends.iter().find(|b| b.name == name).expect("backend in status")
+}
+
+/// Runs a blocking cluster operation off the runtime's workers.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("blocking task")
+}
+
+/// The port of the server a client is really connected to.
+pub async fn server_port(client: &Client) -> i32 {
+    client.query_one("select inet_server_port()", &[]).await.unwrap().get(0)
+}

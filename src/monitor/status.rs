@@ -1,0 +1,143 @@
+//! The JSON status the admin API serves, built from the machine after every input. Field
+//! names follow the seed (`healthy`, `lastHealthCheck`, `failureCount`, …). No secrets.
+
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::config::{BackendConfig, PromoteMode};
+
+use super::machine::{Machine, State};
+use super::observation::format_lsn;
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// One backend's health record.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendStatus {
+    pub name: String,
+    pub address: String,
+    /// What the server says it is now: "primary", "standby" or "unknown".
+    pub role: &'static str,
+    pub configured_role: &'static str,
+    pub healthy: bool,
+    pub last_health_check: Option<String>,
+    pub failure_count: u32,
+    /// Milliseconds of the last successful check.
+    pub response_time: Option<f64>,
+    pub down_since: Option<String>,
+    pub promotion_eligible: bool,
+    /// Why it is not eligible (absent when eligible or when it is the primary).
+    pub not_eligible_reason: Option<String>,
+    pub timeline: Option<u32>,
+    pub lsn: Option<String>,
+    pub lag_bytes: Option<u64>,
+    pub fenced: bool,
+    pub fence_reason: Option<String>,
+    pub system_identifier: Option<String>,
+    pub last_error: Option<String>,
+}
+
+/// A failover being carried out.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InFlightStatus {
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub reason: String,
+    pub trigger: String,
+}
+
+/// `/failover/status`.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub state: State,
+    pub state_code: i64,
+    pub current_primary: Option<String>,
+    pub route_epoch: u64,
+    /// Why no primary is routable (absent while one is).
+    pub route_reason: Option<String>,
+    pub promote_mode: PromoteMode,
+    /// The routed primary's record (the configured primary's while none is routed).
+    pub primary: BackendStatus,
+    /// Every other backend.
+    pub standbys: Vec<BackendStatus>,
+    pub failover_count: u64,
+    pub last_failover_time: Option<String>,
+    pub recovery_count: u64,
+    pub split_brain_count: u64,
+    pub health_check_failures: u64,
+    pub failover_in_progress: Option<InFlightStatus>,
+    pub updated_at: String,
+    /// Every backend in config order (served by `/failover/health`).
+    #[serde(skip)]
+    pub backends: Vec<BackendStatus>,
+}
+
+impl Status {
+    pub fn build(m: &Machine, cfg: &[BackendConfig], epoch: u64, route_reason: &str) -> Status {
+        let records: Vec<BackendStatus> = (0..m.backends.len()).map(|i| backend_status(m, cfg, i)).collect();
+        let shown = m.route.unwrap_or(0);
+        let primary = records[shown].clone();
+        let standbys = records.iter().enumerate().filter(|(i, _)| *i != shown).map(|(_, r)| r.clone()).collect();
+        let name = |i: usize| m.backends[i].name.clone();
+        Status {
+            state: m.state,
+            state_code: m.state.code(),
+            current_primary: m.route.map(name),
+            route_epoch: epoch,
+            route_reason: m.route.is_none().then(|| route_reason.to_string()),
+            promote_mode: m.settings.promote,
+            primary,
+            standbys,
+            failover_count: m.counters.failovers,
+            last_failover_time: m.last_failover_time.map(rfc3339),
+            recovery_count: m.counters.recoveries,
+            split_brain_count: m.counters.split_brains,
+            health_check_failures: m.counters.check_failures,
+            failover_in_progress: m.in_flight.as_ref().map(|f| InFlightStatus {
+                from: f.from.map(name),
+                to: f.to.map(name),
+                reason: f.reason.clone(),
+                trigger: f.trigger.label(),
+            }),
+            updated_at: rfc3339(SystemTime::now()),
+            backends: records,
+        }
+    }
+}
+
+fn backend_status(m: &Machine, cfg: &[BackendConfig], i: usize) -> BackendStatus {
+    let b = &m.backends[i];
+    let obs = b.obs.as_ref();
+    let is_primary = m.route == Some(i);
+    let why = if is_primary { None } else { m.not_eligible(i) };
+    BackendStatus {
+        name: b.name.clone(),
+        address: cfg.get(i).map(BackendConfig::address).unwrap_or_default(),
+        role: match obs {
+            Some(o) if o.in_recovery => "standby",
+            Some(_) => "primary",
+            None => "unknown",
+        },
+        configured_role: if b.configured_primary { "primary" } else { "standby" },
+        healthy: b.healthy,
+        last_health_check: b.last_check.map(rfc3339),
+        failure_count: b.failure_count,
+        response_time: b.response_time_ms.map(|ms| (ms * 1000.0).round() / 1000.0),
+        down_since: b.down_since.map(rfc3339),
+        promotion_eligible: !is_primary && why.is_none(),
+        not_eligible_reason: why,
+        timeline: obs.and_then(|o| o.timeline),
+        lsn: b.lsn().map(format_lsn),
+        lag_bytes: m.lag_bytes(i),
+        fenced: b.fence.is_some(),
+        fence_reason: b.fence.as_ref().map(|f| f.reason.clone()),
+        system_identifier: obs.map(|o| o.system_identifier.to_string()),
+        last_error: b.last_error.clone(),
+    }
+}
