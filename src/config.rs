@@ -115,6 +115,8 @@ pub struct FailoverConfig {
     pub max_lag_bytes: u64,
     /// Upper bound on `pg_promote(true, …)` and on waiting for the promoted node to answer.
     pub promote_timeout: Duration,
+    /// How long `POST /failover/trigger` waits for the failover before answering 202.
+    pub trigger_wait: Duration,
 }
 
 /// `[proxy]`: socket behaviour of the data path.
@@ -173,6 +175,7 @@ impl Default for Config {
                 hold_timeout: Duration::from_secs(5),
                 max_lag_bytes: 16 * 1024 * 1024,
                 promote_timeout: Duration::from_secs(10),
+                trigger_wait: Duration::from_secs(15),
             },
             proxy: ProxyConfig {
                 connect_timeout: Duration::from_secs(2),
@@ -306,6 +309,7 @@ struct RawFailover {
     hold_timeout: Option<HumanDuration>,
     max_lag_bytes: Option<u64>,
     promote_timeout: Option<HumanDuration>,
+    trigger_wait: Option<HumanDuration>,
 }
 
 #[derive(Deserialize)]
@@ -388,6 +392,7 @@ fn apply_file(
         set(&mut cfg.failover.hold_timeout, f.hold_timeout.map(|d| d.0));
         set(&mut cfg.failover.max_lag_bytes, f.max_lag_bytes);
         set(&mut cfg.failover.promote_timeout, f.promote_timeout.map(|d| d.0));
+        set(&mut cfg.failover.trigger_wait, f.trigger_wait.map(|d| d.0));
     }
     if let Some(p) = raw.proxy {
         set(&mut cfg.proxy.connect_timeout, p.connect_timeout.map(|d| d.0));

@@ -52,7 +52,7 @@ pub fn main(overrides: Overrides) -> ExitCode {
             p1 = cluster.nodes[1].port,
             ip = a.ip(),
             port = a.port(),
-            admin = cfg.admin_listen,
+            admin = bound.admin_addr,
             pid = cluster.nodes[0].data.join("postmaster.pid").display(),
         );
     });

@@ -11,6 +11,7 @@
 //! - [`localpg`]: real local PostgreSQL clusters for tests, benchmarks and the demo.
 //! - [`server`]: wires everything into one running proxy.
 
+pub mod admin;
 pub mod config;
 pub mod duration;
 pub mod localpg;

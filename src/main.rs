@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use pgfailover::config::{process_env, Config, LogFormat, Overrides};
 
 mod demo;
+mod status_cmd;
 
 #[derive(Parser, Debug)]
 #[command(name = "pgfailover", version, about = "PostgreSQL failover proxy: keeps applications on the current primary")]
@@ -47,6 +48,12 @@ struct Cli {
 enum Cmd {
     /// Start a local primary + standby and the proxy in front of them; Ctrl-C removes all.
     Demo,
+    /// Show the proxy's status as a table (reads the admin port).
+    Status {
+        /// Admin URL; defaults to http://<admin_listen> from the configuration.
+        #[arg(long)]
+        admin: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -63,6 +70,9 @@ fn main() -> ExitCode {
     if let Some(Cmd::Demo) = cli.command {
         return demo::main(overrides);
     }
+    if let Some(Cmd::Status { admin: Some(url) }) = &cli.command {
+        return status_cmd::main(url);
+    }
     let cfg = match Config::load(cli.config.as_deref(), &process_env, &overrides) {
         Ok(c) => c,
         Err(e) => {
@@ -70,6 +80,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(Cmd::Status { admin: None }) = &cli.command {
+        return status_cmd::main(&format!("http://{}", cfg.admin_listen));
+    }
     if cli.check {
         println!("{}", summary(&cfg));
         return ExitCode::SUCCESS;

@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::{self, AdminContext};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::monitor::{self, history::History, MonitorHandle};
@@ -28,6 +29,7 @@ pub enum StartError {
 /// A running proxy.
 pub struct Proxy {
     pub client_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
     pub monitor: MonitorHandle,
     pub metrics: Arc<Metrics>,
     shutdown: CancellationToken,
@@ -42,6 +44,10 @@ impl Proxy {
             .await
             .map_err(|source| StartError::Listen { addr: cfg.listen, key: "listen", source })?;
         let client_addr = client.local_addr().map_err(|source| StartError::Listen { addr: cfg.listen, key: "listen", source })?;
+        let admin = TcpListener::bind(cfg.admin_listen)
+            .await
+            .map_err(|source| StartError::Listen { addr: cfg.admin_listen, key: "admin_listen", source })?;
+        let admin_addr = admin.local_addr().map_err(|source| StartError::Listen { addr: cfg.admin_listen, key: "admin_listen", source })?;
         let history = match &cfg.state_dir {
             Some(dir) => History::open(dir).map_err(|source| StartError::StateDir { dir: dir.display().to_string(), source })?,
             None => History::in_memory(),
@@ -62,14 +68,26 @@ impl Proxy {
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let monitor = monitor::spawn(&cfg, backends, route, metrics.clone(), history, passive, shutdown.clone(), &tasks);
-        tracing::info!(listen = %client_addr, backends = ?names, promote = ?cfg.failover.promote, "pgfailover started");
+        let admin_ctx = Arc::new(AdminContext {
+            monitor: monitor.clone(),
+            metrics: metrics.clone(),
+            token: cfg.admin_token.clone(),
+            started: std::time::Instant::now(),
+            trigger_wait: cfg.failover.trigger_wait,
+            check_wait: cfg.health.timeout * 2,
+        });
+        tasks.spawn(admin::run(admin, admin_ctx, shutdown.clone()));
+        if cfg.admin_token.is_none() {
+            tracing::info!("no admin token configured: POST endpoints answer 403");
+        }
+        tracing::info!(listen = %client_addr, admin = %admin_addr, backends = ?names, promote = ?cfg.failover.promote, "pgfailover started");
         let stop = shutdown.clone();
         let done = tokio::spawn(async move {
             proxy::run(client, dp, stop).await;
             tasks.close();
             tasks.wait().await;
         });
-        Ok(Proxy { client_addr, monitor, metrics, shutdown, done })
+        Ok(Proxy { client_addr, admin_addr, monitor, metrics, shutdown, done })
     }
 
     /// Stops accepting; sessions drain for the grace period.

@@ -218,7 +218,14 @@ impl Machine {
                 f.to = None;
                 f.failed.push(i);
                 let (from, trigger) = (f.from, f.trigger.clone());
-                let reason = format!("promoting {} failed: {e}", self.backends[i].name);
+                let mut reason = format!("promoting {} failed: {e}", self.backends[i].name);
+                // A manual switchover must never leave a half-done state: the old primary,
+                // superseded while alive, takes the route back.
+                if let Some(old) = from.filter(|o| matches!(self.backends[*o].fence, Some(Fence { kind: FenceKind::Superseded, .. }))) {
+                    self.backends[old].fence = None;
+                    self.in_flight = None;
+                    reason.push_str(&format!("; {} stays primary", self.backends[old].name));
+                }
                 tracing::warn!(%reason, "failover attempt failed");
                 acts.push(self.event(now, EventKind::FailoverFailed, from, Some(i), reason, trigger));
             }

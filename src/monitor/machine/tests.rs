@@ -295,3 +295,18 @@ fn demoted_primary_moves_the_route_to_the_new_one() {
     assert_eq!(routes(&acts), [Some(1)]);
     assert_eq!(m.counters.split_brains, 0);
 }
+
+#[test]
+fn failed_manual_switchover_restores_the_old_primary() {
+    let (mut m, mut c) = running(2, PromoteMode::Auto);
+    let (_, acts) = m.trigger(Some("pg-b"), "ops", c.tick()).unwrap();
+    assert_eq!(routes(&acts), [None]);
+    let acts = m.promoted(1, Err("timed out".into()), c.tick());
+    let ev = &events(&acts)[0];
+    assert_eq!(ev.kind, EventKind::FailoverFailed);
+    assert!(ev.reason.contains("pg-a stays primary"), "{}", ev.reason);
+    assert_eq!(routes(&acts), [Some(0)], "route restored");
+    assert!(m.backends[0].fence.is_none());
+    assert!(m.in_flight.is_none());
+    assert_eq!(m.counters.failovers, 0);
+}

@@ -1,0 +1,73 @@
+//! Bearer-token check for POST endpoints, and who the caller is for logs and history.
+
+use std::net::SocketAddr;
+
+use hyper::header::{HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
+use hyper::{Request, StatusCode};
+
+use super::{error, Reply};
+use crate::config::Secret;
+
+/// Optional header naming the person or tool behind a POST; recorded with the peer address.
+pub const USER_HEADER: &str = "x-admin-user";
+
+/// Ok when the request carries the configured token. No token configured → 403 with how to
+/// set one; missing or wrong token → 401.
+pub fn check<B>(req: &Request<B>, token: Option<&Secret>) -> Result<(), Reply> {
+    let Some(token) = token else {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "POST endpoints are disabled because no admin token is configured; set PGFAILOVER_ADMIN_TOKEN, PGFAILOVER_ADMIN_TOKEN_FILE, or admin_token_file in proxy.toml",
+        ));
+    };
+    let given = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+        .map(str::trim);
+    let reason = match given {
+        Some(g) if constant_time_eq(g.as_bytes(), token.expose().as_bytes()) => return Ok(()),
+        Some(_) => "invalid admin token",
+        None => "missing Authorization: Bearer <token> header",
+    };
+    let mut r = error(StatusCode::UNAUTHORIZED, reason);
+    r.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"pgfailover\""));
+    Err(r)
+}
+
+/// Compares without an early exit, so timing does not reveal how much of a guess matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        diff |= (a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0)) as usize;
+    }
+    diff == 0
+}
+
+/// "alice@127.0.0.1" with the optional user header, else the peer address.
+pub fn caller<B>(req: &Request<B>, peer: SocketAddr) -> String {
+    let user = req
+        .headers()
+        .get(USER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.chars().filter(|c| c.is_ascii_graphic()).take(64).collect::<String>())
+        .filter(|s| !s.is_empty());
+    match user {
+        Some(u) => format!("{u}@{}", peer.ip()),
+        None => format!("admin@{}", peer.ip()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+        assert!(!constant_time_eq(b"", b"a"));
+    }
+}

@@ -1,0 +1,155 @@
+//! The admin HTTP port (hyper 1.x). Endpoints:
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | GET | /failover/status | state, current primary, per-backend health, counters |
+//! | GET | /failover/metrics | the same figures as JSON, plus data-path counters |
+//! | GET | /failover/health | detailed health per backend incl. last error |
+//! | GET | /failover/history | events newest first, `?limit=N` (default 50, max 1000) |
+//! | POST | /failover/trigger | manual failover, body `{"target": "name"}` optional |
+//! | POST | /failover/check-health | run every check now and return the results |
+//! | POST | /failover/unfence | clear a fence, body `{"target": "name"}` |
+//! | GET | /metrics | Prometheus text format |
+//! | GET | /health | liveness: 200 while the process serves |
+//! | GET | /ready | readiness: 200 while a primary is routable, else 503 |
+//!
+//! POSTs need `Authorization: Bearer <token>`; errors are JSON `{"error": "…"}`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Secret;
+use crate::metrics::Metrics;
+use crate::monitor::MonitorHandle;
+
+mod auth;
+mod handlers;
+
+/// Largest request body accepted (413 beyond).
+pub const MAX_BODY: usize = 64 * 1024;
+/// Concurrent admin connections; more wait in the kernel backlog.
+const MAX_CONNECTIONS: usize = 64;
+/// A connection (however busy) is closed after this, so slow clients cannot pin it.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the handlers read.
+pub struct AdminContext {
+    pub monitor: MonitorHandle,
+    pub metrics: Arc<Metrics>,
+    /// `None` disables the POST endpoints (403).
+    pub token: Option<Secret>,
+    pub started: Instant,
+    /// How long a trigger waits for the failover to finish before answering 202.
+    pub trigger_wait: Duration,
+    /// Bound on `/failover/check-health`.
+    pub check_wait: Duration,
+}
+
+pub type Reply = Response<Full<Bytes>>;
+
+/// Serves the admin port until `shutdown`.
+pub async fn run(listener: TcpListener, ctx: Arc<AdminContext>, shutdown: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let conns = TaskTracker::new();
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let ctx = ctx.clone();
+        let stop = shutdown.clone();
+        conns.spawn(async move {
+            let _permit = permit;
+            let service = hyper::service::service_fn(move |req| {
+                let ctx = ctx.clone();
+                async move { Ok::<_, Infallible>(route(req, &ctx, peer).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(64 * 1024)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                r = tokio::time::timeout(CONNECTION_LIFETIME, conn) => {
+                    if let Ok(Err(e)) = r {
+                        tracing::debug!(%peer, error = %e, "admin connection error");
+                    }
+                }
+                _ = stop.cancelled() => {}
+            }
+        });
+    }
+    conns.close();
+    conns.wait().await;
+}
+
+/// One `match` on (method, path).
+async fn route(req: Request<Incoming>, ctx: &AdminContext, peer: SocketAddr) -> Reply {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let allowed: &str = match path.as_str() {
+        "/failover/trigger" | "/failover/check-health" | "/failover/unfence" => "POST",
+        "/failover/status" | "/failover/metrics" | "/failover/health" | "/failover/history" | "/metrics"
+        | "/health" | "/ready" => "GET",
+        _ => return error(StatusCode::NOT_FOUND, &format!("no such endpoint: {path}")),
+    };
+    if method.as_str() != allowed {
+        let mut r = error(StatusCode::METHOD_NOT_ALLOWED, &format!("{path} accepts {allowed} only"));
+        r.headers_mut().insert(hyper::header::ALLOW, hyper::header::HeaderValue::from_static(if allowed == "GET" { "GET" } else { "POST" }));
+        return r;
+    }
+    match (method, path.as_str()) {
+        (Method::GET, "/failover/status") => json(StatusCode::OK, &*ctx.monitor.status()),
+        (Method::GET, "/failover/metrics") => handlers::metrics_json(ctx),
+        (Method::GET, "/failover/health") => handlers::health(ctx),
+        (Method::GET, "/failover/history") => handlers::history(ctx, req.uri().query()),
+        (Method::GET, "/metrics") => {
+            let mut r = Response::new(Full::new(Bytes::from(ctx.metrics.render())));
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        (Method::GET, "/health") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+        (Method::GET, "/ready") => handlers::ready(ctx),
+        (Method::POST, p) => handlers::post(req, p, ctx, peer).await,
+        _ => error(StatusCode::NOT_FOUND, &format!("no such endpoint: {path}")),
+    }
+}
+
+pub fn json<T: serde::Serialize + ?Sized>(status: StatusCode, value: &T) -> Reply {
+    let body = serde_json::to_vec_pretty(value).unwrap_or_else(|_| b"{}".to_vec());
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    r
+}
+
+pub fn error(status: StatusCode, message: &str) -> Reply {
+    json(status, &serde_json::json!({ "error": message }))
+}
