@@ -75,10 +75,13 @@ pub fn ready(ctx: &AdminContext) -> Reply {
     let s = ctx.monitor.status();
     match &s.current_primary {
         Some(p) => json(StatusCode::OK, &json!({ "ready": true, "primary": p })),
-        None => json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &json!({ "ready": false, "reason": s.route_reason.clone().unwrap_or_default() }),
-        ),
+        None => {
+            let reason = s.route_reason.clone().unwrap_or_default();
+            json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({ "ready": false, "reason": reason, "error": format!("no primary is routable: {reason}") }),
+            )
+        }
     }
 }
 

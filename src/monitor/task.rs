@@ -247,7 +247,7 @@ impl MonitorTask {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {}
                 cmd = rx.recv() => match cmd {
-                    Some(cmd) => self.handle(cmd),
+                    Some(cmd) => { self.handle(cmd); continue; }
                     None => break,
                 },
             }
@@ -272,8 +272,10 @@ impl MonitorTask {
                 tracing::warn!(%who, target = target.as_deref().unwrap_or("(best standby)"), "manual failover requested");
                 match self.machine.trigger(target.as_deref(), &who, now) {
                     Ok((name, acts)) => {
+                        // Publish before replying: the caller reads the status next.
+                        self.apply_all(acts);
                         let _ = reply.send(Ok(name));
-                        acts
+                        Vec::new()
                     }
                     Err(r) => {
                         tracing::warn!(%who, reason = %r, "manual failover refused");
@@ -284,8 +286,9 @@ impl MonitorTask {
             }
             Command::Unfence { name, who, reply } => match self.machine.unfence(&name, &who, now) {
                 Ok(acts) => {
+                    self.apply_all(acts);
                     let _ = reply.send(Ok(()));
-                    acts
+                    Vec::new()
                 }
                 Err(r) => {
                     let _ = reply.send(Err(r));
@@ -297,9 +300,14 @@ impl MonitorTask {
                 Vec::new()
             }
         };
+        self.apply_all(acts);
+    }
+
+    fn apply_all(&mut self, acts: Vec<Action>) {
         for a in acts {
             self.apply(a);
         }
+        self.publish();
     }
 
     fn apply(&mut self, action: Action) {

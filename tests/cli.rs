@@ -1,0 +1,166 @@
+//! The `pgfailover` binary: config errors, --check, status, SIGTERM drain, secrets in logs.
+
+mod common;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use common::*;
+use pgfailover::localpg::{free_port, Cluster};
+
+const BIN: &str = env!("CARGO_BIN_EXE_pgfailover");
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(BIN);
+    c.args(args).stdin(Stdio::null());
+    for k in ["DB_HOST", "DB_PORT", "DB_PASSWORD", "PGFAILOVER_STANDBYS", "RUST_LOG"] {
+        c.env_remove(k);
+    }
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run pgfailover")
+}
+
+fn config_file(text: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    f
+}
+
+/// Exit code 2 and a single stderr line containing every `needle`.
+fn assert_config_error(out: &Output, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    for n in needles {
+        assert!(err.contains(n), "{n:?} not in {err:?}");
+    }
+    assert!(!err.contains("panicked"));
+}
+
+#[test]
+fn config_errors_are_one_line_with_exit_code_2() {
+    assert_config_error(&run(&["--config", "/nonexistent/proxy.toml", "--check"], &[]), &["/nonexistent/proxy.toml", "cannot read"]);
+    let f = config_file("[health]\nintervall = \"1s\"\n");
+    let path = f.path().to_str().unwrap();
+    assert_config_error(&run(&["--config", path, "--check"], &[]), &[path, "health", "unknown field `intervall`"]);
+    let f = config_file("[failover]\nhold_timeout = \"forever\"\n");
+    let path = f.path().to_str().unwrap();
+    assert_config_error(&run(&["--config", path], &[]), &[path, "failover.hold_timeout", "not a duration"]);
+    let f = config_file("[primary]\nport = \"five\"\n");
+    let path = f.path().to_str().unwrap();
+    assert_config_error(&run(&["--config", path, "--check"], &[]), &[path, "primary.port"]);
+    assert_config_error(&run(&["--check"], &[("DB_PORT", "99999")]), &["environment", "DB_PORT"]);
+    assert_config_error(&run(&["--check", "--promote", "maybe"], &[]), &["--promote", "auto"]);
+}
+
+#[test]
+fn check_prints_a_summary_without_secrets() {
+    let f = config_file("[primary]\nname = \"pg-a\"\npassword = \"file-secret\"\n[[standbys]]\nname = \"pg-b\"\nport = 5433\n");
+    let out = run(&["--config", f.path().to_str().unwrap(), "--check"], &[("DB_PASSWORD", "env-secret")]);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("configuration OK") && text.contains("pg-a") && text.contains("pg-b"), "{text}");
+    assert!(!text.contains("secret"), "{text}");
+}
+
+/// The binary running in the background; killed on drop so a failing test leaves nothing.
+struct Running {
+    child: Child,
+    admin: SocketAddr,
+    client: SocketAddr,
+    log: tempfile::NamedTempFile,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_proxy(c: &Cluster, grace: &str) -> Running {
+    let client: SocketAddr = format!("127.0.0.1:{}", free_port().unwrap()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port().unwrap()).parse().unwrap();
+    let cfg = config_file(&format!(
+        "listen = \"{client}\"\nadmin_listen = \"{admin}\"\n[health]\ninterval = \"250ms\"\n[proxy]\nshutdown_grace = \"{grace}\"\n\
+         [primary]\nname = \"pg-a\"\nport = {}\n",
+        c.nodes[0].port
+    ));
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let child = Command::new(BIN)
+        .args(["--config", cfg.path().to_str().unwrap()])
+        .env("DB_PASSWORD", &c.options.password)
+        .env("RUST_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    // The config file may go once the process has read it.
+    std::mem::forget(cfg);
+    Running { child, admin, client, log }
+}
+
+async fn wait_ready(r: &Running) {
+    eventually(LIMIT, "proxy ready", || async {
+        let s = tokio::net::TcpStream::connect(r.admin).await.ok()?;
+        drop(s);
+        (get(r.admin, "/ready").await.status == 200).then_some(())
+    })
+    .await;
+}
+
+fn sigterm(r: &Running) {
+    // SAFETY: kill(2) on the child we spawned.
+    unsafe {
+        libc::kill(r.child.id() as i32, libc::SIGTERM);
+    }
+}
+
+fn exit_code(r: &mut Running) -> Option<i32> {
+    r.child.try_wait().unwrap().map(|s| s.code().unwrap_or(-1))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_accepting_drains_sessions_and_exits_0() {
+    let c = cluster(0).await;
+    let mut r = spawn_proxy(&c, "30s");
+    wait_ready(&r).await;
+    let status = Command::new(BIN).args(["status", "--admin", &format!("http://{}", r.admin)]).output().unwrap();
+    let table = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{table}");
+    assert!(table.contains("state: degraded") && table.contains("pg-a") && table.contains("primary"), "{table}");
+
+    let pw = &c.options.password;
+    let client = connect(r.client, pw).await;
+    client.batch_execute("create table d(i int); begin; insert into d values (1)").await.unwrap();
+    sigterm(&r);
+    eventually(LIMIT, "listener closed", || async { tokio::net::TcpStream::connect(r.client).await.is_err().then_some(()) }).await;
+    assert_eq!(exit_code(&mut r), None, "still draining the open session");
+    // The open session keeps working through the drain.
+    client.batch_execute("insert into d values (2); commit").await.unwrap();
+    drop(client);
+    let code = eventually(LIMIT, "process exit", || std::future::ready(exit_code(&mut r))).await;
+    assert_eq!(code, 0);
+    assert_eq!(c.psql(0, "select count(*) from d").unwrap(), "2");
+    let log = std::fs::read_to_string(r.log.path()).unwrap();
+    assert!(log.contains("draining"), "{log}");
+    assert!(!log.contains(pw.as_str()), "the password appears in the log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_sessions_left_after_the_grace_period() {
+    let c = cluster(0).await;
+    let mut r = spawn_proxy(&c, "300ms");
+    wait_ready(&r).await;
+    let client = connect(r.client, &c.options.password).await;
+    sigterm(&r);
+    let code = eventually(LIMIT, "process exit", || std::future::ready(exit_code(&mut r))).await;
+    assert_eq!(code, 0);
+    eventually(LIMIT, "session closed", || async { client.is_closed().then_some(()) }).await;
+}
