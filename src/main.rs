@@ -48,6 +48,12 @@ struct Cli {
 enum Cmd {
     /// Start a local primary + standby and the proxy in front of them; Ctrl-C removes all.
     Demo,
+    /// Liveness probe for containers: exit 0 when the admin port answers GET /health.
+    Health {
+        /// Admin URL; defaults to http://<admin_listen> from the configuration.
+        #[arg(long)]
+        admin: Option<String>,
+    },
     /// Show the proxy's status as a table (reads the admin port).
     Status {
         /// Admin URL; defaults to http://<admin_listen> from the configuration.
@@ -73,6 +79,9 @@ fn main() -> ExitCode {
     if let Some(Cmd::Status { admin: Some(url) }) = &cli.command {
         return status_cmd::main(url);
     }
+    if let Some(Cmd::Health { admin: Some(url) }) = &cli.command {
+        return status_cmd::health(url);
+    }
     let cfg = match Config::load(cli.config.as_deref(), &process_env, &overrides) {
         Ok(c) => c,
         Err(e) => {
@@ -82,6 +91,9 @@ fn main() -> ExitCode {
     };
     if let Some(Cmd::Status { admin: None }) = &cli.command {
         return status_cmd::main(&format!("http://{}", cfg.admin_listen));
+    }
+    if let Some(Cmd::Health { admin: None }) = &cli.command {
+        return status_cmd::health(&format!("http://{}", cfg.admin_listen));
     }
     if cli.check {
         println!("{}", summary(&cfg));

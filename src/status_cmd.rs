@@ -20,6 +20,17 @@ pub fn main(admin: &str) -> ExitCode {
     }
 }
 
+/// `pgfailover health`: exit 0 when `/health` answers 200 (a container HEALTHCHECK).
+pub fn health(admin: &str) -> ExitCode {
+    match fetch(admin, "/health") {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgfailover health: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// A plain HTTP/1.1 GET against our own admin port (http only).
 fn fetch(admin: &str, path: &str) -> Result<Value, String> {
     let hostport = admin.trim_start_matches("http://").trim_end_matches('/');

@@ -1,0 +1,133 @@
+//! Deployment files stay true to the product: every metric a dashboard or alert uses is
+//! exported by a running proxy, the shipped configs load, image names agree.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use pgfailover::config::{Config, Overrides};
+
+fn repo(p: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(p)).unwrap_or_else(|e| panic!("{p}: {e}"))
+}
+
+/// Metric names (ours and the seed's) mentioned in a PromQL expression.
+fn metric_names(expr: &str, into: &mut BTreeSet<String>) {
+    let mut word = String::new();
+    for ch in expr.chars().chain(std::iter::once(' ')) {
+        if ch.is_ascii_alphanumeric() || ch == '_' || ch == ':' {
+            word.push(ch);
+        } else {
+            if word.starts_with("failover_") || word.starts_with("pgfailover_") {
+                into.insert(word.clone());
+            }
+            word.clear();
+        }
+    }
+}
+
+fn used_metrics() -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let alerts: serde_yaml::Value = serde_yaml::from_str(&repo("deploy/prometheus/alerts.yml")).unwrap();
+    for group in alerts["groups"].as_sequence().unwrap() {
+        for rule in group["rules"].as_sequence().unwrap() {
+            metric_names(rule["expr"].as_str().unwrap(), &mut names);
+        }
+    }
+    let dash: serde_json::Value = serde_json::from_str(&repo("deploy/grafana/dashboards/pgfailover.json")).unwrap();
+    for panel in dash["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().unwrap() {
+            metric_names(t["expr"].as_str().unwrap(), &mut names);
+        }
+    }
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboards_and_alerts_use_only_exported_metrics() {
+    let used = used_metrics();
+    for seed in ["failover_state", "failover_total", "failover_primary_healthy", "failover_standby_healthy", "failover_recoveries_total", "failover_health_check_failures_total"] {
+        assert!(used.contains(seed), "dashboards/alerts do not use {seed}");
+    }
+    let c = cluster(1).await;
+    let p = start_proxy(proxy_config(&c, |_| {})).await;
+    wait_status(&p, Duration::from_secs(20), "healthy", |s| s.current_primary.is_some()).await;
+    // One session and one histogram sample, so every series has been written at least once.
+    connect(p.client_addr, &c.options.password).await.batch_execute("select 1").await.unwrap();
+    let text = get(p.admin_addr, "/metrics").await.body;
+    let exported: BTreeSet<String> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(str::to_string)
+        .collect();
+    let missing: Vec<&String> = used.iter().filter(|m| !exported.contains(*m)).collect();
+    assert!(missing.is_empty(), "used by deploy/ but not exported: {missing:?}\nexported: {exported:?}");
+}
+
+fn load_toml(text: &str) -> Config {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
+    let env = |k: &str| (k == "DB_PASSWORD").then(|| "x".to_string());
+    Config::load(Some(f.path()), &env, &Overrides::default()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn k8s_docs() -> Vec<serde_yaml::Value> {
+    let mut docs = Vec::new();
+    for file in ["deploy/kubernetes/pgfailover.yaml", "deploy/kubernetes/servicemonitor.yaml"] {
+        for d in serde_yaml::Deserializer::from_str(&repo(file)) {
+            docs.push(serde::Deserialize::deserialize(d).unwrap());
+        }
+    }
+    docs
+}
+
+fn find<'a>(docs: &'a [serde_yaml::Value], kind: &str, name: &str) -> &'a serde_yaml::Value {
+    docs.iter().find(|d| d["kind"] == kind && d["metadata"]["name"] == name).unwrap_or_else(|| panic!("{kind}/{name}"))
+}
+
+#[test]
+fn shipped_configs_load_and_image_names_agree() {
+    let compose = load_toml(&repo("deploy/compose/proxy.toml"));
+    assert_eq!((compose.primary.host.as_str(), compose.standbys[0].host.as_str()), ("pg-primary", "pg-standby"));
+    let docs = k8s_docs();
+    let cm = find(&docs, "ConfigMap", "pgfailover-config");
+    let k8s = load_toml(cm["data"]["proxy.toml"].as_str().unwrap());
+    assert_eq!(k8s.admin_listen.port(), 9432);
+
+    let dockerfile = repo("Dockerfile");
+    let image = dockerfile
+        .lines()
+        .find_map(|l| l.split("org.opencontainers.image.ref.name=\"").nth(1))
+        .and_then(|s| s.split('"').next())
+        .expect("image name label in the Dockerfile");
+    assert_eq!(image, format!("pgfailover:{}", env!("CARGO_PKG_VERSION")));
+    let compose_file: serde_yaml::Value = serde_yaml::from_str(&repo("docker-compose.yml")).unwrap();
+    assert_eq!(compose_file["services"]["pgfailover"]["image"].as_str(), Some(image));
+    let deploy = find(&docs, "Deployment", "pgfailover");
+    let container = &deploy["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["image"].as_str(), Some(image));
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/health");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/ready");
+    assert!(repo("deploy/systemd/pgfailover.service").contains(image));
+    assert!(dockerfile.contains("HEALTHCHECK") && dockerfile.contains("\"health\""));
+}
+
+#[test]
+fn service_monitor_selects_the_metrics_service() {
+    let docs = k8s_docs();
+    let sm = find(&docs, "ServiceMonitor", "pgfailover");
+    assert_eq!(sm["apiVersion"], "monitoring.coreos.com/v1");
+    let svc = find(&docs, "Service", "pgfailover-metrics");
+    let labels = svc["metadata"]["labels"].as_mapping().unwrap();
+    for (k, v) in sm["spec"]["selector"]["matchLabels"].as_mapping().unwrap() {
+        assert_eq!(labels.get(k), Some(v), "ServiceMonitor selects label {k:?} the Service lacks");
+    }
+    let ep = &sm["spec"]["endpoints"][0];
+    assert_eq!(ep["path"], "/metrics");
+    let ports = svc["spec"]["ports"].as_sequence().unwrap();
+    assert!(ports.iter().any(|p| p["name"] == ep["port"]), "endpoint port is not a Service port");
+}
