@@ -112,7 +112,7 @@ async fn route_moved(route: &mut watch::Receiver<Route>, backend: usize) {
 
 /// Copies both directions at once (a pipelining client and a busy server never deadlock),
 /// half-closing each side as its peer finishes. Returns who ended it.
-async fn splice(client: &TcpStream, server: &TcpStream, m: &Metrics) -> CloseReason {
+pub async fn splice(client: &TcpStream, server: &TcpStream, m: &Metrics) -> CloseReason {
     // Which side reached EOF first: 0 = none yet, else the Direction's tag.
     let first_eof = AtomicU8::new(0);
     let up = pump(client, server, Direction::Up, m, &first_eof);

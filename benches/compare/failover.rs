@@ -1,0 +1,77 @@
+//! Failover time: immediate stop of the primary → first write acknowledged through the proxy
+//! by the promoted standby, with a new connection + INSERT every 20 ms.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pgfailover::localpg::{Cluster, ClusterOptions};
+use tokio_postgres::NoTls;
+
+use crate::targets;
+
+pub struct Trial {
+    pub time: Duration,
+    pub refused: u64,
+    pub writes_lost_sessions: u64,
+}
+
+pub fn trial(dir: &Path) -> Trial {
+    let c = Cluster::start(ClusterOptions { standbys: 1, ..Default::default() }).expect("cluster");
+    let pw = c.options.password.clone();
+    c.psql(0, "CREATE TABLE w(at timestamptz DEFAULT now(), port int)").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.psql(1, "SELECT count(*) FROM w").is_err() {
+        assert!(Instant::now() < deadline, "table never replicated");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let proxy = targets::pgfailover(dir, c.nodes[0].port, Some(c.nodes[1].port), &pw, "250ms", "500ms");
+    let standby_port = c.nodes[1].port as i32;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let refused = Arc::new(AtomicU64::new(0));
+    let cut = Arc::new(AtomicU64::new(0));
+    let first_on_standby: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+    let conn = format!("host=127.0.0.1 port={} user=postgres password={pw} dbname=postgres", proxy.addr.port());
+    let (r2, c2, f2) = (refused.clone(), cut.clone(), first_on_standby.clone());
+    let writer = rt.spawn(async move {
+        loop {
+            if f2.lock().unwrap().is_some() {
+                return;
+            }
+            let tick = tokio::time::sleep(Duration::from_millis(20));
+            match tokio_postgres::connect(&conn, NoTls).await {
+                Ok((client, connection)) => {
+                    tokio::spawn(connection);
+                    match client.query_one("INSERT INTO w(port) VALUES (inet_server_port()) RETURNING port", &[]).await {
+                        Ok(row) if row.get::<_, i32>(0) == standby_port => {
+                            f2.lock().unwrap().get_or_insert_with(Instant::now);
+                        }
+                        Ok(_) => {}
+                        Err(_) => {
+                            c2.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                Err(_) => {
+                    r2.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            tick.await;
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let killed = Instant::now();
+    c.kill(0).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let at = loop {
+        if let Some(t) = *first_on_standby.lock().unwrap() {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "no write reached the promoted standby");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    rt.block_on(writer).unwrap();
+    drop(proxy);
+    Trial { time: at - killed, refused: refused.load(Ordering::Relaxed), writes_lost_sessions: cut.load(Ordering::Relaxed) }
+}

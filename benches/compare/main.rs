@@ -1,0 +1,152 @@
+//! pgfailover against a direct connection, HAProxy (TCP mode) and PgBouncer (session mode),
+//! measured in one interleaved run on this machine:
+//!
+//!     cargo bench --bench compare
+//!
+//! Environment: BENCH_ROUNDS (3), BENCH_SECONDS per pgbench run (10), BENCH_COPY_OUT_MB
+//! (1024), BENCH_COPY_IN_MB (512), BENCH_IDLE connections (5000), BENCH_FAILOVER_TRIALS (5),
+//! BENCH_ONLY=throughput,memory,failover (all). HAProxy and PgBouncer are used when
+//! installed (`apt-get install haproxy pgbouncer`).
+
+mod failover;
+mod idle;
+mod targets;
+mod workloads;
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use pgfailover::localpg::{find_bindir, Cluster, ClusterOptions};
+use targets::Target;
+use workloads::Workload;
+
+fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("idle-client") {
+        idle::client_main(&args[2], args[3].parse().unwrap());
+        return;
+    }
+    let only = std::env::var("BENCH_ONLY").unwrap_or_else(|_| "throughput,memory,failover".into());
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_default();
+    println!("machine: {} cores, {cpu}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    if only.contains("throughput") {
+        throughput(dir.path());
+    }
+    if only.contains("memory") {
+        memory(dir.path());
+    }
+    if only.contains("failover") {
+        failover_times(dir.path());
+    }
+}
+
+fn throughput(dir: &std::path::Path) {
+    let rounds: usize = env_or("BENCH_ROUNDS", 3);
+    let seconds: u64 = env_or("BENCH_SECONDS", 10);
+    let c = Cluster::start(ClusterOptions { standbys: 1, ..Default::default() }).expect("cluster");
+    let pw = c.options.password.clone();
+    let pgbench = find_bindir().unwrap().join("pgbench");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let direct = targets::direct(c.nodes[0].port);
+    println!("preparing data (pgbench scale 10, COPY tables) ...");
+    let copy_in = rt.block_on(workloads::prepare(direct.addr, &pw, &pgbench, env_or("BENCH_COPY_OUT_MB", 1024), env_or("BENCH_COPY_IN_MB", 512)));
+    let mut all: Vec<Target> = vec![direct, targets::pgfailover(dir, c.nodes[0].port, Some(c.nodes[1].port), &pw, "1s", "1s")];
+    all.extend(targets::haproxy(dir, c.nodes[0].port));
+    all.extend(targets::pgbouncer(dir, c.nodes[0].port, &pw));
+    let names: Vec<&str> = all.iter().map(|t| t.name).collect();
+    println!("targets: {names:?}; {rounds} rounds, {seconds}s per pgbench run, order rotated each round\n");
+    let env = workloads::Env { pgbench: &pgbench, password: &pw, seconds, copy_in: &copy_in, direct: all[0].addr, rt: &rt };
+    // (workload, target) -> per-round values and CPU%.
+    let mut values: HashMap<(usize, usize), Vec<f64>> = HashMap::new();
+    let mut cpus: HashMap<(usize, usize), Vec<f64>> = HashMap::new();
+    for round in 0..rounds {
+        for (wi, w) in Workload::ALL.iter().enumerate() {
+            for k in 0..all.len() {
+                let ti = (k + round) % all.len();
+                let t = &all[ti];
+                let cpu0 = t.pid.map(targets::cpu_seconds);
+                let start = Instant::now();
+                let v = workloads::run(*w, t.addr, &env);
+                let wall = start.elapsed().as_secs_f64();
+                let cpu = t.pid.map(|p| (targets::cpu_seconds(p) - cpu0.unwrap()) / wall * 100.0);
+                println!("round {} {:<32} {:<10} {:>12.1}{}", round + 1, w.label(), t.name, v, cpu.map(|c| format!("   cpu {c:.0}%")).unwrap_or_default());
+                values.entry((wi, ti)).or_default().push(v);
+                if let Some(c) = cpu {
+                    cpus.entry((wi, ti)).or_default().push(c);
+                }
+            }
+        }
+    }
+    println!("\nMedians; ratio = median over rounds of (target / direct in the same round); cpu = proxy process CPU%.\n");
+    let mut header = "| workload | direct |".to_string();
+    for t in &all[1..] {
+        header.push_str(&format!(" {} |", t.name));
+    }
+    println!("{header}\n|---|---|{}", "---|".repeat(all.len() - 1));
+    for (wi, w) in Workload::ALL.iter().enumerate() {
+        let d = values[&(wi, 0)].clone();
+        let mut row = format!("| {} | {:.0} |", w.label(), median(&mut d.clone()));
+        for ti in 1..all.len() {
+            let v = &values[&(wi, ti)];
+            let mut ratios: Vec<f64> = v.iter().zip(&d).map(|(a, b)| a / b).collect();
+            let mut cpu = cpus.get(&(wi, ti)).cloned().unwrap_or_default();
+            row.push_str(&format!(" {:.0} (ratio **{:.3}**, cpu {:.0}%) |", median(&mut v.clone()), median(&mut ratios), median(&mut cpu)));
+        }
+        println!("{row}");
+    }
+    println!();
+}
+
+fn memory(dir: &std::path::Path) {
+    let n: usize = env_or("BENCH_IDLE", 5000);
+    let c = Cluster::start(ClusterOptions { standbys: 0, ..Default::default() }).expect("cluster");
+    let pw = c.options.password.clone();
+    let Some(bouncer) = targets::pgbouncer(dir, c.nodes[0].port, &pw) else {
+        println!("memory: skipped (needs pgbouncer as the backend that holds {n} idle connections)");
+        return;
+    };
+    println!("memory per idle connection ({n} idle clients; PgBouncer behind the proxy):");
+    let ours = targets::pgfailover(dir, bouncer.addr.port(), None, &pw, "1s", "1s");
+    let per = idle::per_connection(ours.addr, ours.pid.unwrap(), n);
+    println!("| pgfailover | {per:.0} bytes/connection |");
+    drop(ours);
+    if let Some(h) = targets::haproxy(dir, bouncer.addr.port()) {
+        let per = idle::per_connection(h.addr, h.pid.unwrap(), n);
+        println!("| haproxy | {per:.0} bytes/connection |");
+    }
+    println!();
+}
+
+fn failover_times(dir: &std::path::Path) {
+    let trials: usize = env_or("BENCH_FAILOVER_TRIALS", 5);
+    println!("failover: immediate stop of the primary -> first INSERT acknowledged by the promoted standby");
+    println!("(new connection + INSERT every 20 ms; interval 250ms, timeout 500ms, threshold 3)");
+    let mut times = Vec::new();
+    let mut refused = 0;
+    for i in 0..trials {
+        let t = failover::trial(dir);
+        println!("trial {}: {:.0} ms, refused connections {}, writes on cut sessions {}", i + 1, t.time.as_secs_f64() * 1000.0, t.refused, t.writes_lost_sessions);
+        times.push(t.time.as_secs_f64() * 1000.0);
+        refused += t.refused;
+    }
+    let max = times.iter().cloned().fold(0.0, f64::max);
+    println!("| failover | median {:.0} ms | max {:.0} ms | refused {} |\n", median(&mut times), max, refused);
+}

@@ -1,0 +1,166 @@
+//! The things being compared: PostgreSQL directly, pgfailover, HAProxy (TCP mode) and
+//! PgBouncer (session mode), each a separate process whose CPU time can be read.
+
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pgfailover::localpg::free_port;
+
+pub struct Target {
+    pub name: &'static str,
+    pub addr: SocketAddr,
+    /// The process doing the proxying (None for direct).
+    pub pid: Option<u32>,
+    child: Option<Child>,
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // PgBouncer runs under runuser; its own PID comes from its pidfile.
+        if self.child.is_none() {
+            if let Some(pid) = self.pid {
+                unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            }
+        }
+    }
+}
+
+pub fn direct(port: u16) -> Target {
+    Target { name: "direct", addr: SocketAddr::from(([127, 0, 0, 1], port)), pid: None, child: None }
+}
+
+fn wait_port(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "{addr} never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// pgfailover (release build) in front of `primary` (+ `standby`), as its own process.
+pub fn pgfailover(dir: &Path, primary: u16, standby: Option<u16>, password: &str, interval: &str, timeout: &str) -> Target {
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
+    let cfg = dir.join(format!("pgfailover-{}.toml", addr.port()));
+    fs::write(
+        &cfg,
+        format!(
+            "listen = \"{addr}\"\nadmin_listen = \"{admin}\"\nlog_level = \"warn\"\n[health]\ninterval = \"{interval}\"\ntimeout = \"{timeout}\"\n\
+             [primary]\nname = \"pg-a\"\nport = {primary}\n{}",
+            standby.map(|p| format!("[[standbys]]\nname = \"pg-b\"\nport = {p}\n")).unwrap_or_default()
+        ),
+    )
+    .unwrap();
+    let log = fs::File::create(dir.join(format!("pgfailover-{}.log", addr.port()))).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_pgfailover"))
+        .arg("--config")
+        .arg(&cfg)
+        .env("DB_PASSWORD", password)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start pgfailover");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(admin) {
+            use std::io::{Read, Write};
+            let _ = s.write_all(b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let mut r = String::new();
+            let _ = s.read_to_string(&mut r);
+            if r.starts_with("HTTP/1.1 200") {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "pgfailover never became ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Target { name: "pgfailover", addr, pid: Some(child.id()), child: Some(child) }
+}
+
+pub fn which(tool: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+}
+
+/// HAProxy 2.x in TCP mode with long timeouts.
+pub fn haproxy(dir: &Path, backend: u16) -> Option<Target> {
+    let exe = which("haproxy")?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
+    let cfg = dir.join(format!("haproxy-{}.cfg", addr.port()));
+    fs::write(
+        &cfg,
+        format!(
+            "global\n  maxconn 9000\n  log stderr local0 emerg\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n\
+             frontend pg\n  bind {addr}\n  default_backend pg\nbackend pg\n  server primary 127.0.0.1:{backend}\n"
+        ),
+    )
+    .unwrap();
+    let child = Command::new(exe).arg("-db").arg("-f").arg(&cfg).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().ok()?;
+    wait_port(addr);
+    Some(Target { name: "haproxy", addr, pid: Some(child.id()), child: Some(child) })
+}
+
+/// PgBouncer in session mode, run as the `postgres` user when we are root (it refuses root).
+pub fn pgbouncer(dir: &Path, backend: u16, password: &str) -> Option<Target> {
+    let exe = which("pgbouncer")?;
+    let port = free_port().unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let pidfile = dir.join(format!("pgbouncer-{port}.pid"));
+    let ini = dir.join(format!("pgbouncer-{port}.ini"));
+    fs::write(
+        &ini,
+        format!(
+            "[databases]\n* = host=127.0.0.1 port={backend} user=postgres password={password}\n\
+             [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nauth_type = any\npool_mode = session\n\
+             max_client_conn = 12000\ndefault_pool_size = 64\nclient_login_timeout = 0\nlogfile = {}\npidfile = {}\nunix_socket_dir =\n",
+            dir.join(format!("pgbouncer-{port}.log")).display(),
+            pidfile.display()
+        ),
+    )
+    .unwrap();
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut cmd = if root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(exe);
+        c
+    } else {
+        Command::new(exe)
+    };
+    cmd.arg("-d").arg(&ini).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    let status = cmd.status().ok()?;
+    if !status.success() {
+        eprintln!("pgbouncer did not start (see {})", dir.display());
+        return None;
+    }
+    wait_port(addr);
+    let pid = fs::read_to_string(&pidfile).ok()?.trim().parse().ok()?;
+    Some(Target { name: "pgbouncer", addr, pid: Some(pid), child: None })
+}
+
+/// User + system CPU seconds of a process so far.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(text) = fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    let rest = &text[text.rfind(')').map(|i| i + 2).unwrap_or(0)..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (f[11].parse::<f64>().unwrap_or(0.0) + f[12].parse::<f64>().unwrap_or(0.0)) / ticks
+}
+
+/// Resident set size in bytes.
+pub fn rss_bytes(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .unwrap_or(0)
+        * 1024
+}
