@@ -137,7 +137,16 @@ pub(crate) fn init_logging(cfg: &Config) {
 /// Runs the proxy until SIGTERM/SIGINT, then drains and exits 0. `ready` is called once the
 /// listeners are bound.
 pub(crate) fn run_until_signal(cfg: Config, ready: impl FnOnce(&pgfailover::server::Proxy)) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut builder = match cfg.proxy.worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        0 => tokio::runtime::Builder::new_multi_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("pgfailover: cannot start the runtime: {e}");

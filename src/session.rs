@@ -5,6 +5,7 @@ use std::io;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -133,36 +134,38 @@ enum Direction {
     Down = 2,
 }
 
-/// Size of one read. Allocated while data flows and released whenever the socket runs dry,
-/// so an idle session holds no buffer.
+/// Largest single read. A buffer exists only while data flows: it is taken when the socket
+/// becomes readable and dropped once the socket is drained, so an idle session holds none.
 const CHUNK: usize = 32 * 1024;
 
-async fn pump(
-    from: &TcpStream,
-    to: &TcpStream,
-    dir: Direction,
-    m: &Metrics,
-    first_eof: &AtomicU8,
-) -> io::Result<()> {
-    let mut buf: Option<Box<[u8]>> = None;
+async fn pump(from: &TcpStream, to: &TcpStream, dir: Direction, m: &Metrics, first_eof: &AtomicU8) -> io::Result<()> {
     loop {
         from.readable().await?;
-        let b = buf.get_or_insert_with(|| vec![0u8; CHUNK].into_boxed_slice());
-        let n = match from.try_read(b) {
-            Ok(0) => {
-                let _ = first_eof.compare_exchange(0, dir as u8, Ordering::Relaxed, Ordering::Relaxed);
-                net::shutdown_write(to);
-                return Ok(());
+        // Capacity only: reads fill uninitialised spare capacity, nothing is zeroed.
+        let mut buf: Vec<u8> = Vec::with_capacity(CHUNK);
+        loop {
+            buf.clear();
+            match from.try_read_buf(&mut buf) {
+                Ok(0) => {
+                    let _ = first_eof.compare_exchange(0, dir as u8, Ordering::Relaxed, Ordering::Relaxed);
+                    net::shutdown_write(to);
+                    return Ok(());
+                }
+                Ok(n) => {
+                    write_all(to, &buf).await?;
+                    count(m, dir, n as u64);
+                    if n < CHUNK {
+                        // A short read drained the socket: clear the readiness now instead of
+                        // paying another read() just to get EAGAIN. Data that arrives later
+                        // raises a new readiness event, so nothing is missed.
+                        let _ = from.try_io(Interest::READABLE, || Err::<(), _>(io::ErrorKind::WouldBlock.into()));
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
             }
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                buf = None;
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        write_all(to, &b[..n]).await?;
-        count(m, dir, n as u64);
+        }
     }
 }
 

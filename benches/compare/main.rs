@@ -5,7 +5,9 @@
 //!
 //! Environment: BENCH_ROUNDS (3), BENCH_SECONDS per pgbench run (10), BENCH_COPY_OUT_MB
 //! (1024), BENCH_COPY_IN_MB (512), BENCH_IDLE connections (5000), BENCH_FAILOVER_TRIALS (5),
-//! BENCH_ONLY=throughput,memory,failover (all). HAProxy and PgBouncer are used when
+//! BENCH_ONLY=throughput,memory,failover (all), BENCH_WORKLOADS=a,b,c,d,e (all),
+//! BENCH_TARGETS=pgfailover,haproxy,pgbouncer (all installed), BENCH_PGFAILOVER_THREADS=1,0
+//! (compare runtime variants side by side). HAProxy and PgBouncer are used when
 //! installed (`apt-get install haproxy pgbouncer`).
 
 mod failover;
@@ -68,17 +70,35 @@ fn throughput(dir: &std::path::Path) {
     let direct = targets::direct(c.nodes[0].port);
     println!("preparing data (pgbench scale 10, COPY tables) ...");
     let copy_in = rt.block_on(workloads::prepare(direct.addr, &pw, &pgbench, env_or("BENCH_COPY_OUT_MB", 1024), env_or("BENCH_COPY_IN_MB", 512)));
-    let mut all: Vec<Target> = vec![direct, targets::pgfailover(dir, c.nodes[0].port, Some(c.nodes[1].port), &pw, "1s", "1s")];
-    all.extend(targets::haproxy(dir, c.nodes[0].port));
-    all.extend(targets::pgbouncer(dir, c.nodes[0].port, &pw));
-    let names: Vec<&str> = all.iter().map(|t| t.name).collect();
+    let wanted = std::env::var("BENCH_TARGETS").unwrap_or_else(|_| "pgfailover,haproxy,pgbouncer".into());
+    let mut all: Vec<Target> = vec![direct];
+    if wanted.contains("pgfailover") {
+        match std::env::var("BENCH_PGFAILOVER_THREADS") {
+            // Several runtime variants side by side, e.g. "1,0".
+            Ok(list) => {
+                for n in list.split(',').filter_map(|v| v.trim().parse().ok()) {
+                    all.push(targets::pgfailover_threads(dir, c.nodes[0].port, Some(c.nodes[1].port), &pw, "1s", "1s", Some(n)));
+                }
+            }
+            Err(_) => all.push(targets::pgfailover(dir, c.nodes[0].port, Some(c.nodes[1].port), &pw, "1s", "1s")),
+        }
+    }
+    if wanted.contains("haproxy") {
+        all.extend(targets::haproxy(dir, c.nodes[0].port));
+    }
+    if wanted.contains("pgbouncer") {
+        all.extend(targets::pgbouncer(dir, c.nodes[0].port, &pw));
+    }
+    let letters = std::env::var("BENCH_WORKLOADS").unwrap_or_else(|_| "a,b,c,d,e".into());
+    let chosen: Vec<usize> = (0..Workload::ALL.len()).filter(|i| letters.contains(["a", "b", "c", "d", "e"][*i])).collect();
+    let names: Vec<&str> = all.iter().map(|t| t.name.as_str()).collect();
     println!("targets: {names:?}; {rounds} rounds, {seconds}s per pgbench run, order rotated each round\n");
     let env = workloads::Env { pgbench: &pgbench, password: &pw, seconds, copy_in: &copy_in, direct: all[0].addr, rt: &rt };
     // (workload, target) -> per-round values and CPU%.
     let mut values: HashMap<(usize, usize), Vec<f64>> = HashMap::new();
     let mut cpus: HashMap<(usize, usize), Vec<f64>> = HashMap::new();
     for round in 0..rounds {
-        for (wi, w) in Workload::ALL.iter().enumerate() {
+        for (wi, w) in Workload::ALL.iter().enumerate().filter(|(i, _)| chosen.contains(i)) {
             for k in 0..all.len() {
                 let ti = (k + round) % all.len();
                 let t = &all[ti];
@@ -101,7 +121,7 @@ fn throughput(dir: &std::path::Path) {
         header.push_str(&format!(" {} |", t.name));
     }
     println!("{header}\n|---|---|{}", "---|".repeat(all.len() - 1));
-    for (wi, w) in Workload::ALL.iter().enumerate() {
+    for (wi, w) in Workload::ALL.iter().enumerate().filter(|(i, _)| chosen.contains(i)) {
         let d = values[&(wi, 0)].clone();
         let mut row = format!("| {} | {:.0} |", w.label(), median(&mut d.clone()));
         for ti in 1..all.len() {

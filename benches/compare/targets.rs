@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use pgfailover::localpg::free_port;
 
 pub struct Target {
-    pub name: &'static str,
+    pub name: String,
     pub addr: SocketAddr,
     /// The process doing the proxying (None for direct).
     pub pid: Option<u32>,
@@ -33,7 +33,7 @@ impl Drop for Target {
 }
 
 pub fn direct(port: u16) -> Target {
-    Target { name: "direct", addr: SocketAddr::from(([127, 0, 0, 1], port)), pid: None, child: None }
+    Target { name: "direct".into(), addr: SocketAddr::from(([127, 0, 0, 1], port)), pid: None, child: None }
 }
 
 fn wait_port(addr: SocketAddr) {
@@ -46,6 +46,11 @@ fn wait_port(addr: SocketAddr) {
 
 /// pgfailover (release build) in front of `primary` (+ `standby`), as its own process.
 pub fn pgfailover(dir: &Path, primary: u16, standby: Option<u16>, password: &str, interval: &str, timeout: &str) -> Target {
+    pgfailover_threads(dir, primary, standby, password, interval, timeout, None)
+}
+
+/// pgfailover with `proxy.worker_threads` set (None: the default).
+pub fn pgfailover_threads(dir: &Path, primary: u16, standby: Option<u16>, password: &str, interval: &str, timeout: &str, threads: Option<usize>) -> Target {
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
     let cfg = dir.join(format!("pgfailover-{}.toml", addr.port()));
@@ -59,7 +64,11 @@ pub fn pgfailover(dir: &Path, primary: u16, standby: Option<u16>, password: &str
     )
     .unwrap();
     let log = fs::File::create(dir.join(format!("pgfailover-{}.log", addr.port()))).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_pgfailover"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgfailover"));
+    if let Some(n) = threads {
+        cmd.env("PGFAILOVER_WORKER_THREADS", n.to_string());
+    }
+    let child = cmd
         .arg("--config")
         .arg(&cfg)
         .env("DB_PASSWORD", password)
@@ -82,7 +91,7 @@ pub fn pgfailover(dir: &Path, primary: u16, standby: Option<u16>, password: &str
         assert!(Instant::now() < deadline, "pgfailover never became ready");
         std::thread::sleep(Duration::from_millis(20));
     }
-    Target { name: "pgfailover", addr, pid: Some(child.id()), child: Some(child) }
+    Target { name: match threads { Some(n) => format!("pgfailover-t{n}"), None => "pgfailover".into() }, addr, pid: Some(child.id()), child: Some(child) }
 }
 
 pub fn which(tool: &str) -> Option<PathBuf> {
@@ -107,7 +116,7 @@ pub fn haproxy(dir: &Path, backend: u16) -> Option<Target> {
     .unwrap();
     let child = Command::new(exe).arg("-db").arg("-f").arg(&cfg).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().ok()?;
     wait_port(addr);
-    Some(Target { name: "haproxy", addr, pid: Some(child.id()), child: Some(child) })
+    Some(Target { name: "haproxy".into(), addr, pid: Some(child.id()), child: Some(child) })
 }
 
 /// PgBouncer in session mode, run as the `postgres` user when we are root (it refuses root).
@@ -144,7 +153,7 @@ pub fn pgbouncer(dir: &Path, backend: u16, password: &str) -> Option<Target> {
     }
     wait_port(addr);
     let pid = fs::read_to_string(&pidfile).ok()?.trim().parse().ok()?;
-    Some(Target { name: "pgbouncer", addr, pid: Some(pid), child: None })
+    Some(Target { name: "pgbouncer".into(), addr, pid: Some(pid), child: None })
 }
 
 /// User + system CPU seconds of a process so far.

@@ -1,0 +1,207 @@
+//! The file layer: strict TOML parsing into raw structs, merged over the defaults.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use super::layers::{parse_addr, parse_log_format, parse_promote, standby_from};
+use super::{BackendConfig, Config, ConfigError, Secret};
+use crate::duration::parse_duration;
+
+pub(super) fn parse_file(label: &str, text: &str) -> Result<RawFile, ConfigError> {
+    let value: toml::Value = toml::from_str(text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].lines().count().max(1))
+            .unwrap_or(0);
+        ConfigError::invalid(label, format!("line {line}"), e.message().trim().replace('\n', " "))
+    })?;
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let key = e.path().to_string();
+        ConfigError::invalid(label, key, e.into_inner().to_string().replace('\n', " "))
+    })
+}
+
+/// A duration written as a human string: "250ms", "10s", "1m".
+#[derive(Clone, Copy, Debug)]
+struct HumanDuration(Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s).map(HumanDuration).map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFile {
+    listen: Option<String>,
+    admin_listen: Option<String>,
+    admin_token: Option<String>,
+    admin_token_file: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    log_level: Option<String>,
+    log_format: Option<String>,
+    health: Option<RawHealth>,
+    failover: Option<RawFailover>,
+    proxy: Option<RawProxy>,
+    primary: Option<RawBackend>,
+    #[serde(default)]
+    standbys: Vec<RawBackend>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    interval: Option<HumanDuration>,
+    timeout: Option<HumanDuration>,
+    failure_threshold: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFailover {
+    promote: Option<String>,
+    hold_timeout: Option<HumanDuration>,
+    max_lag_bytes: Option<u64>,
+    promote_timeout: Option<HumanDuration>,
+    trigger_wait: Option<HumanDuration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProxy {
+    connect_timeout: Option<HumanDuration>,
+    keepalive_idle: Option<HumanDuration>,
+    keepalive_interval: Option<HumanDuration>,
+    keepalive_count: Option<u32>,
+    user_timeout: Option<HumanDuration>,
+    shutdown_grace: Option<HumanDuration>,
+    worker_threads: Option<usize>,
+}
+
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    name: Option<String>,
+    host: Option<String>,
+    port: Option<u16>,
+    database: Option<String>,
+    user: Option<String>,
+    password: Option<String>,
+    password_file: Option<PathBuf>,
+    ssl: Option<bool>,
+    ssl_root_cert: Option<PathBuf>,
+}
+
+pub(super) fn read_secret_file(label: &str, key: &str, path: &Path) -> Result<Secret, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::invalid(label, key, format!("cannot read {}: {e}", path.display()))
+    })?;
+    Ok(Secret::new(text.trim_end_matches(['\r', '\n'])))
+}
+
+fn resolve(base: Option<&Path>, p: PathBuf) -> PathBuf {
+    match base {
+        Some(b) if p.is_relative() && !b.as_os_str().is_empty() => b.join(p),
+        _ => p,
+    }
+}
+
+pub(super) fn apply_file(
+    cfg: &mut Config,
+    raw: RawFile,
+    label: &str,
+    base: Option<&Path>,
+) -> Result<(), ConfigError> {
+    if let Some(s) = raw.listen {
+        cfg.listen = parse_addr(&s).map_err(|r| ConfigError::invalid(label, "listen", r))?;
+    }
+    if let Some(s) = raw.admin_listen {
+        cfg.admin_listen =
+            parse_addr(&s).map_err(|r| ConfigError::invalid(label, "admin_listen", r))?;
+    }
+    if let Some(t) = raw.admin_token {
+        cfg.admin_token = Some(Secret::new(t));
+    }
+    if let Some(p) = raw.admin_token_file {
+        cfg.admin_token = Some(read_secret_file(label, "admin_token_file", &resolve(base, p))?);
+    }
+    if let Some(p) = raw.state_dir {
+        cfg.state_dir = Some(resolve(base, p));
+    }
+    if let Some(s) = raw.log_level {
+        cfg.log_level = s;
+    }
+    if let Some(s) = raw.log_format {
+        cfg.log_format = parse_log_format(&s).map_err(|r| ConfigError::invalid(label, "log_format", r))?;
+    }
+    if let Some(h) = raw.health {
+        set(&mut cfg.health.interval, h.interval.map(|d| d.0));
+        set(&mut cfg.health.timeout, h.timeout.map(|d| d.0));
+        set(&mut cfg.health.failure_threshold, h.failure_threshold);
+    }
+    if let Some(f) = raw.failover {
+        if let Some(p) = f.promote {
+            cfg.failover.promote =
+                parse_promote(&p).map_err(|r| ConfigError::invalid(label, "failover.promote", r))?;
+        }
+        set(&mut cfg.failover.hold_timeout, f.hold_timeout.map(|d| d.0));
+        set(&mut cfg.failover.max_lag_bytes, f.max_lag_bytes);
+        set(&mut cfg.failover.promote_timeout, f.promote_timeout.map(|d| d.0));
+        set(&mut cfg.failover.trigger_wait, f.trigger_wait.map(|d| d.0));
+    }
+    if let Some(p) = raw.proxy {
+        set(&mut cfg.proxy.connect_timeout, p.connect_timeout.map(|d| d.0));
+        set(&mut cfg.proxy.keepalive_idle, p.keepalive_idle.map(|d| d.0));
+        set(&mut cfg.proxy.keepalive_interval, p.keepalive_interval.map(|d| d.0));
+        set(&mut cfg.proxy.keepalive_count, p.keepalive_count);
+        set(&mut cfg.proxy.user_timeout, p.user_timeout.map(|d| d.0));
+        set(&mut cfg.proxy.shutdown_grace, p.shutdown_grace.map(|d| d.0));
+        set(&mut cfg.proxy.worker_threads, p.worker_threads);
+    }
+    if let Some(p) = raw.primary {
+        merge_backend(&mut cfg.primary, p, label, "primary", base)?;
+    }
+    let primary = cfg.primary.clone();
+    for (i, s) in raw.standbys.into_iter().enumerate() {
+        let mut b = standby_from(&primary, i);
+        merge_backend(&mut b, s, label, &format!("standbys[{i}]"), base)?;
+        cfg.standbys.push(b);
+    }
+    Ok(())
+}
+
+pub(super) fn set<T>(slot: &mut T, v: Option<T>) {
+    if let Some(v) = v {
+        *slot = v;
+    }
+}
+
+fn merge_backend(
+    b: &mut BackendConfig,
+    raw: RawBackend,
+    label: &str,
+    key: &str,
+    base: Option<&Path>,
+) -> Result<(), ConfigError> {
+    set(&mut b.name, raw.name);
+    set(&mut b.host, raw.host);
+    set(&mut b.port, raw.port);
+    set(&mut b.database, raw.database);
+    set(&mut b.user, raw.user);
+    set(&mut b.ssl, raw.ssl);
+    if let Some(p) = raw.password {
+        b.password = Some(Secret::new(p));
+    }
+    if let Some(p) = raw.password_file {
+        b.password = Some(read_secret_file(label, &format!("{key}.password_file"), &resolve(base, p))?);
+    }
+    if let Some(p) = raw.ssl_root_cert {
+        b.ssl_root_cert = Some(resolve(base, p));
+    }
+    Ok(())
+}
+

@@ -1,0 +1,189 @@
+//! The environment and command-line layers, and the value parsers they share with the file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::file::{read_secret_file, set};
+use super::{BackendConfig, Config, ConfigError, EnvLookup, LogFormat, Overrides, PromoteMode, Secret};
+use crate::duration::parse_duration;
+
+/// A standby inherits the primary's database, credentials and TLS settings.
+pub(super) fn standby_from(primary: &BackendConfig, index: usize) -> BackendConfig {
+    BackendConfig { name: format!("standby-{index}"), ..primary.clone() }
+}
+
+pub(super) fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>()
+        .map_err(|_| format!("{s:?} is not an address like 127.0.0.1:6432 or [::1]:6432"))
+}
+
+pub(super) fn parse_log_format(s: &str) -> Result<LogFormat, String> {
+    match s {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        _ => Err(format!("{s:?} is not one of \"text\", \"json\"")),
+    }
+}
+
+pub(super) fn parse_promote(s: &str) -> Result<PromoteMode, String> {
+    match s {
+        "auto" => Ok(PromoteMode::Auto),
+        "never" => Ok(PromoteMode::Never),
+        _ => Err(format!("{s:?} is not one of \"auto\", \"never\"")),
+    }
+}
+
+/// `name=host:port`, `host:port` or `[v6]:port`; a missing name becomes `standby-<index>`.
+fn parse_standby(primary: &BackendConfig, index: usize, spec: &str) -> Result<BackendConfig, String> {
+    let spec = spec.trim();
+    let (name, addr) = match spec.split_once('=') {
+        Some((n, a)) if !n.is_empty() => (Some(n.trim()), a.trim()),
+        Some(_) => return Err(format!("{spec:?} has an empty name")),
+        None => (None, spec),
+    };
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{spec:?} is not name=host:port"))?;
+    let port: u16 = port.parse().map_err(|_| format!("{spec:?} has a bad port {port:?}"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("{spec:?} has an empty host"));
+    }
+    let mut b = standby_from(primary, index);
+    if let Some(n) = name {
+        b.name = n.to_string();
+    }
+    b.host = host.to_string();
+    b.port = port;
+    Ok(b)
+}
+
+const ENV: &str = "environment";
+
+pub(super) fn apply_env(cfg: &mut Config, env: EnvLookup<'_>) -> Result<(), ConfigError> {
+    let bad = |key: &str, reason: String| ConfigError::invalid(ENV, key, reason);
+    if let Some(v) = env("DB_HOST") {
+        cfg.primary.host = v;
+    }
+    if let Some(v) = env("DB_PORT") {
+        cfg.primary.port = v.parse().map_err(|_| bad("DB_PORT", format!("{v:?} is not a port")))?;
+    }
+    if let Some(v) = env("DB_NAME") {
+        cfg.primary.database = v;
+    }
+    if let Some(v) = env("DB_USER") {
+        cfg.primary.user = v;
+    }
+    if let Some(v) = env("DB_PASSWORD") {
+        cfg.primary.password = Some(Secret::new(v));
+    }
+    if let Some(p) = env("DB_PASSWORD_FILE") {
+        cfg.primary.password = Some(read_secret_file(ENV, "DB_PASSWORD_FILE", Path::new(&p))?);
+    }
+    if let Some(v) = env("DB_SSL") {
+        cfg.primary.ssl = parse_bool(&v).ok_or_else(|| bad("DB_SSL", format!("{v:?} is not true/false")))?;
+    }
+    if let Some(v) = env("PGFAILOVER_PRIMARY_NAME") {
+        cfg.primary.name = v;
+    }
+    // Credentials given through the seed's variables apply to the standbys too (the seed
+    // configures one user for every database).
+    for s in cfg.standbys.iter_mut() {
+        inherit_credentials(s, &cfg.primary, env);
+    }
+    if let Some(v) = env("PGFAILOVER_STANDBYS") {
+        let mut list = Vec::new();
+        for (i, spec) in v.split(',').filter(|s| !s.trim().is_empty()).enumerate() {
+            list.push(parse_standby(&cfg.primary, i, spec).map_err(|r| bad("PGFAILOVER_STANDBYS", r))?);
+        }
+        cfg.standbys = list;
+    }
+    if let Some(v) = env("FAILOVER_HEALTH_CHECK_INTERVAL") {
+        let ms: u64 = v
+            .trim()
+            .parse()
+            .map_err(|_| bad("FAILOVER_HEALTH_CHECK_INTERVAL", format!("{v:?} is not milliseconds")))?;
+        cfg.health.interval = Duration::from_millis(ms);
+    }
+    if let Some(v) = env("PGFAILOVER_ADMIN_TOKEN") {
+        cfg.admin_token = Some(Secret::new(v));
+    }
+    if let Some(p) = env("PGFAILOVER_ADMIN_TOKEN_FILE") {
+        cfg.admin_token = Some(read_secret_file(ENV, "PGFAILOVER_ADMIN_TOKEN_FILE", Path::new(&p))?);
+    }
+    if let Some(v) = env("PGFAILOVER_LISTEN") {
+        cfg.listen = parse_addr(&v).map_err(|r| bad("PGFAILOVER_LISTEN", r))?;
+    }
+    if let Some(v) = env("PGFAILOVER_ADMIN_LISTEN") {
+        cfg.admin_listen = parse_addr(&v).map_err(|r| bad("PGFAILOVER_ADMIN_LISTEN", r))?;
+    }
+    if let Some(v) = env("PGFAILOVER_PROMOTE") {
+        cfg.failover.promote = parse_promote(&v).map_err(|r| bad("PGFAILOVER_PROMOTE", r))?;
+    }
+    if let Some(v) = env("PGFAILOVER_HOLD_TIMEOUT") {
+        cfg.failover.hold_timeout = parse_duration(&v).map_err(|r| bad("PGFAILOVER_HOLD_TIMEOUT", r))?;
+    }
+    if let Some(v) = env("PGFAILOVER_STATE_DIR") {
+        cfg.state_dir = Some(PathBuf::from(v));
+    }
+    if let Some(v) = env("PGFAILOVER_LOG_FORMAT") {
+        cfg.log_format = parse_log_format(&v).map_err(|r| bad("PGFAILOVER_LOG_FORMAT", r))?;
+    }
+    if let Some(v) = env("PGFAILOVER_WORKER_THREADS") {
+        cfg.proxy.worker_threads = v.trim().parse().map_err(|_| bad("PGFAILOVER_WORKER_THREADS", format!("{v:?} is not a number")))?;
+    }
+    if let Some(v) = env("PGFAILOVER_LOG_LEVEL") {
+        cfg.log_level = v;
+    }
+    Ok(())
+}
+
+fn inherit_credentials(s: &mut BackendConfig, p: &BackendConfig, env: EnvLookup<'_>) {
+    if env("DB_USER").is_some() {
+        s.user = p.user.clone();
+    }
+    if env("DB_PASSWORD").is_some() || env("DB_PASSWORD_FILE").is_some() {
+        s.password = p.password.clone();
+    }
+    if env("DB_NAME").is_some() {
+        s.database = p.database.clone();
+    }
+    if env("DB_SSL").is_some() {
+        s.ssl = p.ssl;
+    }
+}
+
+fn parse_bool(s: &str) -> Option<bool> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" | "require" => Some(true),
+        "0" | "false" | "no" | "off" | "disable" => Some(false),
+        _ => None,
+    }
+}
+
+const FLAGS: &str = "command line";
+
+pub(super) fn apply_flags(cfg: &mut Config, o: &Overrides) -> Result<(), ConfigError> {
+    set(&mut cfg.listen, o.listen);
+    set(&mut cfg.admin_listen, o.admin_listen);
+    set(&mut cfg.log_level, o.log_level.clone());
+    if let Some(s) = &o.log_format {
+        cfg.log_format = parse_log_format(s).map_err(|r| ConfigError::invalid(FLAGS, "--log-format", r))?;
+    }
+    if let Some(s) = &o.promote {
+        cfg.failover.promote = parse_promote(s).map_err(|r| ConfigError::invalid(FLAGS, "--promote", r))?;
+    }
+    if o.state_dir.is_some() {
+        cfg.state_dir = o.state_dir.clone();
+    }
+    if !o.standbys.is_empty() {
+        let mut list = Vec::new();
+        for (i, spec) in o.standbys.iter().enumerate() {
+            list.push(parse_standby(&cfg.primary, i, spec).map_err(|r| ConfigError::invalid(FLAGS, "--standby", r))?);
+        }
+        cfg.standbys = list;
+    }
+    Ok(())
+}
+
