@@ -42,7 +42,7 @@ pub async fn run(listener: TcpListener, dp: Arc<DataPath>, shutdown: Cancellatio
             accepted = listener.accept() => match accepted {
                 Ok((client, _peer)) => {
                     backoff = Duration::from_millis(5);
-                    sessions.spawn(session::serve(client, dp.clone(), kill.clone()));
+                    sessions.spawn(session::serve(client, dp.clone(), shutdown.clone(), kill.clone()));
                 }
                 Err(e) => {
                     // EMFILE and friends: the accept loop must survive them. Back off so a

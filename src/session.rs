@@ -18,7 +18,9 @@ use crate::route::Route;
 use crate::wire;
 
 /// Serves one accepted client until the session ends. Never panics on client input.
-pub async fn serve(mut client: TcpStream, dp: Arc<DataPath>, kill: CancellationToken) {
+/// `stopping`: the proxy stops accepting (held clients are refused at once); `kill`: the
+/// drain period is over (spliced sessions are closed).
+pub async fn serve(mut client: TcpStream, dp: Arc<DataPath>, stopping: CancellationToken, kill: CancellationToken) {
     let m = &dp.metrics;
     m.accepted();
     let _active = m.session_started();
@@ -26,7 +28,7 @@ pub async fn serve(mut client: TcpStream, dp: Arc<DataPath>, kill: CancellationT
         tracing::debug!(error = %e, "client socket options");
     }
     let mut route = dp.route.clone();
-    let (server, backend) = match connect_routed(&dp, &mut route, &kill).await {
+    let (server, backend) = match connect_routed(&dp, &mut route, &stopping).await {
         Ok(pair) => pair,
         Err(reason) => {
             m.refused();
@@ -51,7 +53,7 @@ pub async fn serve(mut client: TcpStream, dp: Arc<DataPath>, kill: CancellationT
 async fn connect_routed(
     dp: &DataPath,
     route: &mut watch::Receiver<Route>,
-    kill: &CancellationToken,
+    stopping: &CancellationToken,
 ) -> Result<(TcpStream, usize), String> {
     let deadline = Instant::now() + dp.hold_timeout;
     let mut counted_hold = false;
@@ -93,7 +95,7 @@ async fn connect_routed(
         tokio::select! {
             _ = retry => {}
             _ = tokio::time::sleep_until(deadline) => {}
-            _ = kill.cancelled() => return Err("the proxy is shutting down".into()),
+            _ = stopping.cancelled() => return Err("the proxy is shutting down".into()),
         }
     }
 }
