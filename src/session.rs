@@ -136,17 +136,23 @@ enum Direction {
     Down = 2,
 }
 
-/// Largest single read. A buffer exists only while data flows: it is taken when the socket
-/// becomes readable and dropped once the socket is drained, so an idle session holds none.
-const CHUNK: usize = 32 * 1024;
+/// First read of a burst: enough for any ordinary protocol message without touching the
+/// allocator's slow paths.
+const SMALL: usize = 16 * 1024;
+/// Reads grow to this while each one fills the buffer (COPY, large results): fewer syscalls
+/// per byte on bulk transfers.
+const LARGE: usize = 256 * 1024;
 
+/// Copies one direction. A buffer exists only while data flows: it is taken when the socket
+/// becomes readable and dropped once the socket is drained, so an idle session holds none.
 async fn pump(from: &TcpStream, to: &TcpStream, dir: Direction, m: &Metrics, first_eof: &AtomicU8) -> io::Result<()> {
     loop {
         from.readable().await?;
         // Capacity only: reads fill uninitialised spare capacity, nothing is zeroed.
-        let mut buf: Vec<u8> = Vec::with_capacity(CHUNK);
+        let mut buf: Vec<u8> = Vec::with_capacity(SMALL);
         loop {
             buf.clear();
+            let cap = buf.capacity();
             match from.try_read_buf(&mut buf) {
                 Ok(0) => {
                     let _ = first_eof.compare_exchange(0, dir as u8, Ordering::Relaxed, Ordering::Relaxed);
@@ -156,12 +162,16 @@ async fn pump(from: &TcpStream, to: &TcpStream, dir: Direction, m: &Metrics, fir
                 Ok(n) => {
                     write_all(to, &buf).await?;
                     count(m, dir, n as u64);
-                    if n < CHUNK {
+                    if n < cap {
                         // A short read drained the socket: clear the readiness now instead of
                         // paying another read() just to get EAGAIN. Data that arrives later
-                        // raises a new readiness event, so nothing is missed.
+                        // raises a new readiness event, so nothing is missed (and a pending
+                        // EOF stays flagged: tokio never clears the closed state).
                         let _ = from.try_io(Interest::READABLE, || Err::<(), _>(io::ErrorKind::WouldBlock.into()));
                         break;
+                    }
+                    if cap < LARGE {
+                        buf = Vec::with_capacity(LARGE);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,

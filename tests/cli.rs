@@ -4,6 +4,7 @@ mod common;
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
@@ -163,4 +164,90 @@ async fn sigterm_closes_sessions_left_after_the_grace_period() {
     let code = eventually(LIMIT, "process exit", || std::future::ready(exit_code(&mut r))).await;
     assert_eq!(code, 0);
     eventually(LIMIT, "session closed", || async { client.is_closed().then_some(()) }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_serves_a_cluster_and_removes_it_on_ctrl_c() {
+    use std::io::BufRead;
+    let listen = format!("127.0.0.1:{}", free_port().unwrap());
+    let admin = format!("127.0.0.1:{}", free_port().unwrap());
+    let mut child = Command::new(BIN)
+        .args(["demo", "--listen", &listen, "--admin-listen", &admin])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // The demo prints where its cluster lives and the psql line to connect with.
+    let (mut dir, mut url) = (None, None);
+    while dir.is_none() || url.is_none() {
+        let line = rx.recv_timeout(Duration::from_secs(60)).expect("demo output");
+        if let Some(rest) = line.split("deletes the cluster in ").nth(1) {
+            dir = Some(rest.trim_end_matches(").").to_string());
+        }
+        if let Some(rest) = line.trim().strip_prefix("psql \"") {
+            url = Some(rest.trim_end_matches('"').to_string());
+        }
+    }
+    let (dir, url) = (dir.unwrap(), url.unwrap());
+    assert!(url.contains(&listen), "{url}");
+    assert!(Path::new(&dir).exists());
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect through the demo");
+    tokio::spawn(conn);
+    let in_recovery: bool = client.query_one("select pg_is_in_recovery()", &[]).await.unwrap().get(0);
+    assert!(!in_recovery, "the demo routes to the primary");
+    let status = get(admin.parse().unwrap(), "/failover/status").await.json();
+    assert_eq!(status["standbys"][0]["name"], "pg-b");
+    drop(client);
+    // SAFETY: kill(2) on the child we spawned.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let code = eventually(LIMIT, "demo exit", || std::future::ready(child.try_wait().unwrap().map(|s| s.code()))).await;
+    assert_eq!(code, Some(0));
+    assert!(!Path::new(&dir).exists(), "the demo removed its cluster");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_log_format_emits_one_json_object_per_line() {
+    let c = cluster(0).await;
+    let admin = format!("127.0.0.1:{}", free_port().unwrap());
+    let mut child = Command::new(BIN)
+        .args(["--listen", &format!("127.0.0.1:{}", free_port().unwrap()), "--admin-listen", &admin, "--log-format", "json"])
+        .env("DB_PORT", c.nodes[0].port.to_string())
+        .env("DB_PASSWORD", &c.options.password)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = admin.parse().unwrap();
+    eventually(LIMIT, "ready", || async {
+        tokio::net::TcpStream::connect(addr).await.ok()?;
+        (get(addr, "/ready").await.status == 200).then_some(())
+    })
+    .await;
+    // SAFETY: kill(2) on the child we spawned.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 2, "{text}");
+    for l in lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(v["level"].is_string() && v["timestamp"].is_string(), "{l}");
+    }
+    assert!(!text.contains(&c.options.password));
 }
