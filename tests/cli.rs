@@ -220,7 +220,7 @@ async fn demo_serves_a_cluster_and_removes_it_on_ctrl_c() {
 async fn json_log_format_emits_one_json_object_per_line() {
     let c = cluster(0).await;
     let admin = format!("127.0.0.1:{}", free_port().unwrap());
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .args(["--listen", &format!("127.0.0.1:{}", free_port().unwrap()), "--admin-listen", &admin, "--log-format", "json"])
         .env("DB_PORT", c.nodes[0].port.to_string())
         .env("DB_PASSWORD", &c.options.password)

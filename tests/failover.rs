@@ -289,6 +289,40 @@ async fn probes_use_tls_when_configured() {
         .unwrap();
     assert_eq!(ssl, "t", "health checks arrive encrypted");
 
+    drop(p);
+
+    // With ssl_root_cert the server certificate is verified: the harness's own certificate
+    // (CN=localhost) is accepted, a stranger's is refused with a clear error.
+    let cert = c.nodes[0].data.join("server.crt");
+    let verified = start_proxy(proxy_config(&c, |cfg| {
+        cfg.primary.ssl = true;
+        cfg.primary.host = "localhost".into();
+        cfg.primary.ssl_root_cert = Some(cert.clone());
+        cfg.standbys.clear();
+    }))
+    .await;
+    wait_status(&verified, LIMIT, "verified TLS probe healthy", |s| backend(s, "pg-a").healthy).await;
+    drop(verified);
+    let other = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("openssl")
+        .args(["req", "-new", "-x509", "-days", "1", "-nodes", "-subj", "/CN=localhost", "-newkey", "rsa:2048"])
+        .arg("-keyout").arg(other.path().join("k.pem"))
+        .arg("-out").arg(other.path().join("ca.pem"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let wrong = start_proxy(proxy_config(&c, |cfg| {
+        cfg.primary.ssl = true;
+        cfg.primary.host = "localhost".into();
+        cfg.primary.ssl_root_cert = Some(other.path().join("ca.pem"));
+        cfg.standbys.clear();
+    }))
+    .await;
+    let s = wait_status(&wrong, LIMIT, "verification failure recorded", |s| backend(s, "pg-a").last_error.is_some()).await;
+    let err = backend(&s, "pg-a").last_error.clone().unwrap();
+    assert!(err.contains("certificate verify failed"), "{err}");
+    assert!(!backend(&s, "pg-a").healthy);
+
     // And a TLS-only probe against a server without TLS fails with a clear error.
     let plain = cluster(0).await;
     let p2 = start_proxy(proxy_config(&plain, |cfg| cfg.primary.ssl = true)).await;

@@ -14,6 +14,7 @@ use crate::targets;
 pub struct Trial {
     pub time: Duration,
     pub refused: u64,
+    /// Sessions (or handshakes) in flight on the old primary when it died.
     pub writes_lost_sessions: u64,
 }
 
@@ -52,6 +53,11 @@ pub fn trial(dir: &Path) -> Trial {
                             c2.fetch_add(1, Ordering::Relaxed);
                         }
                     }
+                }
+                // Refused = the proxy's 57P03. A handshake in flight with the old primary
+                // when it died ends with "connection closed": counted as cut, not refused.
+                Err(e) if e.as_db_error().is_none() && e.to_string().contains("closed") => {
+                    c2.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(_) => {
                     r2.fetch_add(1, Ordering::Relaxed);

@@ -163,7 +163,7 @@ fn failover_times(dir: &std::path::Path) {
     let mut refused = 0;
     for i in 0..trials {
         let t = failover::trial(dir);
-        println!("trial {}: {:.0} ms, refused connections {}, writes on cut sessions {}", i + 1, t.time.as_secs_f64() * 1000.0, t.refused, t.writes_lost_sessions);
+        println!("trial {}: {:.0} ms, refused connections {}, sessions cut in flight {}", i + 1, t.time.as_secs_f64() * 1000.0, t.refused, t.writes_lost_sessions);
         times.push(t.time.as_secs_f64() * 1000.0);
         refused += t.refused;
     }
