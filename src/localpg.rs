@@ -269,20 +269,20 @@ impl Cluster {
     /// Crash-stops node `i` like a power cut (SIGQUIT = immediate shutdown) and returns once
     /// the postmaster is gone.
     pub fn kill(&self, i: usize) -> Result<(), LocalPgError> {
-        let Some(pm) = self.postmaster(i) else { return Ok(()) };
-        procs::resume_tree(pm);
-        procs::signal(pm, libc::SIGQUIT);
-        procs::wait_gone(pm, Duration::from_secs(10))
-            .then_some(())
-            .ok_or_else(|| LocalPgError::Timeout(format!("{} did not stop", self.nodes[i].name)))
+        self.signal_and_wait(i, libc::SIGQUIT, Duration::from_secs(10))
     }
 
-    /// Clean, fast shutdown of node `i`.
+    /// Clean, fast shutdown of node `i` (SIGINT).
     pub fn stop(&self, i: usize) -> Result<(), LocalPgError> {
+        self.signal_and_wait(i, libc::SIGINT, Duration::from_secs(30))
+    }
+
+    /// Sends `sig` to node `i`'s postmaster (resumed first if hung) and waits until it is gone.
+    fn signal_and_wait(&self, i: usize, sig: libc::c_int, limit: Duration) -> Result<(), LocalPgError> {
         let Some(pm) = self.postmaster(i) else { return Ok(()) };
         procs::resume_tree(pm);
-        procs::signal(pm, libc::SIGINT);
-        procs::wait_gone(pm, Duration::from_secs(30))
+        procs::signal(pm, sig);
+        procs::wait_gone(pm, limit)
             .then_some(())
             .ok_or_else(|| LocalPgError::Timeout(format!("{} did not stop", self.nodes[i].name)))
     }
