@@ -161,7 +161,7 @@ async fn pump(from: &TcpStream, to: &TcpStream, dir: Direction, m: &Metrics, fir
                 }
                 Ok(n) => {
                     write_all(to, &buf).await?;
-                    count(m, dir, n as u64);
+                    m.add_bytes(matches!(dir, Direction::Up), n as u64);
                     if n < cap {
                         // A short read drained the socket: clear the readiness now instead of
                         // paying another read() just to get EAGAIN. Data that arrives later
@@ -190,17 +190,4 @@ async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-fn count(m: &Metrics, dir: Direction, n: u64) {
-    match dir {
-        Direction::Up => {
-            m.bytes_client_to_server.increment(n);
-            m.stats.bytes_client_to_server.fetch_add(n, Ordering::Relaxed);
-        }
-        Direction::Down => {
-            m.bytes_server_to_client.increment(n);
-            m.stats.bytes_server_to_client.fetch_add(n, Ordering::Relaxed);
-        }
-    }
 }

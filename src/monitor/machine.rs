@@ -191,7 +191,7 @@ impl Machine {
                     self.system_identifier = Some(obs.system_identifier);
                 }
                 let b = &mut self.backends[i];
-                if b.record_success(obs, now.wall, threshold) {
+                if b.record_success(obs, now.wall) {
                     self.counters.recoveries += 1;
                     acts.push(self.event(now, EventKind::Recovery, Some(i), None, "health checks succeed again".into(), Trigger::Automatic));
                 }
@@ -211,7 +211,7 @@ impl Machine {
         let ours = self.in_flight.as_ref().and_then(|f| f.to) == Some(i);
         match result {
             Ok(obs) => {
-                self.backends[i].record_success(obs, now.wall, self.settings.failure_threshold);
+                self.backends[i].record_success(obs, now.wall);
             }
             Err(e) if ours => {
                 let f = self.in_flight.as_mut().expect("ours implies in flight");

@@ -2,6 +2,7 @@
 
 use std::time::SystemTime;
 
+use crate::duration::as_millis_f64;
 use crate::monitor::observation::Observation;
 
 /// Why a backend is fenced; decides whether its reappearance as a primary is a split brain.
@@ -65,14 +66,14 @@ impl Backend {
     }
 
     /// Returns true when this success is a recovery (the backend had been marked down).
-    pub fn record_success(&mut self, obs: Observation, at: SystemTime, _threshold: u32) -> bool {
+    pub fn record_success(&mut self, obs: Observation, at: SystemTime) -> bool {
         let recovered = self.marked_down;
         self.healthy = true;
         self.marked_down = false;
         self.failure_count = 0;
         self.down_since = None;
         self.last_check = Some(at);
-        self.response_time_ms = Some(obs.response_time.as_secs_f64() * 1000.0);
+        self.response_time_ms = Some(as_millis_f64(obs.response_time));
         if obs.in_recovery {
             self.last_standby_lsn = obs.lsn();
         }
