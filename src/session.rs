@@ -153,7 +153,7 @@ async fn pump(from: &TcpStream, to: &TcpStream, dir: Direction, m: &Metrics, fir
         loop {
             buf.clear();
             let cap = buf.capacity();
-            match from.try_read_buf(&mut buf) {
+            match read_chunk(from, &mut buf) {
                 Ok(0) => {
                     let _ = first_eof.compare_exchange(0, dir as u8, Ordering::Relaxed, Ordering::Relaxed);
                     net::shutdown_write(to);
@@ -163,11 +163,6 @@ async fn pump(from: &TcpStream, to: &TcpStream, dir: Direction, m: &Metrics, fir
                     write_all(to, &buf).await?;
                     m.add_bytes(matches!(dir, Direction::Up), n as u64);
                     if n < cap {
-                        // A short read drained the socket: clear the readiness now instead of
-                        // paying another read() just to get EAGAIN. Data that arrives later
-                        // raises a new readiness event, so nothing is missed (and a pending
-                        // EOF stays flagged: tokio never clears the closed state).
-                        let _ = from.try_io(Interest::READABLE, || Err::<(), _>(io::ErrorKind::WouldBlock.into()));
                         break;
                     }
                     if cap < LARGE {
@@ -178,6 +173,29 @@ async fn pump(from: &TcpStream, to: &TcpStream, dir: Direction, m: &Metrics, fir
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+/// One read into `buf`'s spare capacity. A short read means the socket was drained, so the
+/// readiness is cleared right here instead of paying another read() just to get EAGAIN. The
+/// clear must use the readiness observed *before* the read: `try_io` captures it first and
+/// tokio ignores a clear whose tick is stale, so data arriving after the read (even while the
+/// caller then awaits a write) raises readiness again and is never missed. A pending EOF stays
+/// flagged too: tokio never clears the closed state.
+fn read_chunk(from: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let cap = buf.capacity();
+    let mut got: io::Result<usize> = Err(io::ErrorKind::WouldBlock.into());
+    let cleared = from.try_io(Interest::READABLE, || {
+        got = from.try_read_buf(buf);
+        match got {
+            Ok(n) if n > 0 && n < cap => Err(io::ErrorKind::WouldBlock.into()),
+            _ => Ok(()),
+        }
+    });
+    match cleared {
+        // Not ready at all, or the read itself hit EAGAIN: `got` says which.
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got.is_err() => Err(e),
+        _ => got,
     }
 }
 
