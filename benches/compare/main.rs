@@ -4,13 +4,16 @@
 //!     cargo bench --bench compare
 //!
 //! Environment: BENCH_ROUNDS (3), BENCH_SECONDS per pgbench run (10), BENCH_COPY_OUT_MB
-//! (1024), BENCH_COPY_IN_MB (512), BENCH_IDLE connections (5000), BENCH_FAILOVER_TRIALS (5),
+//! (1024), BENCH_COPY_IN_MB (512), BENCH_COPY_REPEAT (3: a bulk measurement is the best of
+//! that many back-to-back runs), BENCH_IDLE connections (5000), BENCH_FAILOVER_TRIALS (5),
 //! BENCH_ONLY=throughput,memory,failover (all), BENCH_WORKLOADS=a,b,c,d,e (all),
-//! BENCH_TARGETS=pgfailover,haproxy,pgbouncer (all installed), BENCH_PGFAILOVER_THREADS=1,0
+//! BENCH_TARGETS=pgfailover,haproxy,pgbouncer,splice-floor,sockmap-floor (all that can run
+//! here; the last two are the reference proxies in floors.rs), BENCH_PGFAILOVER_THREADS=1,0
 //! (compare runtime variants side by side). HAProxy and PgBouncer are used when
 //! installed (`apt-get install haproxy pgbouncer`).
 
 mod failover;
+mod floors;
 mod idle;
 mod targets;
 mod workloads;
@@ -39,6 +42,10 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("idle-client") {
         idle::client_main(&args[2], args[3].parse().unwrap());
+        return;
+    }
+    if args.get(1).map(String::as_str) == Some("floor-proxy") {
+        floors::main(&args[2], &args[3], &args[4]);
         return;
     }
     let only = std::env::var("BENCH_ONLY").unwrap_or_else(|_| "throughput,memory,failover".into());
@@ -70,7 +77,7 @@ fn throughput(dir: &std::path::Path) {
     let direct = targets::direct(c.nodes[0].port);
     println!("preparing data (pgbench scale 10, COPY tables) ...");
     let copy_in = rt.block_on(workloads::prepare(direct.addr, &pw, &pgbench, env_or("BENCH_COPY_OUT_MB", 1024), env_or("BENCH_COPY_IN_MB", 512)));
-    let wanted = std::env::var("BENCH_TARGETS").unwrap_or_else(|_| "pgfailover,haproxy,pgbouncer".into());
+    let wanted = std::env::var("BENCH_TARGETS").unwrap_or_else(|_| "pgfailover,haproxy,pgbouncer,splice-floor,sockmap-floor".into());
     let mut all: Vec<Target> = vec![direct];
     if wanted.contains("pgfailover") {
         match std::env::var("BENCH_PGFAILOVER_THREADS") {
@@ -89,11 +96,21 @@ fn throughput(dir: &std::path::Path) {
     if wanted.contains("pgbouncer") {
         all.extend(targets::pgbouncer(dir, c.nodes[0].port, &pw));
     }
+    // References, not products: the least a userspace splice can cost, and the kernel
+    // forwarding the bytes itself (eBPF sockmap).
+    for kind in ["splice", "sockmap"] {
+        if wanted.contains(&format!("{kind}-floor")) {
+            match targets::floor(kind, c.nodes[0].port) {
+                Some(t) => all.push(t),
+                None => println!("{kind}-floor: cannot run here (sockmap needs root and bpf())"),
+            }
+        }
+    }
     let letters = std::env::var("BENCH_WORKLOADS").unwrap_or_else(|_| "a,b,c,d,e".into());
     let chosen: Vec<usize> = (0..Workload::ALL.len()).filter(|i| letters.contains(["a", "b", "c", "d", "e"][*i])).collect();
     let names: Vec<&str> = all.iter().map(|t| t.name.as_str()).collect();
     println!("targets: {names:?}; {rounds} rounds, {seconds}s per pgbench run, order rotated each round\n");
-    let env = workloads::Env { pgbench: &pgbench, password: &pw, seconds, copy_in: &copy_in, direct: all[0].addr, rt: &rt };
+    let env = workloads::Env { pgbench: &pgbench, password: &pw, seconds, copy_in: &copy_in, direct: all[0].addr, copy_repeat: env_or("BENCH_COPY_REPEAT", 3), rt: &rt };
     // (workload, target) -> per-round values and CPU%.
     let mut values: HashMap<(usize, usize), Vec<f64>> = HashMap::new();
     let mut cpus: HashMap<(usize, usize), Vec<f64>> = HashMap::new();

@@ -173,3 +173,24 @@ pub fn rss_bytes(pid: u32) -> u64 {
         .unwrap_or(0)
         * 1024
 }
+
+/// A reference proxy from `floors.rs` ("splice" or "sockmap") in front of `backend`, as a
+/// child process of this benchmark binary. None when it cannot run here.
+pub fn floor(kind: &str, backend: u16) -> Option<Target> {
+    use std::io::{BufRead, BufReader};
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
+    let mut child = Command::new(std::env::current_exe().ok()?)
+        .args(["floor-proxy", kind, &addr.to_string(), &format!("127.0.0.1:{backend}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .ok()?;
+    let mut line = String::new();
+    let _ = BufReader::new(child.stdout.take()?).read_line(&mut line);
+    if line.trim() != "ready" {
+        let _ = child.wait();
+        return None;
+    }
+    let name = if kind == "sockmap" { "sockmap-floor" } else { "splice-floor" };
+    Some(Target { name: name.into(), addr, pid: Some(child.id()), child: Some(child) })
+}

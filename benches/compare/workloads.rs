@@ -41,6 +41,8 @@ pub struct Env<'a> {
     /// Rows to COPY in, already formatted.
     pub copy_in: &'a Bytes,
     pub direct: SocketAddr,
+    /// Bulk runs per measurement; the best one counts.
+    pub copy_repeat: usize,
     pub rt: &'a tokio::runtime::Runtime,
 }
 
@@ -50,12 +52,20 @@ pub fn run(w: Workload, addr: SocketAddr, env: &Env) -> f64 {
         Workload::SelectC1 => pgbench(env, addr, &["-c1", "-j1"]),
         Workload::SelectC16 => pgbench(env, addr, &["-c16", "-j2"]),
         Workload::ConnectPerTx => pgbench(env, addr, &["-C", "-c8", "-j2"]),
-        Workload::CopyOut => env.rt.block_on(copy_out(addr, env.password)),
-        Workload::CopyIn => {
+        // A bulk run is one client, one proxy and one backend on two vCPUs: when the
+        // scheduler puts the backend on the client's vCPU the run goes at half speed (COPY in
+        // measured 170 and 335 MB/s back to back for the same target). The best of
+        // `copy_repeat` back-to-back runs measures the data path instead of that placement.
+        Workload::CopyOut => best_of(env.copy_repeat, || env.rt.block_on(copy_out(addr, env.password))),
+        Workload::CopyIn => best_of(env.copy_repeat, || {
             env.rt.block_on(truncate(env.direct, env.password));
             env.rt.block_on(copy_in(addr, env.password, env.copy_in))
-        }
+        }),
     }
+}
+
+fn best_of(n: usize, mut run: impl FnMut() -> f64) -> f64 {
+    (0..n.max(1)).map(|_| run()).fold(0.0, f64::max)
 }
 
 fn pgbench(env: &Env, addr: SocketAddr, args: &[&str]) -> f64 {
@@ -97,8 +107,12 @@ async fn copy_out(addr: SocketAddr, pw: &str) -> f64 {
     n as f64 / 1e6 / start.elapsed().as_secs_f64()
 }
 
+/// Empties the COPY-in table and starts the next run from a clean slate: a checkpoint and a
+/// `sync()` so no dirty pages from the previous run are still being written back (without
+/// this, COPY in swung between ~190 and ~330 MB/s for the same target).
 async fn truncate(direct: SocketAddr, pw: &str) {
-    client(direct, pw).await.batch_execute("TRUNCATE bench_in").await.unwrap();
+    client(direct, pw).await.batch_execute("TRUNCATE bench_in; CHECKPOINT").await.unwrap();
+    unsafe { libc::sync() };
 }
 
 async fn copy_in(addr: SocketAddr, pw: &str, data: &Bytes) -> f64 {
