@@ -132,6 +132,11 @@ fn throughput(dir: &std::path::Path) {
             }
         }
     }
+    for t in &all {
+        if let Some(n) = t.admin.and_then(targets::failovers).filter(|n| *n > 0) {
+            println!("\nWARNING: {} failed over {n} time(s) during the run (health checks timed out under load); its numbers are not comparable", t.name);
+        }
+    }
     println!("\nMedians; ratio = median over rounds of (target / direct in the same round); cpu = proxy process CPU%.\n");
     let mut header = "| workload | direct |".to_string();
     for t in &all[1..] {

@@ -14,6 +14,8 @@ pub struct Target {
     pub addr: SocketAddr,
     /// The process doing the proxying (None for direct).
     pub pid: Option<u32>,
+    /// pgfailover's admin port.
+    pub admin: Option<SocketAddr>,
     child: Option<Child>,
 }
 
@@ -33,7 +35,7 @@ impl Drop for Target {
 }
 
 pub fn direct(port: u16) -> Target {
-    Target { name: "direct".into(), addr: SocketAddr::from(([127, 0, 0, 1], port)), pid: None, child: None }
+    Target { name: "direct".into(), addr: SocketAddr::from(([127, 0, 0, 1], port)), pid: None, admin: None, child: None }
 }
 
 fn wait_port(addr: SocketAddr) {
@@ -91,7 +93,7 @@ pub fn pgfailover_threads(dir: &Path, primary: u16, standby: Option<u16>, passwo
         assert!(Instant::now() < deadline, "pgfailover never became ready");
         std::thread::sleep(Duration::from_millis(20));
     }
-    Target { name: match threads { Some(n) => format!("pgfailover-t{n}"), None => "pgfailover".into() }, addr, pid: Some(child.id()), child: Some(child) }
+    Target { name: match threads { Some(n) => format!("pgfailover-t{n}"), None => "pgfailover".into() }, addr, pid: Some(child.id()), admin: Some(admin), child: Some(child) }
 }
 
 pub fn which(tool: &str) -> Option<PathBuf> {
@@ -116,7 +118,7 @@ pub fn haproxy(dir: &Path, backend: u16) -> Option<Target> {
     .unwrap();
     let child = Command::new(exe).arg("-db").arg("-f").arg(&cfg).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().ok()?;
     wait_port(addr);
-    Some(Target { name: "haproxy".into(), addr, pid: Some(child.id()), child: Some(child) })
+    Some(Target { name: "haproxy".into(), addr, pid: Some(child.id()), admin: None, child: Some(child) })
 }
 
 /// PgBouncer in session mode, run as the `postgres` user when we are root (it refuses root).
@@ -153,7 +155,7 @@ pub fn pgbouncer(dir: &Path, backend: u16, password: &str) -> Option<Target> {
     }
     wait_port(addr);
     let pid = fs::read_to_string(&pidfile).ok()?.trim().parse().ok()?;
-    Some(Target { name: "pgbouncer".into(), addr, pid: Some(pid), child: None })
+    Some(Target { name: "pgbouncer".into(), addr, pid: Some(pid), admin: None, child: None })
 }
 
 /// User + system CPU seconds of a process so far.
@@ -192,5 +194,18 @@ pub fn floor(kind: &str, backend: u16) -> Option<Target> {
         return None;
     }
     let name = if kind == "sockmap" { "sockmap-floor" } else { "splice-floor" };
-    Some(Target { name: name.into(), addr, pid: Some(child.id()), child: Some(child) })
+    Some(Target { name: name.into(), addr, pid: Some(child.id()), admin: None, child: Some(child) })
+}
+
+/// pgfailover's failover count from `/failover/status` (a failover during the run would mean
+/// its numbers were measured against a different server).
+pub fn failovers(admin: SocketAddr) -> Option<u64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(admin).ok()?;
+    s.write_all(b"GET /failover/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    let mut r = String::new();
+    s.read_to_string(&mut r).ok()?;
+    let body = &r[r.find("\r\n\r\n")? + 4..];
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    v.get("failoverCount")?.as_u64()
 }

@@ -107,12 +107,8 @@ async fn copy_out(addr: SocketAddr, pw: &str) -> f64 {
     n as f64 / 1e6 / start.elapsed().as_secs_f64()
 }
 
-/// Empties the COPY-in table and starts the next run from a clean slate: a checkpoint and a
-/// `sync()` so no dirty pages from the previous run are still being written back (without
-/// this, COPY in swung between ~190 and ~330 MB/s for the same target).
 async fn truncate(direct: SocketAddr, pw: &str) {
-    client(direct, pw).await.batch_execute("TRUNCATE bench_in; CHECKPOINT").await.unwrap();
-    unsafe { libc::sync() };
+    client(direct, pw).await.batch_execute("TRUNCATE bench_in").await.unwrap();
 }
 
 async fn copy_in(addr: SocketAddr, pw: &str, data: &Bytes) -> f64 {
