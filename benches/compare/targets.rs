@@ -59,7 +59,7 @@ pub fn pgfailover_threads(dir: &Path, primary: u16, standby: Option<u16>, passwo
     fs::write(
         &cfg,
         format!(
-            "listen = \"{addr}\"\nadmin_listen = \"{admin}\"\nlog_level = \"warn\"\n[health]\ninterval = \"{interval}\"\ntimeout = \"{timeout}\"\n\
+            "listen = \"{addr}\"\nadmin_listen = \"{admin}\"\nlog_level = \"info\"\n[health]\ninterval = \"{interval}\"\ntimeout = \"{timeout}\"\n\
              [primary]\nname = \"pg-a\"\nport = {primary}\n{}",
             standby.map(|p| format!("[[standbys]]\nname = \"pg-b\"\nport = {p}\n")).unwrap_or_default()
         ),
@@ -200,12 +200,19 @@ pub fn floor(kind: &str, backend: u16) -> Option<Target> {
 /// pgfailover's failover count from `/failover/status` (a failover during the run would mean
 /// its numbers were measured against a different server).
 pub fn failovers(admin: SocketAddr) -> Option<u64> {
+    get_json(admin, "/failover/status")?.get("failoverCount")?.as_u64()
+}
+
+/// The newest history event, as JSON text.
+pub fn last_event(admin: SocketAddr) -> Option<String> {
+    Some(get_json(admin, "/failover/history?limit=3")?.get("events")?.to_string())
+}
+
+fn get_json(admin: SocketAddr, path: &str) -> Option<serde_json::Value> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(admin).ok()?;
-    s.write_all(b"GET /failover/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).ok()?;
     let mut r = String::new();
     s.read_to_string(&mut r).ok()?;
-    let body = &r[r.find("\r\n\r\n")? + 4..];
-    let v: serde_json::Value = serde_json::from_str(body).ok()?;
-    v.get("failoverCount")?.as_u64()
+    serde_json::from_str(&r[r.find("\r\n\r\n")? + 4..]).ok()
 }

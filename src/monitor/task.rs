@@ -200,6 +200,9 @@ impl ProberTask {
             };
             let took = started.elapsed();
             let failed = result.is_err();
+            if let Err(e) = &result {
+                tracing::info!(backend = %self.backend.name, error = %e, took_ms = took.as_millis() as u64, "health check failed");
+            }
             if self.commands.send(Command::Observed { i: self.i, result, took }).await.is_err() {
                 return;
             }
