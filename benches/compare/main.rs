@@ -32,7 +32,8 @@ fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
 }
 
 fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    // NaN (a failed run) sorts last.
+    v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
     if n == 0 {
         return f64::NAN;
@@ -124,7 +125,9 @@ fn throughput(dir: &std::path::Path) {
                 let cpu0 = t.pid.map(targets::cpu_seconds);
                 let failovers_before: Vec<Option<u64>> = all.iter().map(|p| p.admin.and_then(targets::failovers)).collect();
                 let start = Instant::now();
-                let v = workloads::run(*w, t.addr, &env);
+                // A target that fails a run (e.g. pgfailover refusing while it has no primary)
+                // is recorded as NaN and the benchmark goes on.
+                let v = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| workloads::run(*w, t.addr, &env))).unwrap_or(f64::NAN);
                 let wall = start.elapsed().as_secs_f64();
                 for (p, before) in all.iter().zip(failovers_before) {
                     let after = p.admin.and_then(targets::failovers);
