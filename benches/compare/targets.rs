@@ -81,14 +81,8 @@ pub fn pgfailover_threads(dir: &Path, primary: u16, standby: Option<u16>, passwo
         .expect("start pgfailover");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok(mut s) = std::net::TcpStream::connect(admin) {
-            use std::io::{Read, Write};
-            let _ = s.write_all(b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-            let mut r = String::new();
-            let _ = s.read_to_string(&mut r);
-            if r.starts_with("HTTP/1.1 200") {
-                break;
-            }
+        if http_get(admin, "/ready").is_some_and(|r| r.starts_with("HTTP/1.1 200")) {
+            break;
         }
         assert!(Instant::now() < deadline, "pgfailover never became ready");
         std::thread::sleep(Duration::from_millis(20));
@@ -193,8 +187,7 @@ pub fn floor(kind: &str, backend: u16) -> Option<Target> {
         let _ = child.wait();
         return None;
     }
-    let name = if kind == "sockmap" { "sockmap-floor" } else { "splice-floor" };
-    Some(Target { name: name.into(), addr, pid: Some(child.id()), admin: None, child: Some(child) })
+    Some(Target { name: format!("{kind}-floor"), addr, pid: Some(child.id()), admin: None, child: Some(child) })
 }
 
 /// pgfailover's failover count from `/failover/status` (a failover during the run would mean
@@ -209,10 +202,16 @@ pub fn last_event(admin: SocketAddr) -> Option<String> {
 }
 
 fn get_json(admin: SocketAddr, path: &str) -> Option<serde_json::Value> {
+    let r = http_get(admin, path)?;
+    serde_json::from_str(&r[r.find("\r\n\r\n")? + 4..]).ok()
+}
+
+/// The whole HTTP/1.1 response to `GET path` on pgfailover's admin port.
+fn http_get(admin: SocketAddr, path: &str) -> Option<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(admin).ok()?;
     s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).ok()?;
     let mut r = String::new();
     s.read_to_string(&mut r).ok()?;
-    serde_json::from_str(&r[r.find("\r\n\r\n")? + 4..]).ok()
+    Some(r)
 }
