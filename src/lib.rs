@@ -5,7 +5,8 @@
 //! - [`config`]: defaults < `proxy.toml` < environment < flags, strict validation.
 //! - [`route`]: the one value sessions read (target backend + epoch), written by the monitor.
 //! - [`proxy`]: the client listener and shutdown drain; [`session`]: one spliced client.
-//! - [`wire`]: the startup packets and the 57P03 `ErrorResponse` for refused clients.
+//! - [`startup`]: opening a session: held and retried until a server accepts the client.
+//! - [`wire`]: the startup packets, a server's first answer, the 57P03 `ErrorResponse`.
 //! - [`net`]: socket options (nodelay, keepalive, user timeout) and bounded connects.
 //! - [`metrics`]: per-instance Prometheus series.
 //! - [`localpg`]: real local PostgreSQL clusters for tests, benchmarks and the demo.
@@ -22,4 +23,5 @@ pub mod proxy;
 pub mod route;
 pub mod server;
 pub mod session;
+pub mod startup;
 pub mod wire;

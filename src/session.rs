@@ -1,5 +1,6 @@
-//! One client session: wait for a route (held), connect to the routed backend, splice bytes
-//! both ways until either side ends, the route moves away, or the proxy shuts down.
+//! One client session: open it on the routed backend (held while none can take it, see
+//! [`startup`](crate::startup)), then splice bytes both ways until either side ends, the
+//! route moves away, or the proxy shuts down.
 
 use std::io;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -7,14 +8,12 @@ use std::sync::Arc;
 
 use tokio::io::Interest;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{CloseReason, Metrics};
 use crate::net;
 use crate::proxy::DataPath;
-use crate::route::Route;
+use crate::startup::{self, Failed};
 use crate::wire;
 
 /// Serves one accepted client until the session ends. Never panics on client input.
@@ -28,88 +27,27 @@ pub async fn serve(mut client: TcpStream, dp: Arc<DataPath>, stopping: Cancellat
         tracing::debug!(error = %e, "client socket options");
     }
     let mut route = dp.route.clone();
-    let (server, backend) = match connect_routed(&dp, &mut route, &stopping).await {
-        Ok(pair) => pair,
-        Err(reason) => {
+    let (server, backend) = match startup::open(&mut client, &dp, &mut route, &stopping).await {
+        Ok(opened) => (opened.server, opened.backend),
+        Err(Failed::Abandoned) => {
+            m.session_closed(CloseReason::ClientClosed);
+            return;
+        }
+        Err(Failed::Refused { reason, pending }) => {
             m.refused();
-            let outcome = wire::refuse(&mut client, &reason).await;
+            let outcome = wire::refuse(&mut client, pending, &reason).await;
             tracing::info!(%reason, ?outcome, "client refused");
             return;
         }
     };
     let reason = tokio::select! {
         r = splice(&client, &server, m) => r,
-        _ = route_moved(&mut route, backend) => CloseReason::RouteChanged,
+        _ = startup::route_left(&mut route, backend) => CloseReason::RouteChanged,
         _ = kill.cancelled() => CloseReason::Shutdown,
     };
     m.session_closed(reason);
     if reason == CloseReason::RouteChanged {
         tracing::debug!(backend = %dp.backends[backend].name, "session cut: route moved away");
-    }
-}
-
-/// Waits (up to the hold timeout) for a routable backend and connects to it, retrying while
-/// the backend refuses. On failure returns the text for the client's 57P03 error.
-async fn connect_routed(
-    dp: &DataPath,
-    route: &mut watch::Receiver<Route>,
-    stopping: &CancellationToken,
-) -> Result<(TcpStream, usize), String> {
-    let deadline = Instant::now() + dp.hold_timeout;
-    let mut counted_hold = false;
-    let mut last_error: Option<String> = None;
-    loop {
-        let current = route.borrow_and_update().clone();
-        if let Some(target) = current.target {
-            let backend = &dp.backends[target];
-            match net::connect(backend, &dp.proxy).await {
-                Ok(server) => return Ok((server, target)),
-                Err(e) => {
-                    dp.metrics.connect_error(target);
-                    // Passive detection: make the monitor check this backend now.
-                    let _ = dp.connect_failed.try_send(target);
-                    last_error = Some(format!(
-                        "could not connect to primary {} ({}): {e}",
-                        backend.name,
-                        backend.address()
-                    ));
-                }
-            }
-        }
-        if !counted_hold {
-            counted_hold = true;
-            dp.metrics.held();
-        }
-        if Instant::now() >= deadline {
-            let why = last_error.unwrap_or_else(|| current.reason.to_string());
-            return Err(format!("no primary database is available: {why}"));
-        }
-        // A backend that refused is retried shortly; otherwise wait for the route to change.
-        let retry = async {
-            if current.target.is_some() {
-                tokio::time::sleep(net::RETRY_DELAY).await;
-            } else if route.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        };
-        tokio::select! {
-            _ = retry => {}
-            _ = tokio::time::sleep_until(deadline) => {}
-            _ = stopping.cancelled() => return Err("the proxy is shutting down".into()),
-        }
-    }
-}
-
-/// Resolves when the route no longer names `backend`.
-async fn route_moved(route: &mut watch::Receiver<Route>, backend: usize) {
-    loop {
-        if route.changed().await.is_err() {
-            // The writer is gone (proxy stopping); shutdown ends the session instead.
-            std::future::pending::<()>().await;
-        }
-        if route.borrow_and_update().target != Some(backend) {
-            return;
-        }
     }
 }
 

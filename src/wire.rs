@@ -1,6 +1,7 @@
-//! The few PostgreSQL wire-protocol pieces the proxy itself speaks: recognising the
-//! startup packets and sending a FATAL `ErrorResponse` to a client it must refuse.
-//! Everything else on the data path is spliced without being parsed.
+//! The few PostgreSQL wire-protocol pieces the proxy itself speaks: reading the client's
+//! startup packets, judging the server's first answer, and sending a FATAL `ErrorResponse`
+//! to a client it must refuse. Everything after the server's first answer is spliced
+//! without being parsed.
 
 use std::time::Duration;
 
@@ -16,8 +17,9 @@ pub const SQLSTATE_CANNOT_CONNECT_NOW: &str = "57P03";
 
 /// The largest startup packet we accept (PostgreSQL's own limit is 10000).
 const MAX_STARTUP_LEN: u32 = 10_000;
-/// A client that does not finish its startup in this time is dropped.
-const STARTUP_DEADLINE: Duration = Duration::from_secs(10);
+/// A client that does not send its startup packets in this time is dropped (PostgreSQL's
+/// own `authentication_timeout` default).
+pub const STARTUP_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Encodes an `ErrorResponse` message (protocol 3.0).
 pub fn error_response(severity: &str, sqlstate: &str, message: &str, detail: Option<&str>) -> Vec<u8> {
@@ -43,6 +45,99 @@ pub fn error_response(severity: &str, sqlstate: &str, message: &str, detail: Opt
     msg
 }
 
+/// One packet of the startup phase, as the client sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Packet {
+    /// A well-formed untyped packet: `code` is the request code (SSLRequest, CancelRequest,
+    /// ...) or the protocol version of a StartupMessage; `bytes` is the whole packet.
+    Untyped { code: u32, bytes: Vec<u8> },
+    /// The first 8 bytes were no startup packet (a direct TLS ClientHello, garbage): the
+    /// proxy does not judge them, the server does.
+    Opaque(Vec<u8>),
+}
+
+impl Packet {
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Packet::Untyped { bytes, .. } | Packet::Opaque(bytes) => bytes,
+        }
+    }
+}
+
+/// Reads one startup-phase packet. `Ok(None)`: the client closed (or sent under 8 bytes and
+/// closed) before a whole header arrived.
+pub async fn read_packet(client: &mut TcpStream) -> std::io::Result<Option<Packet>> {
+    let mut head = [0u8; 8];
+    match client.read_exact(&mut head).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+    let code = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+    if !(8..=MAX_STARTUP_LEN).contains(&len) {
+        return Ok(Some(Packet::Opaque(head.to_vec())));
+    }
+    let mut bytes = vec![0u8; len as usize];
+    bytes[..8].copy_from_slice(&head);
+    match client.read_exact(&mut bytes[8..]).await {
+        Ok(_) => Ok(Some(Packet::Untyped { code, bytes })),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// What a server's first message in answer to a StartupMessage says about it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FirstReply {
+    /// Anything but "cannot take connections now": the session belongs to this server.
+    Accepted,
+    /// A FATAL ErrorResponse with a SQLSTATE meaning the server is starting up, shutting
+    /// down or in crash recovery (57P01, 57P02, 57P03): another server may take the client.
+    Unavailable(String),
+}
+
+/// SQLSTATEs of a server that cannot take a session right now, but another one could:
+/// admin_shutdown, crash_shutdown, cannot_connect_now.
+const UNAVAILABLE_SQLSTATES: [&[u8]; 3] = [b"57P01", b"57P02", b"57P03"];
+/// An ErrorResponse longer than this is not read whole; it is forwarded as it is.
+pub const MAX_FIRST_ERROR_LEN: usize = 16 * 1024;
+
+/// Judges the server's first bytes. `None`: not enough bytes yet to tell (an ErrorResponse
+/// that has not fully arrived).
+pub fn first_reply(buf: &[u8]) -> Option<FirstReply> {
+    let Some(&tag) = buf.first() else { return None };
+    if tag != b'E' {
+        return Some(FirstReply::Accepted);
+    }
+    if buf.len() < 5 {
+        return None;
+    }
+    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+    if !(4..=MAX_FIRST_ERROR_LEN).contains(&len) {
+        return Some(FirstReply::Accepted);
+    }
+    if buf.len() < len + 1 {
+        return None;
+    }
+    let (mut code, mut message) = (None, None);
+    for field in buf[5..len + 1].split(|b| *b == 0) {
+        match field.split_first() {
+            Some((b'C', v)) => code = Some(v),
+            Some((b'M', v)) => message = Some(String::from_utf8_lossy(v).into_owned()),
+            _ => {}
+        }
+    }
+    match code {
+        Some(c) if UNAVAILABLE_SQLSTATES.contains(&c) => Some(FirstReply::Unavailable(format!(
+            "{} ({})",
+            message.unwrap_or_default(),
+            String::from_utf8_lossy(c)
+        ))),
+        _ => Some(FirstReply::Accepted),
+    }
+}
+
 /// What a refused client had sent when we answered it.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refused {
@@ -55,33 +150,29 @@ pub enum Refused {
 }
 
 /// Refuses a client properly: `N` to SSL/GSS encryption requests, then the StartupMessage
-/// is read and answered with a FATAL 57P03 carrying `message`. Never panics on bad bytes.
-pub async fn refuse(client: &mut TcpStream, message: &str) -> Refused {
-    let outcome = tokio::time::timeout(STARTUP_DEADLINE, refuse_inner(client, message)).await;
+/// is answered with a FATAL 57P03 carrying `message`. `pending` is a packet already read
+/// from the client and not yet answered. Never panics on bad bytes.
+pub async fn refuse(client: &mut TcpStream, pending: Option<Packet>, message: &str) -> Refused {
+    let outcome = tokio::time::timeout(STARTUP_DEADLINE, refuse_inner(client, pending, message)).await;
     let outcome = outcome.unwrap_or(Ok(Refused::Abandoned)).unwrap_or(Refused::Abandoned);
     let _ = client.shutdown().await;
     outcome
 }
 
-async fn refuse_inner(client: &mut TcpStream, message: &str) -> std::io::Result<Refused> {
+async fn refuse_inner(client: &mut TcpStream, mut pending: Option<Packet>, message: &str) -> std::io::Result<Refused> {
     loop {
-        let mut head = [0u8; 8];
-        if client.read_exact(&mut head).await.is_err() {
-            return Ok(Refused::Abandoned);
-        }
-        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
-        let code = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
-        if !(8..=MAX_STARTUP_LEN).contains(&len) {
-            return Ok(Refused::Abandoned);
-        }
-        let mut rest = vec![0u8; len as usize - 8];
-        if client.read_exact(&mut rest).await.is_err() {
-            return Ok(Refused::Abandoned);
-        }
-        match code {
-            SSL_REQUEST | GSSENC_REQUEST => client.write_all(b"N").await?,
-            CANCEL_REQUEST => return Ok(Refused::Cancel),
-            _ => {
+        let packet = match pending.take() {
+            Some(p) => p,
+            None => match read_packet(client).await {
+                Ok(Some(p)) => p,
+                Ok(None) | Err(_) => return Ok(Refused::Abandoned),
+            },
+        };
+        match packet {
+            Packet::Opaque(_) => return Ok(Refused::Abandoned),
+            Packet::Untyped { code: SSL_REQUEST | GSSENC_REQUEST, .. } => client.write_all(b"N").await?,
+            Packet::Untyped { code: CANCEL_REQUEST, .. } => return Ok(Refused::Cancel),
+            Packet::Untyped { .. } => {
                 let msg = error_response("FATAL", SQLSTATE_CANNOT_CONNECT_NOW, message, None);
                 client.write_all(&msg).await?;
                 client.flush().await?;
@@ -113,5 +204,51 @@ mod tests {
         let len = u32::from_be_bytes([m[1], m[2], m[3], m[4]]) as usize;
         assert_eq!(len + 1, m.len());
         assert!(m.windows(4).any(|w| w == b"Mab\0"));
+    }
+
+    #[test]
+    fn first_reply_tells_unavailable_servers_from_everything_else() {
+        let shutting = error_response("FATAL", "57P03", "the database system is shutting down", None);
+        assert_eq!(
+            first_reply(&shutting),
+            Some(FirstReply::Unavailable("the database system is shutting down (57P03)".into()))
+        );
+        for code in ["57P01", "57P02"] {
+            assert!(matches!(first_reply(&error_response("FATAL", code, "x", None)), Some(FirstReply::Unavailable(_))));
+        }
+        // Errors the client must see: a wrong database, too many clients.
+        for code in ["3D000", "53300", "28000"] {
+            assert_eq!(first_reply(&error_response("FATAL", code, "x", None)), Some(FirstReply::Accepted));
+        }
+        // An authentication request, a protocol negotiation: the session is the server's.
+        assert_eq!(first_reply(b"R\0\0\0\x08\0\0\0\0"), Some(FirstReply::Accepted));
+        assert_eq!(first_reply(b"v"), Some(FirstReply::Accepted));
+        // Not enough bytes to judge an error yet.
+        assert_eq!(first_reply(b""), None);
+        assert_eq!(first_reply(&shutting[..3]), None);
+        assert_eq!(first_reply(&shutting[..shutting.len() - 1]), None);
+        // A declared length beyond what we read whole: passed on as it is.
+        assert_eq!(first_reply(b"E\x7f\xff\xff\xff"), Some(FirstReply::Accepted));
+    }
+
+    #[tokio::test]
+    async fn read_packet_frames_startup_packets_and_leaves_the_rest_opaque() {
+        use tokio::io::AsyncWriteExt;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let ssl = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+        let tls_hello = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc];
+        let writer = tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(&ssl).await.unwrap();
+            s.write_all(&tls_hello).await.unwrap();
+            s.write_all(&[0, 0, 0, 9]).await.unwrap();
+        });
+        let (mut s, _) = l.accept().await.unwrap();
+        writer.await.unwrap();
+        assert_eq!(read_packet(&mut s).await.unwrap(), Some(Packet::Untyped { code: SSL_REQUEST, bytes: ssl.to_vec() }));
+        assert_eq!(read_packet(&mut s).await.unwrap(), Some(Packet::Opaque(tls_hello[..8].to_vec())));
+        // One byte of the hello, then a header cut short by the close.
+        assert_eq!(read_packet(&mut s).await.unwrap(), None);
     }
 }

@@ -66,6 +66,10 @@ async fn hung_primary_is_detected_and_its_sessions_closed() {
     let c2 = c.clone();
     blocking(move || c2.hang(0).unwrap()).await;
     let hung_at = Instant::now();
+    // A client arriving now reaches the frozen server's listen queue and gets no answer; the
+    // proxy still holds its startup, so the failover moves it to the new primary.
+    let (addr, pw2) = (p.client_addr, pw.clone());
+    let arriving = tokio::spawn(async move { try_connect(addr, &pw2).await });
     wait_status(&p, LIMIT, "hung primary no longer routed", |s| s.current_primary.as_deref() != Some("pg-a")).await;
     let detected = hung_at.elapsed();
     eprintln!("hang detected after {detected:?} (bound {bound:?})");
@@ -77,6 +81,8 @@ async fn hung_primary_is_detected_and_its_sessions_closed() {
     let client = connect(p.client_addr, &pw).await;
     client.batch_execute("insert into t values (1)").await.unwrap();
     assert_eq!(server_port(&client).await, c.nodes[1].port as i32);
+    let arrived = arriving.await.unwrap().expect("the client that arrived during the hang was held, not failed");
+    assert_eq!(server_port(&arrived).await, c.nodes[1].port as i32);
     c.resume(0);
 }
 
@@ -216,9 +222,10 @@ async fn continuous_new_connections_during_failover_are_held_not_refused() {
                         }
                     }
                 }
-                // A refusal is the proxy's 57P03. A handshake that was in flight with the old
-                // primary at the instant it died fails like any session in flight ("connection
-                // closed"); no proxy can replay half an authentication to another server.
+                // A refusal is a 57P03 (the proxy's, or the dying server's if the proxy passed it
+                // on). Only an authentication the old primary had already begun when it died
+                // fails like any session in flight ("connection closed"): no proxy can replay
+                // half an authentication to another server.
                 Err(e) if e.code() == Some(&SqlState::CANNOT_CONNECT_NOW) || e.as_db_error().is_none() && !e.to_string().contains("closed") => {
                     eprintln!("connect refused: {e}");
                     refused2.fetch_add(1, Ordering::Relaxed);

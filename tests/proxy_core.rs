@@ -301,3 +301,56 @@ async fn garbage_from_a_client_does_not_hurt_others() {
     let client = connect(p.addr, &c.options.password).await;
     assert_eq!(client.query_one("select 1", &[]).await.unwrap().get::<_, i32>(0), 1);
 }
+
+/// A server that is up but cannot take sessions never answers the client itself. Here it is
+/// a standby with `hot_standby = off`, which answers every StartupMessage with 57P03 "not
+/// accepting connections", as a primary in the middle of an immediate stop or a crash
+/// restart does. The client is held and goes wherever the route moves; if no server takes it
+/// within the hold timeout it gets the proxy's 57P03, which says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_refusing_sessions_is_retried_not_passed_on() {
+    let mut c = cluster(1).await;
+    c.psql(1, "alter system set hot_standby = off").unwrap();
+    c.stop(1).unwrap();
+    let c = blocking(move || {
+        c.start_node(1).unwrap();
+        c
+    })
+    .await;
+    let pw = c.options.password.clone();
+    let direct = try_connect(node_addr(&c, 1), &pw).await.err().expect("pg-b refuses sessions");
+    assert_eq!(direct.code(), Some(&SqlState::CANNOT_CONNECT_NOW), "{direct}");
+
+    let mut p = data_path(backends(&c), Duration::from_millis(1500)).await;
+    p.route.set(Some(1), "");
+    // Nothing takes the client in time: the proxy's own error, naming the server's reason.
+    let err = try_connect(p.addr, &pw).await.err().expect("refused after the hold");
+    assert_eq!(err.code(), Some(&SqlState::CANNOT_CONNECT_NOW), "{err}");
+    let msg = err.as_db_error().unwrap().message();
+    assert!(msg.starts_with("no primary database is available: pg-b refused the session"), "{msg}");
+    assert!(msg.contains("not accepting connections"), "{msg}");
+    assert_eq!(p.passive.recv().await, Some(1), "the monitor is told to check pg-b now");
+    assert!(pgfailover::metrics::Stats::get(&p.metrics.stats.held) >= 1);
+
+    // The route moves while a client is held: it lands on the new target. It asked for TLS
+    // first (sslmode=prefer); pg-b said N, so the retry sends only the StartupMessage.
+    let mut builder = SslConnector::builder(SslMethod::tls()).unwrap();
+    builder.set_verify(SslVerifyMode::NONE);
+    let tls = MakeTlsConnector::new(builder.build());
+    let conn = format!("{} sslmode=prefer", conn_str(p.addr, &pw));
+    let held_before = pgfailover::metrics::Stats::get(&p.metrics.stats.held);
+    let pending = tokio::spawn(async move {
+        let (client, connection) = tokio_postgres::connect(&conn, tls).await?;
+        tokio::spawn(connection);
+        Ok::<_, tokio_postgres::Error>(client)
+    });
+    eventually(SECS_10, "the client to be held", || async {
+        (pgfailover::metrics::Stats::get(&p.metrics.stats.held) > held_before).then_some(())
+    })
+    .await;
+    p.route.set(Some(0), "");
+    let client = pending.await.unwrap().expect("the held client is taken by pg-a");
+    assert_eq!(server_port(&client).await, c.nodes[0].port as i32);
+    assert_eq!(client.query_one("select 41 + 1", &[]).await.unwrap().get::<_, i32>(0), 42);
+    assert_eq!(pgfailover::metrics::Stats::get(&p.metrics.stats.refused), 1, "only the first client was refused");
+}

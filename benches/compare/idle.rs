@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 
 use crate::targets::rss_bytes;
 
-/// Child-process mode: open `n` connections to `addr`, say "ready", hold them until stdin closes.
+/// Child-process mode: open `n` sessions to `addr`, say "ready", hold them until stdin closes.
 pub fn client_main(addr: &str, n: usize) {
     let addr: SocketAddr = addr.parse().unwrap();
     let mut held = Vec::with_capacity(n);
     for _ in 0..n {
-        held.push(std::net::TcpStream::connect(addr).expect("idle connect"));
+        held.push(open_session(addr).expect("idle session"));
     }
     println!("ready");
     let mut line = String::new();
@@ -42,8 +42,26 @@ pub fn per_connection(proxy: SocketAddr, pid: u32, n: usize) -> f64 {
     (after as f64 - before as f64) / n as f64
 }
 
+/// A connection past its StartupMessage, with the server's first answer (PgBouncer's
+/// authentication request) read: what a proxy carries for an idle client. A bare TCP connect
+/// is not one: pgfailover holds a client that has said nothing without a server connection.
+fn open_session(addr: SocketAddr) -> std::io::Result<std::net::TcpStream> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    let mut body = 196608u32.to_be_bytes().to_vec();
+    for kv in ["user", "postgres", "database", "postgres", ""] {
+        body.extend_from_slice(kv.as_bytes());
+        body.push(0);
+    }
+    s.write_all(&(body.len() as u32 + 4).to_be_bytes())?;
+    s.write_all(&body)?;
+    let mut first = [0u8; 1];
+    s.read_exact(&mut first)?;
+    Ok(s)
+}
+
 fn warm(proxy: SocketAddr, n: usize) {
-    let held: Vec<_> = (0..n).filter_map(|_| std::net::TcpStream::connect(proxy).ok()).collect();
+    let held: Vec<_> = (0..n).filter_map(|_| open_session(proxy).ok()).collect();
     std::thread::sleep(Duration::from_millis(200));
     drop(held);
 }
