@@ -86,6 +86,61 @@ async fn hung_primary_is_detected_and_its_sessions_closed() {
     c.resume(0);
 }
 
+/// Both servers freeze at once (a paused VM, a saturated host): every check to both fails.
+/// That is no reason to promote the standby: when they come back (the standby first, the
+/// worst order) the primary keeps its role and nothing is promoted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_freeze_of_both_servers_is_not_a_failover() {
+    let c = Arc::new(cluster(1).await);
+    let p = start_proxy(proxy_config(&c, |_| {})).await;
+    healthy(&p).await;
+    let c2 = c.clone();
+    blocking(move || {
+        c2.hang(1).unwrap();
+        c2.hang(0).unwrap();
+    })
+    .await;
+    let s = wait_status(&p, LIMIT, "both unhealthy, primary no longer routed", |s| {
+        s.current_primary.is_none() && !backend(s, "pg-a").healthy && !backend(s, "pg-b").healthy
+    })
+    .await;
+    assert_eq!(s.failover_count, 0);
+    c.resume(1);
+    c.resume(0);
+    let s = wait_status(&p, LIMIT, "pg-a routed again", |s| s.current_primary.as_deref() == Some("pg-a")).await;
+    assert_eq!(s.failover_count, 0, "nothing was promoted");
+    assert!(!backend(&s, "pg-a").fenced);
+    assert_eq!(c.psql(1, "select pg_is_in_recovery()").unwrap(), "t", "pg-b is still a standby");
+    let h = p.monitor.history(20);
+    assert!(h.iter().any(|e| e.kind == pgfailover::monitor::history::EventKind::Unfence && e.reason.contains("failover abandoned")), "{h:?}");
+    let client = connect(p.client_addr, &c.options.password).await;
+    client.batch_execute("create table after_freeze(i int)").await.unwrap();
+    assert_eq!(server_port(&client).await, c.nodes[0].port as i32);
+}
+
+/// Both freeze, then only the standby comes back: once the primary has failed a check that
+/// began after the standby answered, the standby is promoted as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_freeze_of_both_a_primary_that_stays_down_is_failed_over() {
+    let c = Arc::new(cluster(1).await);
+    let p = start_proxy(proxy_config(&c, |_| {})).await;
+    healthy(&p).await;
+    let c2 = c.clone();
+    blocking(move || {
+        c2.hang(1).unwrap();
+        c2.hang(0).unwrap();
+    })
+    .await;
+    wait_status(&p, LIMIT, "both unhealthy", |s| !backend(s, "pg-a").healthy && !backend(s, "pg-b").healthy).await;
+    c.resume(1);
+    let s = wait_status(&p, LIMIT, "failover to pg-b", |s| s.current_primary.as_deref() == Some("pg-b")).await;
+    assert_eq!(s.failover_count, 1);
+    let client = connect(p.client_addr, &c.options.password).await;
+    client.batch_execute("create table after_freeze(i int)").await.unwrap();
+    assert_eq!(server_port(&client).await, c.nodes[1].port as i32);
+    c.resume(0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_primary_restarted_writable_is_fenced_and_never_routed() {
     let c = Arc::new(cluster(1).await);

@@ -12,7 +12,14 @@
 //! - `failover_in_progress` → `failover_complete`: the promoted standby (auto) or a backend
 //!   promoted by someone else (never) reports not-in-recovery; the route points to it.
 //! - `failover_in_progress` → `unknown`/`degraded`: no standby is eligible (auto) or nothing
-//!   answers; the attempt stays pending and resumes when a standby becomes eligible.
+//!   answers; the attempt stays pending and resumes when a standby becomes eligible. A
+//!   standby is promoted only once its latest check succeeded; if it, too, stopped answering
+//!   during the primary's outage (both stalled: the host, the network, this proxy), only
+//!   after the old primary has also failed a whole check that began after the standby
+//!   answered again.
+//! - `failover_in_progress` → the previous state: the old primary answers again as a primary
+//!   before any standby was promoted; the failover is abandoned, the primary unfenced and
+//!   routed again (nothing else can have become primary).
 //! - `failover_complete` → `healthy`: a standby is promotion-eligible again.
 //! - routed primary and an eligible standby → `healthy`; routed primary and only a standby
 //!   still catching up (healthy, in recovery, lag over `max_lag_bytes`) →
@@ -56,6 +63,9 @@ pub struct Settings {
     pub failure_threshold: u32,
     pub max_lag_bytes: u64,
     pub promote: PromoteMode,
+    /// `health.timeout`: no check lasts longer, so a failure that ended this long after an
+    /// instant began after it.
+    pub check_timeout: Duration,
 }
 
 /// Who asked for a failover.
@@ -117,6 +127,9 @@ pub struct InFlight {
     pub reason: String,
     /// Candidates whose promotion failed in this attempt; not tried again.
     pub failed: Vec<usize>,
+    /// The candidate held back because its answers do not yet show the old primary is the
+    /// one that is down (logged once per candidate).
+    pub held_back: Option<usize>,
 }
 
 /// Counters reported by the API and metrics.
@@ -191,14 +204,14 @@ impl Machine {
                     self.system_identifier = Some(obs.system_identifier);
                 }
                 let b = &mut self.backends[i];
-                if b.record_success(obs, now.wall) {
+                if b.record_success(obs, now) {
                     self.counters.recoveries += 1;
                     acts.push(self.event(now, EventKind::Recovery, Some(i), None, "health checks succeed again".into(), Trigger::Automatic));
                 }
             }
             Err(e) => {
                 self.counters.check_failures += 1;
-                self.backends[i].record_failure(e, now.wall, threshold);
+                self.backends[i].record_failure(e, now, threshold);
             }
         }
         self.evaluate(now, &mut acts);
@@ -211,7 +224,7 @@ impl Machine {
         let ours = self.in_flight.as_ref().and_then(|f| f.to) == Some(i);
         match result {
             Ok(obs) => {
-                self.backends[i].record_success(obs, now.wall);
+                self.backends[i].record_success(obs, now);
             }
             Err(e) if ours => {
                 let f = self.in_flight.as_mut().expect("ours implies in flight");

@@ -115,6 +115,7 @@ pub fn spawn(
         failure_threshold: cfg.health.failure_threshold,
         max_lag_bytes: cfg.failover.max_lag_bytes,
         promote: cfg.failover.promote,
+        check_timeout: cfg.health.timeout,
     };
     let machine = Machine::new(settings, &names, &fenced);
     let (commands, rx) = mpsc::channel(256);

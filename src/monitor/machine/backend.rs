@@ -1,9 +1,11 @@
 //! One backend as the machine sees it: the seed's health record plus the server's answers.
 
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use crate::duration::as_millis_f64;
 use crate::monitor::observation::Observation;
+
+use super::Now;
 
 /// Why a backend is fenced; decides whether its reappearance as a primary is a split brain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,6 +47,12 @@ pub struct Backend {
     /// WAL position of the last check that found it in recovery: what a promoted standby
     /// had received, for the data-loss window of a failover.
     pub last_standby_lsn: Option<u64>,
+    /// Monotonic times, to order checks of different backends: when the current run of
+    /// failures began (None while the latest check succeeded), the latest failure, and the
+    /// latest return to success after failures.
+    pub failing_since: Option<Instant>,
+    pub failed_at: Option<Instant>,
+    pub back_at: Option<Instant>,
 }
 
 impl Backend {
@@ -62,12 +70,18 @@ impl Backend {
             last_error: None,
             fence: None,
             last_standby_lsn: None,
+            failing_since: None,
+            failed_at: None,
+            back_at: None,
         }
     }
 
     /// Returns true when this success is a recovery (the backend had been marked down).
-    pub fn record_success(&mut self, obs: Observation, at: SystemTime) -> bool {
-        let recovered = self.marked_down;
+    pub fn record_success(&mut self, obs: Observation, now: Now) -> bool {
+        let (recovered, at) = (self.marked_down, now.wall);
+        if self.failing_since.take().is_some() {
+            self.back_at = Some(now.mono);
+        }
         self.healthy = true;
         self.marked_down = false;
         self.failure_count = 0;
@@ -82,7 +96,10 @@ impl Backend {
         recovered
     }
 
-    pub fn record_failure(&mut self, error: String, at: SystemTime, threshold: u32) {
+    pub fn record_failure(&mut self, error: String, now: Now, threshold: u32) {
+        let at = now.wall;
+        self.failing_since.get_or_insert(now.mono);
+        self.failed_at = Some(now.mono);
         self.failure_count = self.failure_count.saturating_add(1);
         self.down_since.get_or_insert(at);
         self.last_check = Some(at);

@@ -43,9 +43,21 @@ impl Machine {
                 None => {
                     if let Some(w) = self.best_claimant() {
                         self.complete(w, now, acts);
+                    } else if let Some(p) = f.from.filter(|p| self.came_back(*p)) {
+                        self.abandon(p, now, acts);
                     } else if self.settings.promote == PromoteMode::Auto {
                         if let Some(c) = self.best_eligible(&f.failed.clone()) {
-                            self.begin_promotion(c, acts);
+                            if self.corroborated(f.from, c) {
+                                self.begin_promotion(c, acts);
+                            } else if f.held_back != Some(c) {
+                                tracing::warn!(
+                                    standby = %self.backends[c].name,
+                                    "failover waits: the standby stopped answering during the primary's outage too, or its latest check failed; promoting it once it answers and the old primary then fails a whole check"
+                                );
+                                if let Some(f) = self.in_flight.as_mut() {
+                                    f.held_back = Some(c);
+                                }
+                            }
                         }
                     }
                 }
@@ -135,8 +147,45 @@ impl Machine {
             }
         }
         tracing::warn!(from = from.map(|i| self.backends[i].name.as_str()), %reason, trigger = %trigger.label(), "failover started");
-        self.in_flight = Some(InFlight { from, from_lsn, to: None, to_lsn: None, started: now.mono, trigger, reason: reason.clone(), failed: Vec::new() });
+        self.in_flight = Some(InFlight { from, from_lsn, to: None, to_lsn: None, started: now.mono, trigger, reason: reason.clone(), failed: Vec::new(), held_back: None });
         self.set_route(None, format!("failover in progress: {reason}"), acts);
+    }
+
+    /// Whether the checks say `from` (the lost primary) is down while standby `c` is up.
+    /// `c`'s latest check must have succeeded. If `c` also failed checks during `from`'s
+    /// outage, both may have been stalled by something they share (the host, the network,
+    /// this proxy), and `from` must fail a whole check that began after `c` answered again:
+    /// one that ended a check timeout or more after it.
+    fn corroborated(&self, from: Option<usize>, c: usize) -> bool {
+        let cand = &self.backends[c];
+        if !cand.fresh() {
+            return false;
+        }
+        let Some(old) = from.map(|p| &self.backends[p]) else { return true };
+        let Some(since) = old.failing_since else { return true };
+        let timeout = self.settings.check_timeout;
+        let overlapped = cand.failed_at.is_some_and(|f| f + timeout >= since);
+        match cand.back_at {
+            Some(back) if overlapped => old.failed_at.is_some_and(|f| f >= back + timeout),
+            _ => true,
+        }
+    }
+
+    /// The lost primary answers again as a primary, and this failover has promoted nobody.
+    fn came_back(&self, p: usize) -> bool {
+        let b = &self.backends[p];
+        b.fresh() && b.claims_primary() && self.same_cluster(p) && matches!(b.fence, Some(Fence { kind: FenceKind::Unreachable, .. }))
+    }
+
+    /// Gives the route back to `p`, the old primary: the failover promoted nobody, so
+    /// nothing else can be primary (a split brain would still be resolved by timeline).
+    fn abandon(&mut self, p: usize, now: Now, acts: &mut Vec<Action>) {
+        let Some(f) = self.in_flight.take() else { return };
+        self.backends[p].fence = None;
+        let reason = format!("{} answers again as the primary before any standby was promoted: failover abandoned ({})", self.backends[p].name, f.reason);
+        tracing::warn!(primary = %self.backends[p].name, %reason, "failover abandoned");
+        acts.push(self.event(now, EventKind::Unfence, Some(p), None, reason, f.trigger));
+        self.set_route(Some(p), String::new(), acts);
     }
 
     pub(super) fn begin_promotion(&mut self, c: usize, acts: &mut Vec<Action>) {

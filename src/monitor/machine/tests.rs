@@ -6,7 +6,7 @@ const SYSID: u64 = 7_000_000_000_000_000_001;
 
 fn machine(n: usize, promote: PromoteMode) -> Machine {
     let names: Vec<String> = (0..n).map(|i| format!("pg-{}", (b'a' + i as u8) as char)).collect();
-    Machine::new(Settings { failure_threshold: 3, max_lag_bytes: 1000, promote }, &names, &[])
+    Machine::new(Settings { failure_threshold: 3, max_lag_bytes: 1000, promote, check_timeout: Duration::from_millis(250) }, &names, &[])
 }
 
 fn primary(lsn: u64, tl: u32) -> Observation {
@@ -132,6 +132,8 @@ fn picks_the_standby_with_most_wal_and_skips_laggards() {
 fn no_eligible_standby_waits_then_promotes_when_one_appears() {
     let (mut m, mut c) = running(2, PromoteMode::Auto);
     fail(&mut m, &mut c, 1, 3);
+    // The standby has been down a while when the primary goes.
+    c.0.mono += Duration::from_secs(5);
     let acts = fail(&mut m, &mut c, 0, 3);
     assert!(promotes(&acts).is_empty());
     assert_eq!((m.state, m.route), (State::Unknown, None));
@@ -140,6 +142,72 @@ fn no_eligible_standby_waits_then_promotes_when_one_appears() {
     assert_eq!(promotes(&acts), [1]);
     assert_eq!(m.counters.recoveries, 1);
     assert_eq!(events(&acts)[0].kind, EventKind::Recovery);
+}
+
+/// Both servers stop answering at once (seen on a saturated 2-vCPU VM: every check to both
+/// timed out for seconds). The standby is not promoted while it, too, is silent, nor the
+/// moment it answers again: first the old primary must fail a check that began after that.
+/// Here the primary answers first, so the failover is abandoned and nothing was promoted.
+#[test]
+fn a_stall_of_both_servers_is_not_a_failover() {
+    let (mut m, mut c) = running(2, PromoteMode::Auto);
+    let mut acts = Vec::new();
+    for _ in 0..3 {
+        acts.extend(fail(&mut m, &mut c, 0, 1));
+        acts.extend(fail(&mut m, &mut c, 1, 1));
+    }
+    assert!(promotes(&acts).is_empty(), "the standby is silent too");
+    assert_eq!(m.route, None, "the unanswering primary gets no new sessions meanwhile");
+    assert!(m.backends[0].fence.is_some());
+    // The standby answers first: still no promotion, the primary's last failure began earlier.
+    let acts = m.observe(1, Ok(standby(4900, 1)), c.tick());
+    assert!(promotes(&acts).is_empty(), "{acts:?}");
+    // Then the primary answers: it gets the route back, unfenced; no failover is counted.
+    let acts = m.observe(0, Ok(primary(5000, 1)), c.tick());
+    assert_eq!(routes(&acts), [Some(0)]);
+    assert!(promotes(&acts).is_empty());
+    assert!(m.backends[0].fence.is_none() && m.in_flight.is_none());
+    let ev = events(&acts);
+    assert_eq!(ev[0].kind, EventKind::Recovery);
+    assert_eq!(ev[1].kind, EventKind::Unfence);
+    assert!(ev[1].reason.contains("failover abandoned"), "{}", ev[1].reason);
+    assert_eq!((m.counters.failovers, m.state), (0, State::Healthy));
+}
+
+/// The same stall, but the primary really is gone: once the standby answers, the primary
+/// failing a whole check after that (ending a check timeout later) promotes the standby.
+#[test]
+fn after_a_stall_of_both_a_primary_still_failing_is_failed_over() {
+    let (mut m, mut c) = running(2, PromoteMode::Auto);
+    for _ in 0..3 {
+        fail(&mut m, &mut c, 0, 1);
+        fail(&mut m, &mut c, 1, 1);
+    }
+    let acts = m.observe(1, Ok(standby(4900, 1)), c.tick());
+    assert!(promotes(&acts).is_empty());
+    // 100 ms later: that check began before the standby answered (timeout 250 ms).
+    assert!(promotes(&fail(&mut m, &mut c, 0, 1)).is_empty());
+    assert!(promotes(&fail(&mut m, &mut c, 0, 1)).is_empty());
+    // 300 ms after the standby's answer: a whole check of the primary failed since.
+    assert_eq!(promotes(&fail(&mut m, &mut c, 0, 1)), [1]);
+    let acts = m.promoted(1, Ok(primary(4900, 2)), c.tick());
+    assert_eq!(routes(&acts), [Some(1)]);
+    assert_eq!(m.counters.failovers, 1);
+}
+
+/// A standby whose latest check failed is not promoted until it answers again, even below
+/// the failure threshold (still "healthy").
+#[test]
+fn a_standby_whose_last_check_failed_waits_for_its_next_answer() {
+    let (mut m, mut c) = running(2, PromoteMode::Auto);
+    fail(&mut m, &mut c, 1, 1);
+    c.0.mono += Duration::from_secs(5);
+    let acts = fail(&mut m, &mut c, 0, 3);
+    assert!(m.eligible(1), "one failure is below the threshold");
+    assert!(promotes(&acts).is_empty());
+    assert_eq!(m.state, State::Degraded);
+    // Its failure was long before the primary's outage: promoted as soon as it answers.
+    assert_eq!(promotes(&m.observe(1, Ok(standby(4900, 1)), c.tick())), [1]);
 }
 
 #[test]
@@ -238,7 +306,7 @@ fn restart_routes_to_the_real_primary_not_the_configured_one() {
 
     // Journal says pg-a is fenced: it is never routed even though it is writable.
     let names = ["pg-a".to_string(), "pg-b".to_string()];
-    let mut m = Machine::new(Settings { failure_threshold: 3, max_lag_bytes: 1000, promote: PromoteMode::Auto }, &names, &["pg-a".into()]);
+    let mut m = Machine::new(Settings { failure_threshold: 3, max_lag_bytes: 1000, promote: PromoteMode::Auto, check_timeout: Duration::from_millis(250) }, &names, &["pg-a".into()]);
     m.observe(0, Ok(primary(100, 1)), c.tick());
     m.observe(1, Ok(standby(100, 1)), c.tick());
     assert_eq!(m.route, None);
