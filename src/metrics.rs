@@ -133,7 +133,7 @@ impl Metrics {
             connections_refused: counter("pgfailover_client_connections_refused_total", "Client connections refused with SQLSTATE 57P03.", vec![]),
             bytes_client_to_server: counter("pgfailover_client_to_server_bytes_total", "Bytes spliced from clients to backends.", vec![]),
             bytes_server_to_client: counter("pgfailover_server_to_client_bytes_total", "Bytes spliced from backends to clients.", vec![]),
-            backend_connect_errors: per_backend("backend").into_iter().map(|l| counter("pgfailover_backend_connect_errors_total", "Failed connects from the data path to a backend.", l)).collect(),
+            backend_connect_errors: per_backend("backend").into_iter().map(|l| counter("pgfailover_backend_connect_errors_total", "Failed attempts to open a client session on a backend (connect refused or timed out, startup refused with 57P01/57P02/57P03, closed or silent before its first answer).", l)).collect(),
             sessions_closed: CloseReason::ALL.iter().map(|c| counter("pgfailover_sessions_closed_total", "Client sessions ended, by reason.", vec![Label::new("reason", c.as_str())])).collect(),
             failover_state: gauge("failover_state", "Failover state: 0 unknown, 1 healthy, 2 degraded, 3 failover_in_progress, 4 failover_complete, 5 recovery_in_progress.", vec![]),
             failover_total: counter("failover_total", "Completed failovers (automatic and manual).", vec![]),

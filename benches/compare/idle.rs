@@ -56,6 +56,7 @@ fn open_session(addr: SocketAddr) -> std::io::Result<std::net::TcpStream> {
     s.write_all(&(body.len() as u32 + 4).to_be_bytes())?;
     s.write_all(&body)?;
     let mut first = [0u8; 1];
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
     s.read_exact(&mut first)?;
     Ok(s)
 }

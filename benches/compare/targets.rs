@@ -134,21 +134,34 @@ pub fn pgbouncer(dir: &Path, backend: u16, password: &str) -> Option<Target> {
     )
     .unwrap();
     let root = unsafe { libc::geteuid() } == 0;
+    // runuser's PAM session resets the soft descriptor limit to 1024; PgBouncer must hold
+    // thousands of idle clients (memory benchmark), so raise it to the hard limit.
+    let script = format!("ulimit -n \"$(ulimit -Hn)\" && exec '{}' -d '{}'", exe.display(), ini.display());
     let mut cmd = if root {
         let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(exe);
+        c.args(["-u", "postgres", "--", "sh", "-c", &script]);
         c
     } else {
-        Command::new(exe)
+        let mut c = Command::new("sh");
+        c.args(["-c", &script]);
+        c
     };
-    cmd.arg("-d").arg(&ini).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     let status = cmd.status().ok()?;
     if !status.success() {
         eprintln!("pgbouncer did not start (see {})", dir.display());
         return None;
     }
     wait_port(addr);
-    let pid = fs::read_to_string(&pidfile).ok()?.trim().parse().ok()?;
+    // The daemon may listen before it writes its pidfile.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let pid = loop {
+        if let Some(pid) = fs::read_to_string(&pidfile).ok().and_then(|t| t.trim().parse().ok()) {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "pgbouncer listens on {addr} but wrote no pidfile");
+        std::thread::sleep(Duration::from_millis(20));
+    };
     Some(Target { name: "pgbouncer".into(), addr, pid: Some(pid), admin: None, child: None })
 }
 
