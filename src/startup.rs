@@ -79,7 +79,7 @@ pub async fn open(
             }
             Packet::Untyped { code: SSL_REQUEST | GSSENC_REQUEST, bytes } => {
                 let answer = match send(&mut server, bytes, dp).await {
-                    Ok(()) => awaiting(&mut server, 1, dp, route, backend, &hold, stopping).await,
+                    Ok(()) => awaiting(&mut server, 1, route, backend, stopping).await,
                     Err(e) => Answer::Lost(e.to_string()),
                 };
                 match answer {
@@ -104,7 +104,7 @@ pub async fn open(
             }
             Packet::Untyped { bytes, .. } => {
                 let answer = match send(&mut server, bytes, dp).await {
-                    Ok(()) => awaiting(&mut server, 0, dp, route, backend, &hold, stopping).await,
+                    Ok(()) => awaiting(&mut server, 0, route, backend, stopping).await,
                     Err(e) => Answer::Lost(e.to_string()),
                 };
                 match answer {
@@ -152,7 +152,7 @@ enum Answer {
     /// The server's first bytes: exactly one for an encryption request; for a StartupMessage
     /// at least enough to judge it (a whole ErrorResponse, or the first byte of anything else).
     Bytes(Vec<u8>),
-    /// Closed, reset, or silent past the deadline.
+    /// Closed or reset.
     Lost(String),
     /// The route left the server while waiting (a failover): try the new one at once.
     Moved,
@@ -160,19 +160,17 @@ enum Answer {
 }
 
 /// Waits for the server's first answer: `exact` bytes if non-zero, else as much as
-/// [`wire::first_reply`] needs. Gives up when the route leaves `backend` (a failover: the
-/// client can go to the new primary instead), at the later of the hold deadline and one
-/// connect timeout from now, or when the proxy stops.
+/// [`wire::first_reply`] needs. Gives up when the route leaves `backend` (the monitor found
+/// it hung or lost: the client can go to the new primary instead) or when the proxy stops.
+/// There is no time limit of its own: while the monitor still routes to this server it is
+/// alive, if slow, and a slow answer beats a refusal.
 async fn awaiting(
     server: &mut TcpStream,
     exact: usize,
-    dp: &DataPath,
     route: &watch::Receiver<Route>,
     backend: usize,
-    hold: &Hold,
     stopping: &CancellationToken,
 ) -> Answer {
-    let limit = hold.deadline.max(Instant::now() + dp.proxy.connect_timeout);
     let read = async {
         let mut buf = Vec::with_capacity(if exact > 0 { exact } else { 512 });
         loop {
@@ -191,7 +189,6 @@ async fn awaiting(
     tokio::select! {
         a = read => a,
         _ = route_left(&mut route, backend) => Answer::Moved,
-        _ = tokio::time::sleep_until(limit) => Answer::Lost("no answer in time".into()),
         _ = stopping.cancelled() => Answer::Stopping,
     }
 }

@@ -86,11 +86,9 @@ async fn hung_primary_is_detected_and_its_sessions_closed() {
     c.resume(0);
 }
 
-/// Both servers freeze at once (a paused VM, a saturated host): every check to both fails.
-/// That is no reason to promote the standby: when they come back (the standby first, the
-/// worst order) the primary keeps its role and nothing is promoted.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_freeze_of_both_servers_is_not_a_failover() {
+/// A healthy primary + standby behind a proxy, then both frozen (SIGSTOP) until both are
+/// marked unhealthy.
+async fn both_frozen() -> (Arc<pgfailover::localpg::Cluster>, pgfailover::server::Proxy) {
     let c = Arc::new(cluster(1).await);
     let p = start_proxy(proxy_config(&c, |_| {})).await;
     healthy(&p).await;
@@ -100,11 +98,18 @@ async fn a_freeze_of_both_servers_is_not_a_failover() {
         c2.hang(0).unwrap();
     })
     .await;
-    let s = wait_status(&p, LIMIT, "both unhealthy, primary no longer routed", |s| {
-        s.current_primary.is_none() && !backend(s, "pg-a").healthy && !backend(s, "pg-b").healthy
-    })
-    .await;
-    assert_eq!(s.failover_count, 0);
+    wait_status(&p, LIMIT, "both unhealthy", |s| !backend(s, "pg-a").healthy && !backend(s, "pg-b").healthy).await;
+    (c, p)
+}
+
+/// Both servers freeze at once (a paused VM, a saturated host): every check to both fails.
+/// That is no reason to promote the standby: when they come back (the standby first, the
+/// worst order) the primary keeps its role and nothing is promoted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_freeze_of_both_servers_is_not_a_failover() {
+    let (c, p) = both_frozen().await;
+    let s = p.monitor.status();
+    assert_eq!((s.current_primary.as_deref(), s.failover_count), (None, 0), "primary no longer routed, nothing promoted");
     c.resume(1);
     c.resume(0);
     let s = wait_status(&p, LIMIT, "pg-a routed again", |s| s.current_primary.as_deref() == Some("pg-a")).await;
@@ -122,16 +127,7 @@ async fn a_freeze_of_both_servers_is_not_a_failover() {
 /// began after the standby answered, the standby is promoted as usual.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_freeze_of_both_a_primary_that_stays_down_is_failed_over() {
-    let c = Arc::new(cluster(1).await);
-    let p = start_proxy(proxy_config(&c, |_| {})).await;
-    healthy(&p).await;
-    let c2 = c.clone();
-    blocking(move || {
-        c2.hang(1).unwrap();
-        c2.hang(0).unwrap();
-    })
-    .await;
-    wait_status(&p, LIMIT, "both unhealthy", |s| !backend(s, "pg-a").healthy && !backend(s, "pg-b").healthy).await;
+    let (c, p) = both_frozen().await;
     c.resume(1);
     let s = wait_status(&p, LIMIT, "failover to pg-b", |s| s.current_primary.as_deref() == Some("pg-b")).await;
     assert_eq!(s.failover_count, 1);
