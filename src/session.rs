@@ -27,7 +27,15 @@ pub async fn serve(mut client: TcpStream, dp: Arc<DataPath>, stopping: Cancellat
         tracing::debug!(error = %e, "client socket options");
     }
     let mut route = dp.route.clone();
-    let (server, backend) = match startup::open(&mut client, &dp, &mut route, &stopping).await {
+    let opened = tokio::select! {
+        r = startup::open(&mut client, &dp, &mut route, &stopping) => r,
+        // The drain period is over and this client's server still has not answered.
+        _ = kill.cancelled() => {
+            m.session_closed(CloseReason::Shutdown);
+            return;
+        }
+    };
+    let (server, backend) = match opened {
         Ok(opened) => (opened.server, opened.backend),
         Err(Failed::Abandoned) => {
             m.session_closed(CloseReason::ClientClosed);

@@ -79,7 +79,7 @@ pub async fn open(
             }
             Packet::Untyped { code: SSL_REQUEST | GSSENC_REQUEST, bytes } => {
                 let answer = match send(&mut server, bytes, dp).await {
-                    Ok(()) => awaiting(&mut server, 1, route, backend, stopping).await,
+                    Ok(()) => awaiting(&mut server, 1, route, backend).await,
                     Err(e) => Answer::Lost(e.to_string()),
                 };
                 match answer {
@@ -99,12 +99,11 @@ pub async fn open(
                     Answer::Bytes(b) => return forward(client, b, server, backend, dp).await,
                     Answer::Lost(why) => hold.failed(dp, backend, format!("{name} did not answer the encryption request: {why}")),
                     Answer::Moved => {}
-                    Answer::Stopping => return Err(stopping_refusal(packet)),
                 }
             }
             Packet::Untyped { bytes, .. } => {
                 let answer = match send(&mut server, bytes, dp).await {
-                    Ok(()) => awaiting(&mut server, 0, route, backend, stopping).await,
+                    Ok(()) => awaiting(&mut server, 0, route, backend).await,
                     Err(e) => Answer::Lost(e.to_string()),
                 };
                 match answer {
@@ -114,15 +113,10 @@ pub async fn open(
                     },
                     Answer::Lost(why) => hold.failed(dp, backend, format!("{name} did not answer the startup: {why}")),
                     Answer::Moved => {}
-                    Answer::Stopping => return Err(stopping_refusal(packet)),
                 }
             }
         }
     }
-}
-
-fn stopping_refusal(packet: Packet) -> Failed {
-    Failed::Refused { reason: "the proxy is shutting down".into(), pending: Some(packet) }
 }
 
 /// The client's next startup packet, within the startup deadline; `None` if it went away.
@@ -156,21 +150,15 @@ enum Answer {
     Lost(String),
     /// The route left the server while waiting (a failover): try the new one at once.
     Moved,
-    Stopping,
 }
 
 /// Waits for the server's first answer: `exact` bytes if non-zero, else as much as
 /// [`wire::first_reply`] needs. Gives up when the route leaves `backend` (the monitor found
-/// it hung or lost: the client can go to the new primary instead) or when the proxy stops.
-/// There is no time limit of its own: while the monitor still routes to this server it is
-/// alive, if slow, and a slow answer beats a refusal.
-async fn awaiting(
-    server: &mut TcpStream,
-    exact: usize,
-    route: &watch::Receiver<Route>,
-    backend: usize,
-    stopping: &CancellationToken,
-) -> Answer {
+/// it hung or lost: the client can go to the new primary instead). There is no time limit
+/// of its own: while the monitor still routes to this server it is alive, if slow, and a
+/// slow answer beats a refusal. A proxy that starts stopping lets the answer come (the
+/// session then drains like any other); the end of the drain period ends the wait.
+async fn awaiting(server: &mut TcpStream, exact: usize, route: &watch::Receiver<Route>, backend: usize) -> Answer {
     let read = async {
         let mut buf = Vec::with_capacity(if exact > 0 { exact } else { 512 });
         loop {
@@ -189,7 +177,6 @@ async fn awaiting(
     tokio::select! {
         a = read => a,
         _ = route_left(&mut route, backend) => Answer::Moved,
-        _ = stopping.cancelled() => Answer::Stopping,
     }
 }
 

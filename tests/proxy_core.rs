@@ -354,3 +354,25 @@ async fn a_server_refusing_sessions_is_retried_not_passed_on() {
     assert_eq!(client.query_one("select 41 + 1", &[]).await.unwrap().get::<_, i32>(0), 42);
     assert_eq!(pgfailover::metrics::Stats::get(&p.metrics.stats.refused), 1, "only the first client was refused");
 }
+
+/// A client whose routed server accepted the TCP connection but never answers its startup (a
+/// frozen host, and no monitor here to move the route) does not keep the proxy from
+/// stopping: the wait ends with the drain period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_a_session_whose_server_never_answers_the_startup() {
+    let c = cluster(0).await;
+    let p = data_path(backends(&c), SECS_10).await;
+    p.route.set(Some(0), "");
+    c.hang(0).unwrap();
+    let (addr, pw) = (p.addr, c.options.password.clone());
+    let pending = tokio::spawn(async move { try_connect(addr, &pw).await });
+    eventually(SECS_10, "the client's startup to reach the frozen server", || async {
+        (pgfailover::metrics::Stats::get(&p.metrics.stats.bytes_client_to_server) > 0).then_some(())
+    })
+    .await;
+    p.shutdown.cancel();
+    eventually(SECS_10, "the proxy to stop after its drain period", || async { p.task.is_finished().then_some(()) }).await;
+    assert!(pending.await.unwrap().is_err(), "the waiting client's connection was closed");
+    assert!(p.metrics.render().contains("pgfailover_sessions_closed_total{reason=\"shutdown\"} 1"), "{}", p.metrics.render());
+    c.resume(0);
+}
