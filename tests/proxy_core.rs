@@ -298,6 +298,13 @@ async fn garbage_from_a_client_does_not_hurt_others() {
         let _ = tokio::time::timeout(SECS_10, s.read_to_end(&mut buf)).await.expect("closed in time");
     }
     p.route.set(Some(0), "");
+    // Routed: bytes that are no startup packet go to the server unjudged, and it closes them.
+    for junk in [&b"GET / HTTP/1.1\r\n\r\n"[..], b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"] {
+        let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+        s.write_all(junk).await.unwrap();
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(SECS_10, s.read_to_end(&mut buf)).await.expect("closed by the server in time");
+    }
     let client = connect(p.addr, &c.options.password).await;
     assert_eq!(client.query_one("select 1", &[]).await.unwrap().get::<_, i32>(0), 1);
 }
