@@ -53,13 +53,14 @@ pub async fn open(
     route: &mut watch::Receiver<Route>,
     stopping: &CancellationToken,
 ) -> Result<Opened, Failed> {
-    let mut packet = match read_client(client).await {
-        Some(p) => p,
-        None => return Err(Failed::Abandoned),
-    };
+    // The connect to the routed server overlaps the client's first packet on the wire, as a
+    // plain splice's would; a failed early connect is retried (and reported) by the hold.
+    let (packet, early) = tokio::join!(read_client(client), early_connect(dp, route));
+    let Some(mut packet) = packet else { return Err(Failed::Abandoned) };
     let mut hold = Hold { deadline: Instant::now() + dp.hold_timeout, counted: false, last_error: None, wait_first: false };
-    // A server already asked about encryption (it said N) that the StartupMessage goes to next.
-    let mut asked: Option<(TcpStream, usize)> = None;
+    // A connected server to use next: the early connect, or one already asked about
+    // encryption (it said N) that the StartupMessage goes to.
+    let mut asked: Option<(TcpStream, usize)> = early;
     loop {
         let (mut server, backend) = match asked.take() {
             Some(pair) => pair,
@@ -98,7 +99,7 @@ pub async fn open(
                     // S, G (or an old server's error): the session is the server's from here.
                     Answer::Bytes(b) => return forward(client, b, server, backend, dp).await,
                     Answer::Lost(why) => hold.failed(dp, backend, format!("{name} did not answer the encryption request: {why}")),
-                    Answer::Moved => {}
+                    Answer::Moved => hold.moved(dp),
                 }
             }
             Packet::Untyped { bytes, .. } => {
@@ -112,11 +113,17 @@ pub async fn open(
                         _ => return forward(client, b, server, backend, dp).await,
                     },
                     Answer::Lost(why) => hold.failed(dp, backend, format!("{name} did not answer the startup: {why}")),
-                    Answer::Moved => {}
+                    Answer::Moved => hold.moved(dp),
                 }
             }
         }
     }
+}
+
+/// A connection to the current route target, if there is one and it accepts.
+async fn early_connect(dp: &DataPath, route: &watch::Receiver<Route>) -> Option<(TcpStream, usize)> {
+    let target = route.borrow().target?;
+    net::connect(&dp.backends[target], &dp.proxy).await.ok().map(|s| (s, target))
 }
 
 /// The client's next startup packet, within the startup deadline; `None` if it went away.
@@ -211,6 +218,12 @@ impl Hold {
         tracing::debug!(backend = %dp.backends[backend].name, %why, "held client: server failed, retrying");
         self.last_error = Some(why);
         self.wait_first = true;
+    }
+
+    /// The route moved away while the client waited for its server's answer (a failover
+    /// began): from here it is held like a new client, however long that answer took.
+    fn moved(&mut self, dp: &DataPath) {
+        self.deadline = self.deadline.max(Instant::now() + dp.hold_timeout);
     }
 
     /// Waits (up to the hold deadline) for a routable backend and connects to it, retrying
