@@ -210,6 +210,28 @@ fn a_standby_whose_last_check_failed_waits_for_its_next_answer() {
     assert_eq!(promotes(&m.observe(1, Ok(standby(4900, 1)), c.tick())), [1]);
 }
 
+/// Nothing can be promoted (the standby is down) and the primary restarts: it gets the
+/// route back instead of staying fenced until an operator acts.
+#[test]
+fn a_primary_back_before_anything_was_promoted_takes_the_route_back() {
+    let (mut m, mut c) = running(2, PromoteMode::Auto);
+    fail(&mut m, &mut c, 1, 3);
+    c.0.mono += Duration::from_secs(5);
+    fail(&mut m, &mut c, 0, 3);
+    assert_eq!((m.state, m.route), (State::Unknown, None));
+    assert!(m.backends[0].fence.is_some());
+    let acts = m.observe(0, Ok(primary(5000, 1)), c.tick());
+    assert_eq!(routes(&acts), [Some(0)]);
+    assert!(m.backends[0].fence.is_none() && m.in_flight.is_none());
+    assert_eq!((m.state, m.counters.failovers), (State::Degraded, 0));
+    // A manual switchover's old primary is not given back this way: it was superseded alive.
+    let (mut m, mut c) = running(2, PromoteMode::Auto);
+    m.trigger(Some("pg-b"), "ops", c.tick()).unwrap();
+    let acts = m.observe(0, Ok(primary(5000, 1)), c.tick());
+    assert!(routes(&acts).is_empty(), "{acts:?}");
+    assert_eq!(m.in_flight.as_ref().and_then(|f| f.to), Some(1));
+}
+
 #[test]
 fn failed_promotion_is_recorded_and_the_next_candidate_tried() {
     let (mut m, mut c) = running(3, PromoteMode::Auto);
