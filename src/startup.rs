@@ -79,11 +79,7 @@ pub async fn open(
                 return Ok(Opened { server, backend });
             }
             Packet::Untyped { code: SSL_REQUEST | GSSENC_REQUEST, bytes } => {
-                let answer = match send(&mut server, bytes, dp).await {
-                    Ok(()) => awaiting(&mut server, 1, route, backend).await,
-                    Err(e) => Answer::Lost(e.to_string()),
-                };
-                match answer {
+                match ask(&mut server, bytes, 1, dp, route, backend).await {
                     Answer::Bytes(b) if b[0] == b'N' => {
                         if client.write_all(&b).await.is_err() {
                             return Err(Failed::Abandoned);
@@ -103,11 +99,7 @@ pub async fn open(
                 }
             }
             Packet::Untyped { bytes, .. } => {
-                let answer = match send(&mut server, bytes, dp).await {
-                    Ok(()) => awaiting(&mut server, 0, route, backend).await,
-                    Err(e) => Answer::Lost(e.to_string()),
-                };
-                match answer {
+                match ask(&mut server, bytes, 0, dp, route, backend).await {
                     Answer::Bytes(b) => match wire::first_reply(&b) {
                         Some(FirstReply::Unavailable(why)) => hold.failed(dp, backend, format!("{name} refused the session: {why}")),
                         _ => return forward(client, b, server, backend, dp).await,
@@ -157,6 +149,14 @@ enum Answer {
     Lost(String),
     /// The route left the server while waiting (a failover): try the new one at once.
     Moved,
+}
+
+/// Sends a startup packet and waits for the server's first answer ([`awaiting`]).
+async fn ask(server: &mut TcpStream, bytes: &[u8], exact: usize, dp: &DataPath, route: &watch::Receiver<Route>, backend: usize) -> Answer {
+    match send(server, bytes, dp).await {
+        Ok(()) => awaiting(server, exact, route, backend).await,
+        Err(e) => Answer::Lost(e.to_string()),
+    }
 }
 
 /// Waits for the server's first answer: `exact` bytes if non-zero, else as much as

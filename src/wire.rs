@@ -56,14 +56,6 @@ pub enum Packet {
     Opaque(Vec<u8>),
 }
 
-impl Packet {
-    pub fn bytes(&self) -> &[u8] {
-        match self {
-            Packet::Untyped { bytes, .. } | Packet::Opaque(bytes) => bytes,
-        }
-    }
-}
-
 /// Reads one startup-phase packet. `Ok(None)`: the client closed (or sent under 8 bytes and
 /// closed) before a whole header arrived.
 pub async fn read_packet(client: &mut TcpStream) -> std::io::Result<Option<Packet>> {
@@ -101,7 +93,7 @@ pub enum FirstReply {
 /// admin_shutdown, crash_shutdown, cannot_connect_now.
 const UNAVAILABLE_SQLSTATES: [&[u8]; 3] = [b"57P01", b"57P02", b"57P03"];
 /// An ErrorResponse longer than this is not read whole; it is forwarded as it is.
-pub const MAX_FIRST_ERROR_LEN: usize = 16 * 1024;
+const MAX_FIRST_ERROR_LEN: usize = 16 * 1024;
 
 /// Judges the server's first bytes. `None`: not enough bytes yet to tell (an ErrorResponse
 /// that has not fully arrived).

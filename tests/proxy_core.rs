@@ -15,6 +15,13 @@ use tokio_postgres::{AsyncMessage, NoTls};
 
 const SECS_10: Duration = Duration::from_secs(10);
 
+/// A TLS connector for clients of the harness servers' self-signed certificates.
+fn tls_trusting_any_certificate() -> MakeTlsConnector {
+    let mut builder = SslConnector::builder(SslMethod::tls()).unwrap();
+    builder.set_verify(SslVerifyMode::NONE);
+    MakeTlsConnector::new(builder.build())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simple_extended_and_pipelined_queries() {
     let c = cluster(0).await;
@@ -148,9 +155,7 @@ async fn tls_passes_through_to_the_server() {
     let c = cluster_with(pgfailover::localpg::ClusterOptions { standbys: 0, ssl: true, ..Default::default() }).await;
     let p = data_path(backends(&c), SECS_10).await;
     p.route.set(Some(0), "");
-    let mut builder = SslConnector::builder(SslMethod::tls()).unwrap();
-    builder.set_verify(SslVerifyMode::NONE);
-    let tls = MakeTlsConnector::new(builder.build());
+    let tls = tls_trusting_any_certificate();
     let conn = format!("{} sslmode=require", conn_str(p.addr, &c.options.password));
     let (client, connection) = tokio_postgres::connect(&conn, tls).await.expect("TLS through the proxy");
     tokio::spawn(connection);
@@ -255,9 +260,7 @@ async fn refused_with_57p03_when_no_route_or_backend_down() {
     // negotiation answered with N), and the monitor hears about it.
     p.route.set(Some(0), "");
     c.kill(0).unwrap();
-    let mut builder = SslConnector::builder(SslMethod::tls()).unwrap();
-    builder.set_verify(SslVerifyMode::NONE);
-    let tls = MakeTlsConnector::new(builder.build());
+    let tls = tls_trusting_any_certificate();
     let conn = format!("{} sslmode=prefer", conn_str(p.addr, &pw));
     let err = tokio_postgres::connect(&conn, tls).await.err().expect("refused");
     assert_eq!(err.code(), Some(&SqlState::CANNOT_CONNECT_NOW), "{err}");
@@ -341,9 +344,7 @@ async fn a_server_refusing_sessions_is_retried_not_passed_on() {
 
     // The route moves while a client is held: it lands on the new target. It asked for TLS
     // first (sslmode=prefer); pg-b said N, so the retry sends only the StartupMessage.
-    let mut builder = SslConnector::builder(SslMethod::tls()).unwrap();
-    builder.set_verify(SslVerifyMode::NONE);
-    let tls = MakeTlsConnector::new(builder.build());
+    let tls = tls_trusting_any_certificate();
     let conn = format!("{} sslmode=prefer", conn_str(p.addr, &pw));
     let held_before = pgfailover::metrics::Stats::get(&p.metrics.stats.held);
     let pending = tokio::spawn(async move {

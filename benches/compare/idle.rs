@@ -44,7 +44,7 @@ pub fn per_connection(proxy: SocketAddr, pid: u32, n: usize) -> f64 {
 
 /// A connection past its StartupMessage, with the server's first answer (PgBouncer's
 /// authentication request) read: what a proxy carries for an idle client. A bare TCP connect
-/// is not one: pgfailover holds a client that has said nothing without a server connection.
+/// is not one: pgfailover's session is still in its opening, waiting for the startup.
 fn open_session(addr: SocketAddr) -> std::io::Result<std::net::TcpStream> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr)?;
