@@ -114,8 +114,11 @@ pub struct FailoverConfig {
     pub max_lag_bytes: u64,
     /// Upper bound on `pg_promote(true, …)` and on waiting for the promoted node to answer.
     pub promote_timeout: Duration,
-    /// How long `POST /failover/trigger` waits for the failover before answering 202.
+    /// How long `POST /failover/trigger` waits for a promotion before answering 202; also
+    /// the bound on each wait of a switchover (writes stopping, the standby catching up).
     pub trigger_wait: Duration,
+    /// After a failover, point the other standbys at the new primary (auto mode).
+    pub repoint_standbys: bool,
 }
 
 /// `[proxy]`: socket behaviour of the data path.
@@ -178,6 +181,7 @@ impl Default for Config {
                 max_lag_bytes: 16 * 1024 * 1024,
                 promote_timeout: Duration::from_secs(10),
                 trigger_wait: Duration::from_secs(15),
+                repoint_standbys: true,
             },
             proxy: ProxyConfig {
                 connect_timeout: Duration::from_secs(2),

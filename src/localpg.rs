@@ -48,6 +48,9 @@ pub struct ClusterOptions {
     pub max_connections: u32,
     /// `fsync = off`: throw-away clusters restart much faster on this shared disk.
     pub fsync: bool,
+    /// `synchronous_standby_names = 'ANY 1 (*)'`: a commit is acknowledged once a standby
+    /// has it (on every node, so it holds after a failover too).
+    pub synchronous: bool,
 }
 
 impl Default for ClusterOptions {
@@ -58,6 +61,7 @@ impl Default for ClusterOptions {
             password: "pgfailover-test".into(),
             max_connections: 300,
             fsync: false,
+            synchronous: false,
         }
     }
 }
@@ -164,11 +168,14 @@ impl Cluster {
              max_connections = {}\nfsync = {}\nwal_level = replica\nmax_wal_senders = 16\n\
              max_replication_slots = 16\nhot_standby = on\nwal_keep_size = '256MB'\n\
              shared_buffers = '64MB'\nwal_receiver_status_interval = '1s'\n\
-             password_encryption = 'scram-sha-256'\nport = {port}\n",
+             password_encryption = 'scram-sha-256'\nwal_log_hints = on\nport = {port}\n",
             self.sock.display(),
             self.options.max_connections,
             if self.options.fsync { "on" } else { "off" },
         );
+        if self.options.synchronous {
+            conf.push_str("synchronous_standby_names = 'ANY 1 (*)'\n");
+        }
         if self.options.ssl {
             self.make_certificate(&data)?;
             conf.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
@@ -182,10 +189,12 @@ impl Cluster {
     fn add_standby(&mut self, i: usize) -> Result<(), LocalPgError> {
         let name = format!("node{}", i + 1);
         let data = self.node_dir(&name);
-        let primary_port = self.nodes[0].port.to_string();
+        // Over TCP with the password, so the standby's primary_conninfo is one that works
+        // when re-pointed at another node's port.
+        let source = format!("host=127.0.0.1 port={} user=postgres password={}", self.nodes[0].port, self.options.password);
         self.run(self.tool("pg_basebackup").args([
-            "-D", &data.to_string_lossy(), "-h", &self.sock.to_string_lossy(), "-p", &primary_port,
-            "-U", "postgres", "-R", "-X", "stream", "-C", "-S", &format!("slot_{}", i + 1),
+            "-D", &data.to_string_lossy(), "-d", &source,
+            "-R", "-X", "stream", "-C", "-S", &format!("slot_{}", i + 1),
             "--checkpoint=fast", "--no-sync",
         ]))?;
         let port = free_port()?;
@@ -287,6 +296,62 @@ impl Cluster {
             .ok_or_else(|| LocalPgError::Timeout(format!("{} did not stop", self.nodes[i].name)))
     }
 
+    /// Fast restart of node `i` (`pg_ctl restart -m fast`: clean shutdown, start): the port
+    /// refuses connections meanwhile.
+    pub fn restart(&self, i: usize) -> Result<(), LocalPgError> {
+        let n = &self.nodes[i];
+        self.run(self.tool("pg_ctl").args(["-D", &n.data.to_string_lossy(), "-l", &n.log.to_string_lossy(), "-m", "fast", "-w", "-t", "60", "restart"]))?;
+        Ok(())
+    }
+
+    /// A crash restart of node `i`: one backend is killed with SIGKILL, so the postmaster
+    /// ends every session, reinitialises shared memory and replays WAL (answering 57P03
+    /// meanwhile). Returns once a new session is possible.
+    pub fn crash_restart(&self, i: usize) -> Result<(), LocalPgError> {
+        // A session of our own that sleeps, so the kill lands on a live backend.
+        let mut sleep = self.psql_command(i, "select pg_sleep(30)");
+        let sleeper = std::thread::spawn(move || {
+            let _ = sleep.output();
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let target = loop {
+            if let Some(p) = self.process(i, "SELECT") {
+                break p;
+            }
+            if Instant::now() > deadline {
+                return Err(LocalPgError::Timeout("the sleeping session did not start".into()));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        procs::signal(target, libc::SIGKILL);
+        let _ = sleeper.join();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.psql(i, "select 1").is_err() {
+            if Instant::now() > deadline {
+                return Err(LocalPgError::Timeout("node did not come back after a crash restart".into()));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
+    /// A child process of node `i`'s postmaster whose title contains `title` (e.g.
+    /// "startup", "walsender", "walreceiver").
+    pub fn process(&self, i: usize, title: &str) -> Option<Pid> {
+        let pm = self.postmaster(i)?;
+        procs::children(pm).into_iter().find(|c| procs::title(*c).is_some_and(|t| t.contains(title)))
+    }
+
+    /// Freezes one process (SIGSTOP), e.g. a standby's startup process or a WAL sender.
+    pub fn pause_process(&self, pid: Pid) {
+        procs::signal(pid, libc::SIGSTOP);
+    }
+
+    /// Undoes [`pause_process`](Self::pause_process).
+    pub fn resume_process(&self, pid: Pid) {
+        procs::signal(pid, libc::SIGCONT);
+    }
+
     /// Freezes node `i` like a hung host: SIGSTOP to the postmaster and all its children.
     /// Connections stay open but nothing answers.
     pub fn hang(&self, i: usize) -> Result<(), LocalPgError> {
@@ -318,22 +383,42 @@ impl Cluster {
 
     /// Runs SQL on node `i` through the Unix socket (trust) and returns psql's unaligned output.
     pub fn psql(&self, i: usize, sql: &str) -> Result<String, LocalPgError> {
-        let out = self.run(
-            Command::new(self.bin.join("psql"))
-                .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-U", "postgres", "-d", "postgres"])
-                .arg("-h").arg(&self.sock)
-                .arg("-p").arg(self.nodes[i].port.to_string())
-                .arg("-c").arg(sql),
-        )?;
+        let out = self.run(&mut self.psql_command(i, sql))?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    fn psql_command(&self, i: usize, sql: &str) -> Command {
+        let mut c = Command::new(self.bin.join("psql"));
+        c.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-U", "postgres", "-d", "postgres"])
+            .arg("-h").arg(&self.sock)
+            .arg("-p").arg(self.nodes[i].port.to_string())
+            .arg("-c").arg(sql)
+            .stdin(std::process::Stdio::null());
+        c
+    }
+
+    /// The directory of the server binaries (for tests that run `pg_rewind` and friends).
+    pub fn bindir(&self) -> &Path {
+        &self.bin
+    }
+
+    /// Runs a server tool as the clusters' owner (the `postgres` OS user when we are root).
+    pub fn run_tool(&self, name: &str, args: &[&str]) -> Result<String, LocalPgError> {
+        let out = self.run(self.tool(name).args(args))?;
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
     /// Waits until the primary (node 0) has `n` streaming standbys.
     pub fn wait_streaming(&self, n: usize, limit: Duration) -> Result<(), LocalPgError> {
+        self.wait_streaming_from(0, n, limit)
+    }
+
+    /// Waits until node `p` has `n` streaming standbys.
+    pub fn wait_streaming_from(&self, p: usize, n: usize, limit: Duration) -> Result<(), LocalPgError> {
         let sql = "select count(*) from pg_stat_replication where state = 'streaming'";
         let deadline = Instant::now() + limit;
         loop {
-            if self.psql(0, sql).ok().and_then(|s| s.parse::<usize>().ok()) >= Some(n) {
+            if self.psql(p, sql).ok().and_then(|s| s.parse::<usize>().ok()) >= Some(n) {
                 return Ok(());
             }
             if Instant::now() > deadline {

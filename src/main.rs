@@ -163,13 +163,38 @@ pub(crate) fn run_until_signal(cfg: Config, ready: impl FnOnce(&pgfailover::serv
             }
         };
         ready(&proxy);
-        wait_for_signal().await;
-        tracing::info!("signal received; draining sessions and stopping");
+        debug_crash_monitor(&proxy);
+        let code = tokio::select! {
+            _ = wait_for_signal() => {
+                tracing::info!("signal received; draining sessions and stopping");
+                ExitCode::SUCCESS
+            }
+            _ = proxy.failed() => {
+                tracing::error!("the health monitor died; stopping with a non-zero exit so the supervisor restarts the proxy");
+                ExitCode::from(70)
+            }
+        };
         proxy.shutdown();
         proxy.stopped().await;
         tracing::info!("stopped");
-        ExitCode::SUCCESS
+        code
     })
+}
+
+/// Fault injection for the binary's own tests, in debug builds only:
+/// `PGFAILOVER_DEBUG_CRASH_MONITOR_AFTER=<duration>` makes the health monitor panic.
+fn debug_crash_monitor(proxy: &pgfailover::server::Proxy) {
+    if !cfg!(debug_assertions) {
+        return;
+    }
+    let Some(after) = std::env::var("PGFAILOVER_DEBUG_CRASH_MONITOR_AFTER").ok().and_then(|v| pgfailover::duration::parse_duration(&v).ok()) else {
+        return;
+    };
+    let monitor = proxy.monitor.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(after).await;
+        monitor.crash_for_test().await;
+    });
 }
 
 async fn wait_for_signal() {

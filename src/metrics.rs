@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
+use crate::monitor::check_error::ErrorKind;
+
 /// Why a session ended, as the `reason` label of `pgfailover_sessions_closed_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CloseReason {
@@ -64,6 +66,8 @@ pub struct Metrics {
     /// Per backend, config order.
     pub backend_healthy: Vec<Gauge>,
     pub health_check_duration: Vec<Histogram>,
+    /// Per backend, then per [`ErrorKind`] in `ErrorKind::ALL` order.
+    health_check_errors: Vec<Vec<Counter>>,
     pub replication_lag_bytes: Vec<Gauge>,
     pub failover_duration: Histogram,
     pub split_brain_total: Counter,
@@ -142,6 +146,19 @@ impl Metrics {
             primary_healthy: gauge("failover_primary_healthy", "1 while the current primary is healthy and routable.", vec![]),
             standby_healthy: (0..standby_count).map(|i| gauge("failover_standby_healthy", "1 while the configured standby (by index) is healthy.", vec![Label::new("standby", i.to_string())])).collect(),
             backend_healthy: per_backend("backend").into_iter().map(|l| gauge("pgfailover_backend_healthy", "1 while the backend's checks succeed (below the failure threshold).", l)).collect(),
+            health_check_errors: per_backend("backend")
+                .into_iter()
+                .map(|l| {
+                    ErrorKind::ALL
+                        .iter()
+                        .map(|k| {
+                            let mut labels = l.clone();
+                            labels.push(Label::new("kind", k.as_str()));
+                            counter("pgfailover_health_check_errors_total", "Failed health checks by backend and kind: down (counts toward a failover), misconfigured (authentication, database, privileges, TLS), overloaded (too many clients).", labels)
+                        })
+                        .collect()
+                })
+                .collect(),
             health_check_duration: per_backend("backend").into_iter().map(|l| histogram("pgfailover_health_check_duration_seconds", "Duration of one health check (connect + query).", l)).collect(),
             replication_lag_bytes: per_backend("backend").into_iter().map(|l| gauge("pgfailover_replication_lag_bytes", "WAL bytes a standby is behind the primary's last seen position.", l)).collect(),
             failover_duration: histogram("pgfailover_failover_duration_seconds", "Time from the start of a failover to the route switch.", vec![]),
@@ -152,6 +169,14 @@ impl Metrics {
             stats: Stats::default(),
             handle: recorder.handle(),
             _recorder: recorder,
+        }
+    }
+
+    /// Counts a failed health check of `backend` by kind.
+    pub fn check_error(&self, backend: usize, kind: ErrorKind) {
+        let k = ErrorKind::ALL.iter().position(|x| *x == kind).unwrap_or(0);
+        if let Some(c) = self.health_check_errors.get(backend).and_then(|v| v.get(k)) {
+            c.increment(1);
         }
     }
 

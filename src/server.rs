@@ -33,6 +33,8 @@ pub struct Proxy {
     pub monitor: MonitorHandle,
     pub metrics: Arc<Metrics>,
     shutdown: CancellationToken,
+    /// Cancelled when the health monitor died: the proxy routes nothing and must exit.
+    fatal: CancellationToken,
     done: JoinHandle<()>,
 }
 
@@ -66,8 +68,10 @@ impl Proxy {
             connect_failed,
         });
         let shutdown = CancellationToken::new();
+        let fatal = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let monitor = monitor::spawn(&cfg, backends, route, metrics.clone(), history, passive, shutdown.clone(), &tasks);
+        let life = monitor::Lifeline { shutdown: shutdown.clone(), fatal: fatal.clone() };
+        let monitor = monitor::spawn(&cfg, backends, route, metrics.clone(), history, passive, life, &tasks);
         let admin_ctx = Arc::new(AdminContext {
             monitor: monitor.clone(),
             metrics: metrics.clone(),
@@ -80,14 +84,20 @@ impl Proxy {
         if cfg.admin_token.is_none() {
             tracing::info!("no admin token configured: POST endpoints answer 403");
         }
-        tracing::info!(listen = %client_addr, admin = %admin_addr, backends = ?names, promote = ?cfg.failover.promote, "pgfailover started");
+        tracing::info!(listen = %client_addr, admin = %admin_addr, backends = %names.join(", "), promote = ?cfg.failover.promote, "pgfailover started");
         let stop = shutdown.clone();
         let done = tokio::spawn(async move {
             proxy::run(client, dp, stop).await;
             tasks.close();
             tasks.wait().await;
         });
-        Ok(Proxy { client_addr, admin_addr, monitor, metrics, shutdown, done })
+        Ok(Proxy { client_addr, admin_addr, monitor, metrics, shutdown, fatal, done })
+    }
+
+    /// Resolves if the health monitor dies (a bug): the route is already cleared and the
+    /// process should stop and exit non-zero, so its supervisor starts a fresh one.
+    pub async fn failed(&self) {
+        self.fatal.cancelled().await
     }
 
     /// Stops accepting; sessions drain for the grace period.

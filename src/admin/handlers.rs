@@ -12,7 +12,8 @@ use serde_json::json;
 
 use super::{auth, error, json, AdminContext, Reply, MAX_BODY};
 use crate::monitor::history::{EventKind, MEMORY_CAP};
-use crate::monitor::machine::Refusal;
+use crate::monitor::machine::{Outcome, Refusal, TriggerRequest};
+use crate::monitor::Triggered;
 
 pub fn metrics_json(ctx: &AdminContext) -> Reply {
     let s = ctx.monitor.status();
@@ -90,15 +91,15 @@ pub async fn post(req: Request<Incoming>, path: &str, ctx: &AdminContext, peer: 
     let caller = auth::caller(&req, peer);
     let reply = match auth::check(&req, ctx.token.as_ref()) {
         Err(r) => r,
-        Ok(()) => match read_target(req).await {
+        Ok(()) => match read_body(req).await {
             Err(r) => r,
-            Ok(target) => match path {
-                "/failover/trigger" => trigger(ctx, target, &caller).await,
+            Ok(body) => match path {
+                "/failover/trigger" => trigger(ctx, body, &caller).await,
                 "/failover/check-health" => {
                     let s = ctx.monitor.check_now(ctx.check_wait).await;
                     json(StatusCode::OK, &json!({ "state": s.state, "currentPrimary": s.current_primary, "backends": s.backends }))
                 }
-                "/failover/unfence" => unfence(ctx, target, &caller).await,
+                "/failover/unfence" => unfence(ctx, body.target, &caller).await,
                 _ => error(StatusCode::NOT_FOUND, "no such endpoint"),
             },
         },
@@ -117,10 +118,14 @@ pub async fn post(req: Request<Incoming>, path: &str, ctx: &AdminContext, peer: 
 #[serde(deny_unknown_fields)]
 struct TargetBody {
     target: Option<String>,
+    /// Trigger only: promote at once, without a switchover's stop-and-catch-up.
+    #[serde(default)]
+    force: bool,
 }
 
-/// Reads an optional `{"target": "name"}` body: 413 when too large, 400 when malformed.
-async fn read_target(req: Request<Incoming>) -> Result<Option<String>, Reply> {
+/// Reads an optional `{"target": "name", "force": true}` body: 413 when too large, 400 when
+/// malformed.
+async fn read_body(req: Request<Incoming>) -> Result<TargetBody, Reply> {
     let too_large = || error(StatusCode::PAYLOAD_TOO_LARGE, &format!("request body over {MAX_BODY} bytes"));
     let declared = req
         .headers()
@@ -138,11 +143,10 @@ async fn read_target(req: Request<Incoming>) -> Result<Option<String>, Reply> {
         Ok(Ok(b)) => b.to_bytes(),
     };
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(None);
+        return Ok(TargetBody::default());
     }
-    let body: TargetBody = serde_json::from_slice(&bytes)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("body must be JSON like {{\"target\": \"pg-b\"}}: {e}")))?;
-    Ok(body.target)
+    serde_json::from_slice(&bytes)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("body must be JSON like {{\"target\": \"pg-b\"}} or {{\"force\": true}}: {e}")))
 }
 
 fn refusal(r: Refusal) -> Reply {
@@ -152,46 +156,46 @@ fn refusal(r: Refusal) -> Reply {
     }
 }
 
-/// Starts a failover and waits (bounded) for it to finish: 200 done, 202 still running,
-/// 502 promotion failed, 409 not possible.
-async fn trigger(ctx: &AdminContext, target: Option<String>, caller: &str) -> Reply {
-    let to = match ctx.monitor.trigger(target, caller.to_string()).await {
-        Ok(to) => to,
+/// Starts a failover or switchover and waits for its outcome: 200 done, 409 not possible
+/// (nothing changed, or a switchover undone because the standby could not catch up), 502 a
+/// server refused a step (undone where possible), 202 still promoting after
+/// `trigger_wait`. A switchover's own waits (writes stopping, the standby catching up) are
+/// bounded by `trigger_wait` each and always answered with their outcome.
+async fn trigger(ctx: &AdminContext, body: TargetBody, caller: &str) -> Reply {
+    let req = TriggerRequest { target: body.target, force: body.force, who: caller.to_string() };
+    let Triggered { started, mut outcome } = match ctx.monitor.trigger(req).await {
+        Ok(t) => t,
         Err(r) => return refusal(r),
     };
-    let mut rx = ctx.monitor.subscribe();
-    let outcome = tokio::time::timeout(ctx.trigger_wait, async {
-        loop {
-            let s = rx.borrow_and_update().clone();
-            if s.current_primary.as_deref() == Some(to.as_str()) {
-                return Ok(s);
-            }
-            let promoting = s.failover_in_progress.as_ref().is_some_and(|f| f.to.as_deref() == Some(to.as_str()));
-            if !promoting {
-                return Err(s);
-            }
-            if rx.changed().await.is_err() {
-                return Err(s);
+    let mut status = ctx.monitor.subscribe();
+    let deadline = tokio::time::Instant::now() + ctx.trigger_wait;
+    let result = loop {
+        let switching = status
+            .borrow_and_update()
+            .failover_in_progress
+            .as_ref()
+            .is_some_and(|f| matches!(f.phase, "stopping_writes" | "catching_up" | "undoing"));
+        let wait_until = if switching { None } else { Some(deadline) };
+        tokio::select! {
+            o = &mut outcome => break o.ok(),
+            _ = status.changed() => {}
+            _ = async { match wait_until { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
+                return json(StatusCode::ACCEPTED, &json!({ "result": "in_progress", "to": started.to, "switchover": started.switchover }));
             }
         }
-    })
-    .await;
-    match outcome {
-        Ok(Ok(s)) => json(
-            StatusCode::OK,
-            &json!({ "result": "completed", "to": to, "currentPrimary": s.current_primary, "failoverCount": s.failover_count, "event": ctx.monitor.history(1).first() }),
-        ),
-        Ok(Err(_)) => {
-            let why = ctx
-                .monitor
-                .history(20)
-                .into_iter()
-                .find(|e| e.kind == EventKind::FailoverFailed)
-                .map(|e| e.reason)
-                .unwrap_or_else(|| "the failover did not complete".into());
-            error(StatusCode::BAD_GATEWAY, &why)
+    };
+    match result {
+        Some(Outcome::Completed { to }) => {
+            let s = ctx.monitor.status();
+            let event = ctx.monitor.history(20).into_iter().find(|e| e.kind == EventKind::Failover);
+            json(
+                StatusCode::OK,
+                &json!({ "result": "completed", "to": to, "switchover": started.switchover, "currentPrimary": s.current_primary, "failoverCount": s.failover_count, "event": event }),
+            )
         }
-        Err(_) => json(StatusCode::ACCEPTED, &json!({ "result": "in_progress", "to": to })),
+        Some(Outcome::Aborted(why)) => error(StatusCode::CONFLICT, &why),
+        Some(Outcome::Failed(why)) => error(StatusCode::BAD_GATEWAY, &why),
+        None => error(StatusCode::SERVICE_UNAVAILABLE, crate::monitor::handle::STOPPED),
     }
 }
 

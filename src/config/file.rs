@@ -68,6 +68,7 @@ struct RawFailover {
     max_lag_bytes: Option<u64>,
     promote_timeout: Option<HumanDuration>,
     trigger_wait: Option<HumanDuration>,
+    repoint_standbys: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -152,6 +153,7 @@ pub(super) fn apply_file(
         set(&mut cfg.failover.max_lag_bytes, f.max_lag_bytes);
         set(&mut cfg.failover.promote_timeout, f.promote_timeout.map(|d| d.0));
         set(&mut cfg.failover.trigger_wait, f.trigger_wait.map(|d| d.0));
+        set(&mut cfg.failover.repoint_standbys, f.repoint_standbys);
     }
     if let Some(p) = raw.proxy {
         set(&mut cfg.proxy.connect_timeout, p.connect_timeout.map(|d| d.0));

@@ -52,6 +52,13 @@ pub fn children(pid: Pid) -> Vec<Pid> {
         .collect()
 }
 
+/// A process's title (`/proc/<pid>/cmdline`, which PostgreSQL rewrites to e.g.
+/// "postgres: startup recovering 0000000100000000000000A3").
+pub fn title(pid: Pid) -> Option<String> {
+    let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(String::from_utf8_lossy(&raw).replace('\0', " ").trim().to_string())
+}
+
 /// SIGSTOP the postmaster first (so it forks nothing new), then every child.
 pub fn stop_tree(pm: Pid) {
     signal(pm, libc::SIGSTOP);

@@ -1,14 +1,27 @@
-//! Failover, recovery, fence and split-brain events: bounded in memory, and appended to a
-//! JSON-lines journal in `state_dir` so a restarted proxy keeps its fences and history.
+//! Failover, recovery, fence and split-brain events: bounded in memory, and kept on disk in
+//! `state_dir` so a restarted proxy keeps its fences and history.
+//!
+//! The disk is never on the monitor's path: [`History::push`] updates memory and hands the
+//! event to a writer thread ([`journal`]), so a stalled disk cannot delay a fence or a
+//! route change. The writer appends to `history.jsonl` and fsyncs each event, rotates it to
+//! `history.1.jsonl` past a size cap, and keeps the current fences in `fences.json`
+//! (replaced atomically), so fences survive a restart however long the history grows.
 
-use std::collections::{BTreeSet, VecDeque};
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// Kept in memory; older events stay only in the journal.
+use super::machine::{Fence, FenceKind};
+
+mod journal;
+
+pub use journal::{Journal, DEFAULT_ROTATE_BYTES};
+
+/// Kept in memory (and read back at start); older events stay only in the files.
 pub const MEMORY_CAP: usize = 1000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,6 +33,10 @@ pub enum EventKind {
     Fence,
     Unfence,
     SplitBrain,
+    /// A switchover that was undone (the standby could not catch up, or a step failed).
+    SwitchoverAborted,
+    /// A standby was pointed at the new primary.
+    Repoint,
 }
 
 /// One entry of `/failover/history`.
@@ -36,80 +53,77 @@ pub struct Event {
     pub trigger: String,
     pub duration_ms: Option<u64>,
     /// WAL between the old primary's last seen position and the promoted standby's: the
-    /// window of writes that may be lost.
+    /// window of writes that may be lost (0 for a switchover).
     pub wal_distance_bytes: Option<u64>,
 }
+
+/// Backend name → its fence, as stored in `fences.json`.
+pub type Fences = BTreeMap<String, Fence>;
 
 /// The event store: memory plus the optional journal.
 pub struct History {
     events: VecDeque<Event>,
-    journal: Option<(PathBuf, File)>,
+    journal: Option<Journal>,
+    /// Fences as restored at start, then as last handed to the journal.
+    fences: Fences,
 }
 
 impl History {
     pub fn in_memory() -> History {
-        History { events: VecDeque::new(), journal: None }
+        History { events: VecDeque::new(), journal: None, fences: Fences::new() }
     }
 
-    /// Opens (creating) `dir/history.jsonl` and loads what it holds. Unreadable lines are
-    /// skipped with a warning rather than refusing to start.
+    /// Opens `dir` (creating it), loads the newest events and the fences, and starts the
+    /// writer. Unreadable lines are skipped with a warning rather than refusing to start.
     pub fn open(dir: &Path) -> std::io::Result<History> {
+        Self::open_with(dir, DEFAULT_ROTATE_BYTES)
+    }
+
+    /// As [`open`](Self::open), rotating the event file past `rotate_bytes`.
+    pub fn open_with(dir: &Path, rotate_bytes: u64) -> std::io::Result<History> {
         std::fs::create_dir_all(dir)?;
-        let path = dir.join("history.jsonl");
         let mut events = VecDeque::new();
-        if let Ok(f) = File::open(&path) {
-            for (n, line) in BufReader::new(f).lines().enumerate() {
-                let line = line?;
-                if line.trim().is_empty() {
-                    continue;
-                }
-                match serde_json::from_str::<Event>(&line) {
-                    Ok(e) => {
-                        events.push_back(e);
-                        if events.len() > MEMORY_CAP {
-                            events.pop_front();
-                        }
-                    }
-                    Err(e) => tracing::warn!(file = %path.display(), line = n + 1, error = %e, "skipping unreadable history line"),
-                }
-            }
+        for name in [journal::ROTATED, journal::CURRENT] {
+            read_events(&dir.join(name), &mut events)?;
         }
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
-        Ok(History { events, journal: Some((path, file)) })
+        let fences = match journal::read_fences(dir)? {
+            Some(f) => f,
+            // No fence file yet (a journal from an older version): replay the events.
+            None => replay_fences(&events),
+        };
+        let journal = Journal::start(dir.to_path_buf(), rotate_bytes)?;
+        Ok(History { events, journal: Some(journal), fences })
     }
 
-    /// Backends fenced according to the journal: replaying fence/unfence/split-brain events.
-    pub fn fenced(&self) -> BTreeSet<String> {
-        let mut set = BTreeSet::new();
-        for e in &self.events {
-            match e.kind {
-                EventKind::Fence | EventKind::SplitBrain => {
-                    if let Some(n) = &e.from {
-                        set.insert(n.clone());
-                    }
-                }
-                EventKind::Unfence => {
-                    if let Some(n) = &e.from {
-                        set.remove(n);
-                    }
-                }
-                _ => {}
-            }
-        }
-        set
+    /// Fences restored at start.
+    pub fn fences(&self) -> Fences {
+        self.fences.clone()
     }
 
+    /// Records an event: memory now, disk in the background.
     pub fn push(&mut self, e: Event) {
-        if let Some((path, file)) = &mut self.journal {
-            let line = serde_json::to_string(&e).unwrap_or_default();
-            if let Err(err) = writeln!(file, "{line}").and_then(|_| file.flush()) {
-                tracing::error!(file = %path.display(), error = %err, "cannot append to the history journal");
-            }
+        if let Some(j) = &self.journal {
+            j.append(&e);
         }
         self.events.push_back(e);
         if self.events.len() > MEMORY_CAP {
             self.events.pop_front();
         }
+    }
+
+    /// Stores the current fences (in the background) when they changed.
+    pub fn set_fences(&mut self, fences: Fences) {
+        if fences != self.fences {
+            if let Some(j) = &self.journal {
+                j.store_fences(&fences);
+            }
+            self.fences = fences;
+        }
+    }
+
+    /// Waits (bounded) until everything handed to the writer is on disk.
+    pub fn flush(&self, limit: Duration) -> bool {
+        self.journal.as_ref().is_none_or(|j| j.flush(limit))
     }
 
     /// Newest first.
@@ -126,27 +140,43 @@ impl History {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ev(kind: EventKind, from: &str) -> Event {
-        Event { time: "2026-01-01T00:00:00Z".into(), kind, from: Some(from.into()), to: None, reason: "r".into(), trigger: "automatic".into(), duration_ms: None, wal_distance_bytes: None }
-    }
-
-    #[test]
-    fn journal_survives_reopen_and_replays_fences() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let mut h = History::open(dir.path()).unwrap();
-            h.push(ev(EventKind::Fence, "pg-a"));
-            h.push(ev(EventKind::Fence, "pg-c"));
-            h.push(ev(EventKind::Unfence, "pg-c"));
+fn read_events(path: &Path, events: &mut VecDeque<Event>) -> std::io::Result<()> {
+    let Ok(f) = File::open(path) else { return Ok(()) };
+    for (n, line) in BufReader::new(f).lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
         }
-        std::fs::OpenOptions::new().append(true).open(dir.path().join("history.jsonl")).unwrap().write_all(b"{garbage\n").unwrap();
-        let h = History::open(dir.path()).unwrap();
-        assert_eq!(h.len(), 3);
-        assert_eq!(h.fenced().into_iter().collect::<Vec<_>>(), ["pg-a"]);
-        assert_eq!(h.newest(1)[0].kind, EventKind::Unfence);
+        match serde_json::from_str::<Event>(&line) {
+            Ok(e) => {
+                events.push_back(e);
+                if events.len() > MEMORY_CAP {
+                    events.pop_front();
+                }
+            }
+            Err(e) => tracing::warn!(file = %path.display(), line = n + 1, error = %e, "skipping unreadable history line"),
+        }
     }
+    Ok(())
 }
+
+/// Fences according to fence/unfence/split-brain events.
+fn replay_fences(events: &VecDeque<Event>) -> Fences {
+    let mut set = Fences::new();
+    for e in events {
+        let Some(n) = &e.from else { continue };
+        match e.kind {
+            EventKind::Fence | EventKind::SplitBrain => {
+                set.insert(n.clone(), Fence { kind: FenceKind::Unreachable, reason: e.reason.clone() });
+            }
+            EventKind::Unfence => {
+                set.remove(n);
+            }
+            _ => {}
+        }
+    }
+    set
+}
+
+#[cfg(test)]
+mod tests;

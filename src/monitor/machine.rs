@@ -1,43 +1,62 @@
 //! The failover decision: a pure state machine (no sockets, no tokio, no clock of its own).
 //!
-//! Inputs: check results ([`Machine::observe`]), promotion outcomes ([`Machine::promoted`]),
-//! operator commands ([`Machine::trigger`], [`Machine::unfence`]). Output: [`Action`]s the
-//! monitor carries out (publish a route, run `pg_promote`, record history). The machine is
-//! the only writer of the route.
+//! Inputs: check results ([`Machine::observe`]), outcomes of the operations it asked for
+//! ([`Machine::promoted`], [`Machine::writes_stopped`], [`Machine::replayed`],
+//! [`Machine::writes_allowed`], [`Machine::repointed`]) and operator commands
+//! ([`Machine::trigger`], [`Machine::unfence`]). Output: [`Action`]s the monitor carries out.
+//! The machine is the only writer of the route.
 //!
-//! Transitions of [`State`] (recomputed after every input):
-//! - any → `failover_in_progress`: the routed primary reached the failure threshold, reports
-//!   in recovery, or was fenced, and no other primary exists; or a manual trigger. The old
-//!   primary is fenced and the route cleared (its sessions are cut).
-//! - `failover_in_progress` → `failover_complete`: the promoted standby (auto) or a backend
-//!   promoted by someone else (never) reports not-in-recovery; the route points to it.
-//! - `failover_in_progress` → `unknown`/`degraded`: no standby is eligible (auto) or nothing
-//!   answers; the attempt stays pending and resumes when a standby becomes eligible. A
-//!   standby is promoted only once its latest check succeeded; if it, too, stopped answering
-//!   during the primary's outage (both stalled: the host, the network, this proxy), only
-//!   after the old primary has also failed a whole check that began after the standby
-//!   answered again.
-//! - `failover_in_progress` → the previous state: the old primary answers again as a primary
-//!   before any standby was promoted; the failover is abandoned, the primary unfenced and
-//!   routed again (nothing else can have become primary).
-//! - `failover_complete` → `healthy`: a standby is promotion-eligible again.
-//! - routed primary and an eligible standby → `healthy`; routed primary and only a standby
-//!   still catching up (healthy, in recovery, lag over `max_lag_bytes`) →
-//!   `recovery_in_progress`; routed primary alone → `degraded` (or `failover_complete`
-//!   right after a failover); no routed primary → `degraded` if anything answers, else
-//!   `unknown`.
+//! A failover ([`InFlight`]) moves through [`Step`]s:
+//! - **Detect fast.** The routed primary reaches `failure_threshold` consecutive *down*
+//!   failures (refused, reset, silent, 57P0x): the route is cleared, which cuts its sessions
+//!   and holds new clients. Nothing is fenced or promoted yet (`Waiting`, phase
+//!   "confirming"). Misconfigured and overloaded checks never count.
+//! - **Promote deliberately.** A standby is promoted only once the primary has failed
+//!   without interruption for `promote_after` = (threshold − 1) × interval, every standby's
+//!   position was read after the primary's outage began, and the candidate's latest check
+//!   succeeded (if it, too, was silent during the outage, the primary must also fail a whole
+//!   check that began after the candidate answered again). If the primary answers again as
+//!   itself first (same cluster, same timeline, writable), the failover is abandoned and the
+//!   route goes back to it.
+//! - **A promotion asked for is committed** (`Promoting`). The old primary is fenced first.
+//!   A `pg_promote` that times out or returns false leaves the route empty until the
+//!   candidate reports primary; the route never goes back to the old primary and no second
+//!   candidate is promoted meanwhile. Only a candidate that stays down past the threshold is
+//!   given up, and it is fenced (it may come back promoted). A request that never reached
+//!   the candidate, or that it refused, promoted nothing: the next candidate may be tried.
+//! - **Switchover.** A trigger while the primary is healthy (without `force`): route cleared,
+//!   writes stopped on the old primary (`StoppingWrites`), the candidate waits until it has
+//!   replayed the old primary's final position (`CatchingUp`), then `Promoting`. If it
+//!   cannot catch up, or a step fails, everything is undone (`Undoing`: writes allowed
+//!   again, then the route goes back). A completed switchover lost nothing.
+//! - `promote = never`: no promotion; the first backend another manager promoted is
+//!   followed.
+//!
+//! A standby is eligible only while it follows the routed primary (same cluster, streaming
+//! on its timeline) or, during a failover, is on the lost primary's timeline; after a
+//! failover the others are re-pointed at the new primary ([`Action::Repoint`]).
+//!
+//! [`State`], recomputed after every input: `healthy` (primary routed, a standby eligible),
+//! `recovery_in_progress` (a following standby still lags), `failover_complete` (after a
+//! failover until a standby is eligible), `failover_in_progress` (a candidate chosen, or
+//! waiting for an external promotion), `degraded` (anything else that answers, including
+//! checks turned away as misconfigured or overloaded), `unknown` (nothing answers).
 
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::PromoteMode;
 
+use super::check_error::CheckError;
 use super::history::{Event, EventKind};
 use super::observation::Observation;
+use super::operations::{OpError, PromoteError, Repointed};
 
 mod backend;
 mod decide;
+mod eligibility;
+mod failover;
 
-pub use backend::{Backend, Fence, FenceKind};
+pub use backend::{Backend, Fence, FenceKind, Repoint};
 
 /// Seed state names; the numeric codes are `failover_state`'s values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -66,6 +85,17 @@ pub struct Settings {
     /// `health.timeout`: no check lasts longer, so a failure that ended this long after an
     /// instant began after it.
     pub check_timeout: Duration,
+    /// `health.interval`.
+    pub interval: Duration,
+    /// Re-point standbys at a new primary (`failover.repoint_standbys`, auto mode only).
+    pub repoint_standbys: bool,
+}
+
+impl Settings {
+    /// How long the primary must fail without interruption before a standby is promoted.
+    pub fn promote_after(&self) -> Duration {
+        self.interval * self.failure_threshold.saturating_sub(1)
+    }
 }
 
 /// Who asked for a failover.
@@ -87,17 +117,45 @@ impl Trigger {
     }
 }
 
-/// What the monitor must do after an input.
+/// How a manual failover or switchover ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The route points to the promoted backend.
+    Completed { to: String },
+    /// Not possible after all; everything was undone and nothing lost (HTTP 409).
+    Aborted(String),
+    /// A server refused a step (HTTP 502); undone where it could be.
+    Failed(String),
+}
+
+/// What the monitor must do after an input. `attempt` ties an operation's result to the
+/// failover that asked for it; late results of an earlier attempt are ignored.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
     /// Publish a new route (sessions to other backends are cut by the data path).
     Route { target: Option<usize>, reason: String },
-    /// Run `pg_promote()` on this backend and report back with [`Machine::promoted`].
-    Promote(usize),
+    /// The route stays empty; publish a new reason for it (held clients, `/ready`).
+    RouteReason(String),
+    /// Run `pg_promote()` on this backend; report with [`Machine::promoted`].
+    Promote { attempt: u64, backend: usize },
+    /// Switchover: make the primary read-only and end its sessions; report its final WAL
+    /// position with [`Machine::writes_stopped`].
+    StopWrites { attempt: u64, backend: usize },
+    /// Switchover: wait for the candidate to replay up to `lsn`; report with
+    /// [`Machine::replayed`].
+    AwaitReplay { attempt: u64, backend: usize, lsn: u64 },
+    /// Undo a switchover's [`Action::StopWrites`]; report with [`Machine::writes_allowed`].
+    AllowWrites { attempt: u64, backend: usize },
+    /// Point a standby's WAL receiver at the primary; report with [`Machine::repointed`].
+    Repoint { standby: usize, primary: usize },
+    /// Check this backend now instead of at its next interval.
+    CheckNow(usize),
     /// Record (and log) a history event.
     Record(Event),
     /// A failover finished; its duration feeds the histogram.
     FailoverDone(Duration),
+    /// A manual request finished: answer the operator.
+    Concluded { attempt: u64, outcome: Outcome },
 }
 
 /// The time of an input: monotonic for durations, wall clock for what people read.
@@ -113,20 +171,47 @@ impl Now {
     }
 }
 
+/// Where a failover stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// No candidate yet: confirming the primary is down, waiting for an eligible standby, or
+    /// (promote = never) for another manager's promotion.
+    Waiting,
+    /// Switchover: writes are being stopped on the old primary.
+    StoppingWrites,
+    /// Switchover: the candidate is replaying up to the old primary's final position.
+    CatchingUp { lsn: u64 },
+    /// `pg_promote` was asked for on the candidate: committed.
+    Promoting,
+    /// Switchover undone: writes are being allowed again on the old primary, which then
+    /// gets the route back.
+    Undoing { outcome: Outcome },
+}
+
 /// A failover being carried out (or waiting for a candidate).
 #[derive(Clone, Debug)]
 pub struct InFlight {
+    pub attempt: u64,
     pub from: Option<usize>,
-    /// The old primary's last seen WAL position.
+    /// The old primary's last seen WAL position and timeline.
     pub from_lsn: Option<u64>,
-    /// The standby being promoted, once chosen.
+    pub from_timeline: Option<u32>,
+    /// The candidate, once chosen.
     pub to: Option<usize>,
     pub to_lsn: Option<u64>,
+    pub step: Step,
     pub started: Instant,
     pub trigger: Trigger,
     pub reason: String,
-    /// Candidates whose promotion failed in this attempt; not tried again.
+    /// A planned switchover (writes stopped first, nothing lost).
+    pub switchover: bool,
+    /// An operator waits for the outcome.
+    pub manual: bool,
+    /// Candidates that refused promotion in this attempt; not tried again.
     pub failed: Vec<usize>,
+    /// Candidates a promotion request never reached, and when: tried again only after a
+    /// check that began later succeeds.
+    pub unreached: Vec<(usize, Instant)>,
     /// The candidate held back because its answers do not yet show the old primary is the
     /// one that is down (logged once per candidate).
     pub held_back: Option<usize>,
@@ -150,13 +235,35 @@ pub enum Refusal {
     UnknownBackend(String),
 }
 
+/// An operator's `POST /failover/trigger`.
+#[derive(Clone, Debug, Default)]
+pub struct TriggerRequest {
+    /// A backend name; the best eligible standby when absent.
+    pub target: Option<String>,
+    /// Promote at once, without stopping writes on a healthy primary first.
+    pub force: bool,
+    pub who: String,
+}
+
+/// A trigger that was accepted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Started {
+    pub attempt: u64,
+    /// The standby being promoted.
+    pub to: String,
+    pub switchover: bool,
+}
+
 /// The whole decision state.
 pub struct Machine {
     pub settings: Settings,
     pub backends: Vec<Backend>,
     pub state: State,
-    /// The route as last published.
+    /// Where new sessions go, and why nowhere.
     pub route: Option<usize>,
+    pub route_reason: String,
+    /// The target last handed out in an [`Action::Route`].
+    published: Option<usize>,
     /// The cluster's system identifier, learned from the first backend that answers.
     pub system_identifier: Option<u64>,
     pub in_flight: Option<InFlight>,
@@ -164,19 +271,23 @@ pub struct Machine {
     after_failover: bool,
     pub counters: Counters,
     pub last_failover_time: Option<SystemTime>,
+    /// Numbers failover attempts.
+    attempts: u64,
 }
 
 impl Machine {
-    /// `names` in config order (the first is the configured primary); `fenced` are names
+    /// `names` in config order (the first is the configured primary); `fenced` are fences
     /// restored from the journal.
-    pub fn new(settings: Settings, names: &[String], fenced: &[String]) -> Machine {
+    pub fn new(settings: Settings, names: &[String], fenced: &[(String, Fence)]) -> Machine {
         let backends = names
             .iter()
             .enumerate()
             .map(|(i, n)| {
                 let mut b = Backend::new(n.clone(), i == 0);
-                if fenced.contains(n) {
-                    b.fence = Some(Fence { kind: FenceKind::Unreachable, reason: "fenced before restart (journal)".into() });
+                if let Some((_, f)) = fenced.iter().find(|(name, _)| name == n) {
+                    // Whatever it was, a fence restored after a restart means "do not route
+                    // here; writable again is a split brain".
+                    b.fence = Some(Fence { kind: FenceKind::Unreachable, reason: format!("fenced before restart: {}", f.reason) });
                 }
                 b
             })
@@ -186,110 +297,116 @@ impl Machine {
             backends,
             state: State::Unknown,
             route: None,
+            route_reason: String::new(),
+            published: None,
             system_identifier: None,
             in_flight: None,
             after_failover: false,
             counters: Counters::default(),
             last_failover_time: None,
+            attempts: 0,
         }
     }
 
-    /// A check of backend `i` finished.
-    pub fn observe(&mut self, i: usize, result: Result<Observation, String>, now: Now) -> Vec<Action> {
+    /// A check of backend `i` that took `took` finished now.
+    pub fn observe(&mut self, i: usize, result: Result<Observation, CheckError>, took: Duration, now: Now) -> Vec<Action> {
         let mut acts = Vec::new();
         let threshold = self.settings.failure_threshold;
+        let started = now.mono.checked_sub(took).unwrap_or(now.mono);
         match result {
             Ok(obs) => {
                 if self.system_identifier.is_none() {
                     self.system_identifier = Some(obs.system_identifier);
                 }
-                let b = &mut self.backends[i];
-                if b.record_success(obs, now) {
+                if self.backends[i].record_success(obs, started, now) {
                     self.counters.recoveries += 1;
                     acts.push(self.event(now, EventKind::Recovery, Some(i), None, "health checks succeed again".into(), Trigger::Automatic));
                 }
             }
             Err(e) => {
                 self.counters.check_failures += 1;
-                self.backends[i].record_failure(e, now, threshold);
+                self.backends[i].record_failure(e, started, now, threshold);
             }
         }
         self.evaluate(now, &mut acts);
         acts
     }
 
-    /// The outcome of a [`Action::Promote`].
-    pub fn promoted(&mut self, i: usize, result: Result<Observation, String>, now: Now) -> Vec<Action> {
+    /// The outcome of an [`Action::Promote`].
+    pub fn promoted(&mut self, attempt: u64, i: usize, result: Result<Observation, PromoteError>, now: Now) -> Vec<Action> {
         let mut acts = Vec::new();
-        let ours = self.in_flight.as_ref().and_then(|f| f.to) == Some(i);
+        let ours = self.in_flight.as_ref().is_some_and(|f| f.attempt == attempt && f.to == Some(i) && f.step == Step::Promoting);
         match result {
             Ok(obs) => {
-                self.backends[i].record_success(obs, now);
+                self.backends[i].record_success(obs, now.mono, now);
             }
-            Err(e) if ours => {
-                let f = self.in_flight.as_mut().expect("ours implies in flight");
-                f.to = None;
-                f.failed.push(i);
-                let (from, trigger) = (f.from, f.trigger.clone());
-                let mut reason = format!("promoting {} failed: {e}", self.backends[i].name);
-                // A manual switchover must never leave a half-done state: the old primary,
-                // superseded while alive, takes the route back.
-                if let Some(old) = from.filter(|o| matches!(self.backends[*o].fence, Some(Fence { kind: FenceKind::Superseded, .. }))) {
-                    self.backends[old].fence = None;
-                    self.in_flight = None;
-                    reason.push_str(&format!("; {} stays primary", self.backends[old].name));
-                }
-                tracing::warn!(%reason, "failover attempt failed");
-                acts.push(self.event(now, EventKind::FailoverFailed, from, Some(i), reason, trigger));
-            }
-            Err(_) => {}
+            Err(e) if ours => self.promotion_failed(i, e, now, &mut acts),
+            Err(e) => tracing::debug!(backend = %self.backends[i].name, error = %e, "late promotion result ignored"),
         }
         self.evaluate(now, &mut acts);
         acts
     }
 
-    /// Manual failover to `target` (a backend name) or to the best eligible standby.
-    pub fn trigger(&mut self, target: Option<&str>, who: &str, now: Now) -> Result<(String, Vec<Action>), Refusal> {
-        if let Some(f) = &self.in_flight {
-            let to = f.to.map(|t| self.backends[t].name.clone()).unwrap_or_else(|| "a standby".into());
-            return Err(Refusal::Conflict(format!("a failover is already in progress (promoting {to})")));
-        }
-        if self.settings.promote == PromoteMode::Never {
-            return Err(Refusal::Conflict(
-                "failover.promote is \"never\": pgfailover does not promote; promote a standby with your cluster manager and the proxy follows it".into(),
-            ));
-        }
-        let candidate = match target {
-            Some(name) => {
-                let i = self.backends.iter().position(|b| b.name == name).ok_or_else(|| {
-                    let known: Vec<&str> = self.backends.iter().map(|b| b.name.as_str()).collect();
-                    Refusal::UnknownBackend(format!("no backend named {name:?} (known: {})", known.join(", ")))
-                })?;
-                if self.route == Some(i) {
-                    return Err(Refusal::Conflict(format!("{name} is already the primary")));
-                }
-                if let Some(why) = self.not_eligible(i) {
-                    return Err(Refusal::Conflict(format!("{name} cannot be promoted: {why}")));
-                }
-                i
-            }
-            None => self.best_eligible(&[]).ok_or_else(|| Refusal::Conflict(format!("no standby is eligible for promotion: {}", self.eligibility_report())))?,
-        };
+    /// The outcome of an [`Action::StopWrites`]: the old primary's final WAL position.
+    pub fn writes_stopped(&mut self, attempt: u64, i: usize, result: Result<u64, OpError>, now: Now) -> Vec<Action> {
         let mut acts = Vec::new();
-        let reason = format!("manual failover requested by {who}");
-        self.start(self.route, reason, Trigger::Manual(who.to_string()), now, &mut acts);
-        self.begin_promotion(candidate, &mut acts);
-        self.state = self.compute_state();
-        Ok((self.backends[candidate].name.clone(), acts))
+        if self.current(attempt, &Step::StoppingWrites) {
+            self.after_stop_writes(i, result, now, &mut acts);
+        }
+        self.evaluate(now, &mut acts);
+        acts
+    }
+
+    /// The outcome of an [`Action::AwaitReplay`].
+    pub fn replayed(&mut self, attempt: u64, i: usize, result: Result<u64, OpError>, now: Now) -> Vec<Action> {
+        let mut acts = Vec::new();
+        if self.in_flight.as_ref().is_some_and(|f| f.attempt == attempt && matches!(f.step, Step::CatchingUp { .. }) && f.to == Some(i)) {
+            self.after_catch_up(i, result, now, &mut acts);
+        }
+        self.evaluate(now, &mut acts);
+        acts
+    }
+
+    /// The outcome of an [`Action::AllowWrites`]: the undone switchover gives the route back.
+    pub fn writes_allowed(&mut self, attempt: u64, i: usize, result: Result<(), OpError>, now: Now) -> Vec<Action> {
+        let mut acts = Vec::new();
+        if let Err(e) = &result {
+            tracing::error!(backend = %self.backends[i].name, error = %e, "could not make the old primary writable again (ALTER SYSTEM RESET default_transaction_read_only)");
+        }
+        if self.in_flight.as_ref().is_some_and(|f| f.attempt == attempt && matches!(f.step, Step::Undoing { .. })) {
+            self.finish_undo(now, &mut acts);
+        }
+        self.evaluate(now, &mut acts);
+        acts
+    }
+
+    /// The outcome of an [`Action::Repoint`].
+    pub fn repointed(&mut self, standby: usize, primary: usize, result: Result<Repointed, OpError>, now: Now) -> Vec<Action> {
+        let mut acts = Vec::new();
+        let (s, p) = (self.backends[standby].name.clone(), self.backends[primary].name.clone());
+        let outcome = match &result {
+            Ok(r) => {
+                let slot = r.slot.as_deref().map(|s| format!(", replication slot {s} ensured on {p}")).unwrap_or_default();
+                let what = if r.changed { "primary_conninfo now names" } else { "primary_conninfo already named" };
+                tracing::info!(standby = %s, primary = %p, changed = r.changed, "re-pointed standby");
+                acts.push(self.event(now, EventKind::Repoint, Some(standby), Some(primary), format!("{what} {p}{slot}"), Trigger::Automatic));
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(standby = %s, primary = %p, error = %e, "could not re-point standby");
+                Err(e.to_string())
+            }
+        };
+        if let Some(r) = self.backends[standby].repoint.as_mut().filter(|r| r.primary == primary) {
+            r.outcome = Some(outcome);
+        }
+        self.evaluate(now, &mut acts);
+        acts
     }
 
     /// Operator clears a fence.
     pub fn unfence(&mut self, name: &str, who: &str, now: Now) -> Result<Vec<Action>, Refusal> {
-        let i = self
-            .backends
-            .iter()
-            .position(|b| b.name == name)
-            .ok_or_else(|| Refusal::UnknownBackend(format!("no backend named {name:?}")))?;
+        let i = self.index(name)?;
         if self.backends[i].fence.is_none() {
             return Err(Refusal::Conflict(format!("{name} is not fenced")));
         }
@@ -299,52 +416,15 @@ impl Machine {
         Ok(acts)
     }
 
-    /// Replication lag of backend `i` in bytes behind the reference primary position.
-    pub fn lag_bytes(&self, i: usize) -> Option<u64> {
-        let b = &self.backends[i];
-        let obs = b.obs.as_ref().filter(|o| o.in_recovery)?;
-        Some(self.reference_lsn()?.saturating_sub(obs.lsn()?))
+    fn index(&self, name: &str) -> Result<usize, Refusal> {
+        self.backends.iter().position(|b| b.name == name).ok_or_else(|| {
+            let known: Vec<&str> = self.backends.iter().map(|b| b.name.as_str()).collect();
+            Refusal::UnknownBackend(format!("no backend named {name:?} (known: {})", known.join(", ")))
+        })
     }
 
-    /// Whether backend `i` could be promoted now; `None` = eligible, else why not.
-    pub fn not_eligible(&self, i: usize) -> Option<String> {
-        let b = &self.backends[i];
-        if !b.healthy {
-            return Some(format!("unhealthy ({})", b.last_error.as_deref().unwrap_or("not checked yet")));
-        }
-        let Some(obs) = &b.obs else { return Some("not checked yet".into()) };
-        if !obs.in_recovery {
-            return Some("not a standby (reports not-in-recovery)".into());
-        }
-        if Some(obs.system_identifier) != self.system_identifier {
-            return Some("belongs to another cluster (system identifier differs)".into());
-        }
-        if let Some(f) = &b.fence {
-            return Some(format!("fenced: {}", f.reason));
-        }
-        match self.lag_bytes(i) {
-            Some(lag) if lag > self.settings.max_lag_bytes => {
-                Some(format!("lag {lag} bytes exceeds max_lag_bytes {}", self.settings.max_lag_bytes))
-            }
-            None if obs.lsn().is_none() => Some("reports no WAL position".into()),
-            _ => None,
-        }
-    }
-
-    pub fn eligible(&self, i: usize) -> bool {
-        self.not_eligible(i).is_none()
-    }
-
-    fn eligibility_report(&self) -> String {
-        let parts: Vec<String> = (0..self.backends.len())
-            .filter(|i| Some(*i) != self.route)
-            .map(|i| format!("{}: {}", self.backends[i].name, self.not_eligible(i).unwrap_or_else(|| "eligible".into())))
-            .collect();
-        if parts.is_empty() {
-            "no standbys are configured".into()
-        } else {
-            parts.join("; ")
-        }
+    fn current(&self, attempt: u64, step: &Step) -> bool {
+        self.in_flight.as_ref().is_some_and(|f| f.attempt == attempt && &f.step == step)
     }
 
     fn event(&self, now: Now, kind: EventKind, from: Option<usize>, to: Option<usize>, reason: String, trigger: Trigger) -> Action {

@@ -19,6 +19,25 @@ pub struct Observation {
     pub replay_lsn: Option<u64>,
     /// Connect (if needed) + query.
     pub response_time: Duration,
+    /// A standby's WAL receiver, when one runs (`pg_stat_wal_receiver`).
+    pub receiver: Option<Receiver>,
+}
+
+/// A standby's WAL receiver: whom it streams from, and on which timeline.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Receiver {
+    /// `streaming`, `starting`, `waiting`, …
+    pub status: String,
+    /// `received_tli`: the timeline of the WAL it last received.
+    pub timeline: Option<u32>,
+    /// `sender_host:sender_port`, the upstream it is connected to.
+    pub upstream: Option<String>,
+}
+
+impl Receiver {
+    pub fn streaming(&self) -> bool {
+        self.status == "streaming"
+    }
 }
 
 impl Observation {
@@ -30,6 +49,11 @@ impl Observation {
         } else {
             self.current_lsn
         }
+    }
+
+    /// A standby streaming from an upstream right now.
+    pub fn streaming(&self) -> bool {
+        self.receiver.as_ref().is_some_and(Receiver::streaming)
     }
 }
 

@@ -15,23 +15,29 @@ use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
 use crate::config::BackendConfig;
 
-use super::observation::{parse_lsn, Observation};
+use super::check_error::CheckError;
+use super::observation::{parse_lsn, Observation, Receiver};
 
-/// One round trip that works on a primary and on a standby.
+/// One round trip that works on a primary and on a standby. The timeline is the current
+/// one on a primary; on a standby the WAL receiver's, else the last checkpoint's. The WAL
+/// receiver columns are NULL when none runs (and for a role without `pg_read_all_stats`).
 const CHECK_QUERY: &str = "SELECT pg_is_in_recovery(), \
      (SELECT system_identifier FROM pg_control_system())::text, \
      CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END, \
      pg_last_wal_receive_lsn()::text, \
      pg_last_wal_replay_lsn()::text, \
      CASE WHEN pg_is_in_recovery() \
-          THEN COALESCE((SELECT received_tli FROM pg_stat_wal_receiver), (SELECT timeline_id FROM pg_control_checkpoint())) \
-          ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END";
+          THEN COALESCE(r.received_tli, (SELECT timeline_id FROM pg_control_checkpoint())) \
+          ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END, \
+     r.status, r.received_tli, r.sender_host, r.sender_port \
+     FROM (SELECT 1) AS one LEFT JOIN pg_stat_wal_receiver r ON true";
 
 /// Connects and checks one backend.
 pub struct Prober {
     backend: BackendConfig,
     timeout: Duration,
-    tls: Option<MakeTlsConnector>,
+    /// The TLS setup, or why it failed (reported by every check: a setting to fix).
+    tls: Result<Option<MakeTlsConnector>, CheckError>,
     client: Option<Client>,
     /// Told when the kept connection breaks, so the next check runs at once (a crashed
     /// server is noticed without waiting for the interval).
@@ -39,13 +45,13 @@ pub struct Prober {
 }
 
 impl Prober {
-    pub fn new(backend: BackendConfig, timeout: Duration, broken: Option<mpsc::Sender<()>>) -> Result<Prober, String> {
-        let tls = if backend.ssl { Some(tls_connector(&backend)?) } else { None };
-        Ok(Prober { backend, timeout, tls, client: None, broken })
+    pub fn new(backend: BackendConfig, timeout: Duration, broken: Option<mpsc::Sender<()>>) -> Prober {
+        let tls = if backend.ssl { tls_connector(&backend).map(Some) } else { Ok(None) };
+        Prober { backend, timeout, tls, client: None, broken }
     }
 
     /// One bounded check.
-    pub async fn check(&mut self) -> Result<Observation, String> {
+    pub async fn check(&mut self) -> Result<Observation, CheckError> {
         let start = Instant::now();
         match tokio::time::timeout(self.timeout, self.check_inner()).await {
             Ok(Ok(mut obs)) => {
@@ -58,90 +64,60 @@ impl Prober {
             }
             Err(_) => {
                 self.client = None;
-                Err(format!("no answer within {}", humantime::format_duration(self.timeout)))
+                Err(CheckError::Timeout(self.timeout))
             }
         }
     }
 
-    async fn check_inner(&mut self) -> Result<Observation, String> {
+    async fn check_inner(&mut self) -> Result<Observation, CheckError> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
-            self.client = Some(connect(&self.backend, self.timeout, self.tls.clone(), self.broken.clone()).await?);
+            let tls = self.tls.clone()?;
+            self.client = Some(connect(&self.backend, self.timeout, tls, self.broken.clone()).await?);
         }
         let client = self.client.as_ref().expect("connected above");
         observe(client).await
     }
 }
 
-/// Runs `pg_promote(true, …)` on a standby and returns its first observation as a primary.
-pub async fn promote(backend: &BackendConfig, timeout: Duration, check_timeout: Duration) -> Result<Observation, String> {
-    let tls = if backend.ssl { Some(tls_connector(backend)?) } else { None };
-    let work = async {
-        let client = connect(backend, check_timeout, tls, None).await?;
-        let secs = timeout.as_secs().clamp(1, i32::MAX as u64);
-        let rows = client
-            .simple_query(&format!("SELECT pg_promote(true, {secs})"))
-            .await
-            .map_err(|e| describe(&e))?;
-        if first_row(&rows).and_then(|r| r.get(0)) != Some("t") {
-            return Err(format!("pg_promote did not finish within {secs}s"));
-        }
-        // pg_promote returns once recovery has ended; confirm from the server's own answer.
-        loop {
-            let obs = observe(&client).await?;
-            if !obs.in_recovery {
-                return Ok(obs);
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    };
-    tokio::time::timeout(timeout + check_timeout, work)
-        .await
-        .unwrap_or_else(|_| Err(format!("promotion did not finish within {}", humantime::format_duration(timeout))))
-}
-
-async fn observe(client: &Client) -> Result<Observation, String> {
-    let rows = client.simple_query(CHECK_QUERY).await.map_err(|e| describe(&e))?;
-    let row = first_row(&rows).ok_or("the check query returned no row")?;
+pub(super) async fn observe(client: &Client) -> Result<Observation, CheckError> {
+    let rows = client.simple_query(CHECK_QUERY).await.map_err(|e| CheckError::from_postgres(&e))?;
+    let row = first_row(&rows).ok_or_else(|| CheckError::Protocol("the check query returned no row".into()))?;
     let text = |i: usize| row.get(i);
     let lsn = |i: usize| text(i).and_then(parse_lsn);
+    let receiver = text(6).map(|status| Receiver {
+        status: status.to_string(),
+        timeline: text(7).and_then(|s| s.parse().ok()),
+        upstream: text(8).map(|h| match text(9) {
+            Some(p) => format!("{h}:{p}"),
+            None => h.to_string(),
+        }),
+    });
     Ok(Observation {
         in_recovery: text(0) == Some("t"),
-        system_identifier: text(1).and_then(|s| s.parse().ok()).ok_or("no system identifier")?,
+        system_identifier: text(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| CheckError::Protocol("no system identifier".into()))?,
         current_lsn: lsn(2),
         receive_lsn: lsn(3),
         replay_lsn: lsn(4),
         timeline: text(5).and_then(|s| s.parse().ok()),
         response_time: Duration::ZERO,
+        receiver,
     })
 }
 
-fn first_row(rows: &[SimpleQueryMessage]) -> Option<&tokio_postgres::SimpleQueryRow> {
+pub(super) fn first_row(rows: &[SimpleQueryMessage]) -> Option<&tokio_postgres::SimpleQueryRow> {
     rows.iter().find_map(|m| if let SimpleQueryMessage::Row(r) = m { Some(r) } else { None })
 }
 
-/// The error text without anything secret (tokio-postgres never prints passwords).
-fn describe(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{}: {} ({})", db.severity(), db.message(), db.code().code()),
-        None => {
-            let mut s = e.to_string();
-            let mut src = std::error::Error::source(e);
-            while let Some(inner) = src {
-                s.push_str(": ");
-                s.push_str(&inner.to_string());
-                src = inner.source();
-            }
-            s
-        }
-    }
-}
-
-async fn connect(
+/// A connection for checks and operations, bounded by `timeout`. `broken` is told when it
+/// closes.
+pub(super) async fn connect(
     b: &BackendConfig,
     timeout: Duration,
     tls: Option<MakeTlsConnector>,
     broken: Option<mpsc::Sender<()>>,
-) -> Result<Client, String> {
+) -> Result<Client, CheckError> {
     let mut cfg = tokio_postgres::Config::new();
     cfg.host(&b.host)
         .port(b.port)
@@ -160,7 +136,7 @@ async fn connect(
     };
     match tls {
         Some(tls) => {
-            let (client, conn) = cfg.connect(tls).await.map_err(|e| describe(&e))?;
+            let (client, conn) = connected(timeout, cfg.connect(tls)).await?;
             tokio::spawn(async move {
                 let _ = conn.await;
                 notify();
@@ -168,7 +144,7 @@ async fn connect(
             Ok(client)
         }
         None => {
-            let (client, conn) = cfg.connect(NoTls).await.map_err(|e| describe(&e))?;
+            let (client, conn) = connected(timeout, cfg.connect(NoTls)).await?;
             tokio::spawn(async move {
                 let _ = conn.await;
                 notify();
@@ -178,14 +154,22 @@ async fn connect(
     }
 }
 
+/// Bounds a whole connection attempt (TCP, TLS, startup, authentication).
+async fn connected<T>(timeout: Duration, attempt: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>) -> Result<T, CheckError> {
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(r) => r.map_err(|e| CheckError::from_postgres(&e)),
+        Err(_) => Err(CheckError::Timeout(timeout)),
+    }
+}
+
 /// TLS for checks: verified against `ssl_root_cert` when given, else encrypted only (the
 /// seed's `rejectUnauthorized: false`).
-fn tls_connector(b: &BackendConfig) -> Result<MakeTlsConnector, String> {
-    let err = |e: openssl::error::ErrorStack| format!("TLS setup for {}: {e}", b.name);
+pub(super) fn tls_connector(b: &BackendConfig) -> Result<MakeTlsConnector, CheckError> {
+    let err = |e: openssl::error::ErrorStack| CheckError::Tls(format!("setup for {}: {e}", b.name));
     let mut builder = SslConnector::builder(SslMethod::tls()).map_err(err)?;
     let verify = match &b.ssl_root_cert {
         Some(ca) => {
-            builder.set_ca_file(ca).map_err(|e| format!("ssl_root_cert {}: {e}", ca.display()))?;
+            builder.set_ca_file(ca).map_err(|e| CheckError::Tls(format!("ssl_root_cert {}: {e}", ca.display())))?;
             true
         }
         None => {

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::config::{BackendConfig, PromoteMode};
 
+use super::check_error::ErrorKind;
 use super::machine::{Machine, State};
 use super::observation::format_lsn;
 
@@ -39,6 +40,26 @@ pub struct BackendStatus {
     pub fence_reason: Option<String>,
     pub system_identifier: Option<String>,
     pub last_error: Option<String>,
+    /// `down` (counts toward a failover), `misconfigured` or `overloaded` (never do).
+    pub last_error_kind: Option<ErrorKind>,
+    /// A standby's WAL receiver: `streaming`, `waiting`, … (absent when none runs).
+    pub wal_receiver: Option<String>,
+    /// The upstream a standby streams from (`sender_host:sender_port`).
+    pub upstream: Option<String>,
+    /// A standby streams from the routed primary, on its timeline.
+    pub following_primary: Option<bool>,
+    /// The last attempt to re-point this standby at the primary.
+    pub repoint: Option<RepointStatus>,
+}
+
+/// A re-point of a standby at the routed primary.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RepointStatus {
+    pub primary: String,
+    /// `running`, `done` or `failed`.
+    pub result: &'static str,
+    pub error: Option<String>,
 }
 
 /// A failover being carried out.
@@ -49,6 +70,11 @@ pub struct InFlightStatus {
     pub to: Option<String>,
     pub reason: String,
     pub trigger: String,
+    /// `confirming`, `waiting_for_candidate`, `waiting_for_external_promotion`,
+    /// `stopping_writes`, `catching_up`, `promoting` or `undoing`.
+    pub phase: &'static str,
+    /// A planned switchover (writes stopped first).
+    pub switchover: bool,
 }
 
 /// `/failover/status`.
@@ -104,6 +130,8 @@ impl Status {
                 to: f.to.map(name),
                 reason: f.reason.clone(),
                 trigger: f.trigger.label(),
+                phase: m.phase(),
+                switchover: f.switchover,
             }),
             updated_at: rfc3339(SystemTime::now()),
             backends: records,
@@ -132,12 +160,28 @@ fn backend_status(m: &Machine, cfg: &[BackendConfig], i: usize) -> BackendStatus
         down_since: b.down_since.map(rfc3339),
         promotion_eligible: !is_primary && why.is_none(),
         not_eligible_reason: why,
-        timeline: obs.and_then(|o| o.timeline),
+        timeline: obs.map(|_| b.timeline()),
         lsn: b.lsn().map(format_lsn),
         lag_bytes: m.lag_bytes(i),
         fenced: b.fence.is_some(),
         fence_reason: b.fence.as_ref().map(|f| f.reason.clone()),
         system_identifier: obs.map(|o| o.system_identifier.to_string()),
-        last_error: b.last_error.clone(),
+        last_error: b.last_error.as_ref().map(|e| e.to_string()),
+        last_error_kind: b.last_error.as_ref().map(|e| e.kind()),
+        wal_receiver: obs.and_then(|o| o.receiver.as_ref()).map(|r| r.status.clone()),
+        upstream: b.upstream().map(str::to_string),
+        following_primary: match m.route {
+            Some(w) if w != i && b.in_recovery() => Some(m.following(i, w)),
+            _ => None,
+        },
+        repoint: b.repoint.as_ref().map(|r| RepointStatus {
+            primary: m.backends[r.primary].name.clone(),
+            result: match &r.outcome {
+                None => "running",
+                Some(Ok(())) => "done",
+                Some(Err(_)) => "failed",
+            },
+            error: r.outcome.as_ref().and_then(|o| o.as_ref().err().cloned()),
+        }),
     }
 }

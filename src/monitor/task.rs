@@ -1,6 +1,13 @@
-//! The monitor task: feeds check results and commands into the [`Machine`], carries out its
-//! actions, keeps metrics and the published [`Status`] current. It owns the route writer.
+//! The monitor task: feeds check results, operation outcomes and commands into the
+//! [`Machine`], carries out its actions, keeps metrics and the published [`Status`] current.
+//! It owns the route writer.
+//!
+//! It fails closed: if the monitor or a prober ends while the proxy is not stopping (a
+//! panic), the route is cleared, the status says so (`/ready` answers 503) and the `fatal`
+//! token is cancelled so the process exits non-zero and its supervisor restarts it. Routing
+//! never continues on a decision nobody maintains.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,88 +19,45 @@ use crate::config::{BackendConfig, Config};
 use crate::metrics::Metrics;
 use crate::route::RouteWriter;
 
-use super::history::{Event, EventKind, History};
-use super::machine::{Action, Machine, Now, Refusal, Settings};
-use super::observation::Observation;
-use super::probe::{self, Prober};
+use super::handle::{CheckNow, Command, MonitorHandle, Triggered};
+use super::history::{EventKind, Fences, History};
+use super::machine::{Action, Machine, Now, Outcome, Settings};
+use super::operations;
+use super::probe::Prober;
 use super::status::Status;
 
-/// Requests to a prober: check now, and acknowledge once the result reached the monitor.
-type CheckNow = Option<oneshot::Sender<()>>;
-
-enum Command {
-    Observed { i: usize, result: Result<Observation, String>, took: Duration },
-    Promoted { i: usize, result: Result<Observation, String> },
-    Trigger { target: Option<String>, who: String, reply: oneshot::Sender<Result<String, Refusal>> },
-    Unfence { name: String, who: String, reply: oneshot::Sender<Result<(), Refusal>> },
-    /// Answered after every earlier command was handled.
-    Sync(oneshot::Sender<()>),
-}
-
-/// How the rest of the proxy talks to the monitor. Cheap to clone.
+/// What the monitor's tasks share to fail closed.
 #[derive(Clone)]
-pub struct MonitorHandle {
-    commands: mpsc::Sender<Command>,
-    status: watch::Receiver<Arc<Status>>,
-    /// Shared with the monitor; a std mutex because every critical section is a push or a
-    /// short copy, never held across an await.
-    history: Arc<Mutex<History>>,
-    probe_now: Arc<[mpsc::Sender<CheckNow>]>,
+pub struct Lifeline {
+    /// The proxy is stopping: tasks ending now is expected.
+    pub shutdown: CancellationToken,
+    /// Cancelled when a monitor task died unexpectedly.
+    pub fatal: CancellationToken,
 }
 
-/// The monitor stopped (proxy shutting down).
-pub const STOPPED: &str = "the monitor is not running (proxy shutting down)";
-
-impl MonitorHandle {
-    pub fn status(&self) -> Arc<Status> {
-        self.status.borrow().clone()
+impl Lifeline {
+    /// A guard that, when dropped while the proxy is not stopping, declares the monitor dead.
+    fn guard(&self, what: &'static str) -> DeathWatch {
+        DeathWatch { life: self.clone(), what }
     }
+}
 
-    pub fn subscribe(&self) -> watch::Receiver<Arc<Status>> {
-        self.status.clone()
-    }
+struct DeathWatch {
+    life: Lifeline,
+    what: &'static str,
+}
 
-    /// Newest first.
-    pub fn history(&self, limit: usize) -> Vec<Event> {
-        self.history.lock().map(|h| h.newest(limit)).unwrap_or_default()
-    }
-
-    /// Starts a manual failover; returns the standby being promoted.
-    pub async fn trigger(&self, target: Option<String>, who: String) -> Result<String, Refusal> {
-        let (reply, rx) = oneshot::channel();
-        self.commands.send(Command::Trigger { target, who, reply }).await.map_err(|_| Refusal::Conflict(STOPPED.into()))?;
-        rx.await.map_err(|_| Refusal::Conflict(STOPPED.into()))?
-    }
-
-    pub async fn unfence(&self, name: String, who: String) -> Result<(), Refusal> {
-        let (reply, rx) = oneshot::channel();
-        self.commands.send(Command::Unfence { name, who, reply }).await.map_err(|_| Refusal::Conflict(STOPPED.into()))?;
-        rx.await.map_err(|_| Refusal::Conflict(STOPPED.into()))?
-    }
-
-    /// Runs every check now and returns the status that includes their results.
-    pub async fn check_now(&self, limit: Duration) -> Arc<Status> {
-        let acks: Vec<_> = self
-            .probe_now
-            .iter()
-            .map(|p| {
-                let (tx, rx) = oneshot::channel();
-                let p = p.clone();
-                async move {
-                    if p.send(Some(tx)).await.is_ok() {
-                        let _ = rx.await;
-                    }
-                }
-            })
-            .collect();
-        let _ = tokio::time::timeout(limit, futures_util::future::join_all(acks)).await;
-        let (tx, rx) = oneshot::channel();
-        if self.commands.send(Command::Sync(tx)).await.is_ok() {
-            let _ = rx.await;
+impl Drop for DeathWatch {
+    fn drop(&mut self) {
+        if !self.life.shutdown.is_cancelled() && !self.life.fatal.is_cancelled() {
+            tracing::error!(task = self.what, panicking = std::thread::panicking(), "a health-monitor task ended unexpectedly: failing closed");
+            self.life.fatal.cancel();
         }
-        self.status()
     }
 }
+
+/// Why the route is empty after the monitor died.
+pub const MONITOR_DIED: &str = "the health monitor stopped unexpectedly; the proxy routes nothing and exits so its supervisor restarts it";
 
 /// Starts the probers, the passive-signal forwarder and the monitor on `tracker`.
 pub fn spawn(
@@ -103,21 +67,27 @@ pub fn spawn(
     metrics: Arc<Metrics>,
     history: History,
     mut passive: mpsc::Receiver<usize>,
-    shutdown: CancellationToken,
+    life: Lifeline,
     tracker: &TaskTracker,
 ) -> MonitorHandle {
     let names: Vec<String> = backends.iter().map(|b| b.name.clone()).collect();
-    let fenced: Vec<String> = history.fenced().into_iter().filter(|n| names.contains(n)).collect();
+    let fenced: Vec<(String, super::machine::Fence)> = history.fences().into_iter().filter(|(n, _)| names.contains(n)).collect();
     if !fenced.is_empty() {
-        tracing::warn!(?fenced, "restored fences from the history journal");
+        let list: Vec<&str> = fenced.iter().map(|(n, _)| n.as_str()).collect();
+        tracing::warn!(fenced = %list.join(", "), "restored fences from the state directory");
     }
     let settings = Settings {
         failure_threshold: cfg.health.failure_threshold,
         max_lag_bytes: cfg.failover.max_lag_bytes,
         promote: cfg.failover.promote,
         check_timeout: cfg.health.timeout,
+        interval: cfg.health.interval,
+        repoint_standbys: cfg.failover.repoint_standbys,
     };
-    let machine = Machine::new(settings, &names, &fenced);
+    let mut machine = Machine::new(settings, &names, &fenced);
+    for (b, c) in machine.backends.iter_mut().zip(backends.iter()) {
+        b.address = c.address();
+    }
     let (commands, rx) = mpsc::channel(256);
     let first = Status::build(&machine, &backends, route.current().epoch, &route.current().reason);
     let (status_tx, status) = watch::channel(Arc::new(first));
@@ -134,13 +104,13 @@ pub fn spawn(
             timeout: cfg.health.timeout,
             commands: commands.clone(),
             now_rx,
-            shutdown: shutdown.clone(),
+            life: life.clone(),
         };
         tracker.spawn(p.run());
     }
     let probe_now: Arc<[_]> = probe_now.into();
     let forward = probe_now.clone();
-    let stop = shutdown.clone();
+    let stop = life.shutdown.clone();
     tracker.spawn(async move {
         loop {
             tokio::select! {
@@ -160,12 +130,16 @@ pub fn spawn(
         history: history.clone(),
         status_tx,
         commands: commands.clone(),
+        probe_now: probe_now.clone(),
         promote_timeout: cfg.failover.promote_timeout,
         check_timeout: cfg.health.timeout,
+        switchover_wait: cfg.failover.trigger_wait,
         tracker: tracker.clone(),
         last_accounted: Instant::now(),
+        waiting: HashMap::new(),
+        life,
     };
-    tracker.spawn(task.run(rx, shutdown));
+    tracker.spawn(task.run(rx));
     MonitorHandle { commands, status, history, probe_now }
 }
 
@@ -176,19 +150,14 @@ struct ProberTask {
     timeout: Duration,
     commands: mpsc::Sender<Command>,
     now_rx: mpsc::Receiver<CheckNow>,
-    shutdown: CancellationToken,
+    life: Lifeline,
 }
 
 impl ProberTask {
     async fn run(mut self) {
+        let _watch = self.life.guard("prober");
         let (broken_tx, mut broken_rx) = mpsc::channel(1);
-        let mut prober = match Prober::new(self.backend.clone(), self.timeout, Some(broken_tx)) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!(backend = %self.backend.name, error = %e, "cannot check this backend");
-                return;
-            }
-        };
+        let mut prober = Prober::new(self.backend.clone(), self.timeout, Some(broken_tx));
         // After a failure the next check comes sooner, so a crash reaches the threshold in
         // a fraction of the interval; a timed-out check already waited its share.
         let fast = (self.interval / 4).clamp(Duration::from_millis(10), self.interval);
@@ -197,12 +166,12 @@ impl ProberTask {
             let started = Instant::now();
             let result = tokio::select! {
                 r = prober.check() => r,
-                _ = self.shutdown.cancelled() => return,
+                _ = self.life.shutdown.cancelled() => return,
             };
             let took = started.elapsed();
             let failed = result.is_err();
             if let Err(e) = &result {
-                tracing::info!(backend = %self.backend.name, error = %e, took_ms = took.as_millis() as u64, "health check failed");
+                tracing::info!(backend = %self.backend.name, error = %e, kind = e.kind().as_str(), took_ms = took.as_millis() as u64, "health check failed");
             }
             if self.commands.send(Command::Observed { i: self.i, result, took }).await.is_err() {
                 return;
@@ -218,7 +187,7 @@ impl ProberTask {
                     None => return,
                 },
                 _ = broken_rx.recv() => {}
-                _ = self.shutdown.cancelled() => return,
+                _ = self.life.shutdown.cancelled() => return,
             }
             while let Ok(more) = self.now_rx.try_recv() {
                 acks.extend(more);
@@ -234,21 +203,46 @@ struct MonitorTask {
     metrics: Arc<Metrics>,
     history: Arc<Mutex<History>>,
     status_tx: watch::Sender<Arc<Status>>,
-    /// For promotion tasks to report back.
+    /// For operation tasks to report back.
     commands: mpsc::Sender<Command>,
+    probe_now: Arc<[mpsc::Sender<CheckNow>]>,
     promote_timeout: Duration,
     check_timeout: Duration,
+    /// Bound on each switchover wait (writes stopping, the standby catching up).
+    switchover_wait: Duration,
     tracker: TaskTracker,
     /// Up to when time without a primary has been added to the metric.
     last_accounted: Instant,
+    /// Operators waiting for the outcome of their trigger, by attempt.
+    waiting: HashMap<u64, oneshot::Sender<Outcome>>,
+    life: Lifeline,
+}
+
+impl Drop for MonitorTask {
+    /// Fails closed when the task ends for any reason but a shutdown (a panic included).
+    fn drop(&mut self) {
+        if self.life.shutdown.is_cancelled() {
+            return;
+        }
+        self.life.fatal.cancel();
+        self.route.set(None, MONITOR_DIED);
+        self.machine.route = None;
+        let r = self.route.current();
+        let mut status = Status::build(&self.machine, &self.backends, r.epoch, MONITOR_DIED);
+        status.route_reason = Some(MONITOR_DIED.into());
+        self.status_tx.send_replace(Arc::new(status));
+        self.metrics.primary_routable.set(0.0);
+    }
 }
 
 impl MonitorTask {
-    async fn run(mut self, mut rx: mpsc::Receiver<Command>, shutdown: CancellationToken) {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let _watch = self.life.guard("monitor");
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => break,
+                _ = self.life.shutdown.cancelled() => break,
+                _ = self.life.fatal.cancelled() => return,
                 _ = tick.tick() => {}
                 cmd = rx.recv() => match cmd {
                     Some(cmd) => { self.handle(cmd); continue; }
@@ -256,6 +250,26 @@ impl MonitorTask {
                 },
             }
             self.publish();
+        }
+        self.release_switchover().await;
+        if let Ok(h) = self.history.lock() {
+            if !h.flush(Duration::from_secs(5)) {
+                tracing::warn!("the history journal did not reach the disk within 5s of stopping");
+            }
+        }
+    }
+
+    /// Stopping in the middle of a switchover: the old primary must not stay read-only.
+    async fn release_switchover(&self) {
+        let Some(f) = &self.machine.in_flight else { return };
+        if !f.switchover || matches!(f.step, super::machine::Step::Promoting) {
+            return;
+        }
+        let Some(p) = f.from else { return };
+        let b = &self.backends[p];
+        match operations::allow_writes(b, self.check_timeout).await {
+            Ok(()) => tracing::warn!(primary = %b.name, "stopping during a switchover: the old primary accepts writes again"),
+            Err(e) => tracing::error!(primary = %b.name, error = %e, "stopping during a switchover: could not make the old primary writable again (ALTER SYSTEM RESET default_transaction_read_only)"),
         }
     }
 
@@ -267,22 +281,28 @@ impl MonitorTask {
                     h.record(took.as_secs_f64());
                 }
                 if let Err(e) = &result {
-                    tracing::debug!(backend = %self.backends[i].name, error = %e, "health check failed");
+                    self.metrics.check_error(i, e.kind());
                 }
-                self.machine.observe(i, result, now)
+                self.machine.observe(i, result, took, now)
             }
-            Command::Promoted { i, result } => self.machine.promoted(i, result, now),
-            Command::Trigger { target, who, reply } => {
-                tracing::warn!(%who, target = target.as_deref().unwrap_or("(best standby)"), "manual failover requested");
-                match self.machine.trigger(target.as_deref(), &who, now) {
-                    Ok((name, acts)) => {
+            Command::Promoted { attempt, i, result } => self.machine.promoted(attempt, i, result, now),
+            Command::WritesStopped { attempt, i, result } => self.machine.writes_stopped(attempt, i, result, now),
+            Command::Replayed { attempt, i, result } => self.machine.replayed(attempt, i, result, now),
+            Command::WritesAllowed { attempt, i, result } => self.machine.writes_allowed(attempt, i, result, now),
+            Command::Repointed { standby, primary, result } => self.machine.repointed(standby, primary, result, now),
+            Command::Trigger { req, reply } => {
+                tracing::warn!(who = %req.who, target = req.target.as_deref().unwrap_or("(best standby)"), force = req.force, "manual failover requested");
+                match self.machine.trigger(&req, now) {
+                    Ok((started, acts)) => {
+                        let (tx, outcome) = oneshot::channel();
+                        self.waiting.insert(started.attempt, tx);
                         // Publish before replying: the caller reads the status next.
                         self.apply_all(acts);
-                        let _ = reply.send(Ok(name));
+                        let _ = reply.send(Ok(Triggered { started, outcome }));
                         Vec::new()
                     }
                     Err(r) => {
-                        tracing::warn!(%who, reason = %r, "manual failover refused");
+                        tracing::warn!(who = %req.who, reason = %r, "manual failover refused");
                         let _ = reply.send(Err(r));
                         Vec::new()
                     }
@@ -303,6 +323,7 @@ impl MonitorTask {
                 let _ = reply.send(());
                 Vec::new()
             }
+            Command::Crash => panic!("fault injection: the health monitor was told to crash"),
         };
         self.apply_all(acts);
     }
@@ -311,10 +332,30 @@ impl MonitorTask {
         for a in acts {
             self.apply(a);
         }
+        let fences: Fences = self.machine.backends.iter().filter_map(|b| b.fence.clone().map(|f| (b.name.clone(), f))).collect();
+        if let Ok(mut h) = self.history.lock() {
+            h.set_fences(fences);
+        }
         self.publish();
     }
 
+    /// Runs an operation on its own task and feeds its outcome back as a command.
+    fn run_op<F>(&self, op: F)
+    where
+        F: std::future::Future<Output = Command> + Send + 'static,
+    {
+        let tx = self.commands.clone();
+        let stop = self.life.shutdown.clone();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                done = op => { let _ = tx.send(done).await; }
+                _ = stop.cancelled() => {}
+            }
+        });
+    }
+
     fn apply(&mut self, action: Action) {
+        let (pt, ct, wait) = (self.promote_timeout, self.check_timeout, self.switchover_wait);
         match action {
             Action::Route { target, reason } => {
                 self.account_no_primary();
@@ -325,25 +366,65 @@ impl MonitorTask {
                     }
                 }
             }
-            Action::Promote(i) => {
+            Action::RouteReason(reason) => {
+                self.route.set(None, &reason);
+            }
+            Action::Promote { attempt, backend: i } => {
                 let b = self.backends[i].clone();
-                let tx = self.commands.clone();
-                let (pt, ct) = (self.promote_timeout, self.check_timeout);
-                self.tracker.spawn(async move {
-                    let result = probe::promote(&b, pt, ct).await;
-                    let _ = tx.send(Command::Promoted { i, result }).await;
+                self.run_op(async move { Command::Promoted { attempt, i, result: operations::promote(&b, pt, ct).await } });
+            }
+            Action::StopWrites { attempt, backend: i } => {
+                let b = self.backends[i].clone();
+                self.run_op(async move { Command::WritesStopped { attempt, i, result: operations::stop_writes(&b, ct, wait).await } });
+            }
+            Action::AwaitReplay { attempt, backend: i, lsn } => {
+                let b = self.backends[i].clone();
+                self.run_op(async move { Command::Replayed { attempt, i, result: operations::await_replay(&b, lsn, ct, wait).await } });
+            }
+            Action::AllowWrites { attempt, backend: i } => {
+                let b = self.backends[i].clone();
+                self.run_op(async move {
+                    // The old primary must not stay read-only because of one lost packet.
+                    let mut result = operations::allow_writes(&b, ct).await;
+                    for _ in 0..3 {
+                        if result.is_ok() {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        result = operations::allow_writes(&b, ct).await;
+                    }
+                    Command::WritesAllowed { attempt, i, result }
                 });
             }
+            Action::Repoint { standby, primary } => {
+                let (s, p) = (self.backends[standby].clone(), self.backends[primary].clone());
+                tracing::info!(standby = %s.name, primary = %p.name, "re-pointing standby at the primary");
+                self.run_op(async move { Command::Repointed { standby, primary, result: operations::repoint(&s, &p, ct).await } });
+            }
+            Action::CheckNow(i) => {
+                if let Some(p) = self.probe_now.get(i) {
+                    let _ = p.try_send(None);
+                }
+            }
             Action::Record(e) => {
+                let from = e.from.as_deref().unwrap_or("-");
+                let to = e.to.as_deref().unwrap_or("-");
                 match e.kind {
-                    EventKind::Recovery | EventKind::Unfence => tracing::info!(kind = ?e.kind, from = ?e.from, reason = %e.reason, "history"),
-                    _ => tracing::warn!(kind = ?e.kind, from = ?e.from, to = ?e.to, reason = %e.reason, trigger = %e.trigger, duration_ms = ?e.duration_ms, wal_distance_bytes = ?e.wal_distance_bytes, "history"),
+                    EventKind::Recovery | EventKind::Unfence | EventKind::Repoint => {
+                        tracing::info!(kind = ?e.kind, from, to, reason = %e.reason, "history")
+                    }
+                    _ => tracing::warn!(kind = ?e.kind, from, to, reason = %e.reason, trigger = %e.trigger, "history"),
                 }
                 if let Ok(mut h) = self.history.lock() {
                     h.push(e);
                 }
             }
             Action::FailoverDone(d) => self.metrics.failover_duration.record(d.as_secs_f64()),
+            Action::Concluded { attempt, outcome } => {
+                if let Some(tx) = self.waiting.remove(&attempt) {
+                    let _ = tx.send(outcome);
+                }
+            }
         }
     }
 

@@ -1,14 +1,18 @@
 //! One backend as the machine sees it: the seed's health record plus the server's answers.
 
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
 
 use crate::duration::as_millis_f64;
+use crate::monitor::check_error::{CheckError, ErrorKind};
 use crate::monitor::observation::Observation;
 
 use super::Now;
 
 /// Why a backend is fenced; decides whether its reappearance as a primary is a split brain.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum FenceKind {
     /// Fenced while unreachable (automatic failover, or restored from the journal): coming
     /// back writable is a split brain.
@@ -19,50 +23,79 @@ pub enum FenceKind {
     SplitBrain,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fence {
     pub kind: FenceKind,
     pub reason: String,
+}
+
+/// The last attempt to point a standby's WAL receiver at the routed primary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Repoint {
+    /// The primary it was pointed at.
+    pub primary: usize,
+    pub at: Instant,
+    /// `None` while running; then the outcome (an error text, or done).
+    pub outcome: Option<Result<(), String>>,
 }
 
 /// Health and facts of one backend.
 #[derive(Clone, Debug)]
 pub struct Backend {
     pub name: String,
+    /// `host:port` as configured, to recognise it as another standby's upstream.
+    pub address: String,
     /// Configured as `[primary]`: a starting hint only.
     pub configured_primary: bool,
-    /// One success makes it healthy; `failure_threshold` consecutive failures unhealthy.
+    /// One success makes it healthy; `failure_threshold` consecutive *down* failures
+    /// unhealthy. Other failures (misconfigured, overloaded) leave it as it was.
     pub healthy: bool,
     /// Set when the threshold was reached, so the next success counts as a recovery.
     pub marked_down: bool,
+    /// Consecutive failed checks of any kind (the seed's `failureCount`).
     pub failure_count: u32,
+    /// Consecutive failed checks that say the server may be gone.
+    pub down_count: u32,
     pub last_check: Option<SystemTime>,
     pub response_time_ms: Option<f64>,
     /// First failure of the current run of failures.
     pub down_since: Option<SystemTime>,
     /// The last successful observation (stale while checks fail).
     pub obs: Option<Observation>,
-    pub last_error: Option<String>,
+    pub last_error: Option<CheckError>,
     pub fence: Option<Fence>,
     /// WAL position of the last check that found it in recovery: what a promoted standby
     /// had received, for the data-loss window of a failover.
     pub last_standby_lsn: Option<u64>,
-    /// Monotonic times, to order checks of different backends: when the current run of
-    /// failures began (None while the latest check succeeded), the latest failure, and the
-    /// latest return to success after failures.
+    /// Monotonic times, to order checks of different backends: when the first check of the
+    /// current run of *down* failures began (None once it answers again), when the latest
+    /// down failure ended, when it last answered again after such a run, and when its
+    /// latest successful check began.
     pub failing_since: Option<Instant>,
     pub failed_at: Option<Instant>,
     pub back_at: Option<Instant>,
+    pub success_started: Option<Instant>,
+    /// The timeline it last streamed on (a standby's WAL receiver), kept while the receiver
+    /// is down: a standby's timeline only grows.
+    pub streamed_timeline: Option<u32>,
+    /// A standby without a streaming WAL receiver since.
+    pub not_streaming_since: Option<Instant>,
+    pub repoint: Option<Repoint>,
+    /// Set when it was promoted: the WAL position its new timeline began after. A standby
+    /// still on the old timeline with more WAL than this has diverged from it.
+    pub fork_lsn: Option<u64>,
 }
 
 impl Backend {
     pub fn new(name: String, configured_primary: bool) -> Backend {
         Backend {
             name,
+            address: String::new(),
             configured_primary,
             healthy: false,
             marked_down: false,
             failure_count: 0,
+            down_count: 0,
             last_check: None,
             response_time_ms: None,
             down_since: None,
@@ -73,46 +106,91 @@ impl Backend {
             failing_since: None,
             failed_at: None,
             back_at: None,
+            success_started: None,
+            streamed_timeline: None,
+            not_streaming_since: None,
+            repoint: None,
+            fork_lsn: None,
         }
     }
 
     /// Returns true when this success is a recovery (the backend had been marked down).
-    pub fn record_success(&mut self, obs: Observation, now: Now) -> bool {
-        let (recovered, at) = (self.marked_down, now.wall);
+    /// `started` is when the check began.
+    pub fn record_success(&mut self, obs: Observation, started: Instant, now: Now) -> bool {
+        let recovered = self.marked_down;
         if self.failing_since.take().is_some() {
             self.back_at = Some(now.mono);
         }
         self.healthy = true;
         self.marked_down = false;
         self.failure_count = 0;
+        self.down_count = 0;
         self.down_since = None;
-        self.last_check = Some(at);
+        self.last_check = Some(now.wall);
         self.response_time_ms = Some(as_millis_f64(obs.response_time));
+        self.success_started = Some(started);
+        if self.obs.as_ref().is_some_and(|o| o.system_identifier != obs.system_identifier) {
+            self.streamed_timeline = None;
+        }
         if obs.in_recovery {
             self.last_standby_lsn = obs.lsn();
+            if let Some(tl) = obs.receiver.as_ref().filter(|r| r.streaming()).and_then(|r| r.timeline) {
+                self.streamed_timeline = self.streamed_timeline.max(Some(tl));
+            }
+            if obs.streaming() {
+                self.not_streaming_since = None;
+            } else {
+                self.not_streaming_since.get_or_insert(now.mono);
+            }
+        } else {
+            self.streamed_timeline = None;
+            self.not_streaming_since = None;
         }
         self.obs = Some(obs);
         self.last_error = None;
         recovered
     }
 
-    pub fn record_failure(&mut self, error: String, now: Now, threshold: u32) {
-        let at = now.wall;
-        self.failing_since.get_or_insert(now.mono);
-        self.failed_at = Some(now.mono);
+    /// A failed check that began at `started`. Only a *down* error counts toward the
+    /// threshold; any other error shows the server is there, so it ends a run of down
+    /// failures.
+    pub fn record_failure(&mut self, error: CheckError, started: Instant, now: Now, threshold: u32) {
         self.failure_count = self.failure_count.saturating_add(1);
-        self.down_since.get_or_insert(at);
-        self.last_check = Some(at);
-        self.last_error = Some(error);
-        if self.failure_count >= threshold {
-            self.healthy = false;
-            self.marked_down = true;
+        self.down_since.get_or_insert(now.wall);
+        self.last_check = Some(now.wall);
+        if error.kind() == ErrorKind::Down {
+            self.failing_since.get_or_insert(started);
+            self.failed_at = Some(now.mono);
+            self.down_count = self.down_count.saturating_add(1);
+            if self.down_count >= threshold {
+                self.healthy = false;
+                self.marked_down = true;
+            }
+        } else {
+            if self.failing_since.take().is_some() {
+                self.back_at = Some(now.mono);
+            }
+            self.down_count = 0;
         }
+        self.last_error = Some(error);
+    }
+
+    /// How long it has been failing without interruption: from the start of the first check
+    /// of the current run of down failures to the end of the latest (a timed-out check was
+    /// silent all along).
+    pub fn down_for(&self) -> Option<Duration> {
+        Some(self.failed_at?.saturating_duration_since(self.failing_since?))
     }
 
     /// Its latest check succeeded.
     pub fn fresh(&self) -> bool {
         self.failure_count == 0 && self.obs.is_some()
+    }
+
+    /// Its latest check failed with an error that is not "down": the checker is refused or
+    /// turned away, and the server's state is unknown.
+    pub fn problem(&self) -> Option<&CheckError> {
+        self.last_error.as_ref().filter(|e| self.failure_count > 0 && e.kind() != ErrorKind::Down)
     }
 
     /// Healthy and says it is a primary (fence and cluster identity are checked elsewhere).
@@ -128,7 +206,22 @@ impl Backend {
         self.obs.as_ref().and_then(Observation::lsn)
     }
 
+    /// The timeline it is on: a primary's current one; a standby's latest known (streamed or
+    /// replayed).
     pub fn timeline(&self) -> u32 {
-        self.obs.as_ref().and_then(|o| o.timeline).unwrap_or(0)
+        let seen = self.obs.as_ref().and_then(|o| o.timeline).unwrap_or(0);
+        if self.in_recovery() {
+            seen.max(self.streamed_timeline.unwrap_or(0))
+        } else {
+            seen
+        }
+    }
+
+    pub fn streaming(&self) -> bool {
+        self.obs.as_ref().is_some_and(Observation::streaming)
+    }
+
+    pub fn upstream(&self) -> Option<&str> {
+        self.obs.as_ref()?.receiver.as_ref()?.upstream.as_deref()
     }
 }

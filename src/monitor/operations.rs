@@ -1,0 +1,236 @@
+//! What the monitor does *to* backends, as opposed to checking them: promote a standby,
+//! stop and resume writes on a primary (switchover), wait for a standby to replay a
+//! position, re-point a standby at a new primary. Each runs on its own connection, bounded,
+//! and reports a typed outcome the state machine understands.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_postgres::Client;
+
+use crate::config::BackendConfig;
+
+use super::check_error::CheckError;
+use super::conninfo::{self, ConninfoError};
+use super::observation::{format_lsn, parse_lsn, Observation};
+use super::probe::{connect, first_row, observe, tls_connector};
+
+/// Why an operation did not do what it was asked.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OpError {
+    #[error("{0}")]
+    Check(#[from] CheckError),
+    /// Switchover: client sessions that could not be ended (they might still write).
+    #[error("{0} client session(s) could not be ended, so writes cannot be ruled out")]
+    SessionsRemain(u64),
+    /// Switchover: the candidate did not replay far enough in time.
+    #[error("it replayed WAL only up to {} of {} within {}", .replayed.map(format_lsn).unwrap_or_else(|| "nothing".into()), format_lsn(*.target), humantime::format_duration(*.within))]
+    Behind { replayed: Option<u64>, target: u64, within: Duration },
+    #[error("{0}")]
+    Conninfo(#[from] ConninfoError),
+}
+
+/// How a promotion request ended, when it did not end with a primary.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PromoteError {
+    /// The request never reached the server: nothing was promoted.
+    #[error("could not ask for the promotion: {0}")]
+    NotSent(CheckError),
+    /// The server refused it (e.g. permission denied): nothing was promoted.
+    #[error("the server refused the promotion: {0}")]
+    Refused(CheckError),
+    /// Asked, but not finished in time: the promotion may still complete.
+    #[error("{0}")]
+    Pending(String),
+}
+
+/// Runs `pg_promote(true, …)` on a standby and returns its first observation as a primary.
+/// A read-only default left behind by a switchover (set with ALTER SYSTEM) is cleared first.
+pub async fn promote(b: &BackendConfig, timeout: Duration, check_timeout: Duration) -> Result<Observation, PromoteError> {
+    let tls = if b.ssl { Some(tls_connector(b).map_err(PromoteError::NotSent)?) } else { None };
+    let client = connect(b, check_timeout, tls, None).await.map_err(PromoteError::NotSent)?;
+    if let Err(e) = clear_read_only_leftover(&client, check_timeout).await {
+        tracing::warn!(backend = %b.name, error = %e, "could not clear a leftover default_transaction_read_only before promoting");
+    }
+    let secs = timeout.as_secs_f64().ceil().clamp(1.0, i32::MAX as f64) as u64;
+    let asked = tokio::time::timeout(Duration::from_secs(secs) + check_timeout, client.simple_query(&format!("SELECT pg_promote(true, {secs})"))).await;
+    match asked {
+        Err(_) => return Err(PromoteError::Pending(format!("pg_promote did not return within {secs}s"))),
+        // "recovery is not in progress": it is a primary already.
+        Ok(Err(e)) if e.code().map(|c| c.code()) == Some("55000") => {}
+        Ok(Err(e)) if e.as_db_error().is_some() => return Err(PromoteError::Refused(CheckError::from_postgres(&e))),
+        Ok(Err(e)) => return Err(PromoteError::Pending(format!("the connection broke while promoting: {}", CheckError::from_postgres(&e)))),
+        Ok(Ok(rows)) if first_row(&rows).and_then(|r| r.get(0)) != Some("t") => {
+            return Err(PromoteError::Pending(format!("pg_promote did not finish within {secs}s")));
+        }
+        Ok(Ok(_)) => {}
+    }
+    // pg_promote returns once recovery has ended; confirm from the server's own answer.
+    let deadline = Instant::now() + check_timeout.max(Duration::from_secs(1));
+    loop {
+        match tokio::time::timeout_at(deadline, observe(&client)).await {
+            Ok(Ok(obs)) if !obs.in_recovery => return Ok(obs),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(PromoteError::Pending(format!("promoted, but the check after it failed: {e}"))),
+            Err(_) => return Err(PromoteError::Pending("promoted, but it did not report leaving recovery in time".into())),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `default_transaction_read_only = on` written by ALTER SYSTEM (a switchover's, possibly
+/// carried over by a base backup) is reset: a server about to be routed writes must accept
+/// them.
+async fn clear_read_only_leftover(client: &Client, bound: Duration) -> Result<(), CheckError> {
+    let rows = query(client, bound, "SELECT setting, sourcefile FROM pg_settings WHERE name = 'default_transaction_read_only'").await?;
+    let row = first_row(&rows);
+    let on = row.and_then(|r| r.get(0)) == Some("on");
+    let from_alter_system = row.and_then(|r| r.get(1)).is_some_and(|f| f.ends_with("postgresql.auto.conf"));
+    if on && from_alter_system {
+        query(client, bound, "ALTER SYSTEM RESET default_transaction_read_only").await?;
+        query(client, bound, "SELECT pg_reload_conf()").await?;
+    }
+    Ok(())
+}
+
+/// Switchover, first half: make the primary refuse writes and end every client session on
+/// it (through the proxy or not), then return a WAL position that every acknowledged commit
+/// lies before and that the standbys are sure to receive.
+pub async fn stop_writes(b: &BackendConfig, check_timeout: Duration, bound: Duration) -> Result<u64, OpError> {
+    let deadline = Instant::now() + bound;
+    let client = connect_to(b, check_timeout).await?;
+    query(&client, check_timeout, "ALTER SYSTEM SET default_transaction_read_only = on").await?;
+    query(&client, check_timeout, "SELECT pg_reload_conf()").await?;
+    // Our own session sees the new default once the postmaster has re-read the file, and
+    // from then on every new backend starts read-only.
+    wait_setting(&client, "on", deadline).await?;
+    let others = "FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() \
+                  AND application_name IS DISTINCT FROM 'pgfailover-health'";
+    loop {
+        // pg_terminate_backend(pid, timeout) waits until the backend has exited, so a commit
+        // it was writing is in the WAL before the position is read below.
+        query(&client, check_timeout * 4, &format!("SELECT count(pg_terminate_backend(pid, 1000)) {others}")).await?;
+        let left = count(&query(&client, check_timeout, &format!("SELECT count(*) {others}")).await?);
+        if left == 0 {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(OpError::SessionsRemain(left));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rows = query(&client, check_timeout, "SELECT pg_current_wal_insert_lsn()::text").await?;
+    let lsn = first_row(&rows)
+        .and_then(|r| r.get(0))
+        .and_then(parse_lsn)
+        .ok_or_else(|| CheckError::Protocol("no WAL position".into()))?;
+    // A commit of our own, flushed locally: it lies after every acknowledged commit and
+    // forces all WAL before it to disk, so the standbys receive everything up to `lsn`
+    // even when the last records were written asynchronously.
+    query(
+        &client,
+        check_timeout,
+        "BEGIN READ WRITE; SET LOCAL synchronous_commit = local; SELECT pg_current_xact_id(); COMMIT",
+    )
+    .await?;
+    Ok(lsn)
+}
+
+/// Undoes [`stop_writes`]: the server accepts writes again.
+pub async fn allow_writes(b: &BackendConfig, check_timeout: Duration) -> Result<(), OpError> {
+    let client = connect_to(b, check_timeout).await?;
+    query(&client, check_timeout, "ALTER SYSTEM RESET default_transaction_read_only").await?;
+    query(&client, check_timeout, "SELECT pg_reload_conf()").await?;
+    wait_setting(&client, "off", Instant::now() + check_timeout * 4).await
+}
+
+/// Polls a standby until it has replayed up to `target` (bounded by `within`).
+pub async fn await_replay(b: &BackendConfig, target: u64, check_timeout: Duration, within: Duration) -> Result<u64, OpError> {
+    let deadline = Instant::now() + within;
+    let client = connect_to(b, check_timeout).await?;
+    let mut replayed = None;
+    loop {
+        let rows = query(&client, check_timeout, "SELECT pg_last_wal_replay_lsn()::text").await?;
+        replayed = first_row(&rows).and_then(|r| r.get(0)).and_then(parse_lsn).or(replayed);
+        if replayed >= Some(target) {
+            return Ok(replayed.unwrap_or(target));
+        }
+        if Instant::now() >= deadline {
+            return Err(OpError::Behind { replayed, target, within });
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// What re-pointing did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Repointed {
+    /// The replication slot made sure of on the new primary.
+    pub slot: Option<String>,
+    /// False when `primary_conninfo` already named the new primary.
+    pub changed: bool,
+}
+
+/// Points `standby`'s WAL receiver at `primary`: its `primary_conninfo` gets the primary's
+/// host and port (everything else kept), its replication slot is created on the primary if
+/// missing (slots are not carried over by a promotion), and the configuration is reloaded.
+/// With `recovery_target_timeline = 'latest'` (the default) it then follows the new timeline.
+pub async fn repoint(standby: &BackendConfig, primary: &BackendConfig, check_timeout: Duration) -> Result<Repointed, OpError> {
+    let s = connect_to(standby, check_timeout).await?;
+    let setting = |rows: &[tokio_postgres::SimpleQueryMessage]| first_row(rows).and_then(|r| r.get(0)).unwrap_or("").to_string();
+    let current = setting(&query(&s, check_timeout, "SHOW primary_conninfo").await?);
+    let slot = setting(&query(&s, check_timeout, "SHOW primary_slot_name").await?);
+    let wanted = conninfo::repoint(&current, &primary.host, primary.port)?;
+    let slot = (!slot.is_empty()).then_some(slot);
+    if let Some(name) = &slot {
+        let p = connect_to(primary, check_timeout).await?;
+        let create = "SELECT pg_create_physical_replication_slot($1, true) \
+                      WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)";
+        tokio::time::timeout(check_timeout, p.query(create, &[name]))
+            .await
+            .map_err(|_| CheckError::Timeout(check_timeout))?
+            .map_err(|e| CheckError::from_postgres(&e))?;
+    }
+    let changed = conninfo::address(&current) != conninfo::address(&wanted);
+    if changed {
+        // ALTER SYSTEM takes no parameters: let the server quote the literal.
+        let quoted = tokio::time::timeout(check_timeout, s.query_one("SELECT quote_literal($1::text)", &[&wanted]))
+            .await
+            .map_err(|_| CheckError::Timeout(check_timeout))?
+            .map_err(|e| CheckError::from_postgres(&e))?;
+        let literal: String = quoted.get(0);
+        query(&s, check_timeout, &format!("ALTER SYSTEM SET primary_conninfo = {literal}")).await?;
+        query(&s, check_timeout, "SELECT pg_reload_conf()").await?;
+    }
+    Ok(Repointed { slot, changed })
+}
+
+async fn connect_to(b: &BackendConfig, check_timeout: Duration) -> Result<Client, CheckError> {
+    let tls = if b.ssl { Some(tls_connector(b)?) } else { None };
+    connect(b, check_timeout, tls, None).await
+}
+
+async fn query(client: &Client, bound: Duration, sql: &str) -> Result<Vec<tokio_postgres::SimpleQueryMessage>, CheckError> {
+    match tokio::time::timeout(bound, client.simple_query(sql)).await {
+        Ok(r) => r.map_err(|e| CheckError::from_postgres(&e)),
+        Err(_) => Err(CheckError::Timeout(bound)),
+    }
+}
+
+fn count(rows: &[tokio_postgres::SimpleQueryMessage]) -> u64 {
+    first_row(rows).and_then(|r| r.get(0)).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// Waits until this session sees `default_transaction_read_only = want`.
+async fn wait_setting(client: &Client, want: &str, deadline: Instant) -> Result<(), OpError> {
+    loop {
+        let rows = query(client, Duration::from_secs(5), "SHOW default_transaction_read_only").await?;
+        if first_row(&rows).and_then(|r| r.get(0)) == Some(want) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(CheckError::Protocol(format!("default_transaction_read_only did not become {want} after pg_reload_conf()")).into());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
