@@ -35,7 +35,14 @@ pub struct Proxy {
     shutdown: CancellationToken,
     /// Cancelled when the health monitor died: the proxy routes nothing and must exit.
     fatal: CancellationToken,
-    done: JoinHandle<()>,
+    done: Option<JoinHandle<()>>,
+}
+
+impl Drop for Proxy {
+    /// Dropping the handle stops the proxy (sessions drain as on SIGTERM).
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
 }
 
 impl Proxy {
@@ -91,7 +98,7 @@ impl Proxy {
             tasks.close();
             tasks.wait().await;
         });
-        Ok(Proxy { client_addr, admin_addr, monitor, metrics, shutdown, fatal, done })
+        Ok(Proxy { client_addr, admin_addr, monitor, metrics, shutdown, fatal, done: Some(done) })
     }
 
     /// Resolves if the health monitor dies (a bug): the route is already cleared and the
@@ -106,7 +113,9 @@ impl Proxy {
     }
 
     /// Waits until every task has ended (after [`shutdown`](Self::shutdown)).
-    pub async fn stopped(self) {
-        let _ = self.done.await;
+    pub async fn stopped(mut self) {
+        if let Some(done) = self.done.take() {
+            let _ = done.await;
+        }
     }
 }

@@ -93,12 +93,13 @@ async fn every_documented_status_is_real() {
     let r = call(&mut seen, a, "POST", "/failover/unfence", Some(TOKEN), "{\"target\": \"pg-a\"}").await;
     assert_eq!(r.status, 200, "{}", r.body);
 
-    // A promotion that cannot finish (the target hangs): 502, and pg-b stays primary.
+    // A forced promotion that cannot reach its target (it hangs): 502, nothing was promoted
+    // and pg-b keeps the route.
     c.hang(2).unwrap();
-    let r = call(&mut seen, a, "POST", "/failover/trigger", Some(TOKEN), "{\"target\": \"pg-c\"}").await;
+    let r = call(&mut seen, a, "POST", "/failover/trigger", Some(TOKEN), "{\"target\": \"pg-c\", \"force\": true}").await;
     c.resume(2);
     assert_eq!(r.status, 502, "{}", r.body);
-    assert!(r.json()["error"].as_str().unwrap().contains("pg-b stays primary"), "{}", r.body);
+    assert!(r.json()["error"].as_str().unwrap().contains("nothing was promoted"), "{}", r.body);
     assert_eq!(p.monitor.status().current_primary.as_deref(), Some("pg-b"));
     assert_eq!(call(&mut seen, a, "GET", "/ready", None, "").await.status, 200);
 

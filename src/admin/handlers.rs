@@ -174,7 +174,7 @@ async fn trigger(ctx: &AdminContext, body: TargetBody, caller: &str) -> Reply {
             .borrow_and_update()
             .failover_in_progress
             .as_ref()
-            .is_some_and(|f| matches!(f.phase, "stopping_writes" | "catching_up" | "undoing"));
+            .is_some_and(|f| matches!(f.phase, "stopping_writes" | "catching_up" | "cascading" | "undoing"));
         let wait_until = if switching { None } else { Some(deadline) };
         tokio::select! {
             o = &mut outcome => break o.ok(),

@@ -26,7 +26,9 @@
 //!   the candidate, or that it refused, promoted nothing: the next candidate may be tried.
 //! - **Switchover.** A trigger while the primary is healthy (without `force`): route cleared,
 //!   writes stopped on the old primary (`StoppingWrites`), the candidate waits until it has
-//!   replayed the old primary's final position (`CatchingUp`), then `Promoting`. If it
+//!   replayed the old primary's final position (`CatchingUp`), the other standbys are
+//!   re-pointed to stream from the candidate (`Cascading`: the old primary, still up, keeps
+//!   writing a little background WAL that must not reach them), then `Promoting`. If it
 //!   cannot catch up, or a step fails, everything is undone (`Undoing`: writes allowed
 //!   again, then the route goes back). A completed switchover lost nothing.
 //! - `promote = never`: no promotion; the first backend another manager promoted is
@@ -89,6 +91,8 @@ pub struct Settings {
     pub interval: Duration,
     /// Re-point standbys at a new primary (`failover.repoint_standbys`, auto mode only).
     pub repoint_standbys: bool,
+    /// Bound on a switchover's wait for the other standbys to stream from the candidate.
+    pub switchover_wait: Duration,
 }
 
 impl Settings {
@@ -181,6 +185,10 @@ pub enum Step {
     StoppingWrites,
     /// Switchover: the candidate is replaying up to the old primary's final position.
     CatchingUp { lsn: u64 },
+    /// Switchover: the other standbys are re-pointed at the candidate (cascading from it),
+    /// so they receive nothing the candidate lacks and follow its promotion; waited for up
+    /// to `switchover_wait` since `since`.
+    Cascading { since: Instant },
     /// `pg_promote` was asked for on the candidate: committed.
     Promoting,
     /// Switchover undone: writes are being allowed again on the old primary, which then
@@ -400,6 +408,8 @@ impl Machine {
         if let Some(r) = self.backends[standby].repoint.as_mut().filter(|r| r.primary == primary) {
             r.outcome = Some(outcome);
         }
+        // See the new upstream soon rather than at the next interval.
+        acts.push(Action::CheckNow(standby));
         self.evaluate(now, &mut acts);
         acts
     }

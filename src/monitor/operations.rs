@@ -15,6 +15,9 @@ use super::conninfo::{self, ConninfoError};
 use super::observation::{format_lsn, parse_lsn, Observation};
 use super::probe::{connect, first_row, observe, tls_connector};
 
+/// The shortest bound on a switchover's waits, however small `trigger_wait` is.
+pub const MIN_WAIT: Duration = Duration::from_secs(1);
+
 /// Why an operation did not do what it was asked.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum OpError {
@@ -97,7 +100,8 @@ async fn clear_read_only_leftover(client: &Client, bound: Duration) -> Result<()
 /// it (through the proxy or not), then return a WAL position that every acknowledged commit
 /// lies before and that the standbys are sure to receive.
 pub async fn stop_writes(b: &BackendConfig, check_timeout: Duration, bound: Duration) -> Result<u64, OpError> {
-    let deadline = Instant::now() + bound;
+    // Reloading and ending sessions take a moment whatever the operator's wait.
+    let deadline = Instant::now() + bound.max(MIN_WAIT);
     let client = connect_to(b, check_timeout).await?;
     query(&client, check_timeout, "ALTER SYSTEM SET default_transaction_read_only = on").await?;
     query(&client, check_timeout, "SELECT pg_reload_conf()").await?;
@@ -119,11 +123,10 @@ pub async fn stop_writes(b: &BackendConfig, check_timeout: Duration, bound: Dura
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let rows = query(&client, check_timeout, "SELECT pg_current_wal_insert_lsn()::text").await?;
-    let lsn = first_row(&rows)
-        .and_then(|r| r.get(0))
-        .and_then(parse_lsn)
-        .ok_or_else(|| CheckError::Protocol("no WAL position".into()))?;
+    let rows = query(&client, check_timeout, "SELECT l::text, (pg_walfile_name_offset(l)).file_offset FROM pg_current_wal_insert_lsn() AS l").await?;
+    let row = first_row(&rows);
+    let lsn = row.and_then(|r| r.get(0)).and_then(parse_lsn).ok_or_else(|| CheckError::Protocol("no WAL position".into()))?;
+    let offset: u64 = row.and_then(|r| r.get(1)).and_then(|o| o.parse().ok()).unwrap_or(u64::MAX);
     // A commit of our own, flushed locally: it lies after every acknowledged commit and
     // forces all WAL before it to disk, so the standbys receive everything up to `lsn`
     // even when the last records were written asynchronously.
@@ -133,7 +136,24 @@ pub async fn stop_writes(b: &BackendConfig, check_timeout: Duration, bound: Dura
         "BEGIN READ WRITE; SET LOCAL synchronous_commit = local; SELECT pg_current_xact_id(); COMMIT",
     )
     .await?;
-    Ok(lsn)
+    Ok(record_end(lsn, offset))
+}
+
+/// The end of the last record before insert position `lsn` (at `offset` in its WAL
+/// segment). When nothing was written on the current page yet, the insert position lies
+/// just past the page header, where no record ever ends: a standby that replayed
+/// everything reports the page boundary instead.
+fn record_end(lsn: u64, offset: u64) -> u64 {
+    const PAGE: u64 = 8192;
+    const SHORT_HEADER: u64 = 24;
+    const LONG_HEADER: u64 = 40;
+    if offset == LONG_HEADER {
+        lsn - LONG_HEADER
+    } else if offset != u64::MAX && offset % PAGE == SHORT_HEADER {
+        lsn - SHORT_HEADER
+    } else {
+        lsn
+    }
 }
 
 /// Undoes [`stop_writes`]: the server accepts writes again.
@@ -146,6 +166,7 @@ pub async fn allow_writes(b: &BackendConfig, check_timeout: Duration) -> Result<
 
 /// Polls a standby until it has replayed up to `target` (bounded by `within`).
 pub async fn await_replay(b: &BackendConfig, target: u64, check_timeout: Duration, within: Duration) -> Result<u64, OpError> {
+    let within = within.max(MIN_WAIT);
     let deadline = Instant::now() + within;
     let client = connect_to(b, check_timeout).await?;
     let mut replayed = None;
@@ -203,6 +224,19 @@ pub async fn repoint(standby: &BackendConfig, primary: &BackendConfig, check_tim
         query(&s, check_timeout, "SELECT pg_reload_conf()").await?;
     }
     Ok(Repointed { slot, changed })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::record_end;
+
+    #[test]
+    fn insert_positions_past_a_page_header_are_brought_back_to_the_record_end() {
+        assert_eq!(record_end(0x400_0028, 40), 0x400_0000, "segment start: long header");
+        assert_eq!(record_end(0x400_2018, 8192 + 24), 0x400_2000, "page start: short header");
+        assert_eq!(record_end(0x400_2028, 8192 + 40), 0x400_2028, "16 bytes into a page: a record ends there");
+        assert_eq!(record_end(0x400_0150, 0x150), 0x400_0150);
+    }
 }
 
 async fn connect_to(b: &BackendConfig, check_timeout: Duration) -> Result<Client, CheckError> {

@@ -71,7 +71,7 @@ pub struct InFlightStatus {
     pub reason: String,
     pub trigger: String,
     /// `confirming`, `waiting_for_candidate`, `waiting_for_external_promotion`,
-    /// `stopping_writes`, `catching_up`, `promoting` or `undoing`.
+    /// `stopping_writes`, `catching_up`, `cascading`, `promoting` or `undoing`.
     pub phase: &'static str,
     /// A planned switchover (writes stopped first).
     pub switchover: bool,

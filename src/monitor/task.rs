@@ -83,10 +83,12 @@ pub fn spawn(
         check_timeout: cfg.health.timeout,
         interval: cfg.health.interval,
         repoint_standbys: cfg.failover.repoint_standbys,
+        switchover_wait: cfg.failover.trigger_wait,
     };
     let mut machine = Machine::new(settings, &names, &fenced);
     for (b, c) in machine.backends.iter_mut().zip(backends.iter()) {
-        b.address = c.address();
+        // As pg_stat_wal_receiver shows an upstream: sender_host:sender_port.
+        b.address = format!("{}:{}", c.host, c.port);
     }
     let (commands, rx) = mpsc::channel(256);
     let first = Status::build(&machine, &backends, route.current().epoch, &route.current().reason);
@@ -329,6 +331,8 @@ impl MonitorTask {
     }
 
     fn apply_all(&mut self, acts: Vec<Action>) {
+        // Operators are answered last, once the status they will read is published.
+        let (answers, acts): (Vec<Action>, Vec<Action>) = acts.into_iter().partition(|a| matches!(a, Action::Concluded { .. }));
         for a in acts {
             self.apply(a);
         }
@@ -337,6 +341,9 @@ impl MonitorTask {
             h.set_fences(fences);
         }
         self.publish();
+        for a in answers {
+            self.apply(a);
+        }
     }
 
     /// Runs an operation on its own task and feeds its outcome back as a command.

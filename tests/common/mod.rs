@@ -155,7 +155,15 @@ pub fn proxy_config(c: &Cluster, tweak: impl FnOnce(&mut Config)) -> Config {
 }
 
 pub async fn start_proxy(cfg: Config) -> pgfailover::server::Proxy {
+    init_logs();
     pgfailover::server::Proxy::start(cfg).await.expect("proxy starts")
+}
+
+/// The proxy's logs in the test output when `RUST_LOG` is set (e.g. `RUST_LOG=pgfailover=info`).
+pub fn init_logs() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
+    }
 }
 
 /// Polls the proxy's status until `cond` holds.

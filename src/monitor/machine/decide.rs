@@ -58,6 +58,10 @@ impl Machine {
                     self.advance(now, acts);
                 }
             }
+            (Step::Cascading { since }, Some(c)) => {
+                let since = *since;
+                self.after_cascade(c, since, now, acts);
+            }
             (Step::Waiting, _) => {
                 let from = f.from;
                 if let Some(p) = from.filter(|p| self.came_back(*p)) {
@@ -81,6 +85,7 @@ impl Machine {
             Some(Step::Waiting) => "waiting_for_candidate",
             Some(Step::StoppingWrites) => "stopping_writes",
             Some(Step::CatchingUp { .. }) => "catching_up",
+            Some(Step::Cascading { .. }) => "cascading",
             Some(Step::Promoting) => "promoting",
             Some(Step::Undoing { .. }) => "undoing",
         }
@@ -161,6 +166,7 @@ impl Machine {
                 Step::Waiting => format!("no standby can be promoted: {}", self.eligibility_report()),
                 Step::StoppingWrites => "switchover: stopping writes on the old primary".into(),
                 Step::CatchingUp { .. } => "switchover: the standby is replaying the old primary's last writes".into(),
+                Step::Cascading { .. } => "switchover: the other standbys are switching to stream from the new primary".into(),
                 Step::Promoting => format!("promoting {}", f.to.map(|c| self.backends[c].name.as_str()).unwrap_or("a standby")),
                 Step::Undoing { .. } => "switchover undone: the old primary is being made writable again".into(),
             };

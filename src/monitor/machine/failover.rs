@@ -345,13 +345,65 @@ impl Machine {
     /// or could not in time (undo).
     pub(super) fn after_catch_up(&mut self, c: usize, result: Result<u64, OpError>, now: Now, acts: &mut Vec<Action>) {
         match result {
-            Ok(_) => self.begin_promotion(c, now, acts),
+            Ok(_) => {
+                let others = self.cascade_candidates(c);
+                if others.is_empty() || !self.settings.repoint_standbys {
+                    return self.begin_promotion(c, now, acts);
+                }
+                if let Some(f) = self.in_flight.as_mut() {
+                    f.step = Step::Cascading { since: now.mono };
+                }
+                for s in others {
+                    tracing::info!(standby = %self.backends[s].name, upstream = %self.backends[c].name, "switchover: the standby will stream from the candidate");
+                    self.backends[s].repoint = Some(super::Repoint { primary: c, at: now.mono, outcome: None });
+                    acts.push(Action::Repoint { standby: s, primary: c });
+                }
+            }
             Err(e) => {
                 let old = self.in_flight.as_ref().and_then(|f| f.from).map(|p| self.backends[p].name.clone()).unwrap_or_default();
                 let reason = format!("{} did not catch up: {e}; switchover undone, {old} stays primary and nothing was lost", self.backends[c].name);
                 self.undo(Outcome::Aborted(reason), now, acts);
             }
         }
+    }
+
+    /// Standbys (other than the candidate) that should stream from the candidate before it
+    /// is promoted.
+    pub(super) fn cascade_candidates(&self, c: usize) -> Vec<usize> {
+        let from = self.in_flight.as_ref().and_then(|f| f.from);
+        (0..self.backends.len())
+            .filter(|s| *s != c && Some(*s) != from)
+            .filter(|s| {
+                let b = &self.backends[*s];
+                b.healthy && b.in_recovery() && self.same_cluster(*s) && b.fence.is_none()
+            })
+            .collect()
+    }
+
+    /// Switchover: promotes the candidate once every other standby streams from it (or its
+    /// re-point failed, or the wait is over: it may then need rebuilding, which its status
+    /// will say).
+    pub(super) fn after_cascade(&mut self, c: usize, since: std::time::Instant, now: Now, acts: &mut Vec<Action>) {
+        let addr = self.backends[c].address.clone();
+        let pending: Vec<usize> = self
+            .cascade_candidates(c)
+            .into_iter()
+            .filter(|s| {
+                let b = &self.backends[*s];
+                let done = b.streaming() && b.upstream() == Some(addr.as_str());
+                let failed = matches!(b.repoint.as_ref().map(|r| &r.outcome), Some(Some(Err(_))));
+                !done && !failed
+            })
+            .collect();
+        let waited = now.mono.saturating_duration_since(since);
+        if !pending.is_empty() && waited < self.settings.switchover_wait.max(crate::monitor::operations::MIN_WAIT) {
+            return;
+        }
+        if !pending.is_empty() {
+            let names: Vec<&str> = pending.iter().map(|s| self.backends[*s].name.as_str()).collect();
+            tracing::warn!(standbys = %names.join(", "), "switchover: promoting although these standbys do not stream from the candidate yet");
+        }
+        self.begin_promotion(c, now, acts);
     }
 
     /// Undoes a switchover: the old primary is made writable again; once it is, it gets the

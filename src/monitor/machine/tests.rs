@@ -16,6 +16,7 @@ fn settings(promote: PromoteMode) -> Settings {
         check_timeout: Duration::from_millis(250),
         interval: Duration::from_millis(250),
         repoint_standbys: true,
+        switchover_wait: Duration::from_secs(2),
     }
 }
 

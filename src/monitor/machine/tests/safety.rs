@@ -261,3 +261,38 @@ fn a_standby_without_a_wal_receiver_is_not_eligible_and_is_repointed_after_a_whi
     m.repointed(1, 0, Err(err), c.tick());
     assert!(m.not_eligible(1).unwrap().contains("re-pointing it at pg-a failed: primary_conninfo is empty"));
 }
+
+/// A switchover with a second standby: before the candidate is promoted, the other standby
+/// is pointed at it and must stream from it, so it never receives the old primary's last
+/// background WAL (which would leave it diverged from the new timeline).
+#[test]
+fn a_switchover_cascades_the_other_standbys_from_the_candidate_first() {
+    let (mut m, mut c) = running(3, PromoteMode::Auto);
+    for (i, b) in m.backends.iter_mut().enumerate() {
+        b.address = format!("127.0.0.1:{}", 5432 + i);
+    }
+    let (started, _) = trigger(&mut m, &mut c, Some("pg-b"), false).unwrap();
+    m.writes_stopped(started.attempt, 0, Ok(5000), c.tick());
+    let acts = m.replayed(started.attempt, 1, Ok(5000), c.tick());
+    assert!(acts.contains(&Action::Repoint { standby: 2, primary: 1 }), "{acts:?}");
+    assert!(promotes(&acts).is_empty());
+    assert_eq!(m.phase(), "cascading");
+    let acts = m.repointed(2, 1, Ok(Repointed { slot: None, changed: true }), c.tick());
+    assert!(acts.contains(&Action::CheckNow(2)));
+    assert!(promotes(&acts).is_empty(), "still streaming from pg-a");
+    let mut cascaded = standby(5000, 1);
+    cascaded.receiver = Some(Receiver { status: "streaming".into(), timeline: Some(1), upstream: Some("127.0.0.1:5433".into()) });
+    let acts = see(&mut m, &mut c, 2, cascaded);
+    assert_eq!(promotes(&acts), [1]);
+
+    // A standby that never switches does not hold the switchover forever.
+    let (mut m, mut c) = running(3, PromoteMode::Auto);
+    let (started, _) = trigger(&mut m, &mut c, Some("pg-b"), false).unwrap();
+    m.writes_stopped(started.attempt, 0, Ok(5000), c.tick());
+    m.replayed(started.attempt, 1, Ok(5000), c.tick());
+    let mut acts = Vec::new();
+    for _ in 0..25 {
+        acts.extend(see(&mut m, &mut c, 2, standby(5000, 1)));
+    }
+    assert_eq!(promotes(&acts), [1], "promoted after switchover_wait (2s)");
+}
