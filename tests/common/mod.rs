@@ -245,3 +245,70 @@ pub async fn post(addr: SocketAddr, path: &str, token: Option<&str>, body: &str)
     }
     http(addr, "POST", path, &headers, body.as_bytes()).await
 }
+
+/// A writer that inserts sequential ids through the proxy and remembers which inserts were
+/// acknowledged: the ledger a failover must not lose. Each insert is its own transaction;
+/// a failed one is retried on a new connection with the next id.
+pub struct Ledger {
+    pub acked: Arc<std::sync::Mutex<Vec<i64>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    task: JoinHandle<()>,
+}
+
+impl Ledger {
+    /// Creates table `ledger` (through the proxy) and starts writing.
+    pub async fn start(addr: SocketAddr, password: &str) -> Ledger {
+        connect(addr, password).await.batch_execute("create table if not exists ledger(id bigint primary key)").await.unwrap();
+        let acked = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (a, s, pw) = (acked.clone(), stop.clone(), password.to_string());
+        let task = tokio::spawn(async move {
+            let mut next = 1i64;
+            let mut client: Option<Client> = None;
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                if client.as_ref().is_none_or(|c| c.is_closed()) {
+                    client = tokio::time::timeout(Duration::from_secs(10), try_connect(addr, &pw)).await.ok().and_then(Result::ok);
+                    if client.is_none() {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                }
+                let c = client.as_ref().expect("connected above");
+                let id = next;
+                next += 1;
+                // Bounded: a commit waiting for a synchronous standby that is gone is not an
+                // acknowledgement.
+                match tokio::time::timeout(Duration::from_secs(5), c.execute("insert into ledger values ($1)", &[&id])).await {
+                    Ok(Ok(_)) => a.lock().unwrap().push(id),
+                    _ => client = None,
+                }
+            }
+        });
+        Ledger { acked, stop, task }
+    }
+
+    pub fn count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    /// Waits until `n` more inserts than now were acknowledged.
+    pub async fn advance(&self, n: usize, limit: Duration, what: &str) {
+        let target = self.count() + n;
+        eventually(limit, what, || async { (self.count() >= target).then_some(()) }).await;
+    }
+
+    /// Stops writing and returns every acknowledged id.
+    pub async fn finish(self) -> Vec<i64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.task.await;
+        let v = self.acked.lock().unwrap().clone();
+        v
+    }
+}
+
+/// Acknowledged ids missing on node `i` (read through the harness's own socket).
+pub fn missing_on(c: &Cluster, i: usize, acked: &[i64]) -> Vec<i64> {
+    let text = c.psql(i, "select id from ledger").expect("read the ledger");
+    let have: std::collections::HashSet<i64> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    acked.iter().copied().filter(|id| !have.contains(id)).collect()
+}
