@@ -85,6 +85,10 @@ impl Drop for Running {
 }
 
 fn spawn_proxy(c: &Cluster, grace: &str) -> Running {
+    spawn_proxy_with(c, grace, &[])
+}
+
+fn spawn_proxy_with(c: &Cluster, grace: &str, env: &[(&str, &str)]) -> Running {
     let client: SocketAddr = format!("127.0.0.1:{}", free_port().unwrap()).parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port().unwrap()).parse().unwrap();
     let cfg = config_file(&format!(
@@ -97,6 +101,7 @@ fn spawn_proxy(c: &Cluster, grace: &str) -> Running {
         .args(["--config", cfg.path().to_str().unwrap()])
         .env("DB_PASSWORD", &c.options.password)
         .env("RUST_LOG", "debug")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log.reopen().unwrap())
@@ -152,6 +157,19 @@ async fn sigterm_stops_accepting_drains_sessions_and_exits_0() {
     let log = std::fs::read_to_string(r.log.path()).unwrap();
     assert!(log.contains("draining"), "{log}");
     assert!(!log.contains(pw.as_str()), "the password appears in the log");
+}
+
+/// The health monitor dying (here by the debug build's fault injection) stops the process
+/// with a non-zero exit, so a supervisor restarts it; meanwhile it routed nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_monitor_makes_the_process_exit_non_zero() {
+    let c = cluster(0).await;
+    let mut r = spawn_proxy_with(&c, "300ms", &[("PGFAILOVER_DEBUG_CRASH_MONITOR_AFTER", "1s")]);
+    wait_ready(&r).await;
+    let code = eventually(LIMIT, "process exit", || std::future::ready(exit_code(&mut r))).await;
+    assert_eq!(code, 70, "EX_SOFTWARE");
+    let log = std::fs::read_to_string(r.log.path()).unwrap();
+    assert!(log.contains("health monitor died"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
