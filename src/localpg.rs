@@ -121,8 +121,26 @@ pub fn find_bindir() -> Result<PathBuf, LocalPgError> {
     found.pop().map(|(_, d)| d).ok_or(LocalPgError::NoBinaries)
 }
 
-/// A loopback port nobody listens on right now.
+/// A loopback port nobody uses right now, below the kernel's ephemeral range: a server
+/// restarted on it cannot find it taken by some outgoing connection's local port (which
+/// happens with ports from the ephemeral range while the server is down).
 pub fn free_port() -> std::io::Result<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next().and_then(|v| v.parse::<u32>().ok()))
+        .unwrap_or(32768);
+    let (start, span) = (low.saturating_sub(12000).max(1024), low.saturating_sub(1024).min(12000).max(1));
+    // Spread concurrent test processes over the range.
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let seed = std::process::id().wrapping_mul(7919) ^ nanos ^ NEXT.fetch_add(1, Ordering::Relaxed).wrapping_mul(104_729);
+    for k in 0..span {
+        let port = (start + (seed.wrapping_add(k * 7)) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -403,9 +421,10 @@ impl Cluster {
     }
 
     /// Runs a server tool as the clusters' owner (the `postgres` OS user when we are root).
+    /// Returns what it printed (stdout, then stderr).
     pub fn run_tool(&self, name: &str, args: &[&str]) -> Result<String, LocalPgError> {
         let out = self.run(self.tool(name).args(args))?;
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        Ok(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)).trim().to_string())
     }
 
     /// Waits until the primary (node 0) has `n` streaming standbys.

@@ -390,44 +390,51 @@ async fn probes_use_tls_when_configured() {
     assert!(!err.contains(&plain.options.password), "no password in errors");
 }
 
-/// The README's least-privilege recipe: a health-check role with `pg_monitor` and EXECUTE on
-/// `pg_promote` sees roles, timelines and lag, and can carry out the promotion itself.
+/// The README's least-privilege recipe: a role made exactly as shown there checks the servers
+/// (roles, timelines, lag, WAL receivers), carries out a zero-loss switchover (stopping writes,
+/// ending sessions, re-pointing the other standby at the candidate and creating its slot
+/// there) and an automatic failover.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_privilege_monitor_role_checks_and_promotes() {
-    let c = Arc::new(cluster(1).await);
-    c.psql(
-        0,
-        "CREATE ROLE pgf_monitor LOGIN PASSWORD 'monitor-pw' IN ROLE pg_monitor; \
-         GRANT EXECUTE ON FUNCTION pg_promote(boolean, integer) TO pgf_monitor;",
-    )
-    .unwrap();
+    let c = Arc::new(cluster(2).await);
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme.find("CREATE ROLE pgf_monitor LOGIN REPLICATION").expect("the recipe is in the README");
+    let recipe = &readme[start..start + readme[start..].find("```").unwrap()];
+    c.psql(0, &recipe.replace("'...'", "'monitor-pw'")).unwrap();
     eventually(LIMIT, "role replicated", || async {
-        (c.psql(1, "select count(*) from pg_roles where rolname = 'pgf_monitor'").ok()? == "1").then_some(())
+        (c.psql(2, "select count(*) from pg_roles where rolname = 'pgf_monitor'").ok()? == "1").then_some(())
     })
     .await;
     assert_eq!(c.psql(0, "select rolsuper from pg_roles where rolname = 'pgf_monitor'").unwrap(), "f");
     let p = start_proxy(proxy_config(&c, |cfg| {
+        cfg.admin_token = Some(pgfailover::config::Secret::new("t"));
         for b in std::iter::once(&mut cfg.primary).chain(cfg.standbys.iter_mut()) {
             b.user = String::from("pgf_monitor");
             b.password = Some(pgfailover::config::Secret::new("monitor-pw"));
         }
     }))
     .await;
-    let s = wait_status(&p, LIMIT, "both nodes checked by the unprivileged role", |s| {
+    let s = wait_status(&p, LIMIT, "every node checked by the unprivileged role", |s| {
         let b = backend(s, "pg-b");
-        s.state == State::Healthy && b.role == "standby" && b.promotion_eligible && b.lag_bytes.is_some() && b.timeline.is_some()
+        s.state == State::Healthy && b.promotion_eligible && b.lag_bytes.is_some() && b.timeline.is_some() && b.upstream.is_some()
     })
     .await;
     assert!(backend(&s, "pg-a").healthy && backend(&s, "pg-a").last_error.is_none());
     let probes = c.psql(0, "select count(*) from pg_stat_activity where usename = 'pgf_monitor'").unwrap();
     assert_ne!(probes, "0", "health checks log in as pgf_monitor");
 
+    let r = post(p.admin_addr, "/failover/trigger", Some("t"), "{\"target\": \"pg-b\"}").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(c.psql(0, "show default_transaction_read_only").unwrap(), "on");
+    wait_status(&p, LIMIT, "pg-c streams from pg-b", |s| backend(s, "pg-c").following_primary == Some(true)).await;
+    assert_eq!(c.psql(1, "select count(*) from pg_replication_slots where slot_name = 'slot_2'").unwrap(), "1", "pg-c's slot created on pg-b");
+
     let c2 = c.clone();
-    blocking(move || c2.kill(0).unwrap()).await;
-    let s = wait_status(&p, LIMIT, "pg-b promoted by the monitor role", |s| s.current_primary.as_deref() == Some("pg-b")).await;
-    assert_eq!(s.state, State::FailoverComplete);
-    assert_eq!(c.psql(1, "select pg_is_in_recovery()").unwrap(), "f");
+    blocking(move || c2.kill(1).unwrap()).await;
+    let s = wait_status(&p, LIMIT, "pg-c promoted by the monitor role", |s| s.current_primary.as_deref() == Some("pg-c")).await;
+    assert_eq!(s.failover_count, 2);
+    assert_eq!(c.psql(2, "select pg_is_in_recovery()").unwrap(), "f");
     let client = connect(p.client_addr, &c.options.password).await;
     client.batch_execute("create table after_failover(x int); insert into after_failover values (1)").await.unwrap();
-    assert_eq!(server_port(&client).await, c.nodes[1].port as i32);
+    assert_eq!(server_port(&client).await, c.nodes[2].port as i32);
 }

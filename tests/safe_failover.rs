@@ -276,3 +276,60 @@ async fn a_dead_monitor_fails_closed() {
     let msg = err.as_db_error().expect("a proper ErrorResponse").message().to_string();
     assert!(msg.contains("health monitor stopped"), "{msg}");
 }
+
+/// The README's steps to rejoin an old primary after a switchover, run as written: it comes
+/// back as a standby of the new primary, is unfenced by the proxy and can take over again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_rejoin_steps_make_the_old_primary_a_standby() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    for step in [
+        "pg_ctl -D \"$PGDATA\" stop -m fast",
+        "psql \"host=NEW_HOST port=NEW_PORT user=postgres dbname=postgres\" -c CHECKPOINT",
+        "pg_rewind --target-pgdata=\"$PGDATA\" --write-recovery-conf \\\n  --source-server=\"host=NEW_HOST port=NEW_PORT user=postgres dbname=postgres\"",
+        "cp \"$PGDATA/postgresql.conf\" \"$PGDATA/pg_hba.conf\" /tmp/",
+        "cp /tmp/postgresql.conf /tmp/pg_hba.conf \"$PGDATA/\"",
+        "sed -i '/^default_transaction_read_only\\|^primary_slot_name/d' \"$PGDATA/postgresql.auto.conf\"",
+    ] {
+        assert!(readme.contains(step), "the README shows: {step}");
+    }
+    let mut c = cluster(1).await;
+    let p = start_proxy(proxy_config(&c, |cfg| cfg.admin_token = Some(Secret::new(TOKEN)))).await;
+    routed(&p, "pg-a").await;
+    connect(p.client_addr, &c.options.password).await.batch_execute("create table before(i int); insert into before values (1)").await.unwrap();
+    let r = post(p.admin_addr, "/failover/trigger", Some(TOKEN), "").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let c = blocking(move || {
+        c.stop(0).unwrap();
+        c.psql(1, "CHECKPOINT").unwrap();
+        let data = c.nodes[0].data.to_string_lossy().to_string();
+        let own: Vec<(std::path::PathBuf, Vec<u8>)> = ["postgresql.conf", "pg_hba.conf"]
+            .iter()
+            .map(|f| (c.nodes[0].data.join(f), std::fs::read(c.nodes[0].data.join(f)).unwrap()))
+            .collect();
+        let source = format!("host=127.0.0.1 port={} user=postgres dbname=postgres password={}", c.nodes[1].port, c.options.password);
+        let out = c.run_tool("pg_rewind", &[&format!("--target-pgdata={data}"), "--write-recovery-conf", &format!("--source-server={source}")]).unwrap();
+        assert!(out.contains("Done!") || out.contains("no rewind required"), "{out}");
+        for (path, bytes) in own {
+            std::fs::write(path, bytes).unwrap();
+        }
+        let auto = c.nodes[0].data.join("postgresql.auto.conf");
+        let kept: String = std::fs::read_to_string(&auto)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with("default_transaction_read_only") && !l.starts_with("primary_slot_name"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&auto, kept).unwrap();
+        c.start_node(0).unwrap();
+        c
+    })
+    .await;
+    let s = wait_status(&p, LIMIT, "pg-a back as an eligible standby of pg-b", |s| {
+        let a = backend(s, "pg-a");
+        !a.fenced && a.role == "standby" && a.promotion_eligible
+    })
+    .await;
+    assert_eq!((s.current_primary.as_deref(), s.state), (Some("pg-b"), State::Healthy));
+    assert!(p.monitor.history(50).iter().any(|e| e.kind == EventKind::Unfence && e.from.as_deref() == Some("pg-a")));
+    assert_eq!(c.psql(0, "select count(*) from before").unwrap(), "1");
+}

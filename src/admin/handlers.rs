@@ -195,7 +195,7 @@ async fn trigger(ctx: &AdminContext, body: TargetBody, caller: &str) -> Reply {
         }
         Some(Outcome::Aborted(why)) => error(StatusCode::CONFLICT, &why),
         Some(Outcome::Failed(why)) => error(StatusCode::BAD_GATEWAY, &why),
-        None => error(StatusCode::SERVICE_UNAVAILABLE, crate::monitor::handle::STOPPED),
+        None => error(StatusCode::CONFLICT, crate::monitor::handle::STOPPED),
     }
 }
 

@@ -81,8 +81,9 @@ pub struct Backend {
     /// A standby without a streaming WAL receiver since.
     pub not_streaming_since: Option<Instant>,
     pub repoint: Option<Repoint>,
-    /// Set when it was promoted: the WAL position its new timeline began after. A standby
-    /// still on the old timeline with more WAL than this has diverged from it.
+    /// Set when it was promoted: its first WAL position as a primary (its new timeline began
+    /// at or before it). A standby still on the old timeline with more WAL than this has
+    /// diverged from it.
     pub fork_lsn: Option<u64>,
 }
 

@@ -121,7 +121,7 @@ impl Machine {
             if let (Some(lsn), Some(fork)) = (b.lsn(), p.fork_lsn) {
                 if lsn > fork {
                     why.push_str(&format!(
-                        "; its WAL reaches {} on the old timeline, past {} where {}'s timeline began: it has diverged and must be rebuilt (pg_rewind or pg_basebackup)",
+                        "; its WAL reaches {} on the old timeline, past {}, {}'s first position on its new timeline: it has diverged and must be rebuilt (pg_rewind or pg_basebackup)",
                         format_lsn(lsn),
                         format_lsn(fork),
                         p.name

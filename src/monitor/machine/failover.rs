@@ -179,7 +179,8 @@ impl Machine {
         self.counters.failovers += 1;
         self.last_failover_time = Some(now.wall);
         let to_lsn = f.to_lsn.or(self.backends[w].last_standby_lsn);
-        self.backends[w].fork_lsn = self.backends[w].last_standby_lsn;
+        // Its first position as a primary: the new timeline began at or before it.
+        self.backends[w].fork_lsn = self.backends[w].lsn();
         // A switchover promoted only after the candidate replayed the final position.
         let distance = if f.switchover { Some(0) } else { f.from_lsn.zip(to_lsn).map(|(a, b)| a.saturating_sub(b)) };
         let mut ev = self.event(now, EventKind::Failover, f.from, Some(w), f.reason.clone(), f.trigger.clone());
