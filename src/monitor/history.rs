@@ -60,17 +60,27 @@ pub struct Event {
 /// Backend name → its fence, as stored in `fences.json`.
 pub type Fences = BTreeMap<String, Fence>;
 
+/// What must survive a restart besides the events: the fences, and the backends a
+/// switchover left read-only (made writable again once they are the primary).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Kept {
+    pub fences: Fences,
+    #[serde(default)]
+    pub read_only: std::collections::BTreeSet<String>,
+}
+
 /// The event store: memory plus the optional journal.
 pub struct History {
     events: VecDeque<Event>,
     journal: Option<Journal>,
-    /// Fences as restored at start, then as last handed to the journal.
-    fences: Fences,
+    /// As restored at start, then as last handed to the journal.
+    kept: Kept,
 }
 
 impl History {
     pub fn in_memory() -> History {
-        History { events: VecDeque::new(), journal: None, fences: Fences::new() }
+        History { events: VecDeque::new(), journal: None, kept: Kept::default() }
     }
 
     /// Opens `dir` (creating it), loads the newest events and the fences, and starts the
@@ -86,18 +96,23 @@ impl History {
         for name in [journal::ROTATED, journal::CURRENT] {
             read_events(&dir.join(name), &mut events)?;
         }
-        let fences = match journal::read_fences(dir)? {
-            Some(f) => f,
+        let kept = match journal::read_kept(dir)? {
+            Some(k) => k,
             // No fence file yet (a journal from an older version): replay the events.
-            None => replay_fences(&events),
+            None => Kept { fences: replay_fences(&events), ..Kept::default() },
         };
         let journal = Journal::start(dir.to_path_buf(), rotate_bytes)?;
-        Ok(History { events, journal: Some(journal), fences })
+        Ok(History { events, journal: Some(journal), kept })
     }
 
     /// Fences restored at start.
     pub fn fences(&self) -> Fences {
-        self.fences.clone()
+        self.kept.fences.clone()
+    }
+
+    /// Backends a switchover left read-only, as restored at start.
+    pub fn read_only(&self) -> std::collections::BTreeSet<String> {
+        self.kept.read_only.clone()
     }
 
     /// Records an event: memory now, disk in the background.
@@ -113,11 +128,17 @@ impl History {
 
     /// Stores the current fences (in the background) when they changed.
     pub fn set_fences(&mut self, fences: Fences) {
-        if fences != self.fences {
+        let kept = Kept { fences, read_only: self.kept.read_only.clone() };
+        self.set_kept(kept);
+    }
+
+    /// Stores the fences and the read-only leftovers (in the background) when they changed.
+    pub fn set_kept(&mut self, kept: Kept) {
+        if kept != self.kept {
             if let Some(j) = &self.journal {
-                j.store_fences(&fences);
+                j.store(&kept);
             }
-            self.fences = fences;
+            self.kept = kept;
         }
     }
 

@@ -93,6 +93,9 @@ pub struct Settings {
     pub repoint_standbys: bool,
     /// Bound on a switchover's wait for the other standbys to stream from the candidate.
     pub switchover_wait: Duration,
+    /// `failover.promote_timeout`: a promotion still pending this long after it was asked
+    /// for is asked for again (`pg_promote` is idempotent).
+    pub promote_timeout: Duration,
 }
 
 impl Settings {
@@ -189,8 +192,9 @@ pub enum Step {
     /// so they receive nothing the candidate lacks and follow its promotion; waited for up
     /// to `switchover_wait` since `since`.
     Cascading { since: Instant },
-    /// `pg_promote` was asked for on the candidate: committed.
-    Promoting,
+    /// `pg_promote` was asked for on the candidate (last at `asked`; `pending` once the
+    /// request came back unfinished): committed.
+    Promoting { asked: Instant, pending: bool },
     /// Switchover undone: writes are being allowed again on the old primary, which then
     /// gets the route back.
     Undoing { outcome: Outcome },
@@ -281,6 +285,11 @@ pub struct Machine {
     pub last_failover_time: Option<SystemTime>,
     /// Numbers failover attempts.
     attempts: u64,
+    /// Backends whose writes a switchover stopped and that are not known to accept them
+    /// again (restored after a restart): made writable again once they are the primary.
+    pub read_only_left: std::collections::BTreeSet<usize>,
+    /// When an [`Action::AllowWrites`] for a leftover was last asked for.
+    allow_asked: Option<Instant>,
 }
 
 impl Machine {
@@ -293,9 +302,10 @@ impl Machine {
             .map(|(i, n)| {
                 let mut b = Backend::new(n.clone(), i == 0);
                 if let Some((_, f)) = fenced.iter().find(|(name, _)| name == n) {
-                    // Whatever it was, a fence restored after a restart means "do not route
-                    // here; writable again is a split brain".
-                    b.fence = Some(Fence { kind: FenceKind::Unreachable, reason: format!("fenced before restart: {}", f.reason) });
+                    // A fence restored after a restart means "do not route here; writable
+                    // again is a split brain" (a candidate given up keeps its stricter kind).
+                    let kind = if f.kind == FenceKind::PromotionAsked { FenceKind::PromotionAsked } else { FenceKind::Unreachable };
+                    b.fence = Some(Fence { kind, reason: format!("fenced before restart: {}", f.reason) });
                 }
                 b
             })
@@ -313,6 +323,8 @@ impl Machine {
             counters: Counters::default(),
             last_failover_time: None,
             attempts: 0,
+            read_only_left: Default::default(),
+            allow_asked: None,
         }
     }
 
@@ -343,7 +355,7 @@ impl Machine {
     /// The outcome of an [`Action::Promote`].
     pub fn promoted(&mut self, attempt: u64, i: usize, result: Result<Observation, PromoteError>, now: Now) -> Vec<Action> {
         let mut acts = Vec::new();
-        let ours = self.in_flight.as_ref().is_some_and(|f| f.attempt == attempt && f.to == Some(i) && f.step == Step::Promoting);
+        let ours = self.in_flight.as_ref().is_some_and(|f| f.attempt == attempt && f.to == Some(i) && matches!(f.step, Step::Promoting { .. }));
         match result {
             Ok(obs) => {
                 self.backends[i].record_success(obs, now.mono, now);
@@ -376,10 +388,14 @@ impl Machine {
     }
 
     /// The outcome of an [`Action::AllowWrites`]: the undone switchover gives the route back.
+    /// `attempt` 0: a leftover from an interrupted switchover was cleared.
     pub fn writes_allowed(&mut self, attempt: u64, i: usize, result: Result<(), OpError>, now: Now) -> Vec<Action> {
         let mut acts = Vec::new();
-        if let Err(e) = &result {
-            tracing::error!(backend = %self.backends[i].name, error = %e, "could not make the old primary writable again (ALTER SYSTEM RESET default_transaction_read_only)");
+        match &result {
+            Ok(()) => {
+                self.read_only_left.remove(&i);
+            }
+            Err(e) => tracing::error!(backend = %self.backends[i].name, error = %e, "could not make the old primary writable again (ALTER SYSTEM RESET default_transaction_read_only); retrying"),
         }
         if self.in_flight.as_ref().is_some_and(|f| f.attempt == attempt && matches!(f.step, Step::Undoing { .. })) {
             self.finish_undo(now, &mut acts);

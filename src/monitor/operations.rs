@@ -24,7 +24,7 @@ pub enum OpError {
     #[error("{0}")]
     Check(#[from] CheckError),
     /// Switchover: client sessions that could not be ended (they might still write).
-    #[error("{0} client session(s) could not be ended, so writes cannot be ruled out")]
+    #[error("{0} client session(s) could not be ended (a checker that is not a superuser cannot end superusers' sessions), so writes cannot be ruled out")]
     SessionsRemain(u64),
     /// Switchover: the candidate did not replay far enough in time.
     #[error("it replayed WAL only up to {} of {} within {}", .replayed.map(format_lsn).unwrap_or_else(|| "nothing".into()), format_lsn(*.target), humantime::format_duration(*.within))]
@@ -61,7 +61,13 @@ pub async fn promote(b: &BackendConfig, timeout: Duration, check_timeout: Durati
         Err(_) => return Err(PromoteError::Pending(format!("pg_promote did not return within {secs}s"))),
         // "recovery is not in progress": it is a primary already.
         Ok(Err(e)) if e.code().map(|c| c.code()) == Some("55000") => {}
-        Ok(Err(e)) if e.as_db_error().is_some() => return Err(PromoteError::Refused(CheckError::from_postgres(&e))),
+        // Refused before anything was signalled: no privilege, no such function, a bad wait.
+        Ok(Err(e)) if matches!(e.code().map(|c| c.code()), Some("42501" | "42883" | "22023" | "0A000")) => {
+            return Err(PromoteError::Refused(CheckError::from_postgres(&e)));
+        }
+        // Any other error (a statement timeout, the session terminated) may come after the
+        // promotion was signalled: it may still complete.
+        Ok(Err(e)) if e.as_db_error().is_some() => return Err(PromoteError::Pending(format!("pg_promote ended with an error: {}", CheckError::from_postgres(&e)))),
         Ok(Err(e)) => return Err(PromoteError::Pending(format!("the connection broke while promoting: {}", CheckError::from_postgres(&e)))),
         Ok(Ok(rows)) if first_row(&rows).and_then(|r| r.get(0)) != Some("t") => {
             return Err(PromoteError::Pending(format!("pg_promote did not finish within {secs}s")));
@@ -108,12 +114,16 @@ pub async fn stop_writes(b: &BackendConfig, check_timeout: Duration, bound: Dura
     // Our own session sees the new default once the postmaster has re-read the file, and
     // from then on every new backend starts read-only.
     wait_setting(&client, "on", deadline).await?;
-    let others = "FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() \
-                  AND application_name IS DISTINCT FROM 'pgfailover-health'";
+    let others = "FROM pg_stat_activity a WHERE a.backend_type = 'client backend' AND a.pid <> pg_backend_pid() \
+                  AND a.application_name IS DISTINCT FROM 'pgfailover-health'";
+    // A role that is not a superuser cannot end superusers' sessions (it would be an
+    // error for the whole statement): it ends the others, and those left are reported.
+    let allowed = "AND (NOT COALESCE((SELECT rolsuper FROM pg_roles WHERE oid = a.usesysid), false) \
+                   OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user))";
     loop {
         // pg_terminate_backend(pid, timeout) waits until the backend has exited, so a commit
         // it was writing is in the WAL before the position is read below.
-        query(&client, check_timeout * 4, &format!("SELECT count(pg_terminate_backend(pid, 1000)) {others}")).await?;
+        query(&client, check_timeout * 4, &format!("SELECT count(pg_terminate_backend(a.pid, 1000)) {others} {allowed}")).await?;
         let left = count(&query(&client, check_timeout, &format!("SELECT count(*) {others}")).await?);
         if left == 0 {
             break;

@@ -20,9 +20,10 @@ use crate::metrics::Metrics;
 use crate::route::RouteWriter;
 
 use super::handle::{CheckNow, Command, MonitorHandle, Triggered};
-use super::history::{EventKind, Fences, History};
+use super::history::{EventKind, Fences, History, Kept};
 use super::machine::{Action, Machine, Now, Outcome, Settings};
-use super::operations;
+use super::check_error::CheckError;
+use super::operations::{self, OpError, PromoteError};
 use super::probe::Prober;
 use super::status::Status;
 
@@ -56,6 +57,13 @@ impl Drop for DeathWatch {
     }
 }
 
+/// What an operation that panicked reports (a bug; the step is treated as failed).
+const TASK_FAILED: &str = "the operation's task failed unexpectedly";
+
+fn task_failed() -> OpError {
+    OpError::Check(CheckError::Protocol(TASK_FAILED.into()))
+}
+
 /// Why the route is empty after the monitor died.
 pub const MONITOR_DIED: &str = "the health monitor stopped unexpectedly; the proxy routes nothing and exits so its supervisor restarts it";
 
@@ -84,8 +92,15 @@ pub fn spawn(
         interval: cfg.health.interval,
         repoint_standbys: cfg.failover.repoint_standbys,
         switchover_wait: cfg.failover.trigger_wait,
+        promote_timeout: cfg.failover.promote_timeout,
     };
     let mut machine = Machine::new(settings, &names, &fenced);
+    for name in history.read_only() {
+        if let Some(i) = names.iter().position(|n| *n == name) {
+            tracing::warn!(backend = %name, "restored from the state directory: a switchover left this backend read-only; it is made writable again if it is the primary");
+            machine.read_only_left.insert(i);
+        }
+    }
     for (b, c) in machine.backends.iter_mut().zip(backends.iter()) {
         // As pg_stat_wal_receiver shows an upstream: sender_host:sender_port.
         b.address = format!("{}:{}", c.host, c.port);
@@ -216,7 +231,7 @@ struct MonitorTask {
     /// Up to when time without a primary has been added to the metric.
     last_accounted: Instant,
     /// Operators waiting for the outcome of their trigger, by attempt.
-    waiting: HashMap<u64, oneshot::Sender<Outcome>>,
+    waiting: HashMap<u64, Vec<oneshot::Sender<Outcome>>>,
     life: Lifeline,
 }
 
@@ -244,7 +259,11 @@ impl MonitorTask {
         loop {
             tokio::select! {
                 _ = self.life.shutdown.cancelled() => break,
-                _ = self.life.fatal.cancelled() => return,
+                _ = self.life.fatal.cancelled() => {
+                    // A prober died; this task still runs and can leave things writable.
+                    self.release_switchover().await;
+                    return;
+                }
                 _ = tick.tick() => {}
                 cmd = rx.recv() => match cmd {
                     Some(cmd) => { self.handle(cmd); continue; }
@@ -264,7 +283,7 @@ impl MonitorTask {
     /// Stopping in the middle of a switchover: the old primary must not stay read-only.
     async fn release_switchover(&self) {
         let Some(f) = &self.machine.in_flight else { return };
-        if !f.switchover || matches!(f.step, super::machine::Step::Promoting) {
+        if !f.switchover || matches!(f.step, super::machine::Step::Promoting { .. }) {
             return;
         }
         let Some(p) = f.from else { return };
@@ -297,7 +316,7 @@ impl MonitorTask {
                 match self.machine.trigger(&req, now) {
                     Ok((started, acts)) => {
                         let (tx, outcome) = oneshot::channel();
-                        self.waiting.insert(started.attempt, tx);
+                        self.waiting.entry(started.attempt).or_default().push(tx);
                         // Publish before replying: the caller reads the status next.
                         self.apply_all(acts);
                         let _ = reply.send(Ok(Triggered { started, outcome }));
@@ -336,9 +355,11 @@ impl MonitorTask {
         for a in acts {
             self.apply(a);
         }
-        let fences: Fences = self.machine.backends.iter().filter_map(|b| b.fence.clone().map(|f| (b.name.clone(), f))).collect();
+        let m = &self.machine;
+        let fences: Fences = m.backends.iter().filter_map(|b| b.fence.clone().map(|f| (b.name.clone(), f))).collect();
+        let read_only = m.read_only_left.iter().map(|i| m.backends[*i].name.clone()).collect();
         if let Ok(mut h) = self.history.lock() {
-            h.set_fences(fences);
+            h.set_kept(Kept { fences, read_only });
         }
         self.publish();
         for a in answers {
@@ -346,16 +367,20 @@ impl MonitorTask {
         }
     }
 
-    /// Runs an operation on its own task and feeds its outcome back as a command.
-    fn run_op<F>(&self, op: F)
+    /// Runs an operation on its own task and feeds its outcome back as a command; if the
+    /// operation panics, `failed` is fed back instead, so no step waits for ever.
+    fn run_op<F>(&self, op: F, failed: Command)
     where
         F: std::future::Future<Output = Command> + Send + 'static,
     {
+        use futures_util::FutureExt;
         let tx = self.commands.clone();
         let stop = self.life.shutdown.clone();
         self.tracker.spawn(async move {
             tokio::select! {
-                done = op => { let _ = tx.send(done).await; }
+                done = std::panic::AssertUnwindSafe(op).catch_unwind() => {
+                    let _ = tx.send(done.unwrap_or(failed)).await;
+                }
                 _ = stop.cancelled() => {}
             }
         });
@@ -378,18 +403,22 @@ impl MonitorTask {
             }
             Action::Promote { attempt, backend: i } => {
                 let b = self.backends[i].clone();
-                self.run_op(async move { Command::Promoted { attempt, i, result: operations::promote(&b, pt, ct).await } });
+                let failed = Command::Promoted { attempt, i, result: Err(PromoteError::Pending(TASK_FAILED.into())) };
+                self.run_op(async move { Command::Promoted { attempt, i, result: operations::promote(&b, pt, ct).await } }, failed);
             }
             Action::StopWrites { attempt, backend: i } => {
                 let b = self.backends[i].clone();
-                self.run_op(async move { Command::WritesStopped { attempt, i, result: operations::stop_writes(&b, ct, wait).await } });
+                let failed = Command::WritesStopped { attempt, i, result: Err(task_failed()) };
+                self.run_op(async move { Command::WritesStopped { attempt, i, result: operations::stop_writes(&b, ct, wait).await } }, failed);
             }
             Action::AwaitReplay { attempt, backend: i, lsn } => {
                 let b = self.backends[i].clone();
-                self.run_op(async move { Command::Replayed { attempt, i, result: operations::await_replay(&b, lsn, ct, wait).await } });
+                let failed = Command::Replayed { attempt, i, result: Err(task_failed()) };
+                self.run_op(async move { Command::Replayed { attempt, i, result: operations::await_replay(&b, lsn, ct, wait).await } }, failed);
             }
             Action::AllowWrites { attempt, backend: i } => {
                 let b = self.backends[i].clone();
+                let failed = Command::WritesAllowed { attempt, i, result: Err(task_failed()) };
                 self.run_op(async move {
                     // The old primary must not stay read-only because of one lost packet.
                     let mut result = operations::allow_writes(&b, ct).await;
@@ -401,12 +430,13 @@ impl MonitorTask {
                         result = operations::allow_writes(&b, ct).await;
                     }
                     Command::WritesAllowed { attempt, i, result }
-                });
+                }, failed);
             }
             Action::Repoint { standby, primary } => {
                 let (s, p) = (self.backends[standby].clone(), self.backends[primary].clone());
                 tracing::info!(standby = %s.name, primary = %p.name, "re-pointing standby at the primary");
-                self.run_op(async move { Command::Repointed { standby, primary, result: operations::repoint(&s, &p, ct).await } });
+                let failed = Command::Repointed { standby, primary, result: Err(task_failed()) };
+                self.run_op(async move { Command::Repointed { standby, primary, result: operations::repoint(&s, &p, ct).await } }, failed);
             }
             Action::CheckNow(i) => {
                 if let Some(p) = self.probe_now.get(i) {
@@ -428,8 +458,8 @@ impl MonitorTask {
             }
             Action::FailoverDone(d) => self.metrics.failover_duration.record(d.as_secs_f64()),
             Action::Concluded { attempt, outcome } => {
-                if let Some(tx) = self.waiting.remove(&attempt) {
-                    let _ = tx.send(outcome);
+                for tx in self.waiting.remove(&attempt).unwrap_or_default() {
+                    let _ = tx.send(outcome.clone());
                 }
             }
         }

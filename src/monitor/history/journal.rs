@@ -8,9 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
-use super::{Event, Fences};
+use super::{Event, Kept};
 
 /// The event file, and the one it is rotated to.
 pub(super) const CURRENT: &str = "history.jsonl";
@@ -31,11 +29,6 @@ pub struct Journal {
     tx: mpsc::Sender<Msg>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct FenceFile {
-    fences: Fences,
-}
-
 impl Journal {
     pub(super) fn start(dir: PathBuf, rotate_bytes: u64) -> std::io::Result<Journal> {
         let (tx, rx) = mpsc::channel();
@@ -49,8 +42,8 @@ impl Journal {
         }
     }
 
-    pub(super) fn store_fences(&self, fences: &Fences) {
-        if let Ok(text) = serde_json::to_string_pretty(&FenceFile { fences: fences.clone() }) {
+    pub(super) fn store(&self, kept: &Kept) {
+        if let Ok(text) = serde_json::to_string_pretty(kept) {
             let _ = self.tx.send(Msg::Fences(text));
         }
     }
@@ -62,16 +55,16 @@ impl Journal {
     }
 }
 
-/// The fences stored by a previous run, if there is a fence file.
-pub(super) fn read_fences(dir: &Path) -> std::io::Result<Option<Fences>> {
+/// What a previous run stored, if there is a fence file.
+pub(super) fn read_kept(dir: &Path) -> std::io::Result<Option<Kept>> {
     let path = dir.join(FENCES);
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    match serde_json::from_str::<FenceFile>(&text) {
-        Ok(f) => Ok(Some(f.fences)),
+    match serde_json::from_str::<Kept>(&text) {
+        Ok(k) => Ok(Some(k)),
         Err(e) => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))),
     }
 }

@@ -21,6 +21,9 @@ pub enum FenceKind {
     Superseded,
     /// Lost a split brain (already counted).
     SplitBrain,
+    /// Asked to promote, then given up while it did not answer: it may still come back
+    /// promoted, so it is not unfenced when it answers in recovery; only an operator clears it.
+    PromotionAsked,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

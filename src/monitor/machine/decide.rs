@@ -34,6 +34,7 @@ impl Machine {
             }
         }
         self.advance(now, acts);
+        self.clear_leftover_read_only(now, acts);
         self.plan_repoints(now, acts);
         self.state = self.compute_state();
         if self.state == State::Healthy {
@@ -49,13 +50,28 @@ impl Machine {
     fn advance(&mut self, now: Now, acts: &mut Vec<Action>) {
         let Some(f) = &self.in_flight else { return };
         match (&f.step, f.to) {
-            (Step::Promoting, Some(c)) => {
+            (Step::Promoting { asked, pending }, Some(c)) => {
+                let (asked, pending, attempt) = (*asked, *pending, f.attempt);
+                let b = &self.backends[c];
                 if self.is_claimant(c) {
                     self.complete(c, now, acts);
-                } else if self.backends[c].marked_down {
+                } else if b.marked_down {
                     self.give_up(c, now, acts);
                     // The attempt goes on without it: choose again.
                     self.advance(now, acts);
+                } else if b.fence.is_some() {
+                    // It became primary but lost a split brain to another (an external
+                    // promotion on a higher timeline): that one is followed.
+                    self.drop_candidate(c, now, acts);
+                    self.advance(now, acts);
+                } else if pending && b.fresh() && b.in_recovery() && now.mono.saturating_duration_since(asked) >= self.settings.promote_timeout {
+                    // Still a standby long after an unfinished request (which may not have
+                    // reached it): ask again; pg_promote is idempotent.
+                    tracing::warn!(standby = %b.name, "promotion still not finished; asking again");
+                    if let Some(f) = self.in_flight.as_mut() {
+                        f.step = Step::Promoting { asked: now.mono, pending: false };
+                    }
+                    acts.push(Action::Promote { attempt, backend: c });
                 }
             }
             (Step::Cascading { since }, Some(c)) => {
@@ -76,6 +92,19 @@ impl Machine {
         }
     }
 
+    /// A routed primary whose writes a switchover stopped and never allowed again (the undo
+    /// failed, or the proxy stopped mid-switchover): ask again every 2 s until it accepts
+    /// writes.
+    fn clear_leftover_read_only(&mut self, now: Now, acts: &mut Vec<Action>) {
+        let Some(p) = self.route.filter(|p| self.in_flight.is_none() && self.read_only_left.contains(p) && self.backends[*p].fresh()) else { return };
+        if self.allow_asked.is_some_and(|t| now.mono.saturating_duration_since(t) < std::time::Duration::from_secs(2)) {
+            return;
+        }
+        tracing::warn!(primary = %self.backends[p].name, "the primary was left read-only by a switchover; making it writable again");
+        self.allow_asked = Some(now.mono);
+        acts.push(Action::AllowWrites { attempt: 0, backend: p });
+    }
+
     /// The running failover's phase, as the status shows it.
     pub fn phase(&self) -> &'static str {
         match self.in_flight.as_ref().map(|f| &f.step) {
@@ -86,7 +115,7 @@ impl Machine {
             Some(Step::StoppingWrites) => "stopping_writes",
             Some(Step::CatchingUp { .. }) => "catching_up",
             Some(Step::Cascading { .. }) => "cascading",
-            Some(Step::Promoting) => "promoting",
+            Some(Step::Promoting { .. }) => "promoting",
             Some(Step::Undoing { .. }) => "undoing",
         }
     }
@@ -139,7 +168,10 @@ impl Machine {
     /// Start-up without a primary: promote only when some server is down (it may have been
     /// the primary) and every backend has answered or failed at least once.
     fn primary_lost_at_start(&self) -> bool {
-        self.backends.iter().all(|b| b.last_check.is_some()) && self.backends.iter().any(|b| b.marked_down)
+        self.backends.iter().all(|b| b.last_check.is_some())
+            && self.backends.iter().any(|b| b.marked_down)
+            // A backend whose checks are turned away may be the primary: its role is unknown.
+            && !self.backends.iter().any(|b| b.problem().is_some())
     }
 
     /// Publishes the route when its target or (while empty) its reason changed.
@@ -167,7 +199,7 @@ impl Machine {
                 Step::StoppingWrites => "switchover: stopping writes on the old primary".into(),
                 Step::CatchingUp { .. } => "switchover: the standby is replaying the old primary's last writes".into(),
                 Step::Cascading { .. } => "switchover: the other standbys are switching to stream from the new primary".into(),
-                Step::Promoting => format!("promoting {}", f.to.map(|c| self.backends[c].name.as_str()).unwrap_or("a standby")),
+                Step::Promoting { .. } => format!("promoting {}", f.to.map(|c| self.backends[c].name.as_str()).unwrap_or("a standby")),
                 Step::Undoing { .. } => "switchover undone: the old primary is being made writable again".into(),
             };
             return format!("failover in progress: {}; {phase}", f.reason);
@@ -221,7 +253,7 @@ impl Machine {
         };
         for o in claimants.into_iter().filter(|o| *o != winner) {
             let counted = match &self.backends[o].fence {
-                None | Some(Fence { kind: FenceKind::Unreachable, .. }) => true,
+                None | Some(Fence { kind: FenceKind::Unreachable | FenceKind::PromotionAsked, .. }) => true,
                 Some(_) => false,
             };
             if !counted {
@@ -247,7 +279,8 @@ impl Machine {
     fn auto_unfence(&mut self, now: Now, acts: &mut Vec<Action>) {
         for i in 0..self.backends.len() {
             let b = &self.backends[i];
-            if b.fence.is_some() && b.fresh() && b.in_recovery() && self.same_cluster(i) {
+            let may_still_promote = matches!(b.fence, Some(Fence { kind: FenceKind::PromotionAsked, .. }));
+            if b.fence.is_some() && !may_still_promote && b.fresh() && b.in_recovery() && self.same_cluster(i) {
                 self.backends[i].fence = None;
                 tracing::info!(backend = %self.backends[i].name, "unfenced: reports in recovery");
                 acts.push(self.event(now, EventKind::Unfence, Some(i), None, "reports in recovery (rebuilt as a standby)".into(), Trigger::Automatic));

@@ -50,7 +50,7 @@ impl Machine {
         let Some(f) = &self.in_flight else { return false };
         let long_enough = |b: &super::Backend| b.marked_down && b.down_for().is_some_and(|d| d >= self.settings.promote_after());
         match f.from {
-            None => self.backends.iter().any(long_enough),
+            None => !self.backends.iter().any(|b| b.problem().is_some()) && self.backends.iter().any(long_enough),
             Some(p) => {
                 let b = &self.backends[p];
                 let silent = !b.healthy || b.failing_since.is_some();
@@ -63,9 +63,11 @@ impl Machine {
     /// outage began, so the choice by WAL position uses final positions.
     fn positions_final(&self) -> bool {
         let Some(since) = self.in_flight.as_ref().and_then(|f| f.from).and_then(|p| self.backends[p].failing_since) else { return true };
+        // Every eligible standby, answering or not: one whose latest check failed may hold
+        // the most WAL, so the choice waits for its answer (or for it to be marked down).
         (0..self.backends.len())
-            .filter(|i| self.backends[*i].fresh() && self.eligible(*i))
-            .all(|i| self.backends[i].success_started.is_some_and(|s| s >= since))
+            .filter(|i| self.eligible(*i))
+            .all(|i| self.backends[i].fresh() && self.backends[i].success_started.is_some_and(|s| s >= since))
     }
 
     /// Picks the standby to promote, if one may be promoted now.
@@ -144,7 +146,7 @@ impl Machine {
         let Some(f) = self.in_flight.as_mut() else { return };
         f.to = Some(c);
         f.to_lsn = f.to_lsn.or(lsn);
-        f.step = Step::Promoting;
+        f.step = Step::Promoting { asked: now.mono, pending: false };
         let (attempt, from, trigger, reason) = (f.attempt, f.from, f.trigger.clone(), f.reason.clone());
         if let Some(p) = from {
             self.fence_old(p, &trigger, &reason, now, acts);
@@ -181,6 +183,12 @@ impl Machine {
         let to_lsn = f.to_lsn.or(self.backends[w].last_standby_lsn);
         // Its first position as a primary: the new timeline began at or before it.
         self.backends[w].fork_lsn = self.backends[w].lsn();
+        if f.switchover {
+            // Read-only on purpose now: it is fenced, and promoting it later clears that.
+            if let Some(p) = f.from {
+                self.read_only_left.remove(&p);
+            }
+        }
         // A switchover promoted only after the candidate replayed the final position.
         let distance = if f.switchover { Some(0) } else { f.from_lsn.zip(to_lsn).map(|(a, b)| a.saturating_sub(b)) };
         let mut ev = self.event(now, EventKind::Failover, f.from, Some(w), f.reason.clone(), f.trigger.clone());
@@ -211,6 +219,9 @@ impl Machine {
         let name = self.backends[c].name.clone();
         if let PromoteError::Pending(why) = &e {
             tracing::warn!(standby = %name, %why, "promotion not finished yet; the route stays empty until it reports primary");
+            if let Some(Step::Promoting { pending, .. }) = self.in_flight.as_mut().map(|f| &mut f.step) {
+                *pending = true;
+            }
             return;
         }
         let Some(f) = self.in_flight.as_mut() else { return };
@@ -239,8 +250,8 @@ impl Machine {
     /// come back promoted) and the attempt goes on without it.
     pub(super) fn give_up(&mut self, c: usize, now: Now, acts: &mut Vec<Action>) {
         let name = self.backends[c].name.clone();
-        let reason = format!("{name} stopped answering after its promotion was asked for; fenced, as it may come back promoted");
-        self.backends[c].fence = Some(Fence { kind: FenceKind::Unreachable, reason: reason.clone() });
+        let reason = format!("{name} stopped answering after its promotion was asked for; fenced, as it may come back promoted (an operator unfences it)");
+        self.backends[c].fence = Some(Fence { kind: FenceKind::PromotionAsked, reason: reason.clone() });
         let Some(f) = self.in_flight.as_mut() else { return };
         f.to = None;
         f.step = Step::Waiting;
@@ -252,6 +263,18 @@ impl Machine {
         if switchover {
             self.undo(Outcome::Failed(reason), now, acts);
         }
+    }
+
+    /// The candidate lost a split brain after promoting (another primary on a higher
+    /// timeline): the attempt goes on without it.
+    pub(super) fn drop_candidate(&mut self, c: usize, now: Now, acts: &mut Vec<Action>) {
+        let Some(f) = self.in_flight.as_mut() else { return };
+        f.to = None;
+        f.step = Step::Waiting;
+        f.failed.push(c);
+        let (from, trigger) = (f.from, f.trigger.clone());
+        let reason = format!("{} was fenced while promoting: another primary is on a higher timeline", self.backends[c].name);
+        acts.push(self.event(now, EventKind::FailoverFailed, from, Some(c), reason, trigger));
     }
 
     /// An operator's failover: a switchover while the primary is healthy (unless `force`),
@@ -277,7 +300,9 @@ impl Machine {
         let candidate = self.pick(req.target.as_deref())?;
         let mut acts = Vec::new();
         let reason = format!("manual failover requested by {}", req.who);
-        let healthy_primary = self.in_flight.is_none() && self.route.is_some_and(|p| self.is_claimant(p));
+        // A routed primary is switched over, not failed over, even if its latest check
+        // failed: it may be writable, and promoting beside it would lose its writes.
+        let healthy_primary = self.in_flight.is_none() && self.route.is_some_and(|p| self.keepable(p));
         if let Some(f) = self.in_flight.as_mut() {
             f.trigger = Trigger::Manual(req.who.clone());
             f.manual = true;
@@ -294,6 +319,9 @@ impl Machine {
             f.step = Step::StoppingWrites;
             let p = f.from.expect("a healthy primary was routed");
             tracing::warn!(from = %self.backends[p].name, to = %self.backends[candidate].name, "switchover: stopping writes on the primary");
+            // Until it is known to accept writes again (or the switchover completes), it
+            // may be read-only: remembered across restarts.
+            self.read_only_left.insert(p);
             acts.push(Action::StopWrites { attempt, backend: p });
         } else {
             self.begin_promotion(candidate, now, &mut acts);

@@ -17,6 +17,7 @@ fn settings(promote: PromoteMode) -> Settings {
         interval: Duration::from_millis(250),
         repoint_standbys: true,
         switchover_wait: Duration::from_secs(2),
+        promote_timeout: Duration::from_secs(1),
     }
 }
 

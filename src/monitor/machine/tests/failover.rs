@@ -224,9 +224,12 @@ fn a_candidate_down_past_the_threshold_is_given_up_and_fenced() {
     m.promoted(attempt_of(&acts), 1, Err(PromoteError::Pending("timed out".into())), c.tick());
     assert!(promotes(&fail(&mut m, &mut c, 1, 2)).is_empty(), "below the threshold: still waiting");
     let acts = fail(&mut m, &mut c, 1, 1);
-    assert_eq!(m.backends[1].fence.as_ref().unwrap().kind, FenceKind::Unreachable);
+    assert_eq!(m.backends[1].fence.as_ref().unwrap().kind, FenceKind::PromotionAsked);
     assert!(kinds(&acts).contains(&EventKind::FailoverFailed));
     assert_eq!(promotes(&acts), [2]);
+    // Answering in recovery does not clear that fence: it may still finish promoting.
+    see(&mut m, &mut c, 1, standby(4899, 1));
+    assert!(m.backends[1].fence.is_some());
     let acts = m.promoted(attempt_of(&acts), 2, Ok(primary(4898, 2)), c.tick());
     assert_eq!(routes(&acts), [Some(2)]);
     // pg-b finishes its promotion after all: fenced, never routed.
@@ -245,4 +248,50 @@ fn late_results_of_an_earlier_attempt_are_ignored() {
     assert_eq!(m.in_flight.as_ref().unwrap().to, Some(1), "a result for another attempt changes nothing");
     let acts = m.replayed(old, 1, Ok(1), c.tick());
     assert!(acts.iter().all(|a| !matches!(a, Action::Promote { .. })));
+}
+
+/// A promotion whose request came back unfinished, with the candidate still a standby long
+/// after (the request may never have reached it): asked again, not given up, not undone.
+#[test]
+fn a_pending_promotion_is_asked_for_again() {
+    let (mut m, mut c, acts) = lost(2);
+    let attempt = attempt_of(&acts);
+    m.promoted(attempt, 1, Err(PromoteError::Pending("the connection broke while promoting".into())), c.tick());
+    let mut acts = Vec::new();
+    for _ in 0..12 {
+        acts.extend(see(&mut m, &mut c, 1, standby(4899, 1)));
+    }
+    assert_eq!(promotes(&acts), [1], "asked again once promote_timeout (1s) passed: {acts:?}");
+    assert_eq!(m.route, None);
+}
+
+/// While pg-b is being promoted, another manager promotes pg-c, which ends on a higher
+/// timeline: pg-b is fenced by the split-brain guard and the attempt follows pg-c.
+#[test]
+fn a_candidate_that_loses_a_split_brain_while_promoting_is_dropped() {
+    let (mut m, mut c, acts) = lost(3);
+    let attempt = attempt_of(&acts);
+    m.promoted(attempt, 1, Err(PromoteError::Pending("timed out".into())), c.tick());
+    see(&mut m, &mut c, 2, primary(4898, 3));
+    assert_eq!(m.route, None, "pg-b may still finish: nothing is routed meanwhile");
+    let acts = see(&mut m, &mut c, 1, primary(4899, 2));
+    assert_eq!(m.route, Some(2));
+    assert!(m.in_flight.is_none());
+    assert!(kinds(&acts).contains(&EventKind::SplitBrain));
+}
+
+/// The primary with the most WAL may be a standby whose latest check failed: the choice
+/// waits for its answer instead of promoting one with less WAL.
+#[test]
+fn the_choice_waits_for_a_standby_whose_latest_check_failed() {
+    let (mut m, mut c) = running(3, PromoteMode::Auto);
+    let mut acts = fail(&mut m, &mut c, 0, 3);
+    acts.extend(see(&mut m, &mut c, 1, standby(4950, 1)));
+    acts.extend(fail(&mut m, &mut c, 2, 1));
+    acts.extend(fail(&mut m, &mut c, 0, 3));
+    assert!(promotes(&acts).is_empty(), "pg-c's position is unknown: {acts:?}");
+    let mut acts = see(&mut m, &mut c, 2, standby(4999, 1));
+    // pg-c was silent during the outage too: the primary must fail once more after that.
+    acts.extend(fail(&mut m, &mut c, 0, 3));
+    assert_eq!(promotes(&acts), [2], "pg-c had the most WAL");
 }

@@ -296,3 +296,56 @@ fn a_switchover_cascades_the_other_standbys_from_the_candidate_first() {
     }
     assert_eq!(promotes(&acts), [1], "promoted after switchover_wait (2s)");
 }
+
+/// A trigger while the routed primary's latest check failed (below the threshold, or a
+/// check turned away) is still a switchover: it may be writable, so writes are stopped first.
+#[test]
+fn a_trigger_on_a_routed_primary_is_a_switchover_even_after_a_failed_check() {
+    for e in [refused as fn() -> CheckError, overloaded] {
+        let (mut m, mut c) = running(2, PromoteMode::Auto);
+        fail_with(&mut m, &mut c, 0, 1, e);
+        let (started, acts) = trigger(&mut m, &mut c, None, false).unwrap();
+        assert!(started.switchover);
+        assert!(acts.iter().any(|a| matches!(a, Action::StopWrites { backend: 0, .. })));
+        assert!(promotes(&acts).is_empty());
+    }
+}
+
+/// Restarted while one backend's checks are turned away (its role unknown) and another is
+/// down: nothing is promoted, since the unknown one may be a live primary.
+#[test]
+fn nothing_is_promoted_at_start_up_while_a_backend_s_role_is_unknown() {
+    let mut m = machine(3, PromoteMode::Auto);
+    let mut c = Clock::new();
+    see(&mut m, &mut c, 1, stranded(100, 1));
+    let mut acts = Vec::new();
+    for _ in 0..8 {
+        acts.extend(fail_with(&mut m, &mut c, 0, 1, overloaded));
+        acts.extend(fail(&mut m, &mut c, 2, 1));
+    }
+    assert!(promotes(&acts).is_empty() && m.in_flight.is_none(), "{acts:?}");
+}
+
+/// A switchover left its old primary read-only (the undo could not reach it, or the proxy
+/// stopped in the middle; restored from the state directory): once it is the routed
+/// primary, it is made writable again, and asked again until it is.
+#[test]
+fn a_primary_left_read_only_by_a_switchover_is_made_writable_again() {
+    let (mut m, mut c) = running(2, PromoteMode::Auto);
+    let (started, _) = trigger(&mut m, &mut c, None, false).unwrap();
+    m.writes_stopped(started.attempt, 0, Ok(9000), c.tick());
+    let behind = OpError::Behind { replayed: Some(4900), target: 9000, within: Duration::from_secs(1) };
+    m.replayed(started.attempt, 1, Err(behind), c.tick());
+    let acts = m.writes_allowed(started.attempt, 0, Err(OpError::Check(CheckError::Timeout(Duration::from_millis(250)))), c.tick());
+    assert_eq!(routes(&acts), [Some(0)]);
+    assert!(acts.contains(&Action::AllowWrites { attempt: 0, backend: 0 }), "{acts:?}");
+    assert!(m.read_only_left.contains(&0));
+    let mut later = Vec::new();
+    for _ in 0..25 {
+        later.extend(see(&mut m, &mut c, 0, primary(5000, 1)));
+    }
+    assert_eq!(later.iter().filter(|a| matches!(a, Action::AllowWrites { .. })).count(), 1, "asked again after 2s");
+    m.writes_allowed(0, 0, Ok(()), c.tick());
+    assert!(m.read_only_left.is_empty());
+    assert!(!see(&mut m, &mut c, 0, primary(5000, 1)).iter().any(|a| matches!(a, Action::AllowWrites { .. })));
+}
