@@ -241,7 +241,7 @@ impl Drop for MonitorTask {
         if self.life.shutdown.is_cancelled() {
             return;
         }
-        self.life.fatal.cancel();
+        tracing::error!(panicking = std::thread::panicking(), "the health monitor ended unexpectedly: failing closed");
         self.route.set(None, MONITOR_DIED);
         self.machine.route = None;
         let r = self.route.current();
@@ -249,12 +249,14 @@ impl Drop for MonitorTask {
         status.route_reason = Some(MONITOR_DIED.into());
         self.status_tx.send_replace(Arc::new(status));
         self.metrics.primary_routable.set(0.0);
+        // Last: whoever waits for this sees the route already cleared.
+        self.life.fatal.cancel();
     }
 }
 
 impl MonitorTask {
+    /// Its own `Drop` fails closed if it ends other than by a shutdown.
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
-        let _watch = self.life.guard("monitor");
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
