@@ -45,7 +45,7 @@ fn client(rt: &Runtime, through_proxy: bool) -> TcpStream {
             let outbound = TcpStream::connect(echo).await.unwrap();
             inbound.set_nodelay(true).unwrap();
             outbound.set_nodelay(true).unwrap();
-            pgfailover::session::splice(&inbound, &outbound, &metrics).await;
+            pgfailover::proxy::session::splice(&inbound, &outbound, &metrics).await;
         });
         let s = TcpStream::connect(addr).await.unwrap();
         s.set_nodelay(true).unwrap();

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 mod file;
 mod layers;
+mod parse;
 
 /// Everything that can go wrong while building a [`Config`].
 #[derive(Debug, thiserror::Error)]

@@ -3,12 +3,18 @@
 //!
 //! Module map:
 //! - [`config`]: defaults < `proxy.toml` < environment < flags, strict validation.
-//! - [`route`]: the one value sessions read (target backend + epoch), written by the monitor.
-//! - [`proxy`]: the client listener and shutdown drain; [`session`]: one spliced client.
-//! - [`startup`]: opening a session: held and retried until a server accepts the client.
-//! - [`wire`]: the startup packets, a server's first answer, the 57P03 `ErrorResponse`.
-//! - [`net`]: socket options (nodelay, keepalive, user timeout) and bounded connects.
+//! - [`route`]: the one value sessions read (target backend + epoch), written by the monitor,
+//!   and its helpers.
+//! - [`proxy`]: the data path — [`proxy::listener`] (accept, shutdown drain),
+//!   [`proxy::session`] (one spliced client), [`proxy::startup`] (opening a session: held and
+//!   retried until a server accepts the client), [`proxy::wire`] (startup packets, a server's
+//!   first answer, the 57P03 `ErrorResponse`), [`proxy::socket`] (socket options, bounded
+//!   connects), [`proxy::DataPath`] (what every session shares).
+//! - [`monitor`]: health checks, the pure failover state machine, the operations it runs
+//!   (promote, switchover, re-point), history and the published status.
+//! - [`admin`]: the HTTP side port (status, history, trigger, metrics).
 //! - [`metrics`]: per-instance Prometheus series.
+//! - [`duration`]: human durations ("250ms") and millisecond figures.
 //! - [`localpg`]: real local PostgreSQL clusters for tests, benchmarks and the demo.
 //! - [`server`]: wires everything into one running proxy.
 
@@ -18,10 +24,6 @@ pub mod duration;
 pub mod localpg;
 pub mod metrics;
 pub mod monitor;
-pub mod net;
 pub mod proxy;
 pub mod route;
 pub mod server;
-pub mod session;
-pub mod startup;
-pub mod wire;

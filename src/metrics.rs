@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
-use crate::monitor::check_error::ErrorKind;
+/// The `kind` label values of `pgfailover_health_check_errors_total` (the monitor's
+/// `ErrorKind` names).
+pub const CHECK_ERROR_KINDS: [&str; 3] = ["down", "misconfigured", "overloaded"];
 
 /// Why a session ended, as the `reason` label of `pgfailover_sessions_closed_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,7 +68,7 @@ pub struct Metrics {
     /// Per backend, config order.
     pub backend_healthy: Vec<Gauge>,
     pub health_check_duration: Vec<Histogram>,
-    /// Per backend, then per [`ErrorKind`] in `ErrorKind::ALL` order.
+    /// Per backend, then per kind in [`CHECK_ERROR_KINDS`] order.
     health_check_errors: Vec<Vec<Counter>>,
     pub replication_lag_bytes: Vec<Gauge>,
     pub failover_duration: Histogram,
@@ -149,11 +151,11 @@ impl Metrics {
             health_check_errors: per_backend("backend")
                 .into_iter()
                 .map(|l| {
-                    ErrorKind::ALL
+                    CHECK_ERROR_KINDS
                         .iter()
                         .map(|k| {
                             let mut labels = l.clone();
-                            labels.push(Label::new("kind", k.as_str()));
+                            labels.push(Label::new("kind", *k));
                             counter("pgfailover_health_check_errors_total", "Failed health checks by backend and kind: down (counts toward a failover), misconfigured (authentication, database, privileges, TLS), overloaded (too many clients).", labels)
                         })
                         .collect()
@@ -172,9 +174,9 @@ impl Metrics {
         }
     }
 
-    /// Counts a failed health check of `backend` by kind.
-    pub fn check_error(&self, backend: usize, kind: ErrorKind) {
-        let k = ErrorKind::ALL.iter().position(|x| *x == kind).unwrap_or(0);
+    /// Counts a failed health check of `backend` by kind (one of [`CHECK_ERROR_KINDS`]).
+    pub fn check_error(&self, backend: usize, kind: &str) {
+        let k = CHECK_ERROR_KINDS.iter().position(|x| *x == kind).unwrap_or(0);
         if let Some(c) = self.health_check_errors.get(backend).and_then(|v| v.get(k)) {
             c.increment(1);
         }

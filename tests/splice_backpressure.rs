@@ -20,7 +20,7 @@ async fn the_tail_of_every_burst_arrives_when_the_reader_is_slow() {
         let metrics = Metrics::new(&["sink".to_string()]);
         let (inbound, _) = front.accept().await.unwrap();
         let outbound = TcpStream::connect(sink_addr).await.unwrap();
-        pgfailover::session::splice(&inbound, &outbound, &metrics).await;
+        pgfailover::proxy::session::splice(&inbound, &outbound, &metrics).await;
     });
     let received = Arc::new(AtomicUsize::new(0));
     let seen = received.clone();

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use super::layers::{parse_addr, parse_log_format, parse_promote, standby_from};
+use super::parse::{parse_addr, parse_log_format, parse_promote, read_secret_file, set, standby_from};
 use super::{BackendConfig, Config, ConfigError, Secret};
 use crate::duration::parse_duration;
 
@@ -97,13 +97,6 @@ struct RawBackend {
     ssl_root_cert: Option<PathBuf>,
 }
 
-pub(super) fn read_secret_file(label: &str, key: &str, path: &Path) -> Result<Secret, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigError::invalid(label, key, format!("cannot read {}: {e}", path.display()))
-    })?;
-    Ok(Secret::new(text.trim_end_matches(['\r', '\n'])))
-}
-
 fn resolve(base: Option<&Path>, p: PathBuf) -> PathBuf {
     match base {
         Some(b) if p.is_relative() && !b.as_os_str().is_empty() => b.join(p),
@@ -174,12 +167,6 @@ pub(super) fn apply_file(
         cfg.standbys.push(b);
     }
     Ok(())
-}
-
-pub(super) fn set<T>(slot: &mut T, v: Option<T>) {
-    if let Some(v) = v {
-        *slot = v;
-    }
 }
 
 fn merge_backend(

@@ -1,38 +1,11 @@
 //! The environment and command-line layers, and the value parsers they share with the file.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::file::{read_secret_file, set};
-use super::{BackendConfig, Config, ConfigError, EnvLookup, LogFormat, Overrides, PromoteMode, Secret};
+use super::parse::{parse_addr, parse_bool, parse_log_format, parse_promote, read_secret_file, set, standby_from};
+use super::{BackendConfig, Config, ConfigError, EnvLookup, Overrides, Secret};
 use crate::duration::parse_duration;
-
-/// A standby inherits the primary's database, credentials and TLS settings.
-pub(super) fn standby_from(primary: &BackendConfig, index: usize) -> BackendConfig {
-    BackendConfig { name: format!("standby-{index}"), ..primary.clone() }
-}
-
-pub(super) fn parse_addr(s: &str) -> Result<SocketAddr, String> {
-    s.parse::<SocketAddr>()
-        .map_err(|_| format!("{s:?} is not an address like 127.0.0.1:6432 or [::1]:6432"))
-}
-
-pub(super) fn parse_log_format(s: &str) -> Result<LogFormat, String> {
-    match s {
-        "text" => Ok(LogFormat::Text),
-        "json" => Ok(LogFormat::Json),
-        _ => Err(format!("{s:?} is not one of \"text\", \"json\"")),
-    }
-}
-
-pub(super) fn parse_promote(s: &str) -> Result<PromoteMode, String> {
-    match s {
-        "auto" => Ok(PromoteMode::Auto),
-        "never" => Ok(PromoteMode::Never),
-        _ => Err(format!("{s:?} is not one of \"auto\", \"never\"")),
-    }
-}
 
 /// `name=host:port`, `host:port` or `[v6]:port`; a missing name becomes `standby-<index>`.
 fn parse_standby(primary: &BackendConfig, index: usize, spec: &str) -> Result<BackendConfig, String> {
@@ -155,14 +128,6 @@ fn inherit_credentials(s: &mut BackendConfig, p: &BackendConfig, env: EnvLookup<
     }
     if env("DB_SSL").is_some() {
         s.ssl = p.ssl;
-    }
-}
-
-fn parse_bool(s: &str) -> Option<bool> {
-    match s.trim().to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" | "require" => Some(true),
-        "0" | "false" | "no" | "off" | "disable" => Some(false),
-        _ => None,
     }
 }
 

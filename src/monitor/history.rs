@@ -19,43 +19,11 @@ use super::machine::{Fence, FenceKind};
 
 mod journal;
 
+pub use super::event::{Event, EventKind};
 pub use journal::{Journal, DEFAULT_ROTATE_BYTES};
 
 /// Kept in memory (and read back at start); older events stay only in the files.
 pub const MEMORY_CAP: usize = 1000;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EventKind {
-    Failover,
-    FailoverFailed,
-    Recovery,
-    Fence,
-    Unfence,
-    SplitBrain,
-    /// A switchover that was undone (the standby could not catch up, or a step failed).
-    SwitchoverAborted,
-    /// A standby was pointed at the new primary.
-    Repoint,
-}
-
-/// One entry of `/failover/history`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Event {
-    /// RFC 3339.
-    pub time: String,
-    pub kind: EventKind,
-    pub from: Option<String>,
-    pub to: Option<String>,
-    pub reason: String,
-    /// "automatic", "external" (another manager promoted), or "manual:<who>".
-    pub trigger: String,
-    pub duration_ms: Option<u64>,
-    /// WAL between the old primary's last seen position and the promoted standby's: the
-    /// window of writes that may be lost (0 for a switchover).
-    pub wal_distance_bytes: Option<u64>,
-}
 
 /// Backend name → its fence, as stored in `fences.json`.
 pub type Fences = BTreeMap<String, Fence>;

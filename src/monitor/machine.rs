@@ -49,7 +49,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::config::PromoteMode;
 
 use super::check_error::CheckError;
-use super::history::{Event, EventKind};
+use super::event::{Event, EventKind};
 use super::observation::Observation;
 use super::operations::{OpError, PromoteError, Repointed};
 

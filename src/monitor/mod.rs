@@ -4,6 +4,7 @@
 
 pub mod check_error;
 pub mod conninfo;
+pub mod event;
 pub mod handle;
 pub mod history;
 pub mod machine;

@@ -304,7 +304,7 @@ impl MonitorTask {
                     h.record(took.as_secs_f64());
                 }
                 if let Err(e) = &result {
-                    self.metrics.check_error(i, e.kind());
+                    self.metrics.check_error(i, e.kind().as_str());
                 }
                 self.machine.observe(i, result, took, now)
             }

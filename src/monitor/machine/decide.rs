@@ -3,7 +3,7 @@
 use std::cmp::Reverse;
 
 use crate::config::PromoteMode;
-use crate::monitor::history::EventKind;
+use crate::monitor::event::EventKind;
 
 use super::{Action, Fence, FenceKind, Machine, Now, State, Step, Trigger};
 

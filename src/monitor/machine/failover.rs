@@ -2,7 +2,7 @@
 //! and the switchover's stop-writes, catch-up and undo.
 
 use crate::config::PromoteMode;
-use crate::monitor::history::EventKind;
+use crate::monitor::event::EventKind;
 use crate::monitor::operations::{OpError, PromoteError};
 
 use super::{Action, Fence, FenceKind, InFlight, Machine, Now, Outcome, Refusal, Started, Step, Trigger, TriggerRequest};

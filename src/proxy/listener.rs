@@ -1,4 +1,4 @@
-//! The client listener: accepts connections and spawns a [`session`](crate::session) for
+//! The client listener: accepts connections and spawns a [`session`](super::session) for
 //! each. `run(listener, …, shutdown)` is the whole entry point, so a test can bind
 //! `127.0.0.1:0`, spawn it and talk to it.
 
@@ -6,28 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{BackendConfig, ProxyConfig};
-use crate::metrics::Metrics;
-use crate::route::Route;
-use crate::session;
-
-/// What every session needs; shared read-only behind an `Arc`.
-pub struct DataPath {
-    /// Backends in config order; the route names them by index.
-    pub backends: Arc<[BackendConfig]>,
-    /// The current route; sessions clone this receiver.
-    pub route: watch::Receiver<Route>,
-    pub proxy: ProxyConfig,
-    /// How long a new client waits for a routable primary before it is refused.
-    pub hold_timeout: Duration,
-    pub metrics: Arc<Metrics>,
-    /// Passive health signal: a backend index whose connect just failed.
-    pub connect_failed: mpsc::Sender<usize>,
-}
+use super::datapath::DataPath;
+use super::session;
 
 /// Accepts clients until `shutdown`, then lets sessions drain for the configured grace
 /// period and closes the rest. Returns once every session task has ended.

@@ -24,10 +24,11 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::net;
-use crate::proxy::DataPath;
-use crate::route::Route;
-use crate::wire::{self, FirstReply, Packet, CANCEL_REQUEST, GSSENC_REQUEST, SSL_REQUEST};
+use crate::route::{self, Route};
+
+use super::datapath::DataPath;
+use super::socket;
+use super::wire::{self, FirstReply, Packet, CANCEL_REQUEST, GSSENC_REQUEST, SSL_REQUEST};
 
 /// Why a session could not be opened.
 pub enum Failed {
@@ -115,7 +116,7 @@ pub async fn open(
 /// A connection to the current route target, if there is one and it accepts.
 async fn early_connect(dp: &DataPath, route: &watch::Receiver<Route>) -> Option<(TcpStream, usize)> {
     let target = route.borrow().target?;
-    net::connect(&dp.backends[target], &dp.proxy).await.ok().map(|s| (s, target))
+    socket::connect(&dp.backends[target], &dp.proxy).await.ok().map(|s| (s, target))
 }
 
 /// The client's next startup packet, within the startup deadline; `None` if it went away.
@@ -183,20 +184,7 @@ async fn awaiting(server: &mut TcpStream, exact: usize, route: &watch::Receiver<
     let mut route = route.clone();
     tokio::select! {
         a = read => a,
-        _ = route_left(&mut route, backend) => Answer::Moved,
-    }
-}
-
-/// Resolves when the route no longer names `backend` (checked at once, then on every change).
-pub async fn route_left(route: &mut watch::Receiver<Route>, backend: usize) {
-    loop {
-        if route.borrow_and_update().target != Some(backend) {
-            return;
-        }
-        if route.changed().await.is_err() {
-            // The writer is gone (proxy stopping); shutdown ends the session instead.
-            std::future::pending::<()>().await;
-        }
+        _ = route::left(&mut route, backend) => Answer::Moved,
     }
 }
 
@@ -240,7 +228,7 @@ impl Hold {
             let current = route.borrow_and_update().clone();
             if let Some(target) = current.target {
                 let backend = &dp.backends[target];
-                match net::connect(backend, &dp.proxy).await {
+                match socket::connect(backend, &dp.proxy).await {
                     Ok(server) => return Ok((server, target)),
                     Err(e) => {
                         self.failed(dp, target, format!("could not connect to primary {} ({}): {e}", backend.name, backend.address()));
@@ -274,7 +262,7 @@ impl Hold {
     async fn pause(&self, route: &mut watch::Receiver<Route>, after_failure: bool, stopping: &CancellationToken) -> Result<(), String> {
         let next = async {
             if after_failure {
-                tokio::time::sleep(net::RETRY_DELAY).await;
+                tokio::time::sleep(socket::RETRY_DELAY).await;
             } else if route.changed().await.is_err() {
                 std::future::pending::<()>().await;
             }

@@ -1,5 +1,5 @@
 //! One client session: open it on the routed backend (held while none can take it, see
-//! [`startup`](crate::startup)), then splice bytes both ways until either side ends, the
+//! [`startup`](super::startup)), then splice bytes both ways until either side ends, the
 //! route moves away, or the proxy shuts down.
 
 use std::io;
@@ -11,10 +11,12 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{CloseReason, Metrics};
-use crate::net;
-use crate::proxy::DataPath;
-use crate::startup::{self, Failed};
-use crate::wire;
+use crate::route;
+
+use super::datapath::DataPath;
+use super::socket;
+use super::startup::{self, Failed};
+use super::wire;
 
 /// Serves one accepted client until the session ends. Never panics on client input.
 /// `stopping`: the proxy stops accepting (held clients are refused at once); `kill`: the
@@ -23,7 +25,7 @@ pub async fn serve(mut client: TcpStream, dp: Arc<DataPath>, stopping: Cancellat
     let m = &dp.metrics;
     m.accepted();
     let _active = m.session_started();
-    if let Err(e) = net::tune(&client, &dp.proxy) {
+    if let Err(e) = socket::tune(&client, &dp.proxy) {
         tracing::debug!(error = %e, "client socket options");
     }
     let mut route = dp.route.clone();
@@ -50,7 +52,7 @@ pub async fn serve(mut client: TcpStream, dp: Arc<DataPath>, stopping: Cancellat
     };
     let reason = tokio::select! {
         r = splice(&client, &server, m) => r,
-        _ = startup::route_left(&mut route, backend) => CloseReason::RouteChanged,
+        _ = route::left(&mut route, backend) => CloseReason::RouteChanged,
         _ = kill.cancelled() => CloseReason::Shutdown,
     };
     m.session_closed(reason);
@@ -102,7 +104,7 @@ async fn pump(from: &TcpStream, to: &TcpStream, dir: Direction, m: &Metrics, fir
             match read_chunk(from, &mut buf) {
                 Ok(0) => {
                     let _ = first_eof.compare_exchange(0, dir as u8, Ordering::Relaxed, Ordering::Relaxed);
-                    net::shutdown_write(to);
+                    socket::shutdown_write(to);
                     return Ok(());
                 }
                 Ok(n) => {

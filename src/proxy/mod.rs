@@ -1,0 +1,13 @@
+//! The data path: the client [`listener`], one [`session`] per client (opened by
+//! [`startup`], then spliced), the wire-protocol pieces the proxy speaks ([`wire`]), socket
+//! options and bounded connects ([`socket`]), and the [`DataPath`] every session shares.
+
+pub mod datapath;
+pub mod listener;
+pub mod session;
+pub mod socket;
+pub mod startup;
+pub mod wire;
+
+pub use datapath::DataPath;
+pub use listener::run;
