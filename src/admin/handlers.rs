@@ -170,13 +170,15 @@ async fn trigger(ctx: &AdminContext, body: TargetBody, caller: &str) -> Reply {
     let mut status = ctx.monitor.subscribe();
     let deadline = tokio::time::Instant::now() + ctx.trigger_wait;
     let result = loop {
-        let switching = status
-            .borrow_and_update()
-            .failover_in_progress
-            .as_ref()
-            .is_some_and(|f| matches!(f.phase, "stopping_writes" | "catching_up" | "cascading" | "undoing"));
-        let wait_until = if switching { None } else { Some(deadline) };
+        // A switchover's own steps are bounded and always answered: no deadline then. An
+        // attempt that just ended sends its outcome next: a short grace.
+        let wait_until = match status.borrow_and_update().failover_in_progress.as_ref().map(|f| f.phase) {
+            Some("stopping_writes" | "catching_up" | "cascading" | "undoing") => None,
+            Some(_) => Some(deadline),
+            None => Some(deadline.max(tokio::time::Instant::now() + Duration::from_secs(5))),
+        };
         tokio::select! {
+            biased;
             o = &mut outcome => break o.ok(),
             _ = status.changed() => {}
             _ = async { match wait_until { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {

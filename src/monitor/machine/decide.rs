@@ -23,6 +23,9 @@ impl Machine {
                     let trigger = if self.best_claimant().is_some() { Trigger::External } else { Trigger::Automatic };
                     self.start(Some(t), why, trigger, now, acts);
                 }
+                // The first route waits for every backend's first check: routing to the first
+                // writable server heard from could be a stale old primary.
+                None if !self.backends.iter().all(|b| b.last_check.is_some()) => {}
                 None => {
                     if let Some(w) = self.best_claimant() {
                         tracing::info!(primary = %self.backends[w].name, "routing to the primary");

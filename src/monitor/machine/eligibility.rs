@@ -163,10 +163,22 @@ impl Machine {
             return;
         }
         let Some(w) = self.route else { return };
+        // Only a primary known to be the only one is followed: every backend checked, no
+        // other writable server of the cluster answering.
+        let all_checked = self.backends.iter().all(|b| b.last_check.is_some());
+        let another = (0..self.backends.len()).any(|i| i != w && self.backends[i].fresh() && self.backends[i].claims_primary() && self.same_cluster(i));
+        if !all_checked || another {
+            return;
+        }
         let stalled_after = self.settings.interval * 3;
         for s in (0..self.backends.len()).filter(|s| *s != w) {
             let b = &self.backends[s];
             if !(b.fresh() && b.healthy && b.in_recovery() && self.same_cluster(s) && b.fence.is_none()) || self.following(s, w) {
+                continue;
+            }
+            // Never towards a lower timeline: a standby ahead of the routed primary means
+            // the route is the stale one.
+            if b.timeline() > self.backends[w].timeline() {
                 continue;
             }
             let other_timeline = b.timeline() != self.backends[w].timeline();

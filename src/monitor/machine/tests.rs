@@ -121,15 +121,17 @@ fn fail_with(m: &mut Machine, c: &mut Clock, i: usize, times: u32, e: impl Fn() 
     all
 }
 
-/// pg-a primary at LSN 5000, pg-b (and pg-c) standbys close behind: healthy and routed.
+/// pg-a primary at LSN 5000, pg-b (and pg-c) standbys close behind: healthy and routed
+/// (once every backend has been checked).
 fn running(n: usize, promote: PromoteMode) -> (Machine, Clock) {
     let mut m = machine(n, promote);
     let mut c = Clock::new();
-    let acts = see(&mut m, &mut c, 0, primary(5000, 1));
-    assert_eq!(routes(&acts), [Some(0)]);
-    for i in 1..n {
-        see(&mut m, &mut c, i, standby(4900 - i as u64, 1));
+    let mut acts = Vec::new();
+    for i in (1..n).rev() {
+        acts.extend(see(&mut m, &mut c, i, standby(4900 - i as u64, 1)));
     }
+    acts.extend(see(&mut m, &mut c, 0, primary(5000, 1)));
+    assert_eq!(routes(&acts), [Some(0)]);
     (m, c)
 }
 
@@ -193,6 +195,17 @@ fn restart_routes_to_the_real_primary_not_the_configured_one() {
     assert!(routes(&acts).is_empty());
     let acts = see(&mut m, &mut c, 1, primary(200, 2));
     assert_eq!(routes(&acts), [Some(1)]);
+
+    // The first route waits until every backend was checked: a stale old primary (timeline
+    // 1) heard from first is not routed, and no standby is re-pointed at it.
+    let mut m = machine(3, PromoteMode::Auto);
+    let acts = see(&mut m, &mut c, 0, primary(100, 1));
+    assert!(routes(&acts).is_empty(), "pg-b and pg-c not checked yet");
+    let mut acts = see(&mut m, &mut c, 2, standby(300, 2));
+    acts.extend(see(&mut m, &mut c, 1, primary(300, 2)));
+    assert_eq!(routes(&acts), [Some(1)]);
+    assert_eq!(m.backends[0].fence.as_ref().unwrap().kind, FenceKind::SplitBrain);
+    assert!(!acts.iter().any(|a| matches!(a, Action::Repoint { .. })), "{acts:?}");
     assert_eq!(m.counters.failovers, 0, "not a failover, just the truth");
     assert_eq!(m.state, State::Healthy);
 
