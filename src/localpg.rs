@@ -415,6 +415,19 @@ impl Cluster {
         c
     }
 
+    /// Takes over a data directory made outside the harness (e.g. by a deployment script's
+    /// `pg_basebackup`): gives it a free port, starts it, and stops it with the cluster.
+    /// Returns its index.
+    pub fn start_external(&mut self, name: &str, data: PathBuf) -> Result<usize, LocalPgError> {
+        let port = free_port()?;
+        append(&data.join("postgresql.conf"), &format!("\nport = {port}\n"))?;
+        let log = self.dir.path().join(format!("{name}.log"));
+        self.nodes.push(Node { name: name.to_string(), port, data, log });
+        let i = self.nodes.len() - 1;
+        self.start_node(i)?;
+        Ok(i)
+    }
+
     /// The directory of the server binaries (for tests that run `pg_rewind` and friends).
     pub fn bindir(&self) -> &Path {
         &self.bin

@@ -131,3 +131,56 @@ fn service_monitor_selects_the_metrics_service() {
     let ports = svc["spec"]["ports"].as_sequence().unwrap();
     assert!(ports.iter().any(|p| p["name"] == ep["port"]), "endpoint port is not a Service port");
 }
+
+/// The compose stack's two bootstrap scripts, run for real against a local primary with the
+/// variables the containers get: the primary's init script makes the replication role, slot
+/// and pg_hba line; the standby's entrypoint takes a base backup through them; the standby
+/// then streams through the slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compose_bootstrap_scripts_make_a_streaming_standby() {
+    let mut c = cluster(0).await;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let path = format!("{}:{}", c.bindir().display(), std::env::var("PATH").unwrap_or_default());
+    let primary = c.nodes[0].clone();
+    let sock = c.path().join("sock");
+    let run = |script: &str, env: &[(&str, String)]| {
+        let out = std::process::Command::new("bash")
+            .arg(root.join(script))
+            .env("PATH", &path)
+            .env("REPLICATION_PASSWORD", "repl-pw")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{script}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    };
+    run(
+        "deploy/compose/primary-init.sh",
+        &[
+            ("POSTGRES_USER", "postgres".into()),
+            ("PGDATA", primary.data.display().to_string()),
+            ("PGHOST", sock.display().to_string()),
+            ("PGPORT", primary.port.to_string()),
+        ],
+    );
+    // The image's entrypoint restarts the server after its init scripts; a reload does here.
+    c.psql(0, "select pg_reload_conf()").unwrap();
+    let standby_data = c.path().join("compose-standby");
+    run(
+        "deploy/compose/standby-entrypoint.sh",
+        &[
+            ("PGDATA", standby_data.display().to_string()),
+            ("PRIMARY_HOST", "127.0.0.1".into()),
+            ("PRIMARY_PORT", primary.port.to_string()),
+        ],
+    );
+    let c = blocking(move || {
+        c.start_external("compose-standby", standby_data).unwrap();
+        c.wait_streaming(1, Duration::from_secs(30)).unwrap();
+        c
+    })
+    .await;
+    assert_eq!(c.psql(0, "select usename from pg_stat_replication").unwrap(), "replicator");
+    assert_eq!(c.psql(0, "select active from pg_replication_slots where slot_name = 'standby_slot'").unwrap(), "t");
+    assert_eq!(c.psql(1, "select pg_is_in_recovery()").unwrap(), "t");
+}
