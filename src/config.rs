@@ -12,6 +12,7 @@ use std::time::Duration;
 mod file;
 mod layers;
 mod parse;
+mod validate;
 
 /// Everything that can go wrong while building a [`Config`].
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +57,15 @@ pub enum PromoteMode {
     Auto,
     /// Never promote: wait for a backend to report itself primary and follow it.
     Never,
+}
+
+impl fmt::Display for PromoteMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PromoteMode::Auto => "auto",
+            PromoteMode::Never => "never",
+        })
+    }
 }
 
 /// Plain text for people, JSON lines for log shippers.
@@ -138,6 +148,20 @@ pub struct ProxyConfig {
     /// Runtime threads: 1 = a single-threaded runtime (fewest wake-ups on a machine whose
     /// cores are shared with the database), 0 = one per core.
     pub worker_threads: usize,
+    /// Bound on a new client's whole startup (SSLRequest and StartupMessage); PostgreSQL's
+    /// `authentication_timeout` plays this part on the server.
+    pub startup_timeout: Duration,
+    /// Client connections served at once; the next one gets SQLSTATE 53300.
+    pub max_client_connections: usize,
+}
+
+/// The default cap on client connections: 10,000, or fewer when the open-file limit would
+/// not hold them (each client takes two descriptors, plus a few for the proxy itself).
+pub fn default_max_client_connections() -> usize {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct we own.
+    let files = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 { lim.rlim_cur as usize } else { 20_000 };
+    (files.saturating_sub(100) / 2).clamp(1, 10_000)
 }
 
 /// The whole, validated configuration.
@@ -192,6 +216,8 @@ impl Default for Config {
                 user_timeout: Duration::from_secs(20),
                 shutdown_grace: Duration::from_secs(10),
                 worker_threads: 0,
+                startup_timeout: Duration::from_secs(10),
+                max_client_connections: default_max_client_connections(),
             },
             primary: BackendConfig {
                 name: "primary".into(),
@@ -254,48 +280,16 @@ impl Config {
         }
         layers::apply_env(&mut cfg, env)?;
         layers::apply_flags(&mut cfg, flags)?;
-        validate(&cfg)?;
+        // RUST_LOG wins over log_level when logging starts: it must be valid too.
+        if let Some(filter) = env("RUST_LOG") {
+            validate::log_filter(&filter).map_err(|r| ConfigError::invalid("environment", "RUST_LOG", r))?;
+        }
+        validate::check(&cfg).map_err(|(key, reason)| {
+            let (source, name) = validate::origin(&key, file, env, flags);
+            ConfigError::invalid(&source, name, reason)
+        })?;
         Ok(cfg)
     }
-}
-
-fn validate(cfg: &Config) -> Result<(), ConfigError> {
-    let v = |key: &str, reason: &str| Err(ConfigError::invalid("config", key, reason));
-    if cfg.health.interval < Duration::from_millis(10) {
-        return v("health.interval", "must be at least 10ms");
-    }
-    if cfg.health.timeout < Duration::from_millis(10) {
-        return v("health.timeout", "must be at least 10ms");
-    }
-    if cfg.health.failure_threshold == 0 {
-        return v("health.failure_threshold", "must be at least 1");
-    }
-    if cfg.proxy.connect_timeout.is_zero() {
-        return v("proxy.connect_timeout", "must be greater than 0");
-    }
-    if cfg.proxy.keepalive_count == 0 {
-        return v("proxy.keepalive_count", "must be at least 1");
-    }
-    let mut names = std::collections::HashSet::new();
-    for (i, b) in cfg.backends().iter().enumerate() {
-        let key = if i == 0 { "primary".to_string() } else { format!("standbys[{}]", i - 1) };
-        if b.name.is_empty() {
-            return v(&format!("{key}.name"), "must not be empty");
-        }
-        if !names.insert(b.name.clone()) {
-            return v(&format!("{key}.name"), &format!("{:?} is used by two backends", b.name));
-        }
-        if b.host.is_empty() {
-            return v(&format!("{key}.host"), "must not be empty");
-        }
-        if b.port == 0 {
-            return v(&format!("{key}.port"), "must not be 0");
-        }
-    }
-    if cfg.listen == cfg.admin_listen && cfg.listen.port() != 0 {
-        return v("admin_listen", "must differ from listen");
-    }
-    Ok(())
 }
 
 #[cfg(test)]

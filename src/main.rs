@@ -64,6 +64,7 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    raise_open_file_limit();
     let overrides = Overrides {
         listen: cli.listen,
         admin_listen: cli.admin_listen,
@@ -103,10 +104,23 @@ fn main() -> ExitCode {
     run_until_signal(cfg, |_| {})
 }
 
+/// Two descriptors per client: use all the open files the hard limit allows (the default
+/// `proxy.max_client_connections` is derived from it).
+fn raise_open_file_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit on a struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 /// One line per backend and the key settings; never a secret.
 fn summary(cfg: &Config) -> String {
     let mut s = format!(
-        "configuration OK: listen {}, admin {}, health every {} (timeout {}, threshold {}), promote {:?}, hold {}",
+        "configuration OK: listen {}, admin {}, health every {} (timeout {}, threshold {}), promote {}, hold {}, max clients {}",
         cfg.listen,
         cfg.admin_listen,
         humantime::format_duration(cfg.health.interval),
@@ -114,6 +128,7 @@ fn summary(cfg: &Config) -> String {
         cfg.health.failure_threshold,
         cfg.failover.promote,
         humantime::format_duration(cfg.failover.hold_timeout),
+        cfg.proxy.max_client_connections,
     );
     for (i, b) in cfg.backends().iter().enumerate() {
         let role = if i == 0 { "primary" } else { "standby" };
@@ -122,12 +137,18 @@ fn summary(cfg: &Config) -> String {
     s
 }
 
+/// Logs to stderr: colours only on a terminal, JSON lines on request. The filter (RUST_LOG,
+/// else `log_level`) was validated with the configuration.
 pub(crate) fn init_logging(cfg: &Config) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&cfg.log_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match cfg.log_format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
@@ -157,8 +178,8 @@ pub(crate) fn run_until_signal(cfg: Config, ready: impl FnOnce(&pgfailover::serv
         let proxy = match pgfailover::server::Proxy::start(cfg).await {
             Ok(p) => p,
             Err(e) => {
-                tracing::error!("{e}");
-                eprintln!("pgfailover: {e}");
+                // One message: the log is on stderr already.
+                tracing::error!("cannot start: {e}");
                 return ExitCode::FAILURE;
             }
         };

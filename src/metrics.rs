@@ -23,15 +23,18 @@ pub enum CloseReason {
     RouteChanged,
     Shutdown,
     Error,
+    /// The client's first bytes were no startup packet (an impossible length).
+    InvalidStartup,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 5] = [
+    pub const ALL: [CloseReason; 6] = [
         CloseReason::ClientClosed,
         CloseReason::ServerClosed,
         CloseReason::RouteChanged,
         CloseReason::Shutdown,
         CloseReason::Error,
+        CloseReason::InvalidStartup,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -40,6 +43,7 @@ impl CloseReason {
             CloseReason::RouteChanged => "route_changed",
             CloseReason::Shutdown => "shutdown",
             CloseReason::Error => "error",
+            CloseReason::InvalidStartup => "invalid_startup",
         }
     }
 }
@@ -53,6 +57,7 @@ pub struct Metrics {
     connections_accepted: Counter,
     connections_held: Counter,
     connections_refused: Counter,
+    connections_over_limit: Counter,
     bytes_client_to_server: Counter,
     bytes_server_to_client: Counter,
     /// Per backend, config order.
@@ -89,6 +94,7 @@ pub struct Stats {
     pub accepted: AtomicU64,
     pub held: AtomicU64,
     pub refused: AtomicU64,
+    pub over_limit: AtomicU64,
     pub bytes_client_to_server: AtomicU64,
     pub bytes_server_to_client: AtomicU64,
     pub connect_errors: AtomicU64,
@@ -137,6 +143,7 @@ impl Metrics {
             connections_accepted: counter("pgfailover_client_connections_accepted_total", "Client connections accepted.", vec![]),
             connections_held: counter("pgfailover_client_connections_held_total", "Client connections that had to wait for a routable primary.", vec![]),
             connections_refused: counter("pgfailover_client_connections_refused_total", "Client connections refused with SQLSTATE 57P03.", vec![]),
+            connections_over_limit: counter("pgfailover_client_connections_over_limit_total", "Client connections refused with SQLSTATE 53300 because proxy.max_client_connections were open.", vec![]),
             bytes_client_to_server: counter("pgfailover_client_to_server_bytes_total", "Bytes spliced from clients to backends.", vec![]),
             bytes_server_to_client: counter("pgfailover_server_to_client_bytes_total", "Bytes spliced from backends to clients.", vec![]),
             backend_connect_errors: per_backend("backend").into_iter().map(|l| counter("pgfailover_backend_connect_errors_total", "Failed attempts to open a client session on a backend (connect refused or timed out, startup refused with 57P01/57P02/57P03, closed or silent before its first answer).", l)).collect(),
@@ -194,6 +201,15 @@ impl Metrics {
         self.stats.refused.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub fn over_limit(&self) {
+        self.stats.over_limit.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Client sessions open now (spliced, held, or opening).
+    pub fn active_sessions(&self) -> usize {
+        self.stats.active.load(Ordering::Relaxed) as usize
+    }
+
     pub fn connect_error(&self, backend: usize) {
         if let Some(c) = self.backend_connect_errors.get(backend) {
             c.increment(1);
@@ -235,6 +251,7 @@ impl Metrics {
         self.connections_accepted.absolute(Stats::get(&st.accepted));
         self.connections_held.absolute(Stats::get(&st.held));
         self.connections_refused.absolute(Stats::get(&st.refused));
+        self.connections_over_limit.absolute(Stats::get(&st.over_limit));
         self.bytes_client_to_server.absolute(Stats::get(&st.bytes_client_to_server));
         self.bytes_server_to_client.absolute(Stats::get(&st.bytes_server_to_client));
     }

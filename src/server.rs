@@ -91,7 +91,7 @@ impl Proxy {
         if cfg.admin_token.is_none() {
             tracing::info!("no admin token configured: POST endpoints answer 403");
         }
-        tracing::info!(listen = %client_addr, admin = %admin_addr, backends = %names.join(", "), promote = ?cfg.failover.promote, "pgfailover started");
+        tracing::info!(listen = %client_addr, admin = %admin_addr, backends = %names.join(", "), promote = %cfg.failover.promote, "pgfailover started");
         let stop = shutdown.clone();
         let done = tokio::spawn(async move {
             proxy::run(client, dp, stop).await;

@@ -223,3 +223,23 @@ async fn idle_admin_connections_cannot_exhaust_the_port() {
     let r = tokio::time::timeout(Duration::from_secs(20), get(p.admin_addr, "/health")).await.expect("served");
     assert_eq!(r.status, 200);
 }
+
+/// Bytes that are no HTTP request get a JSON 400 like every other error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_to_the_admin_port_gets_a_json_error() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let c = cluster(0).await;
+    let p = start_proxy(proxy_config(&c, |_| {})).await;
+    for junk in [&b"hello\n"[..], b"\x16\x03\x01\x00\x05hello", b"get / HTTP/1.1\r\n\r\n"] {
+        let mut s = tokio::net::TcpStream::connect(p.admin_addr).await.unwrap();
+        s.write_all(junk).await.unwrap();
+        let mut raw = Vec::new();
+        tokio::time::timeout(LIMIT, s.read_to_end(&mut raw)).await.expect("answered").unwrap();
+        let text = String::from_utf8_lossy(&raw);
+        assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+        let body = text.split_once("\r\n\r\n").unwrap().1;
+        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        assert!(v["error"].as_str().unwrap().contains("not an HTTP request"), "{body}");
+    }
+    assert_eq!(get(p.admin_addr, "/health").await.status, 200, "the port still serves HTTP");
+}

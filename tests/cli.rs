@@ -59,6 +59,43 @@ fn config_errors_are_one_line_with_exit_code_2() {
     assert_config_error(&run(&["--check", "--promote", "maybe"], &[]), &["--promote", "auto"]);
 }
 
+/// `log_level`, `--log-level`, `PGFAILOVER_LOG_LEVEL` and `RUST_LOG` are checked like every
+/// other value: a typo stops the start (exit 2) with one line naming where it came from.
+#[test]
+fn a_bad_log_level_stops_the_start_and_names_its_source() {
+    let f = config_file("log_level = \"warnn\"\n");
+    let path = f.path().to_str().unwrap();
+    assert_config_error(&run(&["--config", path, "--check"], &[]), &[path, "log_level", "\"warnn\" is not a level"]);
+    assert_config_error(&run(&["--config", path], &[]), &[path, "log_level"]);
+    assert_config_error(&run(&["--check", "--log-level", "debugg"], &[]), &["command line", "--log-level", "debugg"]);
+    assert_config_error(&run(&["--check"], &[("PGFAILOVER_LOG_LEVEL", "nonsense===")]), &["environment", "PGFAILOVER_LOG_LEVEL"]);
+    assert_config_error(&run(&["--check"], &[("RUST_LOG", "pgfailover=loud")]), &["environment", "RUST_LOG", "loud"]);
+    assert!(run(&["--check", "--log-level", "info,pgfailover::monitor=debug"], &[]).status.success());
+}
+
+/// Whole-configuration checks name the file, variable or flag the bad value came from.
+#[test]
+fn invalid_values_name_their_file_variable_or_flag() {
+    let f = config_file("[health]\ninterval = \"0s\"\n");
+    let path = f.path().to_str().unwrap();
+    assert_config_error(&run(&["--config", path, "--check"], &[]), &[&format!("{path}: health.interval: must be at least 10ms")]);
+    assert_config_error(&run(&["--check"], &[("FAILOVER_HEALTH_CHECK_INTERVAL", "0")]), &["environment: FAILOVER_HEALTH_CHECK_INTERVAL: must be at least 10ms"]);
+    assert_config_error(&run(&["--check", "--listen", "127.0.0.1:7000", "--admin-listen", "127.0.0.1:7000"], &[]), &["command line: --admin-listen: must differ from listen"]);
+}
+
+/// A port in use stops the start with one message, exit 1.
+#[test]
+fn a_port_in_use_is_reported_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let admin = format!("127.0.0.1:{}", free_port().unwrap());
+    let out = run(&["--listen", &addr, "--admin-listen", &admin], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.matches("ddress already in use").count(), 1, "{err}");
+    assert!(err.contains(&addr), "{err}");
+}
+
 #[test]
 fn check_prints_a_summary_without_secrets() {
     let f = config_file("[primary]\nname = \"pg-a\"\npassword = \"file-secret\"\n[[standbys]]\nname = \"pg-b\"\nport = 5433\n");
@@ -75,6 +112,8 @@ struct Running {
     admin: SocketAddr,
     client: SocketAddr,
     log: tempfile::NamedTempFile,
+    /// Removed with the process.
+    _config: tempfile::NamedTempFile,
 }
 
 impl Drop for Running {
@@ -107,9 +146,7 @@ fn spawn_proxy_with(c: &Cluster, grace: &str, env: &[(&str, &str)]) -> Running {
         .stderr(log.reopen().unwrap())
         .spawn()
         .unwrap();
-    // The config file may go once the process has read it.
-    std::mem::forget(cfg);
-    Running { child, admin, client, log }
+    Running { child, admin, client, log, _config: cfg }
 }
 
 async fn wait_ready(r: &Running) {
@@ -157,6 +194,12 @@ async fn sigterm_stops_accepting_drains_sessions_and_exits_0() {
     let log = std::fs::read_to_string(r.log.path()).unwrap();
     assert!(log.contains("draining"), "{log}");
     assert!(!log.contains(pw.as_str()), "the password appears in the log");
+    assert!(!log.contains('\x1b'), "a log written to a file has no colour codes");
+    assert!(log.contains("promote=auto"), "values print as people read them: {log}");
+    let ours = log.lines().filter(|l| l.contains(" pgfailover::"));
+    for l in ours {
+        assert!(!l.contains("Some(") && !l.contains("None"), "a Rust internal in a log field: {l}");
+    }
 }
 
 /// The health monitor dying (here by the debug build's fault injection) stops the process

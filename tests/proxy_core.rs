@@ -301,8 +301,8 @@ async fn garbage_from_a_client_does_not_hurt_others() {
         let _ = tokio::time::timeout(SECS_10, s.read_to_end(&mut buf)).await.expect("closed in time");
     }
     p.route.set(Some(0), "");
-    // Routed: bytes that are no startup packet go to the server unjudged, and it closes them.
-    for junk in [&b"GET / HTTP/1.1\r\n\r\n"[..], b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"] {
+    // Routed: a direct-TLS ClientHello goes to the server unjudged, and it closes it.
+    for junk in [&b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"[..]] {
         let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
         s.write_all(junk).await.unwrap();
         let mut buf = Vec::new();
@@ -310,6 +310,77 @@ async fn garbage_from_a_client_does_not_hurt_others() {
     }
     let client = connect(p.addr, &c.options.password).await;
     assert_eq!(client.query_one("select 1", &[]).await.unwrap().get::<_, i32>(0), 1);
+}
+
+/// Bytes whose first four cannot be a startup packet's length are closed at once, as
+/// PostgreSQL closes them, without waiting for more or for the startup timeout, and without
+/// a server connection kept for them; with or without a route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn impossible_startup_lengths_are_closed_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let c = cluster(0).await;
+    let p = data_path(backends(&c), Duration::from_secs(5)).await;
+    for routed in [false, true] {
+        if routed {
+            p.route.set(Some(0), "");
+        }
+        for junk in [&b"hello\n"[..], b"GET / HTTP/1.1\r\n\r\n", b"\0\0\0\x04"] {
+            let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+            let sent = std::time::Instant::now();
+            s.write_all(junk).await.unwrap();
+            let mut buf = Vec::new();
+            // Unread bytes left behind make the close a reset, as with PostgreSQL.
+            match tokio::time::timeout(SECS_10, s.read_to_end(&mut buf)).await.expect("closed") {
+                Ok(_) => {}
+                Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+            }
+            let took = sent.elapsed();
+            eprintln!("{junk:?} (routed: {routed}) closed after {took:?}");
+            assert!(buf.is_empty(), "closed without an answer, as PostgreSQL does");
+            // The startup timeout is 10 s: a close well before it came from the length.
+            assert!(took < Duration::from_secs(2), "{junk:?} closed after {took:?}");
+        }
+    }
+    assert!(p.metrics.render().lines().any(|l| l.starts_with("pgfailover_sessions_closed_total{reason=\"invalid_startup\"} 6")));
+}
+
+/// A client that sends nothing, or half a startup packet, is closed at
+/// `proxy.startup_timeout` (for the whole startup, not per packet).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_is_closed_at_the_startup_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let c = cluster(0).await;
+    let p = data_path_with(backends(&c), Duration::from_secs(5), |pc| pc.startup_timeout = Duration::from_millis(300)).await;
+    p.route.set(Some(0), "");
+    for partial in [&b""[..], b"\0\0\0\x50\0\x03"] {
+        let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+        s.write_all(partial).await.unwrap();
+        let mut buf = Vec::new();
+        let started = std::time::Instant::now();
+        tokio::time::timeout(SECS_10, s.read_to_end(&mut buf)).await.expect("closed by the startup timeout").unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(250), "not before the timeout");
+    }
+}
+
+/// Over `proxy.max_client_connections`, the next client gets a proper 53300 ErrorResponse
+/// (as PostgreSQL's "too many clients"), counted; a slot freed is usable again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_cap_answers_53300() {
+    let c = cluster(0).await;
+    let p = data_path_with(backends(&c), Duration::from_secs(5), |pc| pc.max_client_connections = 3).await;
+    p.route.set(Some(0), "");
+    let pw = &c.options.password;
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(connect(p.addr, pw).await);
+    }
+    let err = try_connect(p.addr, pw).await.err().expect("the fourth is refused");
+    assert_eq!(err.code(), Some(&SqlState::TOO_MANY_CONNECTIONS), "{err}");
+    assert!(err.as_db_error().unwrap().message().contains("max_client_connections is 3"));
+    assert_eq!(p.metrics.stats.over_limit.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert!(p.metrics.render().lines().any(|l| l == "pgfailover_client_connections_over_limit_total 1"));
+    drop(open.pop());
+    eventually(SECS_10, "a slot is free again", || async { try_connect(p.addr, pw).await.ok() }).await;
 }
 
 /// A server that is up but cannot take sessions never answers the client itself. Here it is

@@ -28,8 +28,10 @@ fn count(p: &pgfailover::server::Proxy, kind: EventKind) -> usize {
     p.monitor.history(1000).iter().filter(|e| e.kind == kind).count()
 }
 
-/// What happened to a session opened through the proxy during a fault.
+/// What happened to a session opened through the proxy during a fault (the texts are read
+/// through `Debug`, in assertion messages).
 #[derive(Debug)]
+#[allow(dead_code)]
 enum Opened {
     /// It reached the server on this port.
     On(i32),

@@ -33,6 +33,7 @@ pub fn metrics_json(ctx: &AdminContext) -> Reply {
                 "total": get(&st.accepted),
                 "held": get(&st.held),
                 "refused": get(&st.refused),
+                "overLimit": get(&st.over_limit),
             },
             "bytes": {
                 "clientToServer": get(&st.bytes_client_to_server),

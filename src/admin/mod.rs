@@ -84,6 +84,13 @@ pub async fn run(listener: TcpListener, ctx: Arc<AdminContext>, shutdown: Cancel
         let stop = shutdown.clone();
         conns.spawn(async move {
             let _permit = permit;
+            // Bytes that are no HTTP request line get a JSON error like every other one
+            // (hyper would answer them with an empty 400).
+            let mut stream = stream;
+            if let Some(why) = not_http(&stream).await {
+                reject_raw(&mut stream, &why).await;
+                return;
+            }
             let service = hyper::service::service_fn(move |req| {
                 let ctx = ctx.clone();
                 async move { Ok::<_, Infallible>(route(req, &ctx, peer).await) }
@@ -140,6 +147,49 @@ async fn route(req: Request<Incoming>, ctx: &AdminContext, peer: SocketAddr) -> 
         (Method::POST, p) => handlers::post(req, p, ctx, peer).await,
         _ => error(StatusCode::NOT_FOUND, &format!("no such endpoint: {path}")),
     }
+}
+
+/// Looks at (without consuming) the start of a connection: `Some(why)` when it cannot be an
+/// HTTP/1 request line. Waits at most `HEADER_TIMEOUT` for enough bytes to tell.
+async fn not_http(stream: &tokio::net::TcpStream) -> Option<String> {
+    let mut buf = [0u8; 64];
+    let deadline = tokio::time::Instant::now() + HEADER_TIMEOUT;
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            _ => return None,
+        };
+        if n == 0 {
+            return None;
+        }
+        let seen = &buf[..n];
+        // METHOD SP: an uppercase token, then a space.
+        let method_len = seen.iter().take_while(|b| b.is_ascii_uppercase()).count();
+        if method_len < n {
+            return if method_len > 0 && seen[method_len] == b' ' {
+                None
+            } else {
+                Some(format!("not an HTTP request (it starts with {:?})", String::from_utf8_lossy(&seen[..n.min(16)])))
+            };
+        }
+        if n == buf.len() {
+            return Some("not an HTTP request (no method)".into());
+        }
+        // Only part of a method so far: wait for more.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A JSON 400 written by hand to a client that does not speak HTTP, then the close.
+async fn reject_raw(stream: &mut tokio::net::TcpStream, why: &str) {
+    use tokio::io::AsyncWriteExt;
+    let body = serde_json::json!({ "error": why }).to_string();
+    let reply = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(HEADER_TIMEOUT, stream.write_all(reply.as_bytes())).await;
+    let _ = stream.shutdown().await;
 }
 
 pub fn json<T: serde::Serialize + ?Sized>(status: StatusCode, value: &T) -> Reply {

@@ -81,6 +81,8 @@ struct RawProxy {
     user_timeout: Option<HumanDuration>,
     shutdown_grace: Option<HumanDuration>,
     worker_threads: Option<usize>,
+    startup_timeout: Option<HumanDuration>,
+    max_client_connections: Option<usize>,
 }
 
 #[derive(Deserialize, Default, Clone)]
@@ -156,6 +158,8 @@ pub(super) fn apply_file(
         set(&mut cfg.proxy.user_timeout, p.user_timeout.map(|d| d.0));
         set(&mut cfg.proxy.shutdown_grace, p.shutdown_grace.map(|d| d.0));
         set(&mut cfg.proxy.worker_threads, p.worker_threads);
+        set(&mut cfg.proxy.startup_timeout, p.startup_timeout.map(|d| d.0));
+        set(&mut cfg.proxy.max_client_connections, p.max_client_connections);
     }
     if let Some(p) = raw.primary {
         merge_backend(&mut cfg.primary, p, label, "primary", base)?;

@@ -110,6 +110,10 @@ pub(super) fn apply_env(cfg: &mut Config, env: EnvLookup<'_>) -> Result<(), Conf
     if let Some(v) = env("PGFAILOVER_WORKER_THREADS") {
         cfg.proxy.worker_threads = v.trim().parse().map_err(|_| bad("PGFAILOVER_WORKER_THREADS", format!("{v:?} is not a number")))?;
     }
+    if let Some(v) = env("PGFAILOVER_MAX_CLIENT_CONNECTIONS") {
+        cfg.proxy.max_client_connections =
+            v.trim().parse().map_err(|_| bad("PGFAILOVER_MAX_CLIENT_CONNECTIONS", format!("{v:?} is not a number")))?;
+    }
     if let Some(v) = env("PGFAILOVER_LOG_LEVEL") {
         cfg.log_level = v;
     }

@@ -18,6 +18,22 @@ pub enum EventKind {
     Repoint,
 }
 
+impl EventKind {
+    /// The name as the API and the logs show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Failover => "failover",
+            EventKind::FailoverFailed => "failover_failed",
+            EventKind::Recovery => "recovery",
+            EventKind::Fence => "fence",
+            EventKind::Unfence => "unfence",
+            EventKind::SplitBrain => "split_brain",
+            EventKind::SwitchoverAborted => "switchover_aborted",
+            EventKind::Repoint => "repoint",
+        }
+    }
+}
+
 /// One entry of `/failover/history`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

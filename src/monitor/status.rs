@@ -21,7 +21,8 @@ fn rfc3339(t: SystemTime) -> String {
 pub struct BackendStatus {
     pub name: String,
     pub address: String,
-    /// What the server says it is now: "primary", "standby" or "unknown".
+    /// What the server said at its last check: "primary", "standby", or "unknown" (never
+    /// checked, or down past the failure threshold).
     pub role: &'static str,
     pub configured_role: &'static str,
     pub healthy: bool,
@@ -147,7 +148,10 @@ fn backend_status(m: &Machine, cfg: &[BackendConfig], i: usize) -> BackendStatus
     BackendStatus {
         name: b.name.clone(),
         address: cfg.get(i).map(BackendConfig::address).unwrap_or_default(),
+        // What it said at its last check; nothing once it is down (a dead old primary is not
+        // a "primary" any more).
         role: match obs {
+            _ if b.marked_down => "unknown",
             Some(o) if o.in_recovery => "standby",
             Some(_) => "primary",
             None => "unknown",

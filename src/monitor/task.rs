@@ -179,6 +179,7 @@ impl ProberTask {
         // a fraction of the interval; a timed-out check already waited its share.
         let fast = (self.interval / 4).clamp(Duration::from_millis(10), self.interval);
         let mut acks: Vec<oneshot::Sender<()>> = Vec::new();
+        let mut failing = FailureLog::default();
         loop {
             let started = Instant::now();
             let result = tokio::select! {
@@ -187,9 +188,7 @@ impl ProberTask {
             };
             let took = started.elapsed();
             let failed = result.is_err();
-            if let Err(e) = &result {
-                tracing::info!(backend = %self.backend.name, error = %e, kind = e.kind().as_str(), took_ms = took.as_millis() as u64, "health check failed");
-            }
+            failing.note(&self.backend.name, result.as_ref().err(), took);
             if self.commands.send(Command::Observed { i: self.i, result, took }).await.is_err() {
                 return;
             }
@@ -209,6 +208,46 @@ impl ProberTask {
             while let Ok(more) = self.now_rx.try_recv() {
                 acks.extend(more);
             }
+        }
+    }
+}
+
+/// Logs a backend's failing checks for people: the first failure, then at most once a
+/// minute while it keeps failing, then its return. (Every failure is counted in the metrics
+/// and shown in `/failover/health`; every one is logged at debug.)
+#[derive(Default)]
+struct FailureLog {
+    /// When the current run of failures began, how many so far, and when last logged.
+    run: Option<(Instant, u64, Instant)>,
+}
+
+/// How often a backend that stays down is logged again.
+const FAILURE_LOG_EVERY: Duration = Duration::from_secs(60);
+
+impl FailureLog {
+    fn note(&mut self, backend: &str, error: Option<&CheckError>, took: Duration) {
+        let now = Instant::now();
+        match (error, self.run.as_mut()) {
+            (Some(e), None) => {
+                tracing::info!(backend, error = %e, kind = e.kind().as_str(), took_ms = took.as_millis() as u64, "health check failed");
+                self.run = Some((now, 1, now));
+            }
+            (Some(e), Some((since, count, logged))) => {
+                *count += 1;
+                if now.duration_since(*logged) >= FAILURE_LOG_EVERY {
+                    let secs = now.duration_since(*since).as_secs();
+                    tracing::info!(backend, error = %e, kind = e.kind().as_str(), failed_checks = *count, failing_for_s = secs, "health checks still failing");
+                    *logged = now;
+                } else {
+                    tracing::debug!(backend, error = %e, kind = e.kind().as_str(), took_ms = took.as_millis() as u64, "health check failed");
+                }
+            }
+            (None, Some((since, count, _))) => {
+                let ms = now.duration_since(*since).as_millis() as u64;
+                tracing::info!(backend, failed_checks = *count, failing_for_ms = ms, "health checks succeed again");
+                self.run = None;
+            }
+            (None, None) => {}
         }
     }
 }
@@ -450,9 +489,9 @@ impl MonitorTask {
                 let to = e.to.as_deref().unwrap_or("-");
                 match e.kind {
                     EventKind::Recovery | EventKind::Unfence | EventKind::Repoint => {
-                        tracing::info!(kind = ?e.kind, from, to, reason = %e.reason, "history")
+                        tracing::info!(kind = e.kind.as_str(), from, to, reason = %e.reason, "history")
                     }
-                    _ => tracing::warn!(kind = ?e.kind, from, to, reason = %e.reason, trigger = %e.trigger, "history"),
+                    _ => tracing::warn!(kind = e.kind.as_str(), from, to, reason = %e.reason, trigger = %e.trigger, "history"),
                 }
                 if let Ok(mut h) = self.history.lock() {
                     h.push(e);

@@ -25,6 +25,10 @@ pub async fn run(listener: TcpListener, dp: Arc<DataPath>, shutdown: Cancellatio
             accepted = listener.accept() => match accepted {
                 Ok((client, _peer)) => {
                     backoff = Duration::from_millis(5);
+                    if dp.metrics.active_sessions() >= dp.proxy.max_client_connections {
+                        sessions.spawn(session::refuse_over_limit(client, dp.clone()));
+                        continue;
+                    }
                     sessions.spawn(session::serve(client, dp.clone(), shutdown.clone(), kill.clone()));
                 }
                 Err(e) => {
@@ -44,7 +48,7 @@ pub async fn run(listener: TcpListener, dp: Arc<DataPath>, shutdown: Cancellatio
     sessions.close();
     let open = sessions.len();
     if open > 0 {
-        tracing::info!(sessions = open, grace = ?dp.proxy.shutdown_grace, "draining client sessions");
+        tracing::info!(sessions = open, grace = %humantime::format_duration(dp.proxy.shutdown_grace), "draining client sessions");
     }
     if tokio::time::timeout(dp.proxy.shutdown_grace, sessions.wait()).await.is_err() {
         tracing::info!(sessions = sessions.len(), "grace period over; closing remaining sessions");

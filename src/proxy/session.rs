@@ -43,10 +43,16 @@ pub async fn serve(mut client: TcpStream, dp: Arc<DataPath>, stopping: Cancellat
             m.session_closed(CloseReason::ClientClosed);
             return;
         }
+        Err(Failed::Invalid(len)) => {
+            tracing::debug!(len, "invalid length of startup packet: connection closed");
+            m.session_closed(CloseReason::InvalidStartup);
+            return;
+        }
         Err(Failed::Refused { reason, pending }) => {
             m.refused();
-            let outcome = wire::refuse(&mut client, pending, &reason).await;
-            tracing::info!(%reason, ?outcome, "client refused");
+            let deadline = tokio::time::Instant::now() + dp.proxy.startup_timeout;
+            let outcome = wire::refuse(&mut client, pending, wire::SQLSTATE_CANNOT_CONNECT_NOW, &reason, deadline).await;
+            tracing::info!(%reason, outcome = outcome.as_str(), "client refused");
             return;
         }
     };
@@ -59,6 +65,16 @@ pub async fn serve(mut client: TcpStream, dp: Arc<DataPath>, stopping: Cancellat
     if reason == CloseReason::RouteChanged {
         tracing::debug!(backend = %dp.backends[backend].name, "session cut: route moved away");
     }
+}
+
+/// Refuses a client over `proxy.max_client_connections` as PostgreSQL refuses one over
+/// `max_connections`: a FATAL 53300 in answer to its StartupMessage.
+pub async fn refuse_over_limit(mut client: TcpStream, dp: Arc<DataPath>) {
+    dp.metrics.over_limit();
+    let deadline = tokio::time::Instant::now() + dp.proxy.startup_timeout;
+    let message = format!("sorry, too many clients already (pgfailover's proxy.max_client_connections is {})", dp.proxy.max_client_connections);
+    let outcome = wire::refuse(&mut client, None, wire::SQLSTATE_TOO_MANY_CONNECTIONS, &message, deadline).await;
+    tracing::debug!(outcome = outcome.as_str(), "client over the connection limit refused");
 }
 
 /// Copies both directions at once (a pipelining client and a busy server never deadlock),

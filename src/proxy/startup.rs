@@ -34,6 +34,8 @@ use super::wire::{self, FirstReply, Packet, CANCEL_REQUEST, GSSENC_REQUEST, SSL_
 pub enum Failed {
     /// The client went away, or sent nothing in time; there is no one to answer.
     Abandoned,
+    /// The client sent a length no startup packet can have: closed at once.
+    Invalid(u32),
     /// No server took the client within the hold timeout (or the proxy is stopping): answer
     /// with a 57P03 carrying `reason`, after handling `pending`, the client's last packet.
     Refused { reason: String, pending: Option<Packet> },
@@ -56,8 +58,14 @@ pub async fn open(
 ) -> Result<Opened, Failed> {
     // The connect to the routed server overlaps the client's first packet on the wire, as a
     // plain splice's would; a failed early connect is retried (and reported) by the hold.
-    let (packet, early) = tokio::join!(read_client(client), early_connect(dp, route));
-    let Some(mut packet) = packet else { return Err(Failed::Abandoned) };
+    // The client's whole startup (its packets, not the server's answers) is bounded.
+    let deadline = Instant::now() + dp.proxy.startup_timeout;
+    let (packet, early) = tokio::join!(read_client(client, deadline), early_connect(dp, route));
+    let mut packet = match packet {
+        Some(Packet::Invalid(len)) => return Err(Failed::Invalid(len)),
+        Some(p) => p,
+        None => return Err(Failed::Abandoned),
+    };
     let mut hold = Hold { deadline: Instant::now() + dp.hold_timeout, counted: false, last_error: None, wait_first: false };
     // A connected server to use next: the early connect, or one already asked about
     // encryption (it said N) that the StartupMessage goes to.
@@ -72,6 +80,7 @@ pub async fn open(
         };
         let name = &dp.backends[backend].name;
         match &packet {
+            Packet::Invalid(len) => return Err(Failed::Invalid(*len)),
             Packet::Opaque(bytes) | Packet::Untyped { code: CANCEL_REQUEST, bytes } => {
                 if let Err(e) = send(&mut server, bytes, dp).await {
                     hold.failed(dp, backend, format!("{name} closed the connection: {e}"));
@@ -87,7 +96,8 @@ pub async fn open(
                         }
                         dp.metrics.add_bytes(false, 1);
                         // The client goes on in clear; its next packet is the StartupMessage.
-                        packet = match read_client(client).await {
+                        packet = match read_client(client, deadline).await {
+                            Some(Packet::Invalid(len)) => return Err(Failed::Invalid(len)),
                             Some(p) => p,
                             None => return Err(Failed::Abandoned),
                         };
@@ -119,9 +129,9 @@ async fn early_connect(dp: &DataPath, route: &watch::Receiver<Route>) -> Option<
     socket::connect(&dp.backends[target], &dp.proxy).await.ok().map(|s| (s, target))
 }
 
-/// The client's next startup packet, within the startup deadline; `None` if it went away.
-async fn read_client(client: &mut TcpStream) -> Option<Packet> {
-    match tokio::time::timeout(wire::STARTUP_DEADLINE, wire::read_packet(client)).await {
+/// The client's next startup packet, before `deadline`; `None` if it went away or was late.
+async fn read_client(client: &mut TcpStream, deadline: Instant) -> Option<Packet> {
+    match tokio::time::timeout_at(deadline, wire::read_packet(client)).await {
         Ok(Ok(Some(p))) => Some(p),
         _ => None,
     }

@@ -3,10 +3,9 @@
 //! to a client it must refuse. Everything after the server's first answer is spliced
 //! without being parsed.
 
-use std::time::Duration;
-
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 /// Request codes of the untyped startup packets.
 pub const SSL_REQUEST: u32 = 80877103;
@@ -15,11 +14,14 @@ pub const CANCEL_REQUEST: u32 = 80877102;
 /// SQLSTATE "cannot_connect_now".
 pub const SQLSTATE_CANNOT_CONNECT_NOW: &str = "57P03";
 
+/// SQLSTATE "too_many_connections".
+pub const SQLSTATE_TOO_MANY_CONNECTIONS: &str = "53300";
+
 /// The largest startup packet we accept (PostgreSQL's own limit is 10000).
 const MAX_STARTUP_LEN: u32 = 10_000;
-/// A client that does not send its startup packets in this time is dropped (PostgreSQL's
-/// own `authentication_timeout` default).
-pub const STARTUP_DEADLINE: Duration = Duration::from_secs(60);
+/// The first byte of a TLS handshake record: a direct-TLS ClientHello (PostgreSQL 17's
+/// `sslnegotiation=direct`) instead of a length.
+const TLS_HANDSHAKE: u8 = 0x16;
 
 /// Encodes an `ErrorResponse` message (protocol 3.0).
 pub fn error_response(severity: &str, sqlstate: &str, message: &str, detail: Option<&str>) -> Vec<u8> {
@@ -51,25 +53,34 @@ pub enum Packet {
     /// A well-formed untyped packet: `code` is the request code (SSLRequest, CancelRequest,
     /// ...) or the protocol version of a StartupMessage; `bytes` is the whole packet.
     Untyped { code: u32, bytes: Vec<u8> },
-    /// The first 8 bytes were no startup packet (a direct TLS ClientHello, garbage): the
-    /// proxy does not judge them, the server does.
+    /// The first 8 bytes of a direct-TLS ClientHello: the proxy does not judge them, the
+    /// server does.
     Opaque(Vec<u8>),
+    /// A length no startup packet can have (under 8 or over 10000): PostgreSQL closes such
+    /// a connection at once, and so does the proxy.
+    Invalid(u32),
 }
 
-/// Reads one startup-phase packet. `Ok(None)`: the client closed (or sent under 8 bytes and
-/// closed) before a whole header arrived.
+/// Reads one startup-phase packet. `Ok(None)`: the client closed before a whole packet
+/// arrived. The length is judged as soon as its 4 bytes are in, as PostgreSQL does, so
+/// garbage is refused at once however little of it follows.
 pub async fn read_packet(client: &mut TcpStream) -> std::io::Result<Option<Packet>> {
     let mut head = [0u8; 8];
-    match client.read_exact(&mut head).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
+    let eof = |e: std::io::Error| if e.kind() == std::io::ErrorKind::UnexpectedEof { Ok(None) } else { Err(e) };
+    if let Err(e) = client.read_exact(&mut head[..4]).await {
+        return eof(e);
     }
     let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
-    let code = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
-    if !(8..=MAX_STARTUP_LEN).contains(&len) {
+    if head[0] != TLS_HANDSHAKE && !(8..=MAX_STARTUP_LEN).contains(&len) {
+        return Ok(Some(Packet::Invalid(len)));
+    }
+    if let Err(e) = client.read_exact(&mut head[4..]).await {
+        return eof(e);
+    }
+    if head[0] == TLS_HANDSHAKE {
         return Ok(Some(Packet::Opaque(head.to_vec())));
     }
+    let code = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
     let mut bytes = vec![0u8; len as usize];
     bytes[..8].copy_from_slice(&head);
     match client.read_exact(&mut bytes[8..]).await {
@@ -141,17 +152,27 @@ pub enum Refused {
     Abandoned,
 }
 
+impl Refused {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Refused::Startup => "answered",
+            Refused::Cancel => "cancel request",
+            Refused::Abandoned => "client gone or silent",
+        }
+    }
+}
+
 /// Refuses a client properly: `N` to SSL/GSS encryption requests, then the StartupMessage
-/// is answered with a FATAL 57P03 carrying `message`. `pending` is a packet already read
-/// from the client and not yet answered. Never panics on bad bytes.
-pub async fn refuse(client: &mut TcpStream, pending: Option<Packet>, message: &str) -> Refused {
-    let outcome = tokio::time::timeout(STARTUP_DEADLINE, refuse_inner(client, pending, message)).await;
+/// is answered with a FATAL `sqlstate` carrying `message`, all before `deadline`. `pending`
+/// is a packet already read from the client and not yet answered. Never panics on bad bytes.
+pub async fn refuse(client: &mut TcpStream, pending: Option<Packet>, sqlstate: &str, message: &str, deadline: Instant) -> Refused {
+    let outcome = tokio::time::timeout_at(deadline, refuse_inner(client, pending, sqlstate, message)).await;
     let outcome = outcome.unwrap_or(Ok(Refused::Abandoned)).unwrap_or(Refused::Abandoned);
     let _ = client.shutdown().await;
     outcome
 }
 
-async fn refuse_inner(client: &mut TcpStream, mut pending: Option<Packet>, message: &str) -> std::io::Result<Refused> {
+async fn refuse_inner(client: &mut TcpStream, mut pending: Option<Packet>, sqlstate: &str, message: &str) -> std::io::Result<Refused> {
     loop {
         let packet = match pending.take() {
             Some(p) => p,
@@ -161,11 +182,11 @@ async fn refuse_inner(client: &mut TcpStream, mut pending: Option<Packet>, messa
             },
         };
         match packet {
-            Packet::Opaque(_) => return Ok(Refused::Abandoned),
+            Packet::Opaque(_) | Packet::Invalid(_) => return Ok(Refused::Abandoned),
             Packet::Untyped { code: SSL_REQUEST | GSSENC_REQUEST, .. } => client.write_all(b"N").await?,
             Packet::Untyped { code: CANCEL_REQUEST, .. } => return Ok(Refused::Cancel),
             Packet::Untyped { .. } => {
-                let msg = error_response("FATAL", SQLSTATE_CANNOT_CONNECT_NOW, message, None);
+                let msg = error_response("FATAL", sqlstate, message, None);
                 client.write_all(&msg).await?;
                 client.flush().await?;
                 return Ok(Refused::Startup);
@@ -240,7 +261,31 @@ mod tests {
         writer.await.unwrap();
         assert_eq!(read_packet(&mut s).await.unwrap(), Some(Packet::Untyped { code: SSL_REQUEST, bytes: ssl.to_vec() }));
         assert_eq!(read_packet(&mut s).await.unwrap(), Some(Packet::Opaque(tls_hello[..8].to_vec())));
-        // One byte of the hello, then a header cut short by the close.
+        // The hello's next byte and the 0, 0, 0 after it make no possible length.
+        assert_eq!(read_packet(&mut s).await.unwrap(), Some(Packet::Invalid(0xfc00_0000)));
+        // Then one byte and a close.
         assert_eq!(read_packet(&mut s).await.unwrap(), None);
+    }
+
+    /// "hello\n": its first four bytes are a length no startup packet has; PostgreSQL closes
+    /// such a connection without waiting for more, and so does the proxy.
+    #[tokio::test]
+    async fn an_impossible_length_is_judged_from_four_bytes() {
+        use tokio::io::AsyncWriteExt;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        let (mut s, _) = l.accept().await.unwrap();
+        c.write_all(b"hello\n").await.unwrap();
+        assert_eq!(read_packet(&mut s).await.unwrap(), Some(Packet::Invalid(0x6865_6c6c)));
+        c.write_all(&[0, 0, 0, 4]).await.unwrap();
+        let (mut s2, _) = {
+            let mut c2 = TcpStream::connect(addr).await.unwrap();
+            c2.write_all(&[0, 0, 0, 4]).await.unwrap();
+            let pair = l.accept().await.unwrap();
+            drop(c2);
+            pair
+        };
+        assert_eq!(read_packet(&mut s2).await.unwrap(), Some(Packet::Invalid(4)));
     }
 }

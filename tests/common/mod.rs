@@ -55,12 +55,18 @@ pub struct TestProxy {
 }
 
 pub async fn data_path(backends: Vec<BackendConfig>, hold: Duration) -> TestProxy {
+    data_path_with(backends, hold, |_| {}).await
+}
+
+/// As [`data_path`], with `[proxy]` settings adjusted by `tweak`.
+pub async fn data_path_with(backends: Vec<BackendConfig>, hold: Duration, tweak: impl FnOnce(&mut pgfailover::config::ProxyConfig)) -> TestProxy {
     let names: Vec<String> = backends.iter().map(|b| b.name.clone()).collect();
     let metrics = Arc::new(Metrics::new(&names));
     let route = RouteWriter::new("no primary yet");
     let (tx, passive) = mpsc::channel(64);
     let mut pcfg = Config::default().proxy;
     pcfg.shutdown_grace = Duration::from_millis(200);
+    tweak(&mut pcfg);
     let dp = Arc::new(DataPath {
         backends: backends.into(),
         route: route.subscribe(),

@@ -1,0 +1,129 @@
+//! The whole configuration's checks, run once every layer is applied, and where a failing
+//! value came from (the file, a variable or a flag), so the error names it.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::{Config, EnvLookup, Overrides};
+
+/// Why the merged configuration is invalid: the key (as in `proxy.toml`) and the reason.
+pub(super) type Invalid = (String, String);
+
+pub(super) fn check(cfg: &Config) -> Result<(), Invalid> {
+    let v = |key: &str, reason: &str| Err((key.to_string(), reason.to_string()));
+    if cfg.health.interval < Duration::from_millis(10) {
+        return v("health.interval", "must be at least 10ms");
+    }
+    if cfg.health.timeout < Duration::from_millis(10) {
+        return v("health.timeout", "must be at least 10ms");
+    }
+    if cfg.health.failure_threshold == 0 {
+        return v("health.failure_threshold", "must be at least 1");
+    }
+    if cfg.proxy.connect_timeout.is_zero() {
+        return v("proxy.connect_timeout", "must be greater than 0");
+    }
+    if cfg.proxy.keepalive_count == 0 {
+        return v("proxy.keepalive_count", "must be at least 1");
+    }
+    if cfg.proxy.startup_timeout < Duration::from_millis(100) {
+        return v("proxy.startup_timeout", "must be at least 100ms");
+    }
+    if cfg.proxy.max_client_connections == 0 {
+        return v("proxy.max_client_connections", "must be at least 1");
+    }
+    let mut names = std::collections::HashSet::new();
+    for (i, b) in cfg.backends().iter().enumerate() {
+        let key = if i == 0 { "primary".to_string() } else { format!("standbys[{}]", i - 1) };
+        if b.name.is_empty() {
+            return v(&format!("{key}.name"), "must not be empty");
+        }
+        if !names.insert(b.name.clone()) {
+            return v(&format!("{key}.name"), &format!("{:?} is used by two backends", b.name));
+        }
+        if b.host.is_empty() {
+            return v(&format!("{key}.host"), "must not be empty");
+        }
+        if b.port == 0 {
+            return v(&format!("{key}.port"), "must not be 0");
+        }
+    }
+    if cfg.listen == cfg.admin_listen && cfg.listen.port() != 0 {
+        return v("admin_listen", "must differ from listen");
+    }
+    log_filter(&cfg.log_level).map_err(|r| ("log_level".to_string(), r))
+}
+
+/// Levels a filter may use.
+const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// A `tracing` filter as `RUST_LOG` takes it, but strict: every comma-separated directive is
+/// a level or `target=level` (a bare word that is no level is refused, where the filter
+/// library would take it for a target and log nothing else).
+pub fn log_filter(s: &str) -> Result<(), String> {
+    let directives: Vec<&str> = s.split(',').map(str::trim).filter(|d| !d.is_empty()).collect();
+    if directives.is_empty() {
+        return Err("is empty; use a level (trace, debug, info, warn, error, off) or target=level".into());
+    }
+    for d in directives {
+        let level = match d.rsplit_once('=') {
+            Some((target, level)) if !target.is_empty() => level,
+            Some(_) => return Err(format!("{d:?} has no target before \"=\"")),
+            None => d,
+        };
+        if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(format!("{level:?} is not a level (trace, debug, info, warn, error, off); write a level or target=level"));
+        }
+        d.parse::<tracing_subscriber::filter::Directive>().map_err(|e| format!("{d:?}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Where the value of `key` came from: the flag, else the variable, else the file (when it
+/// was given), else the built-in default.
+pub(super) fn origin(key: &str, file: Option<&Path>, env: EnvLookup<'_>, flags: &Overrides) -> (String, String) {
+    let flag = match key {
+        "listen" => flags.listen.is_some().then_some("--listen"),
+        "admin_listen" => flags.admin_listen.is_some().then_some("--admin-listen"),
+        "log_level" => flags.log_level.is_some().then_some("--log-level"),
+        k if k.starts_with("standbys[") => (!flags.standbys.is_empty()).then_some("--standby"),
+        _ => None,
+    };
+    if let Some(f) = flag {
+        return ("command line".into(), f.into());
+    }
+    let var = match key {
+        "listen" => Some("PGFAILOVER_LISTEN"),
+        "admin_listen" => Some("PGFAILOVER_ADMIN_LISTEN"),
+        "log_level" => Some("PGFAILOVER_LOG_LEVEL"),
+        "health.interval" => Some("FAILOVER_HEALTH_CHECK_INTERVAL"),
+        "proxy.max_client_connections" => Some("PGFAILOVER_MAX_CLIENT_CONNECTIONS"),
+        "primary.host" => Some("DB_HOST"),
+        "primary.port" => Some("DB_PORT"),
+        "primary.name" => Some("PGFAILOVER_PRIMARY_NAME"),
+        k if k.starts_with("standbys[") => Some("PGFAILOVER_STANDBYS"),
+        _ => None,
+    };
+    if let Some(v) = var.filter(|v| env(v).is_some()) {
+        return ("environment".into(), v.into());
+    }
+    match file {
+        Some(f) => (f.display().to_string(), key.into()),
+        None => ("default".into(), key.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+
+    #[test]
+    fn log_filters_are_strict() {
+        for ok in ["info", "warn", "pgfailover=debug", "info,pgfailover::monitor=trace", "OFF", "debug,"] {
+            assert!(log_filter(ok).is_ok(), "{ok}");
+        }
+        for bad in ["warnn", "debugg", "nonsense===", "pgfailover", "=info", "", "pgfailover=loud"] {
+            assert!(log_filter(bad).is_err(), "{bad}");
+        }
+    }
+}
