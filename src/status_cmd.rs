@@ -1,7 +1,5 @@
 //! `pgfailover status [--admin URL]`: the admin API's status as a table for a terminal.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -31,29 +29,37 @@ pub fn health(admin: &str) -> ExitCode {
     }
 }
 
-/// A plain HTTP/1.1 GET against our own admin port (http only).
+/// A GET against the admin port (http only) with hyper's client.
 fn fetch(admin: &str, path: &str) -> Result<Value, String> {
-    let hostport = admin.trim_start_matches("http://").trim_end_matches('/');
-    if hostport.contains("://") {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let base = if admin.contains("://") { admin.to_string() } else { format!("http://{admin}") };
+    let url: hyper::Uri = format!("{}{path}", base.trim_end_matches('/')).parse().map_err(|e| format!("{admin}: not a URL: {e}"))?;
+    if url.scheme_str() != Some("http") {
         return Err(format!("{admin}: only http:// admin URLs are supported"));
     }
-    let addr = std::net::ToSocketAddrs::to_socket_addrs(hostport)
-        .map_err(|e| format!("{admin}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{admin}: no address"))?;
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| format!("cannot reach {admin}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\nAccept: application/json\r\n\r\n")
-        .map_err(|e| e.to_string())?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").ok_or("malformed HTTP response")?;
-    let code = head.split_whitespace().nth(1).unwrap_or("?");
-    if code != "200" {
-        return Err(format!("{admin}{path} answered {code}: {body}"));
-    }
-    serde_json::from_str(body).map_err(|e| format!("{admin}{path}: not JSON: {e}"))
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+        let req = hyper::Request::get(url).header(hyper::header::ACCEPT, "application/json").body(Empty::new()).map_err(|e| e.to_string())?;
+        let limit = Duration::from_secs(10);
+        let resp = tokio::time::timeout(limit, client.request(req))
+            .await
+            .map_err(|_| format!("{admin} did not answer within 10s"))?
+            .map_err(|e| format!("cannot reach {admin}: {e}"))?;
+        let code = resp.status();
+        let body = tokio::time::timeout(limit, resp.into_body().collect())
+            .await
+            .map_err(|_| format!("{admin}{path}: the body did not arrive within 10s"))?
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        let text = String::from_utf8_lossy(&body);
+        if code != hyper::StatusCode::OK {
+            return Err(format!("{admin}{path} answered {}: {text}", code.as_u16()));
+        }
+        serde_json::from_str(&text).map_err(|e| format!("{admin}{path}: not JSON: {e}"))
+    })
 }
 
 fn cell(v: &Value) -> String {

@@ -51,7 +51,7 @@ fn config_errors_are_one_line_with_exit_code_2() {
     assert_config_error(&run(&["--config", path, "--check"], &[]), &[path, "health", "unknown field `intervall`"]);
     let f = config_file("[failover]\nhold_timeout = \"forever\"\n");
     let path = f.path().to_str().unwrap();
-    assert_config_error(&run(&["--config", path], &[]), &[path, "failover.hold_timeout", "not a duration"]);
+    assert_config_error(&run(&["--config", path], &[]), &[path, "failover.hold_timeout", "expected a duration"]);
     let f = config_file("[primary]\nport = \"five\"\n");
     let path = f.path().to_str().unwrap();
     assert_config_error(&run(&["--config", path, "--check"], &[]), &[path, "primary.port"]);

@@ -3,11 +3,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 use super::parse::{parse_addr, parse_log_format, parse_promote, read_secret_file, set, standby_from};
 use super::{BackendConfig, Config, ConfigError, Secret};
-use crate::duration::parse_duration;
 
 pub(super) fn parse_file(label: &str, text: &str) -> Result<RawFile, ConfigError> {
     let value: toml::Value = toml::from_str(text).map_err(|e| {
@@ -19,19 +18,11 @@ pub(super) fn parse_file(label: &str, text: &str) -> Result<RawFile, ConfigError
     })?;
     serde_path_to_error::deserialize(value).map_err(|e| {
         let key = e.path().to_string();
-        ConfigError::invalid(label, key, e.into_inner().to_string().replace('\n', " "))
+        let reason = e.into_inner().to_string().replace('\n', " ");
+        // The key is named once, in front.
+        let reason = reason.trim().trim_end_matches(&format!(" in `{key}`")).to_string();
+        ConfigError::invalid(label, key, reason)
     })
-}
-
-/// A duration written as a human string: "250ms", "10s", "1m".
-#[derive(Clone, Copy, Debug)]
-struct HumanDuration(Duration);
-
-impl<'de> Deserialize<'de> for HumanDuration {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        parse_duration(&s).map(HumanDuration).map_err(serde::de::Error::custom)
-    }
 }
 
 #[derive(Deserialize, Default)]
@@ -55,8 +46,10 @@ pub(super) struct RawFile {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHealth {
-    interval: Option<HumanDuration>,
-    timeout: Option<HumanDuration>,
+    #[serde(default, with = "humantime_serde")]
+    interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    timeout: Option<Duration>,
     failure_threshold: Option<u32>,
 }
 
@@ -64,24 +57,33 @@ struct RawHealth {
 #[serde(deny_unknown_fields)]
 struct RawFailover {
     promote: Option<String>,
-    hold_timeout: Option<HumanDuration>,
+    #[serde(default, with = "humantime_serde")]
+    hold_timeout: Option<Duration>,
     max_lag_bytes: Option<u64>,
-    promote_timeout: Option<HumanDuration>,
-    trigger_wait: Option<HumanDuration>,
+    #[serde(default, with = "humantime_serde")]
+    promote_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    trigger_wait: Option<Duration>,
     repoint_standbys: Option<bool>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawProxy {
-    connect_timeout: Option<HumanDuration>,
-    keepalive_idle: Option<HumanDuration>,
-    keepalive_interval: Option<HumanDuration>,
+    #[serde(default, with = "humantime_serde")]
+    connect_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    keepalive_idle: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    keepalive_interval: Option<Duration>,
     keepalive_count: Option<u32>,
-    user_timeout: Option<HumanDuration>,
-    shutdown_grace: Option<HumanDuration>,
+    #[serde(default, with = "humantime_serde")]
+    user_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    shutdown_grace: Option<Duration>,
     worker_threads: Option<usize>,
-    startup_timeout: Option<HumanDuration>,
+    #[serde(default, with = "humantime_serde")]
+    startup_timeout: Option<Duration>,
     max_client_connections: Option<usize>,
 }
 
@@ -135,8 +137,8 @@ pub(super) fn apply_file(
         cfg.log_format = parse_log_format(&s).map_err(|r| ConfigError::invalid(label, "log_format", r))?;
     }
     if let Some(h) = raw.health {
-        set(&mut cfg.health.interval, h.interval.map(|d| d.0));
-        set(&mut cfg.health.timeout, h.timeout.map(|d| d.0));
+        set(&mut cfg.health.interval, h.interval);
+        set(&mut cfg.health.timeout, h.timeout);
         set(&mut cfg.health.failure_threshold, h.failure_threshold);
     }
     if let Some(f) = raw.failover {
@@ -144,21 +146,21 @@ pub(super) fn apply_file(
             cfg.failover.promote =
                 parse_promote(&p).map_err(|r| ConfigError::invalid(label, "failover.promote", r))?;
         }
-        set(&mut cfg.failover.hold_timeout, f.hold_timeout.map(|d| d.0));
+        set(&mut cfg.failover.hold_timeout, f.hold_timeout);
         set(&mut cfg.failover.max_lag_bytes, f.max_lag_bytes);
-        set(&mut cfg.failover.promote_timeout, f.promote_timeout.map(|d| d.0));
-        set(&mut cfg.failover.trigger_wait, f.trigger_wait.map(|d| d.0));
+        set(&mut cfg.failover.promote_timeout, f.promote_timeout);
+        set(&mut cfg.failover.trigger_wait, f.trigger_wait);
         set(&mut cfg.failover.repoint_standbys, f.repoint_standbys);
     }
     if let Some(p) = raw.proxy {
-        set(&mut cfg.proxy.connect_timeout, p.connect_timeout.map(|d| d.0));
-        set(&mut cfg.proxy.keepalive_idle, p.keepalive_idle.map(|d| d.0));
-        set(&mut cfg.proxy.keepalive_interval, p.keepalive_interval.map(|d| d.0));
+        set(&mut cfg.proxy.connect_timeout, p.connect_timeout);
+        set(&mut cfg.proxy.keepalive_idle, p.keepalive_idle);
+        set(&mut cfg.proxy.keepalive_interval, p.keepalive_interval);
         set(&mut cfg.proxy.keepalive_count, p.keepalive_count);
-        set(&mut cfg.proxy.user_timeout, p.user_timeout.map(|d| d.0));
-        set(&mut cfg.proxy.shutdown_grace, p.shutdown_grace.map(|d| d.0));
+        set(&mut cfg.proxy.user_timeout, p.user_timeout);
+        set(&mut cfg.proxy.shutdown_grace, p.shutdown_grace);
         set(&mut cfg.proxy.worker_threads, p.worker_threads);
-        set(&mut cfg.proxy.startup_timeout, p.startup_timeout.map(|d| d.0));
+        set(&mut cfg.proxy.startup_timeout, p.startup_timeout);
         set(&mut cfg.proxy.max_client_connections, p.max_client_connections);
     }
     if let Some(p) = raw.primary {

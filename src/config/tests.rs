@@ -139,9 +139,9 @@ fn unknown_key_names_file_and_key() {
 #[test]
 fn bad_values_are_named() {
     let e = err("[health]\ninterval = \"soon\"\n", &[]);
-    assert!(e.contains("health.interval") && e.contains("not a duration"), "{e}");
+    assert!(e.contains("health.interval") && e.contains("expected a duration"), "{e}");
     let e = err("[health]\ninterval = \"100\"\n", &[]);
-    assert!(e.contains("no unit"), "{e}");
+    assert!(e.contains("\"100\", expected a duration"), "a bare number has no unit: {e}");
     let e = err("[failover]\npromote = \"sometimes\"\n", &[]);
     assert!(e.contains("failover.promote") && e.contains("auto"), "{e}");
     let e = err("listen = \"nowhere\"\n", &[]);

@@ -107,36 +107,41 @@ const UNAVAILABLE_SQLSTATES: [&[u8]; 3] = [b"57P01", b"57P02", b"57P03"];
 const MAX_FIRST_ERROR_LEN: usize = 16 * 1024;
 
 /// Judges the server's first bytes. `None`: not enough bytes yet to tell (an ErrorResponse
-/// that has not fully arrived).
+/// that has not fully arrived). The ErrorResponse is read with PostgreSQL's own message
+/// parser (`postgres-protocol`, as tokio-postgres uses it).
 pub fn first_reply(buf: &[u8]) -> Option<FirstReply> {
+    use fallible_iterator::FallibleIterator;
+    use postgres_protocol::message::backend::{Header, Message};
     let Some(&tag) = buf.first() else { return None };
     if tag != b'E' {
         return Some(FirstReply::Accepted);
     }
-    if buf.len() < 5 {
-        return None;
-    }
-    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-    if !(4..=MAX_FIRST_ERROR_LEN).contains(&len) {
+    let header = match Header::parse(buf) {
+        Ok(Some(h)) => h,
+        Ok(None) => return None,
+        Err(_) => return Some(FirstReply::Accepted),
+    };
+    if !(4..=MAX_FIRST_ERROR_LEN).contains(&(header.len() as usize)) {
         return Some(FirstReply::Accepted);
     }
-    if buf.len() < len + 1 {
+    if buf.len() < header.len() as usize + 1 {
         return None;
     }
+    let mut bytes = bytes::BytesMut::from(&buf[..header.len() as usize + 1]);
+    let Ok(Some(Message::ErrorResponse(body))) = Message::parse(&mut bytes) else { return Some(FirstReply::Accepted) };
     let (mut code, mut message) = (None, None);
-    for field in buf[5..len + 1].split(|b| *b == 0) {
-        match field.split_first() {
-            Some((b'C', v)) => code = Some(v),
-            Some((b'M', v)) => message = Some(String::from_utf8_lossy(v).into_owned()),
+    let mut fields = body.fields();
+    while let Ok(Some(f)) = fields.next() {
+        match f.type_() {
+            b'C' => code = Some(f.value_bytes().to_vec()),
+            b'M' => message = Some(String::from_utf8_lossy(f.value_bytes()).into_owned()),
             _ => {}
         }
     }
     match code {
-        Some(c) if UNAVAILABLE_SQLSTATES.contains(&c) => Some(FirstReply::Unavailable(format!(
-            "{} ({})",
-            message.unwrap_or_default(),
-            String::from_utf8_lossy(c)
-        ))),
+        Some(c) if UNAVAILABLE_SQLSTATES.contains(&c.as_slice()) => {
+            Some(FirstReply::Unavailable(format!("{} ({})", message.unwrap_or_default(), String::from_utf8_lossy(&c))))
+        }
         _ => Some(FirstReply::Accepted),
     }
 }

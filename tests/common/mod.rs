@@ -217,26 +217,22 @@ impl HttpReply {
     }
 }
 
-/// A minimal HTTP/1.1 client (one request per connection) for the admin port.
+/// One request to the admin port with hyper's client.
 pub async fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpReply {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("admin port reachable");
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<bytes::Bytes>>();
+    let mut req = hyper::Request::builder().method(method).uri(format!("http://{addr}{path}"));
     for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
+        req = req.header(*k, *v);
     }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    // A server may answer (413) before reading a large body; a failed write is fine then.
-    let _ = s.write_all(body).await;
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut raw)).await.expect("admin answers in time").ok();
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("malformed reply: {text:?}"));
-    let mut lines = head.lines();
-    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|c| c.parse().ok()).expect("status line");
-    let headers = lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
-    HttpReply { status, headers, body: body.to_string() }
+    let req = req.body(Full::new(bytes::Bytes::copy_from_slice(body))).expect("a valid request");
+    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req)).await.expect("admin answers in time").expect("admin port reachable");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string())).collect();
+    let bytes = resp.into_body().collect().await.expect("the whole body").to_bytes();
+    HttpReply { status, headers, body: String::from_utf8_lossy(&bytes).to_string() }
 }
 
 pub async fn get(addr: SocketAddr, path: &str) -> HttpReply {
