@@ -195,11 +195,7 @@ impl Default for Config {
             state_dir: None,
             log_level: "info".into(),
             log_format: LogFormat::Text,
-            health: HealthConfig {
-                interval: Duration::from_secs(1),
-                timeout: Duration::from_secs(1),
-                failure_threshold: 3,
-            },
+            health: HealthConfig { interval: Duration::from_secs(1), timeout: Duration::from_secs(1), failure_threshold: 3 },
             failover: FailoverConfig {
                 promote: PromoteMode::Auto,
                 hold_timeout: Duration::from_secs(5),
@@ -265,16 +261,11 @@ pub fn process_env(key: &str) -> Option<String> {
 
 impl Config {
     /// Builds the configuration from all layers and validates it.
-    pub fn load(
-        file: Option<&Path>,
-        env: EnvLookup<'_>,
-        flags: &Overrides,
-    ) -> Result<Config, ConfigError> {
+    pub fn load(file: Option<&Path>, env: EnvLookup<'_>, flags: &Overrides) -> Result<Config, ConfigError> {
         let mut cfg = Config::default();
         if let Some(path) = file {
             let label = path.display().to_string();
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| ConfigError::Read { file: label.clone(), reason: e.to_string() })?;
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read { file: label.clone(), reason: e.to_string() })?;
             let raw = file::parse_file(&label, &text)?;
             file::apply_file(&mut cfg, raw, &label, path.parent())?;
         }

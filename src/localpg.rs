@@ -55,14 +55,7 @@ pub struct ClusterOptions {
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        ClusterOptions {
-            standbys: 1,
-            ssl: false,
-            password: "pgfailover-test".into(),
-            max_connections: 300,
-            fsync: false,
-            synchronous: false,
-        }
+        ClusterOptions { standbys: 1, ssl: false, password: "pgfailover-test".into(), max_connections: 300, fsync: false, synchronous: false }
     }
 }
 
@@ -176,8 +169,16 @@ impl Cluster {
         let pwfile = self.dir.path().join("pwfile");
         self.write_owned(&pwfile, &format!("{}\n", self.options.password))?;
         self.run(self.tool("initdb").args([
-            "-D", &data.to_string_lossy(), "-U", "postgres", "--auth-local=trust",
-            "--auth-host=scram-sha-256", "--no-sync", "-E", "UTF8", "--locale=C",
+            "-D",
+            &data.to_string_lossy(),
+            "-U",
+            "postgres",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "--no-sync",
+            "-E",
+            "UTF8",
+            "--locale=C",
             &format!("--pwfile={}", pwfile.display()),
         ]))?;
         let port = free_port()?;
@@ -211,9 +212,18 @@ impl Cluster {
         // when re-pointed at another node's port.
         let source = format!("host=127.0.0.1 port={} user=postgres password={}", self.nodes[0].port, self.options.password);
         self.run(self.tool("pg_basebackup").args([
-            "-D", &data.to_string_lossy(), "-d", &source,
-            "-R", "-X", "stream", "-C", "-S", &format!("slot_{}", i + 1),
-            "--checkpoint=fast", "--no-sync",
+            "-D",
+            &data.to_string_lossy(),
+            "-d",
+            &source,
+            "-R",
+            "-X",
+            "stream",
+            "-C",
+            "-S",
+            &format!("slot_{}", i + 1),
+            "--checkpoint=fast",
+            "--no-sync",
         ]))?;
         let port = free_port()?;
         append(&data.join("postgresql.conf"), &format!("port = {port}\n"))?;
@@ -225,8 +235,10 @@ impl Cluster {
     fn make_certificate(&self, data: &Path) -> Result<(), LocalPgError> {
         let out = Command::new("openssl")
             .args(["req", "-new", "-x509", "-days", "365", "-nodes", "-subj", "/CN=localhost", "-newkey", "rsa:2048"])
-            .arg("-keyout").arg(data.join("server.key"))
-            .arg("-out").arg(data.join("server.crt"))
+            .arg("-keyout")
+            .arg(data.join("server.key"))
+            .arg("-out")
+            .arg(data.join("server.crt"))
             .output()?;
         check("openssl req", out)?;
         fs::set_permissions(data.join("server.key"), fs::Permissions::from_mode(0o600))?;
@@ -269,9 +281,7 @@ impl Cluster {
     pub fn start_node(&mut self, i: usize) -> Result<(), LocalPgError> {
         for attempt in 0..4 {
             let n = &self.nodes[i];
-            let r = self.run(self.tool("pg_ctl").args([
-                "-D", &n.data.to_string_lossy(), "-l", &n.log.to_string_lossy(), "-w", "-t", "60", "start",
-            ]));
+            let r = self.run(self.tool("pg_ctl").args(["-D", &n.data.to_string_lossy(), "-l", &n.log.to_string_lossy(), "-w", "-t", "60", "start"]));
             match r {
                 Ok(_) => return Ok(()),
                 Err(e) if attempt < 3 && self.log_tail(i).contains("could not bind") => {
@@ -309,9 +319,7 @@ impl Cluster {
         let Some(pm) = self.postmaster(i) else { return Ok(()) };
         procs::resume_tree(pm);
         procs::signal(pm, sig);
-        procs::wait_gone(pm, limit)
-            .then_some(())
-            .ok_or_else(|| LocalPgError::Timeout(format!("{} did not stop", self.nodes[i].name)))
+        procs::wait_gone(pm, limit).then_some(()).ok_or_else(|| LocalPgError::Timeout(format!("{} did not stop", self.nodes[i].name)))
     }
 
     /// Fast restart of node `i` (`pg_ctl restart -m fast`: clean shutdown, start): the port
@@ -408,9 +416,12 @@ impl Cluster {
     fn psql_command(&self, i: usize, sql: &str) -> Command {
         let mut c = Command::new(self.bin.join("psql"));
         c.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-U", "postgres", "-d", "postgres"])
-            .arg("-h").arg(&self.sock)
-            .arg("-p").arg(self.nodes[i].port.to_string())
-            .arg("-c").arg(sql)
+            .arg("-h")
+            .arg(&self.sock)
+            .arg("-p")
+            .arg(self.nodes[i].port.to_string())
+            .arg("-c")
+            .arg(sql)
             .stdin(std::process::Stdio::null());
         c
     }
@@ -462,10 +473,7 @@ impl Cluster {
 
     /// A libpq/tokio-postgres connection string for node `i` over TCP with the password.
     pub fn conninfo(&self, i: usize) -> String {
-        format!(
-            "host=127.0.0.1 port={} user=postgres password={} dbname=postgres",
-            self.nodes[i].port, self.options.password
-        )
+        format!("host=127.0.0.1 port={} user=postgres password={} dbname=postgres", self.nodes[i].port, self.options.password)
     }
 
     /// The directory everything lives in (removed on drop).

@@ -115,10 +115,7 @@ impl Metrics {
     /// configured primary, the rest standbys).
     pub fn new(backend_names: &[String]) -> Metrics {
         let recorder = PrometheusBuilder::new()
-            .set_buckets_for_metric(
-                Matcher::Suffix("_seconds".into()),
-                &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
-            )
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
             .expect("static bucket list is not empty")
             .build_recorder();
         let r = &recorder;
@@ -134,9 +131,7 @@ impl Metrics {
             r.describe_histogram(name.into(), Some(Unit::Seconds), help.into());
             r.register_histogram(&Key::from_parts(name, labels), &meta())
         };
-        let per_backend = |label: &'static str| -> Vec<Vec<Label>> {
-            backend_names.iter().map(|n| vec![Label::new(label, n.clone())]).collect()
-        };
+        let per_backend = |label: &'static str| -> Vec<Vec<Label>> { backend_names.iter().map(|n| vec![Label::new(label, n.clone())]).collect() };
         let standby_count = backend_names.len().saturating_sub(1);
         Metrics {
             connections_active: gauge("pgfailover_client_connections_active", "Client sessions currently spliced to a backend or held.", vec![]),

@@ -49,13 +49,9 @@ impl Proxy {
     /// Binds the listeners and starts every task. Errors (port in use, unwritable
     /// state_dir) come back before anything runs.
     pub async fn start(cfg: Config) -> Result<Proxy, StartError> {
-        let client = TcpListener::bind(cfg.listen)
-            .await
-            .map_err(|source| StartError::Listen { addr: cfg.listen, key: "listen", source })?;
+        let client = TcpListener::bind(cfg.listen).await.map_err(|source| StartError::Listen { addr: cfg.listen, key: "listen", source })?;
         let client_addr = client.local_addr().map_err(|source| StartError::Listen { addr: cfg.listen, key: "listen", source })?;
-        let admin = TcpListener::bind(cfg.admin_listen)
-            .await
-            .map_err(|source| StartError::Listen { addr: cfg.admin_listen, key: "admin_listen", source })?;
+        let admin = TcpListener::bind(cfg.admin_listen).await.map_err(|source| StartError::Listen { addr: cfg.admin_listen, key: "admin_listen", source })?;
         let admin_addr = admin.local_addr().map_err(|source| StartError::Listen { addr: cfg.admin_listen, key: "admin_listen", source })?;
         let history = match &cfg.state_dir {
             Some(dir) => History::open(dir).map_err(|source| StartError::StateDir { dir: dir.display().to_string(), source })?,

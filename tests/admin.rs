@@ -29,7 +29,9 @@ async fn every_get_endpoint_answers_with_seed_fields_and_no_secrets() {
     assert_eq!(v["state"], "healthy");
     assert_eq!(v["stateCode"], 1);
     assert_eq!(v["currentPrimary"], "pg-a");
-    for field in ["healthy", "lastHealthCheck", "failureCount", "responseTime", "downSince", "promotionEligible", "role", "timeline", "lsn", "lagBytes", "fenced"] {
+    for field in
+        ["healthy", "lastHealthCheck", "failureCount", "responseTime", "downSince", "promotionEligible", "role", "timeline", "lsn", "lagBytes", "fenced"]
+    {
         assert!(v["primary"].get(field).is_some(), "primary.{field} missing");
         assert!(v["standbys"][0].get(field).is_some(), "standbys[0].{field} missing");
     }
@@ -186,10 +188,7 @@ async fn prometheus_metrics_after_a_scripted_failover() {
     let client = connect(p.client_addr, &pw).await;
     client.batch_execute("create table x(i int)").await.unwrap();
     drop(client);
-    eventually(LIMIT, "sessions closed", || async {
-        (p.metrics.stats.active.load(std::sync::atomic::Ordering::Relaxed) == 0).then_some(())
-    })
-    .await;
+    eventually(LIMIT, "sessions closed", || async { (p.metrics.stats.active.load(std::sync::atomic::Ordering::Relaxed) == 0).then_some(()) }).await;
 
     let (m, scrape) = scrape(&get(p.admin_addr, "/metrics").await.body);
     assert_eq!(m["failover_total"], 1.0);

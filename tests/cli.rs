@@ -79,8 +79,14 @@ fn invalid_values_name_their_file_variable_or_flag() {
     let f = config_file("[health]\ninterval = \"0s\"\n");
     let path = f.path().to_str().unwrap();
     assert_config_error(&run(&["--config", path, "--check"], &[]), &[&format!("{path}: health.interval: must be at least 10ms")]);
-    assert_config_error(&run(&["--check"], &[("FAILOVER_HEALTH_CHECK_INTERVAL", "0")]), &["environment: FAILOVER_HEALTH_CHECK_INTERVAL: must be at least 10ms"]);
-    assert_config_error(&run(&["--check", "--listen", "127.0.0.1:7000", "--admin-listen", "127.0.0.1:7000"], &[]), &["command line: --admin-listen: must differ from listen"]);
+    assert_config_error(
+        &run(&["--check"], &[("FAILOVER_HEALTH_CHECK_INTERVAL", "0")]),
+        &["environment: FAILOVER_HEALTH_CHECK_INTERVAL: must be at least 10ms"],
+    );
+    assert_config_error(
+        &run(&["--check", "--listen", "127.0.0.1:7000", "--admin-listen", "127.0.0.1:7000"], &[]),
+        &["command line: --admin-listen: must differ from listen"],
+    );
 }
 
 /// A port in use stops the start with one message, exit 1.

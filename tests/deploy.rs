@@ -49,7 +49,14 @@ fn used_metrics() -> BTreeSet<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboards_and_alerts_use_only_exported_metrics() {
     let used = used_metrics();
-    for seed in ["failover_state", "failover_total", "failover_primary_healthy", "failover_standby_healthy", "failover_recoveries_total", "failover_health_check_failures_total"] {
+    for seed in [
+        "failover_state",
+        "failover_total",
+        "failover_primary_healthy",
+        "failover_standby_healthy",
+        "failover_recoveries_total",
+        "failover_health_check_failures_total",
+    ] {
         assert!(used.contains(seed), "dashboards/alerts do not use {seed}");
     }
     let c = cluster(1).await;
@@ -58,12 +65,8 @@ async fn dashboards_and_alerts_use_only_exported_metrics() {
     // One session and one histogram sample, so every series has been written at least once.
     connect(p.client_addr, &c.options.password).await.batch_execute("select 1").await.unwrap();
     let text = get(p.admin_addr, "/metrics").await.body;
-    let exported: BTreeSet<String> = text
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| l.split(['{', ' ']).next())
-        .map(str::to_string)
-        .collect();
+    let exported: BTreeSet<String> =
+        text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).filter_map(|l| l.split(['{', ' ']).next()).map(str::to_string).collect();
     let missing: Vec<&String> = used.iter().filter(|m| !exported.contains(*m)).collect();
     assert!(missing.is_empty(), "used by deploy/ but not exported: {missing:?}\nexported: {exported:?}");
 }
@@ -168,11 +171,7 @@ async fn compose_bootstrap_scripts_make_a_streaming_standby() {
     let standby_data = c.path().join("compose-standby");
     run(
         "deploy/compose/standby-entrypoint.sh",
-        &[
-            ("PGDATA", standby_data.display().to_string()),
-            ("PRIMARY_HOST", "127.0.0.1".into()),
-            ("PRIMARY_PORT", primary.port.to_string()),
-        ],
+        &[("PGDATA", standby_data.display().to_string()), ("PRIMARY_HOST", "127.0.0.1".into()), ("PRIMARY_PORT", primary.port.to_string())],
     );
     let c = blocking(move || {
         c.start_external("compose-standby", standby_data).unwrap();

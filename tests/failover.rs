@@ -342,9 +342,8 @@ async fn probes_use_tls_when_configured() {
     }))
     .await;
     healthy(&p).await;
-    let ssl = c
-        .psql(0, "select bool_and(s.ssl) from pg_stat_ssl s join pg_stat_activity a using (pid) where a.application_name = 'pgfailover-health'")
-        .unwrap();
+    let ssl =
+        c.psql(0, "select bool_and(s.ssl) from pg_stat_ssl s join pg_stat_activity a using (pid) where a.application_name = 'pgfailover-health'").unwrap();
     assert_eq!(ssl, "t", "health checks arrive encrypted");
 
     drop(p);
@@ -364,8 +363,10 @@ async fn probes_use_tls_when_configured() {
     let other = tempfile::tempdir().unwrap();
     let out = std::process::Command::new("openssl")
         .args(["req", "-new", "-x509", "-days", "1", "-nodes", "-subj", "/CN=localhost", "-newkey", "rsa:2048"])
-        .arg("-keyout").arg(other.path().join("k.pem"))
-        .arg("-out").arg(other.path().join("ca.pem"))
+        .arg("-keyout")
+        .arg(other.path().join("k.pem"))
+        .arg("-out")
+        .arg(other.path().join("ca.pem"))
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -401,10 +402,8 @@ async fn least_privilege_monitor_role_checks_and_promotes() {
     let start = readme.find("CREATE ROLE pgf_monitor LOGIN REPLICATION").expect("the recipe is in the README");
     let recipe = &readme[start..start + readme[start..].find("```").unwrap()];
     c.psql(0, &recipe.replace("'...'", "'monitor-pw'")).unwrap();
-    eventually(LIMIT, "role replicated", || async {
-        (c.psql(2, "select count(*) from pg_roles where rolname = 'pgf_monitor'").ok()? == "1").then_some(())
-    })
-    .await;
+    eventually(LIMIT, "role replicated", || async { (c.psql(2, "select count(*) from pg_roles where rolname = 'pgf_monitor'").ok()? == "1").then_some(()) })
+        .await;
     assert_eq!(c.psql(0, "select rolsuper from pg_roles where rolname = 'pgf_monitor'").unwrap(), "f");
     let p = start_proxy(proxy_config(&c, |cfg| {
         cfg.admin_token = Some(pgfailover::config::Secret::new("t"));

@@ -40,11 +40,13 @@ async fn simple_extended_and_pipelined_queries() {
     client.batch_execute("create table t(id int primary key, v text)").await.unwrap();
     let stmt = client.prepare("insert into t values ($1, $2)").await.unwrap();
     // Pipelined: many extended-protocol executions in flight at once.
-    let futs: Vec<_> = (0..500).map(|i| {
-        let client = &client;
-        let stmt = &stmt;
-        async move { client.execute(stmt, &[&i, &format!("v{i}")]).await }
-    }).collect();
+    let futs: Vec<_> = (0..500)
+        .map(|i| {
+            let client = &client;
+            let stmt = &stmt;
+            async move { client.execute(stmt, &[&i, &format!("v{i}")]).await }
+        })
+        .collect();
     for r in futures_util::future::join_all(futs).await {
         assert_eq!(r.unwrap(), 1);
     }
@@ -135,11 +137,8 @@ async fn cancel_request_cancels_a_running_query() {
     let sleeper = tokio::spawn(async move { client.simple_query("select pg_sleep(30)").await });
     let watcher = connect(node_addr(&c, 0), &pw).await;
     eventually(SECS_10, "pg_sleep to be running", || async {
-        let n: i64 = watcher
-            .query_one("select count(*) from pg_stat_activity where query = 'select pg_sleep(30)' and state = 'active'", &[])
-            .await
-            .ok()?
-            .get(0);
+        let n: i64 =
+            watcher.query_one("select count(*) from pg_stat_activity where query = 'select pg_sleep(30)' and state = 'active'", &[]).await.ok()?.get(0);
         (n == 1).then_some(())
     })
     .await;
@@ -172,11 +171,7 @@ async fn scram_password_auth_works_and_wrong_password_fails() {
     let p = data_path(backends(&c), SECS_10).await;
     p.route.set(Some(0), "");
     let client = connect(p.addr, &c.options.password).await;
-    let scram: bool = client
-        .query_one("select rolpassword like 'SCRAM-SHA-256$%' from pg_authid where rolname = 'postgres'", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let scram: bool = client.query_one("select rolpassword like 'SCRAM-SHA-256$%' from pg_authid where rolname = 'postgres'", &[]).await.unwrap().get(0);
     assert!(scram, "the harness stores a SCRAM verifier");
     let err = try_connect(p.addr, "wrong-password").await.err().expect("wrong password refused");
     assert_eq!(err.code(), Some(&SqlState::INVALID_PASSWORD), "{err}");
@@ -205,18 +200,12 @@ async fn two_hundred_concurrent_sessions() {
         clients.push(t.await.unwrap());
     }
     let direct = connect(node_addr(&c, 0), &pw).await;
-    let n: i64 = direct
-        .query_one("select count(*) from pg_stat_activity where backend_type = 'client backend' and pid <> pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n: i64 =
+        direct.query_one("select count(*) from pg_stat_activity where backend_type = 'client backend' and pid <> pg_backend_pid()", &[]).await.unwrap().get(0);
     assert_eq!(n, 200);
     assert_eq!(pgfailover::metrics::Stats::get(&p.metrics.stats.active), 200);
     drop(clients);
-    eventually(SECS_10, "all sessions to end", || async {
-        (pgfailover::metrics::Stats::get(&p.metrics.stats.active) == 0).then_some(())
-    })
-    .await;
+    eventually(SECS_10, "all sessions to end", || async { (pgfailover::metrics::Stats::get(&p.metrics.stats.active) == 0).then_some(()) }).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -277,10 +266,7 @@ async fn held_connection_is_spliced_when_a_route_appears() {
     let pw = c.options.password.clone();
     let addr = p.addr;
     let pending = tokio::spawn(async move { try_connect(addr, &pw).await });
-    eventually(SECS_10, "the client to be held", || async {
-        (pgfailover::metrics::Stats::get(&p.metrics.stats.held) == 1).then_some(())
-    })
-    .await;
+    eventually(SECS_10, "the client to be held", || async { (pgfailover::metrics::Stats::get(&p.metrics.stats.held) == 1).then_some(()) }).await;
     assert!(!pending.is_finished());
     p.route.set(Some(0), "");
     let client = pending.await.unwrap().expect("held client connects once a route appears");
@@ -423,10 +409,7 @@ async fn a_server_refusing_sessions_is_retried_not_passed_on() {
         tokio::spawn(connection);
         Ok::<_, tokio_postgres::Error>(client)
     });
-    eventually(SECS_10, "the client to be held", || async {
-        (pgfailover::metrics::Stats::get(&p.metrics.stats.held) > held_before).then_some(())
-    })
-    .await;
+    eventually(SECS_10, "the client to be held", || async { (pgfailover::metrics::Stats::get(&p.metrics.stats.held) > held_before).then_some(()) }).await;
     p.route.set(Some(0), "");
     let client = pending.await.unwrap().expect("the held client is taken by pg-a");
     assert_eq!(server_port(&client).await, c.nodes[0].port as i32);

@@ -18,10 +18,7 @@ const LIMIT: Duration = Duration::from_secs(30);
 const TOKEN: &str = "safe-failover-token";
 
 async fn routed(p: &pgfailover::server::Proxy, name: &str) {
-    wait_status(p, LIMIT, &format!("{name} routed, a standby eligible"), |s| {
-        s.current_primary.as_deref() == Some(name) && s.state == State::Healthy
-    })
-    .await;
+    wait_status(p, LIMIT, &format!("{name} routed, a standby eligible"), |s| s.current_primary.as_deref() == Some(name) && s.state == State::Healthy).await;
 }
 
 fn count(p: &pgfailover::server::Proxy, kind: EventKind) -> usize {
@@ -84,22 +81,31 @@ async fn a_restart_a_crash_restart_or_a_short_freeze_of_the_primary_is_not_a_fai
     let port_a = c.nodes[0].port as i32;
     type Fault = Box<dyn FnOnce() + Send>;
     let faults: Vec<(&str, Fault)> = vec![
-        ("restart -m fast", Box::new({
-            let c = c.clone();
-            move || c.restart(0).unwrap()
-        })),
-        ("crash restart", Box::new({
-            let c = c.clone();
-            move || c.crash_restart(0).unwrap()
-        })),
-        ("400 ms freeze", Box::new({
-            let c = c.clone();
-            move || {
-                c.hang(0).unwrap();
-                std::thread::sleep(Duration::from_millis(400));
-                c.resume(0);
-            }
-        })),
+        (
+            "restart -m fast",
+            Box::new({
+                let c = c.clone();
+                move || c.restart(0).unwrap()
+            }),
+        ),
+        (
+            "crash restart",
+            Box::new({
+                let c = c.clone();
+                move || c.crash_restart(0).unwrap()
+            }),
+        ),
+        (
+            "400 ms freeze",
+            Box::new({
+                let c = c.clone();
+                move || {
+                    c.hang(0).unwrap();
+                    std::thread::sleep(Duration::from_millis(400));
+                    c.resume(0);
+                }
+            }),
+        ),
     ];
     for (what, fault) in faults {
         let old = connect(p.client_addr, &pw).await;
@@ -112,7 +118,10 @@ async fn a_restart_a_crash_restart_or_a_short_freeze_of_the_primary_is_not_a_fai
         assert_eq!(count(&p, EventKind::Fence), 0, "{what}: nothing fenced");
         assert_eq!(c.psql(1, "select pg_is_in_recovery()").unwrap(), "t", "{what}: pg-b is still a standby");
         for r in &seen {
-            assert!(matches!(r, Opened::On(p) if *p == port_a) || matches!(r, Opened::Cut(_)), "{what}: every client opened meanwhile reaches pg-a (or was in flight when the server ended it): {seen:?}");
+            assert!(
+                matches!(r, Opened::On(p) if *p == port_a) || matches!(r, Opened::Cut(_)),
+                "{what}: every client opened meanwhile reaches pg-a (or was in flight when the server ended it): {seen:?}"
+            );
         }
         assert!(seen.iter().any(|r| matches!(r, Opened::On(_))), "{what}: {seen:?}");
         if what != "400 ms freeze" {
@@ -325,10 +334,8 @@ async fn the_readme_rejoin_steps_make_the_old_primary_a_standby() {
         c.stop(0).unwrap();
         c.psql(1, "CHECKPOINT").unwrap();
         let data = c.nodes[0].data.to_string_lossy().to_string();
-        let own: Vec<(std::path::PathBuf, Vec<u8>)> = ["postgresql.conf", "pg_hba.conf"]
-            .iter()
-            .map(|f| (c.nodes[0].data.join(f), std::fs::read(c.nodes[0].data.join(f)).unwrap()))
-            .collect();
+        let own: Vec<(std::path::PathBuf, Vec<u8>)> =
+            ["postgresql.conf", "pg_hba.conf"].iter().map(|f| (c.nodes[0].data.join(f), std::fs::read(c.nodes[0].data.join(f)).unwrap())).collect();
         let source = format!("host=127.0.0.1 port={} user=postgres dbname=postgres password={}", c.nodes[1].port, c.options.password);
         let out = c.run_tool("pg_rewind", &[&format!("--target-pgdata={data}"), "--write-recovery-conf", &format!("--source-server={source}")]).unwrap();
         assert!(out.contains("Done!") || out.contains("no rewind required"), "{out}");

@@ -90,11 +90,8 @@ fn watch(client: TcpStream, server: TcpStream) {
     }
     let mut open = [true, true];
     while open[0] || open[1] {
-        let mut fds: Vec<libc::pollfd> = socks
-            .iter()
-            .zip(open)
-            .map(|(s, o)| libc::pollfd { fd: if o { s.as_raw_fd() } else { -1 }, events: libc::POLLRDHUP, revents: 0 })
-            .collect();
+        let mut fds: Vec<libc::pollfd> =
+            socks.iter().zip(open).map(|(s, o)| libc::pollfd { fd: if o { s.as_raw_fd() } else { -1 }, events: libc::POLLRDHUP, revents: 0 }).collect();
         if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } < 0 {
             break;
         }
@@ -155,7 +152,11 @@ impl Attr {
 
 fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<RawFd> {
     let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.0.as_mut_ptr(), attr.0.len()) };
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r as RawFd) }
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as RawFd)
+    }
 }
 
 const BPF_MAP_CREATE: libc::c_long = 0;

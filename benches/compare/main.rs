@@ -37,7 +37,11 @@ fn median(v: &mut [f64]) -> f64 {
     if n == 0 {
         return f64::NAN;
     }
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 fn main() {
@@ -112,7 +116,15 @@ fn throughput(dir: &std::path::Path) {
     let chosen: Vec<usize> = (0..Workload::ALL.len()).filter(|i| letters.contains(["a", "b", "c", "d", "e"][*i])).collect();
     let names: Vec<&str> = all.iter().map(|t| t.name.as_str()).collect();
     println!("targets: {names:?}; {rounds} rounds, {seconds}s per pgbench run, order rotated each round\n");
-    let env = workloads::Env { pgbench: &pgbench, password: &pw, seconds, copy_in: &copy_in, direct: all[0].addr, copy_repeat: env_or("BENCH_COPY_REPEAT", 3), rt: &rt };
+    let env = workloads::Env {
+        pgbench: &pgbench,
+        password: &pw,
+        seconds,
+        copy_in: &copy_in,
+        direct: all[0].addr,
+        copy_repeat: env_or("BENCH_COPY_REPEAT", 3),
+        rt: &rt,
+    };
     // (workload, target) -> per-round values and CPU%.
     let mut values: HashMap<(usize, usize), Vec<f64>> = HashMap::new();
     let mut cpus: HashMap<(usize, usize), Vec<f64>> = HashMap::new();
@@ -132,7 +144,13 @@ fn throughput(dir: &std::path::Path) {
                     let after = p.admin.and_then(targets::failovers);
                     if let (Some(before), Some(after)) = (before, after) {
                         if after > before {
-                            println!("WARNING: {} failed over while {} ran {}: {}", p.name, t.name, w.label(), p.admin.and_then(targets::last_event).unwrap_or_default());
+                            println!(
+                                "WARNING: {} failed over while {} ran {}: {}",
+                                p.name,
+                                t.name,
+                                w.label(),
+                                p.admin.and_then(targets::last_event).unwrap_or_default()
+                            );
                             let log = std::fs::read_to_string(dir.join(format!("pgfailover-{}.log", p.addr.port()))).unwrap_or_default();
                             for line in log.lines().filter(|l| !l.contains("route: new sessions")).rev().take(20) {
                                 println!("  log: {line}");
@@ -202,7 +220,13 @@ fn failover_times(dir: &std::path::Path) {
     let mut refused = 0;
     for i in 0..trials {
         let t = failover::trial(dir);
-        println!("trial {}: {:.0} ms, refused connections {}, sessions cut in flight {}", i + 1, t.time.as_secs_f64() * 1000.0, t.refused, t.writes_lost_sessions);
+        println!(
+            "trial {}: {:.0} ms, refused connections {}, sessions cut in flight {}",
+            i + 1,
+            t.time.as_secs_f64() * 1000.0,
+            t.refused,
+            t.writes_lost_sessions
+        );
         times.push(t.time.as_secs_f64() * 1000.0);
         refused += t.refused;
     }

@@ -70,15 +70,8 @@ pub fn pgfailover_threads(dir: &Path, primary: u16, standby: Option<u16>, passwo
     if let Some(n) = threads {
         cmd.env("PGFAILOVER_WORKER_THREADS", n.to_string());
     }
-    let child = cmd
-        .arg("--config")
-        .arg(&cfg)
-        .env("DB_PASSWORD", password)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start pgfailover");
+    let child =
+        cmd.arg("--config").arg(&cfg).env("DB_PASSWORD", password).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().expect("start pgfailover");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if http_get(admin, "/ready").is_some_and(|r| r.starts_with("HTTP/1.1 200")) {
@@ -87,14 +80,20 @@ pub fn pgfailover_threads(dir: &Path, primary: u16, standby: Option<u16>, passwo
         assert!(Instant::now() < deadline, "pgfailover never became ready");
         std::thread::sleep(Duration::from_millis(20));
     }
-    Target { name: match threads { Some(n) => format!("pgfailover-t{n}"), None => "pgfailover".into() }, addr, pid: Some(child.id()), admin: Some(admin), child: Some(child) }
+    Target {
+        name: match threads {
+            Some(n) => format!("pgfailover-t{n}"),
+            None => "pgfailover".into(),
+        },
+        addr,
+        pid: Some(child.id()),
+        admin: Some(admin),
+        child: Some(child),
+    }
 }
 
 pub fn which(tool: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
-        .map(|d| d.join(tool))
-        .find(|p| p.is_file())
+    std::env::split_paths(&std::env::var_os("PATH")?).chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")]).map(|d| d.join(tool)).find(|p| p.is_file())
 }
 
 /// HAProxy 2.x in TCP mode with long timeouts.

@@ -79,10 +79,7 @@ pub fn ready(ctx: &AdminContext) -> Reply {
         Some(p) => json(StatusCode::OK, &json!({ "ready": true, "primary": p })),
         None => {
             let reason = s.route_reason.clone().unwrap_or_default();
-            json(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &json!({ "ready": false, "reason": reason, "error": format!("no primary is routable: {reason}") }),
-            )
+            json(StatusCode::SERVICE_UNAVAILABLE, &json!({ "ready": false, "reason": reason, "error": format!("no primary is routable: {reason}") }))
         }
     }
 }
@@ -128,11 +125,7 @@ struct TargetBody {
 /// malformed.
 async fn read_body(req: Request<Incoming>) -> Result<TargetBody, Reply> {
     let too_large = || error(StatusCode::PAYLOAD_TOO_LARGE, &format!("request body over {MAX_BODY} bytes"));
-    let declared = req
-        .headers()
-        .get(hyper::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = req.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_BODY as u64) {
         return Err(too_large());
     }

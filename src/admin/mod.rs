@@ -120,8 +120,7 @@ async fn route(req: Request<Incoming>, ctx: &AdminContext, peer: SocketAddr) -> 
     let method = req.method().clone();
     let allowed: &str = match path.as_str() {
         "/failover/trigger" | "/failover/check-health" | "/failover/unfence" => "POST",
-        "/failover/status" | "/failover/metrics" | "/failover/health" | "/failover/history" | "/metrics"
-        | "/health" | "/ready" => "GET",
+        "/failover/status" | "/failover/metrics" | "/failover/health" | "/failover/history" | "/metrics" | "/health" | "/ready" => "GET",
         _ => return error(StatusCode::NOT_FOUND, &format!("no such endpoint: {path}")),
     };
     if method.as_str() != allowed {
@@ -136,10 +135,7 @@ async fn route(req: Request<Incoming>, ctx: &AdminContext, peer: SocketAddr) -> 
         (Method::GET, "/failover/history") => handlers::history(ctx, req.uri().query()),
         (Method::GET, "/metrics") => {
             let mut r = Response::new(Full::new(Bytes::from(ctx.metrics.render())));
-            r.headers_mut().insert(
-                hyper::header::CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
+            r.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
             r
         }
         (Method::GET, "/health") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
@@ -184,10 +180,7 @@ async fn not_http(stream: &tokio::net::TcpStream) -> Option<String> {
 async fn reject_raw(stream: &mut tokio::net::TcpStream, why: &str) {
     use tokio::io::AsyncWriteExt;
     let body = serde_json::json!({ "error": why }).to_string();
-    let reply = format!(
-        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
+    let reply = format!("HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
     let _ = tokio::time::timeout(HEADER_TIMEOUT, stream.write_all(reply.as_bytes())).await;
     let _ = stream.shutdown().await;
 }

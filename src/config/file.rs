@@ -10,10 +10,7 @@ use super::{BackendConfig, Config, ConfigError, Secret};
 
 pub(super) fn parse_file(label: &str, text: &str) -> Result<RawFile, ConfigError> {
     let value: toml::Value = toml::from_str(text).map_err(|e| {
-        let line = e
-            .span()
-            .map(|s| text[..s.start.min(text.len())].lines().count().max(1))
-            .unwrap_or(0);
+        let line = e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1)).unwrap_or(0);
         ConfigError::invalid(label, format!("line {line}"), e.message().trim().replace('\n', " "))
     })?;
     serde_path_to_error::deserialize(value).map_err(|e| {
@@ -108,18 +105,12 @@ fn resolve(base: Option<&Path>, p: PathBuf) -> PathBuf {
     }
 }
 
-pub(super) fn apply_file(
-    cfg: &mut Config,
-    raw: RawFile,
-    label: &str,
-    base: Option<&Path>,
-) -> Result<(), ConfigError> {
+pub(super) fn apply_file(cfg: &mut Config, raw: RawFile, label: &str, base: Option<&Path>) -> Result<(), ConfigError> {
     if let Some(s) = raw.listen {
         cfg.listen = parse_addr(&s).map_err(|r| ConfigError::invalid(label, "listen", r))?;
     }
     if let Some(s) = raw.admin_listen {
-        cfg.admin_listen =
-            parse_addr(&s).map_err(|r| ConfigError::invalid(label, "admin_listen", r))?;
+        cfg.admin_listen = parse_addr(&s).map_err(|r| ConfigError::invalid(label, "admin_listen", r))?;
     }
     if let Some(t) = raw.admin_token {
         cfg.admin_token = Some(Secret::new(t));
@@ -143,8 +134,7 @@ pub(super) fn apply_file(
     }
     if let Some(f) = raw.failover {
         if let Some(p) = f.promote {
-            cfg.failover.promote =
-                parse_promote(&p).map_err(|r| ConfigError::invalid(label, "failover.promote", r))?;
+            cfg.failover.promote = parse_promote(&p).map_err(|r| ConfigError::invalid(label, "failover.promote", r))?;
         }
         set(&mut cfg.failover.hold_timeout, f.hold_timeout);
         set(&mut cfg.failover.max_lag_bytes, f.max_lag_bytes);
@@ -175,13 +165,7 @@ pub(super) fn apply_file(
     Ok(())
 }
 
-fn merge_backend(
-    b: &mut BackendConfig,
-    raw: RawBackend,
-    label: &str,
-    key: &str,
-    base: Option<&Path>,
-) -> Result<(), ConfigError> {
+fn merge_backend(b: &mut BackendConfig, raw: RawBackend, label: &str, key: &str, base: Option<&Path>) -> Result<(), ConfigError> {
     set(&mut b.name, raw.name);
     set(&mut b.host, raw.host);
     set(&mut b.port, raw.port);
@@ -199,4 +183,3 @@ fn merge_backend(
     }
     Ok(())
 }
-

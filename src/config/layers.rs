@@ -15,9 +15,7 @@ fn parse_standby(primary: &BackendConfig, index: usize, spec: &str) -> Result<Ba
         Some(_) => return Err(format!("{spec:?} has an empty name")),
         None => (None, spec),
     };
-    let (host, port) = addr
-        .rsplit_once(':')
-        .ok_or_else(|| format!("{spec:?} is not name=host:port"))?;
+    let (host, port) = addr.rsplit_once(':').ok_or_else(|| format!("{spec:?} is not name=host:port"))?;
     let port: u16 = port.parse().map_err(|_| format!("{spec:?} has a bad port {port:?}"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
@@ -73,10 +71,7 @@ pub(super) fn apply_env(cfg: &mut Config, env: EnvLookup<'_>) -> Result<(), Conf
         cfg.standbys = list;
     }
     if let Some(v) = env("FAILOVER_HEALTH_CHECK_INTERVAL") {
-        let ms: u64 = v
-            .trim()
-            .parse()
-            .map_err(|_| bad("FAILOVER_HEALTH_CHECK_INTERVAL", format!("{v:?} is not milliseconds")))?;
+        let ms: u64 = v.trim().parse().map_err(|_| bad("FAILOVER_HEALTH_CHECK_INTERVAL", format!("{v:?} is not milliseconds")))?;
         cfg.health.interval = Duration::from_millis(ms);
     }
     if let Some(v) = env("PGFAILOVER_ADMIN_TOKEN") {
@@ -98,8 +93,7 @@ pub(super) fn apply_env(cfg: &mut Config, env: EnvLookup<'_>) -> Result<(), Conf
         cfg.failover.hold_timeout = parse_duration(&v).map_err(|r| bad("PGFAILOVER_HOLD_TIMEOUT", r))?;
     }
     if let Some(v) = env("PGFAILOVER_REPOINT_STANDBYS") {
-        cfg.failover.repoint_standbys =
-            parse_bool(&v).ok_or_else(|| bad("PGFAILOVER_REPOINT_STANDBYS", format!("{v:?} is not true/false")))?;
+        cfg.failover.repoint_standbys = parse_bool(&v).ok_or_else(|| bad("PGFAILOVER_REPOINT_STANDBYS", format!("{v:?} is not true/false")))?;
     }
     if let Some(v) = env("PGFAILOVER_STATE_DIR") {
         cfg.state_dir = Some(PathBuf::from(v));
@@ -111,8 +105,7 @@ pub(super) fn apply_env(cfg: &mut Config, env: EnvLookup<'_>) -> Result<(), Conf
         cfg.proxy.worker_threads = v.trim().parse().map_err(|_| bad("PGFAILOVER_WORKER_THREADS", format!("{v:?} is not a number")))?;
     }
     if let Some(v) = env("PGFAILOVER_MAX_CLIENT_CONNECTIONS") {
-        cfg.proxy.max_client_connections =
-            v.trim().parse().map_err(|_| bad("PGFAILOVER_MAX_CLIENT_CONNECTIONS", format!("{v:?} is not a number")))?;
+        cfg.proxy.max_client_connections = v.trim().parse().map_err(|_| bad("PGFAILOVER_MAX_CLIENT_CONNECTIONS", format!("{v:?} is not a number")))?;
     }
     if let Some(v) = env("PGFAILOVER_LOG_LEVEL") {
         cfg.log_level = v;
@@ -159,4 +152,3 @@ pub(super) fn apply_flags(cfg: &mut Config, o: &Overrides) -> Result<(), ConfigE
     }
     Ok(())
 }
-

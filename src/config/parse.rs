@@ -11,8 +11,7 @@ pub(super) fn standby_from(primary: &BackendConfig, index: usize) -> BackendConf
 }
 
 pub(super) fn parse_addr(s: &str) -> Result<SocketAddr, String> {
-    s.parse::<SocketAddr>()
-        .map_err(|_| format!("{s:?} is not an address like 127.0.0.1:6432 or [::1]:6432"))
+    s.parse::<SocketAddr>().map_err(|_| format!("{s:?} is not an address like 127.0.0.1:6432 or [::1]:6432"))
 }
 
 pub(super) fn parse_log_format(s: &str) -> Result<LogFormat, String> {
@@ -32,9 +31,7 @@ pub(super) fn parse_promote(s: &str) -> Result<PromoteMode, String> {
 }
 
 pub(super) fn read_secret_file(label: &str, key: &str, path: &Path) -> Result<Secret, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigError::invalid(label, key, format!("cannot read {}: {e}", path.display()))
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::invalid(label, key, format!("cannot read {}: {e}", path.display())))?;
     Ok(Secret::new(text.trim_end_matches(['\r', '\n'])))
 }
 
@@ -51,4 +48,3 @@ pub(super) fn parse_bool(s: &str) -> Option<bool> {
         _ => None,
     }
 }
-

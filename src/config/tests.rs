@@ -3,8 +3,7 @@ use std::collections::HashMap;
 use std::io::Write;
 
 fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-    let map: HashMap<String, String> =
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     move |k| map.get(k).cloned()
 }
 
@@ -98,11 +97,7 @@ fn env_beats_file_and_flags_beat_env() {
     assert_eq!(c.listen.port(), 7100);
     assert_eq!(c.admin_token.as_ref().map(Secret::expose), Some("tok"));
 
-    let flags = Overrides {
-        listen: Some("127.0.0.1:7200".parse().unwrap()),
-        promote: Some("auto".into()),
-        ..Default::default()
-    };
+    let flags = Overrides { listen: Some("127.0.0.1:7200".parse().unwrap()), promote: Some("auto".into()), ..Default::default() };
     let c = load(FULL, &env, &flags).unwrap();
     assert_eq!(c.listen.port(), 7200);
     assert_eq!(c.failover.promote, PromoteMode::Auto);
@@ -162,9 +157,7 @@ fn bad_values_are_named() {
 
 #[test]
 fn missing_file_is_an_error_not_a_panic() {
-    let e = Config::load(Some(Path::new("/nonexistent/proxy.toml")), &env_of(&[]), &Overrides::default())
-        .unwrap_err()
-        .to_string();
+    let e = Config::load(Some(Path::new("/nonexistent/proxy.toml")), &env_of(&[]), &Overrides::default()).unwrap_err().to_string();
     assert!(e.starts_with("/nonexistent/proxy.toml: cannot read"), "{e}");
 }
 

@@ -81,11 +81,7 @@ pub fn parse(s: &str) -> Result<Vec<(String, String)>, ConninfoError> {
 
 /// Writes pairs back, every value quoted.
 pub fn render(pairs: &[(String, String)]) -> String {
-    pairs
-        .iter()
-        .map(|(k, v)| format!("{k}='{}'", v.replace('\\', "\\\\").replace('\'', "\\'")))
-        .collect::<Vec<_>>()
-        .join(" ")
+    pairs.iter().map(|(k, v)| format!("{k}='{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))).collect::<Vec<_>>().join(" ")
 }
 
 /// The same connection string aimed at `host:port` (any `hostaddr` is dropped: it would
@@ -114,10 +110,7 @@ mod tests {
     fn repoints_keeping_everything_else() {
         let pg = "user=postgres password='pa ss\\'x' channel_binding=prefer host=127.0.0.1 port=55432 sslmode=prefer";
         let out = repoint(pg, "10.0.0.2", 5433).unwrap();
-        assert_eq!(
-            out,
-            "user='postgres' password='pa ss\\'x' channel_binding='prefer' sslmode='prefer' host='10.0.0.2' port='5433'"
-        );
+        assert_eq!(out, "user='postgres' password='pa ss\\'x' channel_binding='prefer' sslmode='prefer' host='10.0.0.2' port='5433'");
         let back = parse(&out).unwrap();
         assert!(back.contains(&("password".into(), "pa ss'x".into())));
         assert_eq!(address(&out), Some(("10.0.0.2".into(), 5433)));

@@ -16,14 +16,45 @@ use super::status::Status;
 pub(super) type CheckNow = Option<oneshot::Sender<()>>;
 
 pub(super) enum Command {
-    Observed { i: usize, result: Result<Observation, CheckError>, took: Duration },
-    Promoted { attempt: u64, i: usize, result: Result<Observation, PromoteError> },
-    WritesStopped { attempt: u64, i: usize, result: Result<u64, OpError> },
-    Replayed { attempt: u64, i: usize, result: Result<u64, OpError> },
-    WritesAllowed { attempt: u64, i: usize, result: Result<(), OpError> },
-    Repointed { standby: usize, primary: usize, result: Result<Repointed, OpError> },
-    Trigger { req: TriggerRequest, reply: oneshot::Sender<Result<Triggered, Refusal>> },
-    Unfence { name: String, who: String, reply: oneshot::Sender<Result<(), Refusal>> },
+    Observed {
+        i: usize,
+        result: Result<Observation, CheckError>,
+        took: Duration,
+    },
+    Promoted {
+        attempt: u64,
+        i: usize,
+        result: Result<Observation, PromoteError>,
+    },
+    WritesStopped {
+        attempt: u64,
+        i: usize,
+        result: Result<u64, OpError>,
+    },
+    Replayed {
+        attempt: u64,
+        i: usize,
+        result: Result<u64, OpError>,
+    },
+    WritesAllowed {
+        attempt: u64,
+        i: usize,
+        result: Result<(), OpError>,
+    },
+    Repointed {
+        standby: usize,
+        primary: usize,
+        result: Result<Repointed, OpError>,
+    },
+    Trigger {
+        req: TriggerRequest,
+        reply: oneshot::Sender<Result<Triggered, Refusal>>,
+    },
+    Unfence {
+        name: String,
+        who: String,
+        reply: oneshot::Sender<Result<(), Refusal>>,
+    },
     /// Answered after every earlier command was handled.
     Sync(oneshot::Sender<()>),
     /// Fault injection for tests: the monitor task panics.

@@ -395,7 +395,9 @@ impl Machine {
             Ok(()) => {
                 self.read_only_left.remove(&i);
             }
-            Err(e) => tracing::error!(backend = %self.backends[i].name, error = %e, "could not make the old primary writable again (ALTER SYSTEM RESET default_transaction_read_only); retrying"),
+            Err(e) => {
+                tracing::error!(backend = %self.backends[i].name, error = %e, "could not make the old primary writable again (ALTER SYSTEM RESET default_transaction_read_only); retrying")
+            }
         }
         if self.in_flight.as_ref().is_some_and(|f| f.attempt == attempt && matches!(f.step, Step::Undoing { .. })) {
             self.finish_undo(now, &mut acts);

@@ -67,7 +67,9 @@ pub async fn promote(b: &BackendConfig, timeout: Duration, check_timeout: Durati
         }
         // Any other error (a statement timeout, the session terminated) may come after the
         // promotion was signalled: it may still complete.
-        Ok(Err(e)) if e.as_db_error().is_some() => return Err(PromoteError::Pending(format!("pg_promote ended with an error: {}", CheckError::from_postgres(&e)))),
+        Ok(Err(e)) if e.as_db_error().is_some() => {
+            return Err(PromoteError::Pending(format!("pg_promote ended with an error: {}", CheckError::from_postgres(&e))))
+        }
         Ok(Err(e)) => return Err(PromoteError::Pending(format!("the connection broke while promoting: {}", CheckError::from_postgres(&e)))),
         Ok(Ok(rows)) if first_row(&rows).and_then(|r| r.get(0)) != Some("t") => {
             return Err(PromoteError::Pending(format!("pg_promote did not finish within {secs}s")));
@@ -140,12 +142,7 @@ pub async fn stop_writes(b: &BackendConfig, check_timeout: Duration, bound: Dura
     // A commit of our own, flushed locally: it lies after every acknowledged commit and
     // forces all WAL before it to disk, so the standbys receive everything up to `lsn`
     // even when the last records were written asynchronously.
-    query(
-        &client,
-        check_timeout,
-        "BEGIN READ WRITE; SET LOCAL synchronous_commit = local; SELECT pg_current_xact_id(); COMMIT",
-    )
-    .await?;
+    query(&client, check_timeout, "BEGIN READ WRITE; SET LOCAL synchronous_commit = local; SELECT pg_current_xact_id(); COMMIT").await?;
     Ok(record_end(lsn, offset))
 }
 

@@ -94,9 +94,7 @@ pub(super) async fn observe(client: &Client) -> Result<Observation, CheckError> 
     });
     Ok(Observation {
         in_recovery: text(0) == Some("t"),
-        system_identifier: text(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| CheckError::Protocol("no system identifier".into()))?,
+        system_identifier: text(1).and_then(|s| s.parse().ok()).ok_or_else(|| CheckError::Protocol("no system identifier".into()))?,
         current_lsn: lsn(2),
         receive_lsn: lsn(3),
         replay_lsn: lsn(4),

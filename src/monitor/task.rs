@@ -19,10 +19,10 @@ use crate::config::{BackendConfig, Config};
 use crate::metrics::Metrics;
 use crate::route::RouteWriter;
 
+use super::check_error::CheckError;
 use super::handle::{CheckNow, Command, MonitorHandle, Triggered};
 use super::history::{EventKind, Fences, History, Kept};
 use super::machine::{Action, Machine, Now, Outcome, Settings};
-use super::check_error::CheckError;
 use super::operations::{self, OpError, PromoteError};
 use super::probe::Prober;
 use super::status::Status;
@@ -331,7 +331,9 @@ impl MonitorTask {
         let b = &self.backends[p];
         match operations::allow_writes(b, self.check_timeout).await {
             Ok(()) => tracing::warn!(primary = %b.name, "stopping during a switchover: the old primary accepts writes again"),
-            Err(e) => tracing::error!(primary = %b.name, error = %e, "stopping during a switchover: could not make the old primary writable again (ALTER SYSTEM RESET default_transaction_read_only)"),
+            Err(e) => {
+                tracing::error!(primary = %b.name, error = %e, "stopping during a switchover: could not make the old primary writable again (ALTER SYSTEM RESET default_transaction_read_only)")
+            }
         }
     }
 
@@ -434,7 +436,9 @@ impl MonitorTask {
                 self.account_no_primary();
                 if self.route.set(target, &reason) {
                     match target {
-                        Some(t) => tracing::info!(primary = %self.backends[t].name, epoch = self.route.current().epoch, "route: new sessions go to the primary"),
+                        Some(t) => {
+                            tracing::info!(primary = %self.backends[t].name, epoch = self.route.current().epoch, "route: new sessions go to the primary")
+                        }
                         None => tracing::warn!(%reason, "route: no primary; new sessions are held"),
                     }
                 }
@@ -460,18 +464,21 @@ impl MonitorTask {
             Action::AllowWrites { attempt, backend: i } => {
                 let b = self.backends[i].clone();
                 let failed = Command::WritesAllowed { attempt, i, result: Err(task_failed()) };
-                self.run_op(async move {
-                    // The old primary must not stay read-only because of one lost packet.
-                    let mut result = operations::allow_writes(&b, ct).await;
-                    for _ in 0..3 {
-                        if result.is_ok() {
-                            break;
+                self.run_op(
+                    async move {
+                        // The old primary must not stay read-only because of one lost packet.
+                        let mut result = operations::allow_writes(&b, ct).await;
+                        for _ in 0..3 {
+                            if result.is_ok() {
+                                break;
+                            }
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            result = operations::allow_writes(&b, ct).await;
                         }
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        result = operations::allow_writes(&b, ct).await;
-                    }
-                    Command::WritesAllowed { attempt, i, result }
-                }, failed);
+                        Command::WritesAllowed { attempt, i, result }
+                    },
+                    failed,
+                );
             }
             Action::Repoint { standby, primary } => {
                 let (s, p) = (self.backends[standby].clone(), self.backends[primary].clone());

@@ -13,10 +13,7 @@ use crate::config::{BackendConfig, ProxyConfig};
 pub fn tune(stream: &TcpStream, cfg: &ProxyConfig) -> io::Result<()> {
     stream.set_nodelay(true)?;
     let sock = SockRef::from(stream);
-    let ka = TcpKeepalive::new()
-        .with_time(cfg.keepalive_idle)
-        .with_interval(cfg.keepalive_interval)
-        .with_retries(cfg.keepalive_count);
+    let ka = TcpKeepalive::new().with_time(cfg.keepalive_idle).with_interval(cfg.keepalive_interval).with_retries(cfg.keepalive_count);
     sock.set_tcp_keepalive(&ka)?;
     #[cfg(any(target_os = "linux", target_os = "android"))]
     sock.set_tcp_user_timeout(Some(cfg.user_timeout).filter(|d| !d.is_zero()))?;
@@ -28,12 +25,7 @@ pub async fn connect(backend: &BackendConfig, cfg: &ProxyConfig) -> io::Result<T
     let target = (backend.host.as_str(), backend.port);
     let stream = match tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(target)).await {
         Ok(r) => r?,
-        Err(_) => {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("connect timed out after {}", humantime::format_duration(cfg.connect_timeout)),
-            ))
-        }
+        Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, format!("connect timed out after {}", humantime::format_duration(cfg.connect_timeout)))),
     };
     tune(&stream, cfg)?;
     Ok(stream)

@@ -50,12 +50,7 @@ pub struct Opened {
 /// Reads the client's startup packets and finds them a server, retrying while servers are
 /// down or cannot take sessions yet. On success the server's first answer has been passed to
 /// the client, and the rest is the splice's.
-pub async fn open(
-    client: &mut TcpStream,
-    dp: &DataPath,
-    route: &mut watch::Receiver<Route>,
-    stopping: &CancellationToken,
-) -> Result<Opened, Failed> {
+pub async fn open(client: &mut TcpStream, dp: &DataPath, route: &mut watch::Receiver<Route>, stopping: &CancellationToken) -> Result<Opened, Failed> {
     // The connect to the routed server overlaps the client's first packet on the wire, as a
     // plain splice's would; a failed early connect is retried (and reported) by the hold.
     // The client's whole startup (its packets, not the server's answers) is bounded.
@@ -109,16 +104,14 @@ pub async fn open(
                     Answer::Moved => hold.moved(dp),
                 }
             }
-            Packet::Untyped { bytes, .. } => {
-                match ask(&mut server, bytes, 0, dp, route, backend).await {
-                    Answer::Bytes(b) => match wire::first_reply(&b) {
-                        Some(FirstReply::Unavailable(why)) => hold.failed(dp, backend, format!("{name} refused the session: {why}")),
-                        _ => return forward(client, b, server, backend, dp).await,
-                    },
-                    Answer::Lost(why) => hold.failed(dp, backend, format!("{name} did not answer the startup: {why}")),
-                    Answer::Moved => hold.moved(dp),
-                }
-            }
+            Packet::Untyped { bytes, .. } => match ask(&mut server, bytes, 0, dp, route, backend).await {
+                Answer::Bytes(b) => match wire::first_reply(&b) {
+                    Some(FirstReply::Unavailable(why)) => hold.failed(dp, backend, format!("{name} refused the session: {why}")),
+                    _ => return forward(client, b, server, backend, dp).await,
+                },
+                Answer::Lost(why) => hold.failed(dp, backend, format!("{name} did not answer the startup: {why}")),
+                Answer::Moved => hold.moved(dp),
+            },
         }
     }
 }

@@ -227,10 +227,7 @@ mod tests {
     #[test]
     fn first_reply_tells_unavailable_servers_from_everything_else() {
         let shutting = error_response("FATAL", "57P03", "the database system is shutting down", None);
-        assert_eq!(
-            first_reply(&shutting),
-            Some(FirstReply::Unavailable("the database system is shutting down (57P03)".into()))
-        );
+        assert_eq!(first_reply(&shutting), Some(FirstReply::Unavailable("the database system is shutting down (57P03)".into())));
         for code in ["57P01", "57P02"] {
             assert!(matches!(first_reply(&error_response("FATAL", code, "x", None)), Some(FirstReply::Unavailable(_))));
         }

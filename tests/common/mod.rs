@@ -23,10 +23,7 @@ pub async fn cluster(standbys: usize) -> Cluster {
 }
 
 pub async fn cluster_with(opts: ClusterOptions) -> Cluster {
-    tokio::task::spawn_blocking(move || Cluster::start(opts))
-        .await
-        .expect("cluster task")
-        .expect("start local PostgreSQL cluster")
+    tokio::task::spawn_blocking(move || Cluster::start(opts)).await.expect("cluster task").expect("start local PostgreSQL cluster")
 }
 
 /// Backend configs for every node of the cluster: node0 = "pg-a", node1 = "pg-b", ...

@@ -4,7 +4,16 @@ use std::time::{Duration, Instant};
 use super::*;
 
 fn ev(kind: EventKind, from: &str) -> Event {
-    Event { time: "2026-01-01T00:00:00Z".into(), kind, from: Some(from.into()), to: None, reason: "r".into(), trigger: "automatic".into(), duration_ms: None, wal_distance_bytes: None }
+    Event {
+        time: "2026-01-01T00:00:00Z".into(),
+        kind,
+        from: Some(from.into()),
+        to: None,
+        reason: "r".into(),
+        trigger: "automatic".into(),
+        duration_ms: None,
+        wal_distance_bytes: None,
+    }
 }
 
 fn fence(reason: &str) -> Fence {

@@ -145,9 +145,7 @@ impl Machine {
 
     /// The eligible standby with the most WAL (ties: config order), skipping `excluding`.
     pub(super) fn best_eligible(&self, excluding: &[usize]) -> Option<usize> {
-        (0..self.backends.len())
-            .filter(|i| !excluding.contains(i) && self.eligible(*i))
-            .max_by_key(|i| (self.backends[*i].lsn(), Reverse(*i)))
+        (0..self.backends.len()).filter(|i| !excluding.contains(i) && self.eligible(*i)).max_by_key(|i| (self.backends[*i].lsn(), Reverse(*i)))
     }
 
     fn lost_reason(&self, t: usize) -> String {
@@ -207,11 +205,8 @@ impl Machine {
             };
             return format!("failover in progress: {}; {phase}", f.reason);
         }
-        let problems: Vec<String> = self
-            .backends
-            .iter()
-            .filter_map(|b| b.problem().map(|e| format!("checks to {} fail: {e} [{}]", b.name, e.kind().as_str())))
-            .collect();
+        let problems: Vec<String> =
+            self.backends.iter().filter_map(|b| b.problem().map(|e| format!("checks to {} fail: {e} [{}]", b.name, e.kind().as_str()))).collect();
         if !problems.is_empty() {
             return format!("no primary is known: {}", problems.join("; "));
         }
@@ -240,9 +235,8 @@ impl Machine {
     /// Two writable servers: route to the higher timeline, fence the other. A backend
     /// fenced while unreachable that comes back writable is a split brain too.
     fn resolve_split_brain(&mut self, now: Now, acts: &mut Vec<Action>) {
-        let claimants: Vec<usize> = (0..self.backends.len())
-            .filter(|i| self.backends[*i].fresh() && self.backends[*i].claims_primary() && self.same_cluster(*i))
-            .collect();
+        let claimants: Vec<usize> =
+            (0..self.backends.len()).filter(|i| self.backends[*i].fresh() && self.backends[*i].claims_primary() && self.same_cluster(*i)).collect();
         if claimants.len() < 2 {
             return;
         }
@@ -296,11 +290,7 @@ impl Machine {
             return State::Unknown;
         }
         if let Some(f) = &self.in_flight {
-            return if f.to.is_some() || self.settings.promote == PromoteMode::Never {
-                State::FailoverInProgress
-            } else {
-                State::Degraded
-            };
+            return if f.to.is_some() || self.settings.promote == PromoteMode::Never { State::FailoverInProgress } else { State::Degraded };
         }
         let Some(route) = self.route else { return State::Degraded };
         if self.backends.iter().any(|b| b.problem().is_some()) {

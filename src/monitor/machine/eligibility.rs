@@ -65,7 +65,8 @@ impl Machine {
     /// The fenced backend `s` streams from, if its upstream address names one.
     fn fenced_upstream(&self, s: usize) -> Option<usize> {
         let up = self.backends[s].upstream()?;
-        (0..self.backends.len()).find(|i| *i != s && self.backends[*i].fence.is_some() && !self.backends[*i].address.is_empty() && self.backends[*i].address == up)
+        (0..self.backends.len())
+            .find(|i| *i != s && self.backends[*i].fence.is_some() && !self.backends[*i].address.is_empty() && self.backends[*i].address == up)
     }
 
     /// Whether backend `i` could be promoted now; `None` = eligible, else why not.
@@ -95,9 +96,7 @@ impl Machine {
             _ => {}
         }
         match self.lag_bytes(i) {
-            Some(lag) if lag > self.settings.max_lag_bytes => {
-                Some(format!("lag {lag} bytes exceeds max_lag_bytes {}", self.settings.max_lag_bytes))
-            }
+            Some(lag) if lag > self.settings.max_lag_bytes => Some(format!("lag {lag} bytes exceeds max_lag_bytes {}", self.settings.max_lag_bytes)),
             None if obs.lsn().is_none() => Some("reports no WAL position".into()),
             _ => None,
         }

@@ -65,9 +65,7 @@ impl Machine {
         let Some(since) = self.in_flight.as_ref().and_then(|f| f.from).and_then(|p| self.backends[p].failing_since) else { return true };
         // Every eligible standby, answering or not: one whose latest check failed may hold
         // the most WAL, so the choice waits for its answer (or for it to be marked down).
-        (0..self.backends.len())
-            .filter(|i| self.eligible(*i))
-            .all(|i| self.backends[i].fresh() && self.backends[i].success_started.is_some_and(|s| s >= since))
+        (0..self.backends.len()).filter(|i| self.eligible(*i)).all(|i| self.backends[i].fresh() && self.backends[i].success_started.is_some_and(|s| s >= since))
     }
 
     /// Picks the standby to promote, if one may be promoted now.
@@ -77,9 +75,7 @@ impl Machine {
         }
         let Some(f) = &self.in_flight else { return };
         let mut excluded = f.failed.clone();
-        excluded.extend(
-            f.unreached.iter().filter(|(i, at)| self.backends[*i].success_started.is_none_or(|s| s <= *at)).map(|(i, _)| *i),
-        );
+        excluded.extend(f.unreached.iter().filter(|(i, at)| self.backends[*i].success_started.is_none_or(|s| s <= *at)).map(|(i, _)| *i));
         let from = f.from;
         let Some(c) = self.best_eligible(&excluded) else { return };
         if self.corroborated(from, c) {
@@ -242,7 +238,10 @@ impl Machine {
                 f.manual = false;
             }
             let old = from.map(|p| self.backends[p].name.clone()).unwrap_or_default();
-            acts.push(Action::Concluded { attempt, outcome: Outcome::Failed(format!("{reason}; nothing was promoted ({old} gets the route back if it answers)")) });
+            acts.push(Action::Concluded {
+                attempt,
+                outcome: Outcome::Failed(format!("{reason}; nothing was promoted ({old} gets the route back if it answers)")),
+            });
         }
     }
 
@@ -345,8 +344,7 @@ impl Machine {
             }
             None => {
                 let excluded: Vec<usize> = self.in_flight.as_ref().map(|f| f.failed.clone()).unwrap_or_default();
-                self.best_eligible(&excluded)
-                    .ok_or_else(|| Refusal::Conflict(format!("no standby is eligible for promotion: {}", self.eligibility_report())))
+                self.best_eligible(&excluded).ok_or_else(|| Refusal::Conflict(format!("no standby is eligible for promotion: {}", self.eligibility_report())))
             }
         }
     }

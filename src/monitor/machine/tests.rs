@@ -83,7 +83,10 @@ fn promotes(acts: &[Action]) -> Vec<usize> {
 fn attempt_of(acts: &[Action]) -> u64 {
     acts.iter()
         .find_map(|a| match a {
-            Action::Promote { attempt, .. } | Action::StopWrites { attempt, .. } | Action::AwaitReplay { attempt, .. } | Action::AllowWrites { attempt, .. } => Some(*attempt),
+            Action::Promote { attempt, .. }
+            | Action::StopWrites { attempt, .. }
+            | Action::AwaitReplay { attempt, .. }
+            | Action::AllowWrites { attempt, .. } => Some(*attempt),
             _ => None,
         })
         .expect("an operation was asked for")

@@ -43,11 +43,7 @@ fn a_wrong_setting_at_start_up_is_named_as_such() {
     }
     assert_eq!((m.route, m.state), (None, State::Degraded), "servers answer: not unknown, and nothing is promoted");
     assert!(m.in_flight.is_none());
-    assert!(
-        m.route_reason.contains("checks to pg-a fail: database \"nope\" does not exist (SQLSTATE 3D000) [misconfigured]"),
-        "{}",
-        m.route_reason
-    );
+    assert!(m.route_reason.contains("checks to pg-a fail: database \"nope\" does not exist (SQLSTATE 3D000) [misconfigured]"), "{}", m.route_reason);
 }
 
 #[test]
