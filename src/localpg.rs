@@ -124,7 +124,7 @@ pub fn free_port() -> std::io::Result<u16> {
         .ok()
         .and_then(|t| t.split_whitespace().next().and_then(|v| v.parse::<u32>().ok()))
         .unwrap_or(32768);
-    let (start, span) = (low.saturating_sub(12000).max(1024), low.saturating_sub(1024).min(12000).max(1));
+    let (start, span) = (low.saturating_sub(12000).max(1024), low.saturating_sub(1024).clamp(1, 12000));
     // Spread concurrent test processes over the range.
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     let seed = std::process::id().wrapping_mul(7919) ^ nanos ^ NEXT.fetch_add(1, Ordering::Relaxed).wrapping_mul(104_729);

@@ -62,7 +62,7 @@ async fn a_missing_check_database_is_named_and_nothing_is_promoted() {
     let h = get(p.admin_addr, "/failover/health").await.json();
     assert_eq!(h["backends"][0]["lastErrorKind"], "misconfigured");
     assert!(h["backends"][0]["lastError"].as_str().unwrap().contains("3D000"));
-    let err = try_connect(p.client_addr, &c.options.password).await.err().expect("refused");
+    let err = try_connect(p.client_addr, &c.options.password).await.expect_err("refused");
     assert_eq!(err.code(), Some(&SqlState::CANNOT_CONNECT_NOW));
     let msg = err.as_db_error().unwrap().message().to_string();
     assert!(msg.contains(expected) && !msg.contains("down"), "{msg}");

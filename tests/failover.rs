@@ -223,7 +223,7 @@ async fn nothing_promotable_refuses_with_57p03_and_never_promotes_a_laggard() {
     blocking(move || c3.kill(0).unwrap()).await;
     wait_status(&p, LIMIT, "state unknown", |s| s.state == State::Unknown).await;
     let started = Instant::now();
-    let err = try_connect(p.client_addr, &pw).await.err().expect("refused");
+    let err = try_connect(p.client_addr, &pw).await.expect_err("refused");
     assert_eq!(err.code(), Some(&SqlState::CANNOT_CONNECT_NOW), "{err}");
     assert!(started.elapsed() >= Duration::from_millis(450), "held for hold_timeout first");
 
@@ -244,7 +244,7 @@ async fn nothing_promotable_refuses_with_57p03_and_never_promotes_a_laggard() {
     wait_status(&p, LIMIT, "a few more check rounds", |s| s.health_check_failures >= failures + 6).await;
     assert_eq!(c4.psql(1, "select pg_is_in_recovery()").unwrap(), "t", "the laggard was not promoted");
     assert_eq!(p.monitor.status().failover_count, 0);
-    let err = try_connect(p.client_addr, &pw).await.err().expect("still refused");
+    let err = try_connect(p.client_addr, &pw).await.expect_err("still refused");
     assert_eq!(err.code(), Some(&SqlState::CANNOT_CONNECT_NOW));
     assert!(err.as_db_error().unwrap().message().contains("no primary"), "{err}");
 }

@@ -173,7 +173,7 @@ async fn scram_password_auth_works_and_wrong_password_fails() {
     let client = connect(p.addr, &c.options.password).await;
     let scram: bool = client.query_one("select rolpassword like 'SCRAM-SHA-256$%' from pg_authid where rolname = 'postgres'", &[]).await.unwrap().get(0);
     assert!(scram, "the harness stores a SCRAM verifier");
-    let err = try_connect(p.addr, "wrong-password").await.err().expect("wrong password refused");
+    let err = try_connect(p.addr, "wrong-password").await.expect_err("wrong password refused");
     assert_eq!(err.code(), Some(&SqlState::INVALID_PASSWORD), "{err}");
 }
 
@@ -239,7 +239,7 @@ async fn refused_with_57p03_when_no_route_or_backend_down() {
     let mut p = data_path(backends(&c), Duration::from_millis(300)).await;
     let pw = c.options.password.clone();
     // No route at all.
-    let err = try_connect(p.addr, &pw).await.err().expect("refused");
+    let err = try_connect(p.addr, &pw).await.expect_err("refused");
     assert_eq!(err.code(), Some(&SqlState::CANNOT_CONNECT_NOW), "{err}");
     let db = err.as_db_error().unwrap();
     assert_eq!(db.severity(), "FATAL");
@@ -251,7 +251,7 @@ async fn refused_with_57p03_when_no_route_or_backend_down() {
     c.kill(0).unwrap();
     let tls = tls_trusting_any_certificate();
     let conn = format!("{} sslmode=prefer", conn_str(p.addr, &pw));
-    let err = tokio_postgres::connect(&conn, tls).await.err().expect("refused");
+    let Err(err) = tokio_postgres::connect(&conn, tls).await else { panic!("refused") };
     assert_eq!(err.code(), Some(&SqlState::CANNOT_CONNECT_NOW), "{err}");
     assert!(err.as_db_error().unwrap().message().contains("could not connect to primary pg-a"), "{err}");
     assert_eq!(p.passive.recv().await, Some(0), "passive signal names the failed backend");
@@ -360,7 +360,7 @@ async fn the_connection_cap_answers_53300() {
     for _ in 0..3 {
         open.push(connect(p.addr, pw).await);
     }
-    let err = try_connect(p.addr, pw).await.err().expect("the fourth is refused");
+    let err = try_connect(p.addr, pw).await.expect_err("the fourth is refused");
     assert_eq!(err.code(), Some(&SqlState::TOO_MANY_CONNECTIONS), "{err}");
     assert!(err.as_db_error().unwrap().message().contains("max_client_connections is 3"));
     assert_eq!(p.metrics.stats.over_limit.load(std::sync::atomic::Ordering::Relaxed), 1);
@@ -385,13 +385,13 @@ async fn a_server_refusing_sessions_is_retried_not_passed_on() {
     })
     .await;
     let pw = c.options.password.clone();
-    let direct = try_connect(node_addr(&c, 1), &pw).await.err().expect("pg-b refuses sessions");
+    let direct = try_connect(node_addr(&c, 1), &pw).await.expect_err("pg-b refuses sessions");
     assert_eq!(direct.code(), Some(&SqlState::CANNOT_CONNECT_NOW), "{direct}");
 
     let mut p = data_path(backends(&c), Duration::from_millis(1500)).await;
     p.route.set(Some(1), "");
     // Nothing takes the client in time: the proxy's own error, naming the server's reason.
-    let err = try_connect(p.addr, &pw).await.err().expect("refused after the hold");
+    let err = try_connect(p.addr, &pw).await.expect_err("refused after the hold");
     assert_eq!(err.code(), Some(&SqlState::CANNOT_CONNECT_NOW), "{err}");
     let msg = err.as_db_error().unwrap().message();
     assert!(msg.starts_with("no primary database is available: pg-b refused the session"), "{msg}");

@@ -303,7 +303,7 @@ async fn a_dead_monitor_fails_closed() {
     let r = get(p.admin_addr, "/ready").await;
     assert_eq!(r.status, 503);
     assert!(r.json()["reason"].as_str().unwrap().contains("health monitor stopped"), "{}", r.body);
-    let err = try_connect(p.client_addr, &c.options.password).await.err().expect("refused");
+    let err = try_connect(p.client_addr, &c.options.password).await.expect_err("refused");
     assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW));
     let msg = err.as_db_error().expect("a proper ErrorResponse").message().to_string();
     assert!(msg.contains("health monitor stopped"), "{msg}");

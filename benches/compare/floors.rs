@@ -83,7 +83,8 @@ fn watch(client: TcpStream, server: TcpStream) {
     for i in 0..2 {
         loop {
             let n = unsafe { libc::recv(socks[i].as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
-            if n <= 0 || (&*socks[1 - i]).write_all(&buf[..n as usize]).is_err() {
+            let mut out = socks[1 - i];
+            if n <= 0 || out.write_all(&buf[..n as usize]).is_err() {
                 break;
             }
         }

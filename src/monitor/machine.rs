@@ -173,7 +173,7 @@ pub struct Now {
 }
 
 impl Now {
-    pub fn now() -> Now {
+    pub fn current() -> Now {
         Now { mono: Instant::now(), wall: SystemTime::now() }
     }
 }

@@ -233,19 +233,6 @@ pub async fn repoint(standby: &BackendConfig, primary: &BackendConfig, check_tim
     Ok(Repointed { slot, changed })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::record_end;
-
-    #[test]
-    fn insert_positions_past_a_page_header_are_brought_back_to_the_record_end() {
-        assert_eq!(record_end(0x400_0028, 40), 0x400_0000, "segment start: long header");
-        assert_eq!(record_end(0x400_2018, 8192 + 24), 0x400_2000, "page start: short header");
-        assert_eq!(record_end(0x400_2028, 8192 + 40), 0x400_2028, "16 bytes into a page: a record ends there");
-        assert_eq!(record_end(0x400_0150, 0x150), 0x400_0150);
-    }
-}
-
 async fn connect_to(b: &BackendConfig, check_timeout: Duration) -> Result<Client, CheckError> {
     let tls = if b.ssl { Some(tls_connector(b)?) } else { None };
     connect(b, check_timeout, tls, None).await
@@ -273,5 +260,18 @@ async fn wait_setting(client: &Client, want: &str, deadline: Instant) -> Result<
             return Err(CheckError::Protocol(format!("default_transaction_read_only did not become {want} after pg_reload_conf()")).into());
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::record_end;
+
+    #[test]
+    fn insert_positions_past_a_page_header_are_brought_back_to_the_record_end() {
+        assert_eq!(record_end(0x400_0028, 40), 0x400_0000, "segment start: long header");
+        assert_eq!(record_end(0x400_2018, 8192 + 24), 0x400_2000, "page start: short header");
+        assert_eq!(record_end(0x400_2028, 8192 + 40), 0x400_2028, "16 bytes into a page: a record ends there");
+        assert_eq!(record_end(0x400_0150, 0x150), 0x400_0150);
     }
 }

@@ -112,8 +112,7 @@ const MAX_FIRST_ERROR_LEN: usize = 16 * 1024;
 pub fn first_reply(buf: &[u8]) -> Option<FirstReply> {
     use fallible_iterator::FallibleIterator;
     use postgres_protocol::message::backend::{Header, Message};
-    let Some(&tag) = buf.first() else { return None };
-    if tag != b'E' {
+    if *buf.first()? != b'E' {
         return Some(FirstReply::Accepted);
     }
     let header = match Header::parse(buf) {

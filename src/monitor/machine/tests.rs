@@ -63,7 +63,7 @@ struct Clock(Now);
 
 impl Clock {
     fn new() -> Clock {
-        Clock(Now::now())
+        Clock(Now::current())
     }
     fn tick(&mut self) -> Now {
         self.0.mono += Duration::from_millis(100);
