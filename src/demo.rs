@@ -6,6 +6,17 @@ use std::process::ExitCode;
 use pgfailover::config::{process_env, Config, Overrides, Secret};
 use pgfailover::localpg::{Cluster, ClusterOptions};
 
+/// 32 hex digits from the kernel's random source.
+fn random_token() -> String {
+    let mut bytes = [0u8; 16];
+    if openssl::rand::rand_bytes(&mut bytes).is_err() {
+        // Unlikely; the demo is local, and the token still differs per run.
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        bytes = t.to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 pub fn main(overrides: Overrides) -> ExitCode {
     // The demo's cluster replaces any configured backends; other settings still apply.
     let mut cfg = match Config::load(None, &process_env, &overrides) {
@@ -32,6 +43,10 @@ pub fn main(overrides: Overrides) -> ExitCode {
     standby.name = "pg-b".into();
     standby.port = cluster.nodes[1].port;
     cfg.standbys = vec![standby];
+    // The trigger needs a token: the demo makes one up (unless one is configured) and
+    // prints a curl line that uses it.
+    let token = cfg.admin_token.clone().unwrap_or_else(|| Secret::new(random_token()));
+    cfg.admin_token = Some(token.clone());
     crate::init_logging(&cfg);
     let code = crate::run_until_signal(cfg.clone(), |bound| {
         let a = bound.client_addr;
@@ -45,8 +60,11 @@ pub fn main(overrides: Overrides) -> ExitCode {
              Admin port:\n  \
                curl -s http://{admin}/failover/status\n  \
                curl -s http://{admin}/metrics\n\n\
+             Switch over to the standby (nothing lost; admin token {token}):\n  \
+               curl -s -X POST -H 'Authorization: Bearer {token}' http://{admin}/failover/trigger\n\n\
              Make the primary fail and watch the standby take over:\n  \
                kill -QUIT $(head -1 {pid})\n",
+            token = token.expose(),
             dir = cluster.path().display(),
             p0 = cluster.nodes[0].port,
             p1 = cluster.nodes[1].port,

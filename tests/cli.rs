@@ -59,6 +59,17 @@ fn config_errors_are_one_line_with_exit_code_2() {
     assert_config_error(&run(&["--check", "--promote", "maybe"], &[]), &["--promote", "auto"]);
 }
 
+/// The README's sample error line is what the binary prints.
+#[test]
+fn the_readme_sample_error_is_real() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let sample = readme.lines().find(|l| l.starts_with("pgfailover: configuration error: proxy.toml: health.intervall")).expect("the sample");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("proxy.toml"), "[health]\nintervall = \"1s\"\n").unwrap();
+    let out = Command::new(BIN).args(["--config", "proxy.toml", "--check"]).current_dir(dir.path()).stdin(Stdio::null()).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stderr).trim_end(), sample);
+}
+
 /// `log_level`, `--log-level`, `PGFAILOVER_LOG_LEVEL` and `RUST_LOG` are checked like every
 /// other value: a typo stops the start (exit 2) with one line naming where it came from.
 #[test]
@@ -253,9 +264,10 @@ async fn demo_serves_a_cluster_and_removes_it_on_ctrl_c() {
             let _ = tx.send(line);
         }
     });
-    // The demo prints where its cluster lives and the psql line to connect with.
-    let (mut dir, mut url) = (None, None);
-    while dir.is_none() || url.is_none() {
+    // The demo prints where its cluster lives, the psql line to connect with and the curl
+    // line for a switchover.
+    let (mut dir, mut url, mut trigger) = (None, None, None);
+    while dir.is_none() || url.is_none() || trigger.is_none() {
         let line = rx.recv_timeout(Duration::from_secs(60)).expect("demo output");
         if let Some(rest) = line.split("deletes the cluster in ").nth(1) {
             dir = Some(rest.trim_end_matches(").").to_string());
@@ -263,8 +275,11 @@ async fn demo_serves_a_cluster_and_removes_it_on_ctrl_c() {
         if let Some(rest) = line.trim().strip_prefix("psql \"") {
             url = Some(rest.trim_end_matches('"').to_string());
         }
+        if line.contains("/failover/trigger") {
+            trigger = Some(line.trim().to_string());
+        }
     }
-    let (dir, url) = (dir.unwrap(), url.unwrap());
+    let (dir, url, trigger) = (dir.unwrap(), url.unwrap(), trigger.unwrap());
     assert!(url.contains(&listen), "{url}");
     assert!(Path::new(&dir).exists());
     let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect through the demo");
@@ -274,6 +289,11 @@ async fn demo_serves_a_cluster_and_removes_it_on_ctrl_c() {
     let status = get(admin.parse().unwrap(), "/failover/status").await.json();
     assert_eq!(status["standbys"][0]["name"], "pg-b");
     drop(client);
+    // The printed curl line works as written: a switchover to pg-b.
+    let out = Command::new("sh").args(["-c", &format!("{trigger} -w ' %{{http_code}}'")]).output().unwrap();
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert!(answer.ends_with(" 200"), "{trigger}: {answer}");
+    assert!(answer.contains("\"to\": \"pg-b\""), "{answer}");
     // SAFETY: kill(2) on the child we spawned.
     unsafe {
         libc::kill(child.id() as i32, libc::SIGINT);

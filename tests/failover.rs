@@ -37,6 +37,7 @@ async fn primary_killed_standby_promoted_and_writes_resume() {
     assert_eq!(s.state, State::FailoverComplete);
     assert_eq!(s.failover_count, 1);
     assert!(backend(&s, "pg-a").fenced);
+    assert_eq!(backend(&s, "pg-a").role, "unknown", "the dead old primary is no longer shown as a primary");
     assert_eq!(c.psql(1, "select pg_is_in_recovery()").unwrap(), "f", "the proxy promoted pg-b");
 
     let client = connect(p.client_addr, &pw).await;

@@ -16,8 +16,13 @@ pub(super) fn parse_file(label: &str, text: &str) -> Result<RawFile, ConfigError
     serde_path_to_error::deserialize(value).map_err(|e| {
         let key = e.path().to_string();
         let reason = e.into_inner().to_string().replace('\n', " ");
-        // The key is named once, in front.
-        let reason = reason.trim().trim_end_matches(&format!(" in `{key}`")).to_string();
+        // The key is named once, in front: drop the parser's own " in `table`" suffix.
+        let reason = reason.trim();
+        let reason = match reason.rfind(" in `") {
+            Some(at) if reason.ends_with('`') => &reason[..at],
+            _ => reason,
+        }
+        .to_string();
         ConfigError::invalid(label, key, reason)
     })
 }
