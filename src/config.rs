@@ -164,11 +164,50 @@ pub fn default_max_client_connections() -> usize {
     (files.saturating_sub(100) / 2).clamp(1, 10_000)
 }
 
+/// How the read-only port picks among the standbys that qualify.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// The one with the fewest open read sessions (ties: config order).
+    LeastConnections,
+    /// Each in turn.
+    RoundRobin,
+}
+
+/// What the read-only port does when no standby qualifies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fallback {
+    /// Send the read to the primary.
+    Primary,
+    /// Hold the client (up to `failover.hold_timeout`) until a standby qualifies, then refuse.
+    Hold,
+    /// Refuse at once with 57P03 and the reason.
+    Refuse,
+}
+
+/// `[read]`: the read-only port's freshness bounds and placement.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReadConfig {
+    /// A standby further behind the primary's WAL than this serves no new reads.
+    pub max_lag_bytes: u64,
+    /// A standby whose replay is further behind than this serves no new reads: the time
+    /// since its last replayed commit, counted only while it has WAL it has not replayed
+    /// (an idle cluster is not behind).
+    pub max_lag: Duration,
+    pub balance: Balance,
+    pub fallback: Fallback,
+    /// The primary serves reads too, as one more target.
+    pub include_primary: bool,
+}
+
 /// The whole, validated configuration.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     /// Where applications connect.
     pub listen: SocketAddr,
+    /// The read-only port (off when `None`): reads spread over fresh-enough standbys.
+    pub listen_ro: Option<SocketAddr>,
     /// The HTTP side port.
     pub admin_listen: SocketAddr,
     /// Bearer token for POST endpoints; `None` disables them (403).
@@ -181,6 +220,7 @@ pub struct Config {
     pub health: HealthConfig,
     pub failover: FailoverConfig,
     pub proxy: ProxyConfig,
+    pub read: ReadConfig,
     /// Configured primary: only a starting hint, the servers' own answers decide.
     pub primary: BackendConfig,
     pub standbys: Vec<BackendConfig>,
@@ -190,6 +230,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 6432)),
+            listen_ro: None,
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9432)),
             admin_token: None,
             state_dir: None,
@@ -214,6 +255,13 @@ impl Default for Config {
                 worker_threads: 0,
                 startup_timeout: Duration::from_secs(10),
                 max_client_connections: default_max_client_connections(),
+            },
+            read: ReadConfig {
+                max_lag_bytes: 16 * 1024 * 1024,
+                max_lag: Duration::from_secs(5),
+                balance: Balance::LeastConnections,
+                fallback: Fallback::Primary,
+                include_primary: false,
             },
             primary: BackendConfig {
                 name: "primary".into(),
@@ -242,6 +290,7 @@ impl Config {
 #[derive(Clone, Debug, Default)]
 pub struct Overrides {
     pub listen: Option<SocketAddr>,
+    pub listen_ro: Option<SocketAddr>,
     pub admin_listen: Option<SocketAddr>,
     pub log_level: Option<String>,
     pub log_format: Option<String>,

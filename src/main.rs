@@ -22,6 +22,9 @@ struct Cli {
     /// Address for client connections, e.g. 127.0.0.1:6432.
     #[arg(long, global = true)]
     listen: Option<SocketAddr>,
+    /// Address of the read-only port, e.g. 127.0.0.1:6433 (off unless set).
+    #[arg(long, global = true)]
+    listen_ro: Option<SocketAddr>,
     /// Address of the admin HTTP port, e.g. 127.0.0.1:9432.
     #[arg(long, global = true)]
     admin_listen: Option<SocketAddr>,
@@ -67,6 +70,7 @@ fn main() -> ExitCode {
     raise_open_file_limit();
     let overrides = Overrides {
         listen: cli.listen,
+        listen_ro: cli.listen_ro,
         admin_listen: cli.admin_listen,
         log_level: cli.log_level.clone(),
         log_format: cli.log_format.clone(),

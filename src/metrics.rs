@@ -58,6 +58,11 @@ pub struct Metrics {
     connections_held: Counter,
     connections_refused: Counter,
     connections_over_limit: Counter,
+    read_refused: Counter,
+    read_fallback: Counter,
+    /// Per backend: open read-only sessions (the series is synced at render).
+    read_sessions_gauge: Vec<Gauge>,
+    read_sessions: Vec<AtomicU64>,
     bytes_client_to_server: Counter,
     bytes_server_to_client: Counter,
     /// Per backend, config order.
@@ -95,6 +100,8 @@ pub struct Stats {
     pub held: AtomicU64,
     pub refused: AtomicU64,
     pub over_limit: AtomicU64,
+    pub read_refused: AtomicU64,
+    pub read_fallback: AtomicU64,
     pub bytes_client_to_server: AtomicU64,
     pub bytes_server_to_client: AtomicU64,
     pub connect_errors: AtomicU64,
@@ -138,6 +145,10 @@ impl Metrics {
             connections_accepted: counter("pgfailover_client_connections_accepted_total", "Client connections accepted.", vec![]),
             connections_held: counter("pgfailover_client_connections_held_total", "Client connections that had to wait for a routable primary.", vec![]),
             connections_refused: counter("pgfailover_client_connections_refused_total", "Client connections refused with SQLSTATE 57P03.", vec![]),
+            read_refused: counter("pgfailover_read_refused_total", "Read-only port clients refused with 57P03 (no standby qualified, as read.fallback says).", vec![]),
+            read_fallback: counter("pgfailover_read_fallback_total", "Read-only port sessions sent to the primary because no standby qualified (read.fallback = primary).", vec![]),
+            read_sessions_gauge: per_backend("backend").into_iter().map(|l| gauge("pgfailover_read_sessions", "Open read-only port sessions per backend.", l)).collect(),
+            read_sessions: backend_names.iter().map(|_| AtomicU64::new(0)).collect(),
             connections_over_limit: counter("pgfailover_client_connections_over_limit_total", "Client connections refused with SQLSTATE 53300 because proxy.max_client_connections were open.", vec![]),
             bytes_client_to_server: counter("pgfailover_client_to_server_bytes_total", "Bytes spliced from clients to backends.", vec![]),
             bytes_server_to_client: counter("pgfailover_server_to_client_bytes_total", "Bytes spliced from backends to clients.", vec![]),
@@ -196,6 +207,27 @@ impl Metrics {
         self.stats.refused.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub fn read_refused(&self) {
+        self.stats.read_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn read_fallback(&self) {
+        self.stats.read_fallback.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Open read sessions on `backend` now.
+    pub fn read_sessions(&self, backend: usize) -> u64 {
+        self.read_sessions.get(backend).map(|a| a.load(Ordering::Relaxed)).unwrap_or(0)
+    }
+
+    /// Tracks one read session on `backend`; the guard ends it.
+    pub fn read_session_started(&self, backend: usize) -> ReadGuard<'_> {
+        if let Some(a) = self.read_sessions.get(backend) {
+            a.fetch_add(1, Ordering::Relaxed);
+        }
+        ReadGuard(self, backend)
+    }
+
     pub fn over_limit(&self) {
         self.stats.over_limit.fetch_add(1, Ordering::Relaxed);
     }
@@ -247,6 +279,11 @@ impl Metrics {
         self.connections_held.absolute(Stats::get(&st.held));
         self.connections_refused.absolute(Stats::get(&st.refused));
         self.connections_over_limit.absolute(Stats::get(&st.over_limit));
+        self.read_refused.absolute(Stats::get(&st.read_refused));
+        self.read_fallback.absolute(Stats::get(&st.read_fallback));
+        for (g, n) in self.read_sessions_gauge.iter().zip(&self.read_sessions) {
+            g.set(n.load(Ordering::Relaxed) as f64);
+        }
         self.bytes_client_to_server.absolute(Stats::get(&st.bytes_client_to_server));
         self.bytes_server_to_client.absolute(Stats::get(&st.bytes_server_to_client));
     }
@@ -263,6 +300,17 @@ impl Metrics {
             self.no_primary_seconds()
         );
         out
+    }
+}
+
+/// Ends a read session's count on its backend.
+pub struct ReadGuard<'a>(&'a Metrics, usize);
+
+impl Drop for ReadGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(a) = self.0.read_sessions.get(self.1) {
+            a.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 

@@ -1,9 +1,11 @@
-//! The route: the one backend new client connections go to, plus an epoch.
+//! The route: the one backend new client connections go to, plus an epoch; and the read
+//! route, the backends the read-only port may use.
 //!
 //! Only the monitor writes it (through [`RouteWriter`]); sessions and the listener read a
 //! `watch` and clone the small value out, never holding a borrow across an `.await`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -56,6 +58,70 @@ impl RouteWriter {
             r.reason = reason.into();
             true
         })
+    }
+}
+
+/// One standby (or the primary, with `include_primary`) that may take new read sessions.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReadTarget {
+    pub backend: usize,
+    /// WAL bytes its replay is behind the primary's last seen position.
+    pub lag_bytes: u64,
+    /// Its replay delay (see [`crate::config::ReadConfig::max_lag`]).
+    pub lag: Duration,
+}
+
+/// Where new sessions of the read-only port may go: the counterpart of [`Route`], written by
+/// the monitor after every check.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReadRoute {
+    /// Increases on every change.
+    pub epoch: u64,
+    /// Backends within the configured `[read]` bounds, with their lag, in config order.
+    pub targets: Vec<ReadTarget>,
+    /// The routed primary: the fallback when no standby qualifies.
+    pub primary: Option<usize>,
+    /// Backends whose open read sessions may stay (answering, not fenced); a read session
+    /// on any other is cut.
+    pub live: Vec<usize>,
+    /// Why no standby qualifies, when none does.
+    pub reason: Arc<str>,
+}
+
+/// The writing end of the [`ReadRoute`]; the monitor owns it.
+#[derive(Debug)]
+pub struct ReadRouteWriter {
+    tx: watch::Sender<ReadRoute>,
+}
+
+impl Default for ReadRouteWriter {
+    fn default() -> Self {
+        let none = ReadRoute { epoch: 0, targets: Vec::new(), primary: None, live: Vec::new(), reason: "waiting for the first health checks".into() };
+        ReadRouteWriter { tx: watch::Sender::new(none) }
+    }
+}
+
+impl ReadRouteWriter {
+    pub fn subscribe(&self) -> watch::Receiver<ReadRoute> {
+        self.tx.subscribe()
+    }
+
+    /// Publishes `next` (its epoch is ignored) if anything in it changed.
+    pub fn set(&self, next: ReadRoute) -> bool {
+        self.tx.send_if_modified(|r| {
+            let epoch = r.epoch;
+            let same = r.targets == next.targets && r.primary == next.primary && r.live == next.live && r.reason == next.reason;
+            if same {
+                return false;
+            }
+            *r = ReadRoute { epoch: epoch + 1, ..next };
+            true
+        })
+    }
+
+    /// Nothing may be read any more (the monitor died).
+    pub fn clear(&self, reason: &str) {
+        self.set(ReadRoute { epoch: 0, targets: Vec::new(), primary: None, live: Vec::new(), reason: reason.into() });
     }
 }
 

@@ -14,8 +14,8 @@ use crate::admin::{self, AdminContext};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::monitor::{self, history::History, MonitorHandle};
-use crate::proxy::{self, DataPath};
-use crate::route::RouteWriter;
+use crate::proxy::{self, datapath::Port, DataPath};
+use crate::route::{ReadRouteWriter, RouteWriter};
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +29,8 @@ pub enum StartError {
 /// A running proxy.
 pub struct Proxy {
     pub client_addr: SocketAddr,
+    /// The read-only port, when `listen_ro` is set.
+    pub read_addr: Option<SocketAddr>,
     pub admin_addr: SocketAddr,
     pub monitor: MonitorHandle,
     pub metrics: Arc<Metrics>,
@@ -51,6 +53,14 @@ impl Proxy {
     pub async fn start(cfg: Config) -> Result<Proxy, StartError> {
         let client = TcpListener::bind(cfg.listen).await.map_err(|source| StartError::Listen { addr: cfg.listen, key: "listen", source })?;
         let client_addr = client.local_addr().map_err(|source| StartError::Listen { addr: cfg.listen, key: "listen", source })?;
+        let read = match cfg.listen_ro {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, key: "listen_ro", source })?),
+            None => None,
+        };
+        let read_addr = match (&read, cfg.listen_ro) {
+            (Some(l), Some(addr)) => Some(l.local_addr().map_err(|source| StartError::Listen { addr, key: "listen_ro", source })?),
+            _ => None,
+        };
         let admin = TcpListener::bind(cfg.admin_listen).await.map_err(|source| StartError::Listen { addr: cfg.admin_listen, key: "admin_listen", source })?;
         let admin_addr = admin.local_addr().map_err(|source| StartError::Listen { addr: cfg.admin_listen, key: "admin_listen", source })?;
         let history = match &cfg.state_dir {
@@ -61,6 +71,7 @@ impl Proxy {
         let names: Vec<String> = backends.iter().map(|b| b.name.clone()).collect();
         let metrics = Arc::new(Metrics::new(&names));
         let route = RouteWriter::new("waiting for the first health checks");
+        let read_route = ReadRouteWriter::default();
         let (connect_failed, passive) = mpsc::channel(64);
         let dp = Arc::new(DataPath {
             backends: backends.clone(),
@@ -69,12 +80,16 @@ impl Proxy {
             hold_timeout: cfg.failover.hold_timeout,
             metrics: metrics.clone(),
             connect_failed,
+            read_route: read_route.subscribe(),
+            read: cfg.read.clone(),
+            read_turn: Default::default(),
         });
         let shutdown = CancellationToken::new();
         let fatal = CancellationToken::new();
         let tasks = TaskTracker::new();
         let life = monitor::Lifeline { shutdown: shutdown.clone(), fatal: fatal.clone() };
-        let monitor = monitor::spawn(&cfg, backends, route, metrics.clone(), history, passive, life, &tasks);
+        let reads = cfg.listen_ro.map(|_| (dp.read_route.clone(), cfg.read.fallback));
+        let monitor = monitor::spawn(&cfg, backends, (route, read_route), metrics.clone(), history, passive, life, &tasks);
         let admin_ctx = Arc::new(AdminContext {
             monitor: monitor.clone(),
             metrics: metrics.clone(),
@@ -82,19 +97,23 @@ impl Proxy {
             started: std::time::Instant::now(),
             trigger_wait: cfg.failover.trigger_wait,
             check_wait: cfg.health.timeout * 2,
+            reads,
         });
         tasks.spawn(admin::run(admin, admin_ctx, shutdown.clone()));
         if cfg.admin_token.is_none() {
             tracing::info!("no admin token configured: POST endpoints answer 403");
         }
-        tracing::info!(listen = %client_addr, admin = %admin_addr, backends = %names.join(", "), promote = %cfg.failover.promote, "pgfailover started");
+        let ro = read_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into());
+        tracing::info!(listen = %client_addr, listen_ro = %ro, admin = %admin_addr, backends = %names.join(", "), promote = %cfg.failover.promote, "pgfailover started");
         let stop = shutdown.clone();
+        let mut ports = vec![(client, Port::Primary)];
+        ports.extend(read.map(|l| (l, Port::Read)));
         let done = tokio::spawn(async move {
-            proxy::run(client, dp, stop).await;
+            proxy::listener::run_ports(ports, dp, stop).await;
             tasks.close();
             tasks.wait().await;
         });
-        Ok(Proxy { client_addr, admin_addr, monitor, metrics, shutdown, fatal, done: Some(done) })
+        Ok(Proxy { client_addr, read_addr, admin_addr, monitor, metrics, shutdown, fatal, done: Some(done) })
     }
 
     /// Resolves if the health monitor dies (a bug): the route is already cleared and the

@@ -34,6 +34,8 @@ pub fn metrics_json(ctx: &AdminContext) -> Reply {
                 "held": get(&st.held),
                 "refused": get(&st.refused),
                 "overLimit": get(&st.over_limit),
+                "readRefused": get(&st.read_refused),
+                "readFallback": get(&st.read_fallback),
             },
             "bytes": {
                 "clientToServer": get(&st.bytes_client_to_server),
@@ -81,6 +83,29 @@ pub fn ready(ctx: &AdminContext) -> Reply {
             let reason = s.route_reason.clone().unwrap_or_default();
             json(StatusCode::SERVICE_UNAVAILABLE, &json!({ "ready": false, "reason": reason, "error": format!("no primary is routable: {reason}") }))
         }
+    }
+}
+
+/// The read-only port can place a new client now: a standby qualifies, or the primary
+/// serves reads (`include_primary`) or is the configured fallback.
+pub fn ready_ro(ctx: &AdminContext) -> Reply {
+    let Some((route, fallback)) = &ctx.reads else {
+        return error(StatusCode::NOT_FOUND, "the read-only port is off (set listen_ro)");
+    };
+    let r = route.borrow().clone();
+    if !r.targets.is_empty() {
+        let names: Vec<String> = r.targets.iter().map(|t| ctx.monitor.status().backends.get(t.backend).map(|b| b.name.clone()).unwrap_or_default()).collect();
+        return json(StatusCode::OK, &json!({ "ready": true, "targets": names }));
+    }
+    match (fallback, r.primary) {
+        (crate::config::Fallback::Primary, Some(p)) => {
+            let name = ctx.monitor.status().backends.get(p).map(|b| b.name.clone()).unwrap_or_default();
+            json(StatusCode::OK, &json!({ "ready": true, "targets": [], "fallback": name, "reason": r.reason.to_string() }))
+        }
+        _ => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({ "ready": false, "reason": r.reason.to_string(), "error": format!("no read target: {}", r.reason) }),
+        ),
     }
 }
 

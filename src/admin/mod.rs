@@ -12,6 +12,7 @@
 //! | GET | /metrics | Prometheus text format |
 //! | GET | /health | liveness: 200 while the process serves |
 //! | GET | /ready | readiness: 200 while a primary is routable, else 503 |
+//! | GET | /ready/ro | the read-only port's readiness: 200 while a read target exists |
 //!
 //! POSTs need `Authorization: Bearer <token>`; errors are JSON `{"error": "…"}`.
 
@@ -56,6 +57,8 @@ pub struct AdminContext {
     pub trigger_wait: Duration,
     /// Bound on `/failover/check-health`.
     pub check_wait: Duration,
+    /// The read-only port's route and fallback, when `listen_ro` is set (for `/ready/ro`).
+    pub reads: Option<(tokio::sync::watch::Receiver<crate::route::ReadRoute>, crate::config::Fallback)>,
 }
 
 pub type Reply = Response<Full<Bytes>>;
@@ -120,7 +123,9 @@ async fn route(req: Request<Incoming>, ctx: &AdminContext, peer: SocketAddr) -> 
     let method = req.method().clone();
     let allowed: &str = match path.as_str() {
         "/failover/trigger" | "/failover/check-health" | "/failover/unfence" => "POST",
-        "/failover/status" | "/failover/metrics" | "/failover/health" | "/failover/history" | "/metrics" | "/health" | "/ready" => "GET",
+        "/failover/status" | "/failover/metrics" | "/failover/health" | "/failover/history" | "/metrics" | "/health" | "/ready" | "/ready/ro" => {
+            "GET"
+        }
         _ => return error(StatusCode::NOT_FOUND, &format!("no such endpoint: {path}")),
     };
     if method.as_str() != allowed {
@@ -140,6 +145,7 @@ async fn route(req: Request<Incoming>, ctx: &AdminContext, peer: SocketAddr) -> 
         }
         (Method::GET, "/health") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         (Method::GET, "/ready") => handlers::ready(ctx),
+        (Method::GET, "/ready/ro") => handlers::ready_ro(ctx),
         (Method::POST, p) => handlers::post(req, p, ctx, peer).await,
         _ => error(StatusCode::NOT_FOUND, &format!("no such endpoint: {path}")),
     }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::parse::{parse_addr, parse_log_format, parse_promote, read_secret_file, set, standby_from};
+use super::parse::{parse_addr, parse_balance, parse_fallback, parse_log_format, parse_promote, read_secret_file, set, standby_from};
 use super::{BackendConfig, Config, ConfigError, Secret};
 
 pub(super) fn parse_file(label: &str, text: &str) -> Result<RawFile, ConfigError> {
@@ -31,6 +31,7 @@ pub(super) fn parse_file(label: &str, text: &str) -> Result<RawFile, ConfigError
 #[serde(deny_unknown_fields)]
 pub(super) struct RawFile {
     listen: Option<String>,
+    listen_ro: Option<String>,
     admin_listen: Option<String>,
     admin_token: Option<String>,
     admin_token_file: Option<PathBuf>,
@@ -40,6 +41,7 @@ pub(super) struct RawFile {
     health: Option<RawHealth>,
     failover: Option<RawFailover>,
     proxy: Option<RawProxy>,
+    read: Option<RawRead>,
     primary: Option<RawBackend>,
     #[serde(default)]
     standbys: Vec<RawBackend>,
@@ -89,6 +91,17 @@ struct RawProxy {
     max_client_connections: Option<usize>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRead {
+    max_lag_bytes: Option<u64>,
+    #[serde(default, with = "humantime_serde")]
+    max_lag: Option<Duration>,
+    balance: Option<String>,
+    fallback: Option<String>,
+    include_primary: Option<bool>,
+}
+
 #[derive(Deserialize, Default, Clone)]
 #[serde(deny_unknown_fields)]
 struct RawBackend {
@@ -113,6 +126,20 @@ fn resolve(base: Option<&Path>, p: PathBuf) -> PathBuf {
 pub(super) fn apply_file(cfg: &mut Config, raw: RawFile, label: &str, base: Option<&Path>) -> Result<(), ConfigError> {
     if let Some(s) = raw.listen {
         cfg.listen = parse_addr(&s).map_err(|r| ConfigError::invalid(label, "listen", r))?;
+    }
+    if let Some(s) = raw.listen_ro {
+        cfg.listen_ro = Some(parse_addr(&s).map_err(|r| ConfigError::invalid(label, "listen_ro", r))?);
+    }
+    if let Some(r) = raw.read {
+        set(&mut cfg.read.max_lag_bytes, r.max_lag_bytes);
+        set(&mut cfg.read.max_lag, r.max_lag);
+        set(&mut cfg.read.include_primary, r.include_primary);
+        if let Some(b) = r.balance {
+            cfg.read.balance = parse_balance(&b).map_err(|e| ConfigError::invalid(label, "read.balance", e))?;
+        }
+        if let Some(f) = r.fallback {
+            cfg.read.fallback = parse_fallback(&f).map_err(|e| ConfigError::invalid(label, "read.fallback", e))?;
+        }
     }
     if let Some(s) = raw.admin_listen {
         cfg.admin_listen = parse_addr(&s).map_err(|r| ConfigError::invalid(label, "admin_listen", r))?;

@@ -83,6 +83,9 @@ pub(super) fn apply_env(cfg: &mut Config, env: EnvLookup<'_>) -> Result<(), Conf
     if let Some(v) = env("PGFAILOVER_LISTEN") {
         cfg.listen = parse_addr(&v).map_err(|r| bad("PGFAILOVER_LISTEN", r))?;
     }
+    if let Some(v) = env("PGFAILOVER_LISTEN_RO") {
+        cfg.listen_ro = if v.trim().is_empty() { None } else { Some(parse_addr(&v).map_err(|r| bad("PGFAILOVER_LISTEN_RO", r))?) };
+    }
     if let Some(v) = env("PGFAILOVER_ADMIN_LISTEN") {
         cfg.admin_listen = parse_addr(&v).map_err(|r| bad("PGFAILOVER_ADMIN_LISTEN", r))?;
     }
@@ -132,6 +135,9 @@ const FLAGS: &str = "command line";
 
 pub(super) fn apply_flags(cfg: &mut Config, o: &Overrides) -> Result<(), ConfigError> {
     set(&mut cfg.listen, o.listen);
+    if o.listen_ro.is_some() {
+        cfg.listen_ro = o.listen_ro;
+    }
     set(&mut cfg.admin_listen, o.admin_listen);
     set(&mut cfg.log_level, o.log_level.clone());
     if let Some(s) = &o.log_format {

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use super::{BackendConfig, ConfigError, LogFormat, PromoteMode, Secret};
+use super::{Balance, BackendConfig, ConfigError, Fallback, LogFormat, PromoteMode, Secret};
 
 /// A standby inherits the primary's database, credentials and TLS settings.
 pub(super) fn standby_from(primary: &BackendConfig, index: usize) -> BackendConfig {
@@ -46,5 +46,22 @@ pub(super) fn parse_bool(s: &str) -> Option<bool> {
         "1" | "true" | "yes" | "on" | "require" => Some(true),
         "0" | "false" | "no" | "off" | "disable" => Some(false),
         _ => None,
+    }
+}
+
+pub(super) fn parse_balance(s: &str) -> Result<Balance, String> {
+    match s {
+        "least_connections" => Ok(Balance::LeastConnections),
+        "round_robin" => Ok(Balance::RoundRobin),
+        _ => Err(format!("{s:?} is not one of \"least_connections\", \"round_robin\"")),
+    }
+}
+
+pub(super) fn parse_fallback(s: &str) -> Result<Fallback, String> {
+    match s {
+        "primary" => Ok(Fallback::Primary),
+        "hold" => Ok(Fallback::Hold),
+        "refuse" => Ok(Fallback::Refuse),
+        _ => Err(format!("{s:?} is not one of \"primary\", \"hold\", \"refuse\"")),
     }
 }

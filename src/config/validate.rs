@@ -51,6 +51,11 @@ pub(super) fn check(cfg: &Config) -> Result<(), Invalid> {
     if cfg.listen == cfg.admin_listen && cfg.listen.port() != 0 {
         return v("admin_listen", "must differ from listen");
     }
+    if let Some(ro) = cfg.listen_ro.filter(|a| a.port() != 0) {
+        if ro == cfg.listen || ro == cfg.admin_listen {
+            return v("listen_ro", "must differ from listen and admin_listen");
+        }
+    }
     log_filter(&cfg.log_level).map_err(|r| ("log_level".to_string(), r))
 }
 
@@ -84,6 +89,7 @@ pub fn log_filter(s: &str) -> Result<(), String> {
 pub(super) fn origin(key: &str, file: Option<&Path>, env: EnvLookup<'_>, flags: &Overrides) -> (String, String) {
     let flag = match key {
         "listen" => flags.listen.is_some().then_some("--listen"),
+        "listen_ro" => flags.listen_ro.is_some().then_some("--listen-ro"),
         "admin_listen" => flags.admin_listen.is_some().then_some("--admin-listen"),
         "log_level" => flags.log_level.is_some().then_some("--log-level"),
         k if k.starts_with("standbys[") => (!flags.standbys.is_empty()).then_some("--standby"),
@@ -94,6 +100,7 @@ pub(super) fn origin(key: &str, file: Option<&Path>, env: EnvLookup<'_>, flags: 
     }
     let var = match key {
         "listen" => Some("PGFAILOVER_LISTEN"),
+        "listen_ro" => Some("PGFAILOVER_LISTEN_RO"),
         "admin_listen" => Some("PGFAILOVER_ADMIN_LISTEN"),
         "log_level" => Some("PGFAILOVER_LOG_LEVEL"),
         "health.interval" => Some("FAILOVER_HEALTH_CHECK_INTERVAL"),

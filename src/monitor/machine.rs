@@ -57,8 +57,10 @@ mod backend;
 mod decide;
 mod eligibility;
 mod failover;
+mod reads;
 
 pub use backend::{Backend, Fence, FenceKind, Repoint};
+pub use reads::ReadStanding;
 
 /// Seed state names; the numeric codes are `failover_state`'s values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -96,6 +98,8 @@ pub struct Settings {
     /// `failover.promote_timeout`: a promotion still pending this long after it was asked
     /// for is asked for again (`pg_promote` is idempotent).
     pub promote_timeout: Duration,
+    /// `[read]`: which standbys the read-only port may use.
+    pub read: crate::config::ReadConfig,
 }
 
 impl Settings {

@@ -21,6 +21,10 @@ pub struct Observation {
     pub response_time: Duration,
     /// A standby's WAL receiver, when one runs (`pg_stat_wal_receiver`).
     pub receiver: Option<Receiver>,
+    /// A standby's replay delay: the age of its last replayed commit while it has received
+    /// WAL it has not replayed yet, zero when it has replayed all it received (an idle
+    /// cluster is not behind); `None` when unknown (nothing replayed yet).
+    pub replay_delay: Option<Duration>,
 }
 
 /// A standby's WAL receiver: whom it streams from, and on which timeline.

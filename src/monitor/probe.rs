@@ -21,6 +21,8 @@ use super::observation::{parse_lsn, Observation, Receiver};
 /// One round trip that works on a primary and on a standby. The timeline is the current
 /// one on a primary; on a standby the WAL receiver's, else the last checkpoint's. The WAL
 /// receiver columns are NULL when none runs (and for a role without `pg_read_all_stats`).
+/// The last column is a standby's replay delay in ms: the age of its last replayed commit,
+/// but only while it has received WAL it has not replayed (0 when caught up; -1 unknown).
 const CHECK_QUERY: &str = "SELECT pg_is_in_recovery(), \
      (SELECT system_identifier FROM pg_control_system())::text, \
      CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END, \
@@ -29,7 +31,10 @@ const CHECK_QUERY: &str = "SELECT pg_is_in_recovery(), \
      CASE WHEN pg_is_in_recovery() \
           THEN COALESCE(r.received_tli, (SELECT timeline_id FROM pg_control_checkpoint())) \
           ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END, \
-     r.status, r.received_tli, r.sender_host, r.sender_port \
+     r.status, r.received_tli, r.sender_host, r.sender_port, \
+     CASE WHEN pg_is_in_recovery() AND pg_last_wal_receive_lsn() > pg_last_wal_replay_lsn() \
+          THEN COALESCE(extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000, -1) \
+          ELSE 0 END \
      FROM (SELECT 1) AS one LEFT JOIN pg_stat_wal_receiver r ON true";
 
 /// Connects and checks one backend.
@@ -101,6 +106,11 @@ pub(super) async fn observe(client: &Client) -> Result<Observation, CheckError> 
         timeline: text(5).and_then(|s| s.parse().ok()),
         response_time: Duration::ZERO,
         receiver,
+        replay_delay: match text(10).and_then(|v| v.parse::<f64>().ok()) {
+            Some(ms) if ms >= 0.0 => Some(Duration::from_secs_f64(ms / 1000.0)),
+            Some(_) => None,
+            None => Some(Duration::ZERO),
+        },
     })
 }
 

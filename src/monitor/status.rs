@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::config::{BackendConfig, PromoteMode};
 
 use super::check_error::ErrorKind;
-use super::machine::{Machine, State};
+use super::machine::{Machine, ReadStanding, State};
 use super::observation::format_lsn;
 
 fn rfc3339(t: SystemTime) -> String {
@@ -51,6 +51,12 @@ pub struct BackendStatus {
     pub following_primary: Option<bool>,
     /// The last attempt to re-point this standby at the primary.
     pub repoint: Option<RepointStatus>,
+    /// It may take new sessions of the read-only port (within the `[read]` bounds).
+    pub serves_reads: bool,
+    /// Why it does not (absent when it does).
+    pub read_reason: Option<String>,
+    /// Its replay delay, as the read-only port counts it (ms; standbys that serve reads).
+    pub read_lag_ms: Option<f64>,
 }
 
 /// A re-point of a standby at the routed primary.
@@ -107,7 +113,8 @@ pub struct Status {
 
 impl Status {
     pub fn build(m: &Machine, cfg: &[BackendConfig], epoch: u64, route_reason: &str) -> Status {
-        let records: Vec<BackendStatus> = (0..m.backends.len()).map(|i| backend_status(m, cfg, i)).collect();
+        let reads = m.read_standing(std::time::Instant::now());
+        let records: Vec<BackendStatus> = (0..m.backends.len()).map(|i| backend_status(m, cfg, i, &reads[i])).collect();
         let shown = m.route.unwrap_or(0);
         let primary = records[shown].clone();
         let standbys = records.iter().enumerate().filter(|(i, _)| *i != shown).map(|(_, r)| r.clone()).collect();
@@ -140,7 +147,7 @@ impl Status {
     }
 }
 
-fn backend_status(m: &Machine, cfg: &[BackendConfig], i: usize) -> BackendStatus {
+fn backend_status(m: &Machine, cfg: &[BackendConfig], i: usize, read: &ReadStanding) -> BackendStatus {
     let b = &m.backends[i];
     let obs = b.obs.as_ref();
     let is_primary = m.route == Some(i);
@@ -187,5 +194,14 @@ fn backend_status(m: &Machine, cfg: &[BackendConfig], i: usize) -> BackendStatus
             },
             error: r.outcome.as_ref().and_then(|o| o.as_ref().err().cloned()),
         }),
+        serves_reads: matches!(read, ReadStanding::Serves { .. }),
+        read_reason: match read {
+            ReadStanding::Not(why) => Some(why.clone()),
+            ReadStanding::Serves { .. } => None,
+        },
+        read_lag_ms: match read {
+            ReadStanding::Serves { lag, .. } => Some(crate::duration::as_millis_f64(*lag)),
+            ReadStanding::Not(_) => None,
+        },
     }
 }

@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{BackendConfig, Config};
 use crate::metrics::Metrics;
-use crate::route::RouteWriter;
+use crate::route::{ReadRouteWriter, RouteWriter};
 
 use super::check_error::CheckError;
 use super::handle::{CheckNow, Command, MonitorHandle, Triggered};
@@ -73,7 +73,7 @@ pub const MONITOR_DIED: &str = "the health monitor stopped unexpectedly; the pro
 pub fn spawn(
     cfg: &Config,
     backends: Arc<[BackendConfig]>,
-    route: RouteWriter,
+    (route, read_route): (RouteWriter, ReadRouteWriter),
     metrics: Arc<Metrics>,
     history: History,
     mut passive: mpsc::Receiver<usize>,
@@ -95,6 +95,7 @@ pub fn spawn(
         repoint_standbys: cfg.failover.repoint_standbys,
         switchover_wait: cfg.failover.trigger_wait,
         promote_timeout: cfg.failover.promote_timeout,
+        read: cfg.read.clone(),
     };
     let mut machine = Machine::new(settings, &names, &fenced);
     for name in history.read_only() {
@@ -144,6 +145,7 @@ pub fn spawn(
     let task = MonitorTask {
         machine,
         route,
+        read_route,
         backends,
         metrics,
         history: history.clone(),
@@ -257,6 +259,8 @@ impl FailureLog {
 struct MonitorTask {
     machine: Machine,
     route: RouteWriter,
+    /// The read-only port's targets, recomputed at every publish.
+    read_route: ReadRouteWriter,
     backends: Arc<[BackendConfig]>,
     metrics: Arc<Metrics>,
     history: Arc<Mutex<History>>,
@@ -284,6 +288,7 @@ impl Drop for MonitorTask {
         }
         tracing::error!(panicking = std::thread::panicking(), "the health monitor ended unexpectedly: failing closed");
         self.route.set(None, MONITOR_DIED);
+        self.read_route.clear(MONITOR_DIED);
         self.machine.route = None;
         let r = self.route.current();
         let mut status = Status::build(&self.machine, &self.backends, r.epoch, MONITOR_DIED);
@@ -544,6 +549,7 @@ impl MonitorTask {
             }
             x.replication_lag_bytes[i].set(m.lag_bytes(i).unwrap_or(0) as f64);
         }
+        self.read_route.set(m.read_route(Instant::now()));
         let r = self.route.current();
         let status = Status::build(m, &self.backends, r.epoch, &r.reason);
         self.status_tx.send_replace(Arc::new(status));

@@ -1,13 +1,23 @@
 //! What every session of the data path shares, read-only.
 
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{BackendConfig, ProxyConfig};
+use crate::config::{BackendConfig, ProxyConfig, ReadConfig};
 use crate::metrics::Metrics;
-use crate::route::Route;
+use crate::route::{ReadRoute, Route};
+
+/// Which listener a client came in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Port {
+    /// `listen`: sessions go to the primary.
+    Primary,
+    /// `listen_ro`: sessions go to a fresh-enough standby.
+    Read,
+}
 
 /// What every session needs; shared read-only behind an `Arc`.
 pub struct DataPath {
@@ -21,4 +31,9 @@ pub struct DataPath {
     pub metrics: Arc<Metrics>,
     /// Passive health signal: a backend index whose connect just failed.
     pub connect_failed: mpsc::Sender<usize>,
+    /// Where read-only sessions may go.
+    pub read_route: watch::Receiver<ReadRoute>,
+    pub read: ReadConfig,
+    /// The next turn of `balance = "round_robin"`.
+    pub read_turn: AtomicUsize,
 }

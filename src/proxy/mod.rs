@@ -4,6 +4,7 @@
 
 pub mod datapath;
 pub mod listener;
+pub mod placement;
 pub mod session;
 pub mod socket;
 pub mod startup;

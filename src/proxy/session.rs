@@ -11,9 +11,9 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{CloseReason, Metrics};
-use crate::route;
 
-use super::datapath::DataPath;
+use super::datapath::{DataPath, Port};
+use super::placement::Placement;
 use super::socket;
 use super::startup::{self, Failed};
 use super::wire;
@@ -21,16 +21,19 @@ use super::wire;
 /// Serves one accepted client until the session ends. Never panics on client input.
 /// `stopping`: the proxy stops accepting (held clients are refused at once); `kill`: the
 /// drain period is over (spliced sessions are closed).
-pub async fn serve(mut client: TcpStream, dp: Arc<DataPath>, stopping: CancellationToken, kill: CancellationToken) {
+pub async fn serve(mut client: TcpStream, dp: Arc<DataPath>, port: Port, stopping: CancellationToken, kill: CancellationToken) {
     let m = &dp.metrics;
     m.accepted();
     let _active = m.session_started();
     if let Err(e) = socket::tune(&client, &dp.proxy) {
         tracing::debug!(error = %e, "client socket options");
     }
-    let mut route = dp.route.clone();
+    let mut place = match port {
+        Port::Primary => Placement::primary(&dp),
+        Port::Read => Placement::read(&dp),
+    };
     let opened = tokio::select! {
-        r = startup::open(&mut client, &dp, &mut route, &stopping) => r,
+        r = startup::open(&mut client, &dp, &mut place, &stopping) => r,
         // The drain period is over and this client's server still has not answered.
         _ = kill.cancelled() => {
             m.session_closed(CloseReason::Shutdown);
@@ -49,16 +52,33 @@ pub async fn serve(mut client: TcpStream, dp: Arc<DataPath>, stopping: Cancellat
             return;
         }
         Err(Failed::Refused { reason, pending }) => {
-            m.refused();
+            if port == Port::Read {
+                m.read_refused();
+            } else {
+                m.refused();
+            }
             let deadline = tokio::time::Instant::now() + dp.proxy.startup_timeout;
             let outcome = wire::refuse(&mut client, pending, wire::SQLSTATE_CANNOT_CONNECT_NOW, &reason, deadline).await;
             tracing::info!(%reason, outcome = outcome.as_str(), "client refused");
             return;
         }
+        Err(Failed::BadSetting { reason, pending }) => {
+            let deadline = tokio::time::Instant::now() + dp.proxy.startup_timeout;
+            let outcome = wire::refuse(&mut client, pending, wire::SQLSTATE_INVALID_PARAMETER_VALUE, &reason, deadline).await;
+            tracing::info!(%reason, outcome = outcome.as_str(), "client refused: bad pgfailover setting");
+            return;
+        }
     };
+    // A read session counts toward its backend's load (least_connections) while it lasts.
+    let _reading = (port == Port::Read).then(|| {
+        if place.is_fallback(backend) {
+            m.read_fallback();
+        }
+        m.read_session_started(backend)
+    });
     let reason = tokio::select! {
         r = splice(&client, &server, m) => r,
-        _ = route::left(&mut route, backend) => CloseReason::RouteChanged,
+        _ = place.left(backend) => CloseReason::RouteChanged,
         _ = kill.cancelled() => CloseReason::Shutdown,
     };
     m.session_closed(reason);

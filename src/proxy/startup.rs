@@ -15,20 +15,26 @@
 //! answers `N`, the client goes on in clear, and its StartupMessage is judged as above; a retry
 //! on another server then sends only the StartupMessage.
 //!
-//! Bytes the proxy cannot read as a startup packet (a direct TLS ClientHello, garbage) and
-//! CancelRequests go to the routed server unjudged: it decides what they mean.
+//! A direct-TLS ClientHello and CancelRequests go to the routed server unjudged: it decides
+//! what they mean.
+//!
+//! On the read-only port the same holds with "routed" read as "placed" (see
+//! [`Placement`]): the StartupMessage may carry a tighter freshness bound
+//! (`options=-c pgfailover.max_lag=100ms`), and a server picked before it was read is
+//! changed if it does not meet that bound. Over TLS the StartupMessage is encrypted end to
+//! end, so only the configured bounds apply there.
+
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::route::{self, Route};
-
 use super::datapath::DataPath;
+use super::placement::{Bound, Pick, Placement};
 use super::socket;
-use super::wire::{self, FirstReply, Packet, CANCEL_REQUEST, GSSENC_REQUEST, SSL_REQUEST};
+use super::wire::{self, FirstReply, Packet, CANCEL_REQUEST, GSSENC_REQUEST, PROTOCOL_3, SSL_REQUEST};
 
 /// Why a session could not be opened.
 pub enum Failed {
@@ -39,6 +45,9 @@ pub enum Failed {
     /// No server took the client within the hold timeout (or the proxy is stopping): answer
     /// with a 57P03 carrying `reason`, after handling `pending`, the client's last packet.
     Refused { reason: String, pending: Option<Packet> },
+    /// A `pgfailover.*` setting in the StartupMessage has a value the proxy cannot read:
+    /// answered with 22023 (invalid_parameter_value) and `reason`.
+    BadSetting { reason: String, pending: Option<Packet> },
 }
 
 /// A server that has accepted the client, and its index in config order.
@@ -50,12 +59,12 @@ pub struct Opened {
 /// Reads the client's startup packets and finds them a server, retrying while servers are
 /// down or cannot take sessions yet. On success the server's first answer has been passed to
 /// the client, and the rest is the splice's.
-pub async fn open(client: &mut TcpStream, dp: &DataPath, route: &mut watch::Receiver<Route>, stopping: &CancellationToken) -> Result<Opened, Failed> {
+pub async fn open(client: &mut TcpStream, dp: &DataPath, place: &mut Placement, stopping: &CancellationToken) -> Result<Opened, Failed> {
     // The connect to the routed server overlaps the client's first packet on the wire, as a
     // plain splice's would; a failed early connect is retried (and reported) by the hold.
     // The client's whole startup (its packets, not the server's answers) is bounded.
     let deadline = Instant::now() + dp.proxy.startup_timeout;
-    let (packet, early) = tokio::join!(read_client(client, deadline), early_connect(dp, route));
+    let (packet, early) = tokio::join!(read_client(client, deadline), early_connect(dp, place));
     let mut packet = match packet {
         Some(Packet::Invalid(len)) => return Err(Failed::Invalid(len)),
         Some(p) => p,
@@ -65,10 +74,25 @@ pub async fn open(client: &mut TcpStream, dp: &DataPath, route: &mut watch::Rece
     // A connected server to use next: the early connect, or one already asked about
     // encryption (it said N) that the StartupMessage goes to.
     let mut asked: Option<(TcpStream, usize)> = early;
+    // The client's own freshness bound, read once from its StartupMessage.
+    let mut bound_read = false;
     loop {
+        if let Packet::Untyped { code: PROTOCOL_3, bytes } = &packet {
+            if place.is_read() && !std::mem::replace(&mut bound_read, true) {
+                match client_bound(bytes) {
+                    Ok(Some(b)) => place.tighten(b),
+                    Ok(None) => {}
+                    Err(reason) => return Err(Failed::BadSetting { reason, pending: Some(packet) }),
+                }
+                // A server picked before the bound was known may not meet it.
+                if asked.as_ref().is_some_and(|(_, b)| !place.fits(*b)) {
+                    asked = None;
+                }
+            }
+        }
         let (mut server, backend) = match asked.take() {
             Some(pair) => pair,
-            None => match hold.connect(dp, route, stopping).await {
+            None => match hold.connect(dp, place, stopping).await {
                 Ok(pair) => pair,
                 Err(reason) => return Err(Failed::Refused { reason, pending: Some(packet) }),
             },
@@ -84,7 +108,7 @@ pub async fn open(client: &mut TcpStream, dp: &DataPath, route: &mut watch::Rece
                 return Ok(Opened { server, backend });
             }
             Packet::Untyped { code: SSL_REQUEST | GSSENC_REQUEST, bytes } => {
-                match ask(&mut server, bytes, 1, dp, route, backend).await {
+                match ask(&mut server, bytes, 1, dp, place, backend).await {
                     Answer::Bytes(b) if b[0] == b'N' => {
                         if client.write_all(&b).await.is_err() {
                             return Err(Failed::Abandoned);
@@ -104,7 +128,7 @@ pub async fn open(client: &mut TcpStream, dp: &DataPath, route: &mut watch::Rece
                     Answer::Moved => hold.moved(dp),
                 }
             }
-            Packet::Untyped { bytes, .. } => match ask(&mut server, bytes, 0, dp, route, backend).await {
+            Packet::Untyped { bytes, .. } => match ask(&mut server, bytes, 0, dp, place, backend).await {
                 Answer::Bytes(b) => match wire::first_reply(&b) {
                     Some(FirstReply::Unavailable(why)) => hold.failed(dp, backend, format!("{name} refused the session: {why}")),
                     _ => return forward(client, b, server, backend, dp).await,
@@ -116,9 +140,38 @@ pub async fn open(client: &mut TcpStream, dp: &DataPath, route: &mut watch::Rece
     }
 }
 
-/// A connection to the current route target, if there is one and it accepts.
-async fn early_connect(dp: &DataPath, route: &watch::Receiver<Route>) -> Option<(TcpStream, usize)> {
-    let target = route.borrow().target?;
+/// The client's own read bound, from `pgfailover.max_lag` / `pgfailover.max_lag_bytes` in its
+/// StartupMessage (as `-c` settings in `options`, or as parameters of their own). Unset
+/// parts are unbounded here; the configured bounds still apply.
+fn client_bound(startup: &[u8]) -> Result<Option<Bound>, String> {
+    let params = wire::startup_params(startup);
+    let mut settings: Vec<(String, String)> = params.iter().filter(|(k, _)| k.starts_with("pgfailover.")).cloned().collect();
+    if let Some((_, options)) = params.iter().find(|(k, _)| k == "options") {
+        settings.extend(wire::option_settings(options).into_iter().filter(|(k, _)| k.starts_with("pgfailover.")));
+    }
+    if settings.is_empty() {
+        return Ok(None);
+    }
+    let mut bound = Bound { max_lag_bytes: u64::MAX, max_lag: Duration::MAX };
+    for (k, v) in settings {
+        match k.as_str() {
+            "pgfailover.max_lag" => {
+                bound.max_lag = humantime::parse_duration(v.trim())
+                    .map_err(|_| format!("invalid value for parameter \"pgfailover.max_lag\": {v:?} (a duration like \"100ms\")"))?;
+            }
+            "pgfailover.max_lag_bytes" => {
+                bound.max_lag_bytes =
+                    v.trim().parse().map_err(|_| format!("invalid value for parameter \"pgfailover.max_lag_bytes\": {v:?} (a number of bytes)"))?;
+            }
+            other => return Err(format!("unrecognized pgfailover parameter \"{other}\" (known: pgfailover.max_lag, pgfailover.max_lag_bytes)")),
+        }
+    }
+    Ok(Some(bound))
+}
+
+/// A connection to where the placement points now, if anywhere and it accepts.
+async fn early_connect(dp: &DataPath, place: &mut Placement) -> Option<(TcpStream, usize)> {
+    let Pick::Backend(target) = place.pick(dp) else { return None };
     socket::connect(&dp.backends[target], &dp.proxy).await.ok().map(|s| (s, target))
 }
 
@@ -156,9 +209,9 @@ enum Answer {
 }
 
 /// Sends a startup packet and waits for the server's first answer ([`awaiting`]).
-async fn ask(server: &mut TcpStream, bytes: &[u8], exact: usize, dp: &DataPath, route: &watch::Receiver<Route>, backend: usize) -> Answer {
+async fn ask(server: &mut TcpStream, bytes: &[u8], exact: usize, dp: &DataPath, place: &Placement, backend: usize) -> Answer {
     match send(server, bytes, dp).await {
-        Ok(()) => awaiting(server, exact, route, backend).await,
+        Ok(()) => awaiting(server, exact, place, backend).await,
         Err(e) => Answer::Lost(e.to_string()),
     }
 }
@@ -169,7 +222,7 @@ async fn ask(server: &mut TcpStream, bytes: &[u8], exact: usize, dp: &DataPath, 
 /// of its own: while the monitor still routes to this server it is alive, if slow, and a
 /// slow answer beats a refusal. A proxy that starts stopping lets the answer come (the
 /// session then drains like any other); the end of the drain period ends the wait.
-async fn awaiting(server: &mut TcpStream, exact: usize, route: &watch::Receiver<Route>, backend: usize) -> Answer {
+async fn awaiting(server: &mut TcpStream, exact: usize, place: &Placement, backend: usize) -> Answer {
     let read = async {
         let mut buf = Vec::with_capacity(if exact > 0 { exact } else { 512 });
         loop {
@@ -184,10 +237,10 @@ async fn awaiting(server: &mut TcpStream, exact: usize, route: &watch::Receiver<
             }
         }
     };
-    let mut route = route.clone();
+    let mut watching = place.clone();
     tokio::select! {
         a = read => a,
-        _ = route::left(&mut route, backend) => Answer::Moved,
+        _ = watching.left(backend) => Answer::Moved,
     }
 }
 
@@ -217,40 +270,38 @@ impl Hold {
         self.deadline = self.deadline.max(Instant::now() + dp.hold_timeout);
     }
 
-    /// Waits (up to the hold deadline) for a routable backend and connects to it, retrying
-    /// while it refuses. On failure returns the text for the client's 57P03 error.
-    async fn connect(&mut self, dp: &DataPath, route: &mut watch::Receiver<Route>, stopping: &CancellationToken) -> Result<(TcpStream, usize), String> {
+    /// Waits (up to the hold deadline) for a backend to place the client on and connects to
+    /// it, retrying while it refuses. On failure returns the text for the client's 57P03.
+    async fn connect(&mut self, dp: &DataPath, place: &mut Placement, stopping: &CancellationToken) -> Result<(TcpStream, usize), String> {
         loop {
             if std::mem::take(&mut self.wait_first) {
                 self.count(dp);
                 if Instant::now() >= self.deadline {
-                    return Err(self.refusal(None));
+                    return Err(place.refusal(self.last_error.as_deref().unwrap_or("no server took the session")));
                 }
-                self.pause(route, true, stopping).await?;
+                self.pause(place, true, stopping).await?;
             }
-            let current = route.borrow_and_update().clone();
-            if let Some(target) = current.target {
-                let backend = &dp.backends[target];
-                match socket::connect(backend, &dp.proxy).await {
-                    Ok(server) => return Ok((server, target)),
-                    Err(e) => {
-                        self.failed(dp, target, format!("could not connect to primary {} ({}): {e}", backend.name, backend.address()));
-                        continue;
+            let why = match place.pick(dp) {
+                Pick::Backend(target) => {
+                    let backend = &dp.backends[target];
+                    match socket::connect(backend, &dp.proxy).await {
+                        Ok(server) => return Ok((server, target)),
+                        Err(e) => {
+                            let role = if place.is_read() { "" } else { "primary " };
+                            self.failed(dp, target, format!("could not connect to {role}{} ({}): {e}", backend.name, backend.address()));
+                            continue;
+                        }
                     }
                 }
-            }
+                Pick::Refuse(why) => return Err(place.refusal(&why)),
+                Pick::Wait(why) => why,
+            };
             self.count(dp);
             if Instant::now() >= self.deadline {
-                return Err(self.refusal(Some(&current.reason)));
+                return Err(place.refusal(self.last_error.as_deref().unwrap_or(&why)));
             }
-            self.pause(route, false, stopping).await?;
+            self.pause(place, false, stopping).await?;
         }
-    }
-
-    /// The 57P03 text: why the last attempt failed, else why there is no route.
-    fn refusal(&self, route_reason: Option<&str>) -> String {
-        let why = self.last_error.as_deref().or(route_reason).unwrap_or("no primary");
-        format!("no primary database is available: {why}")
     }
 
     /// Counts the client as held, once.
@@ -262,12 +313,12 @@ impl Hold {
 
     /// Waits before the next attempt: a retry delay after a failure, else until the route
     /// changes; never past the deadline. Errs only when the proxy stops.
-    async fn pause(&self, route: &mut watch::Receiver<Route>, after_failure: bool, stopping: &CancellationToken) -> Result<(), String> {
+    async fn pause(&self, place: &mut Placement, after_failure: bool, stopping: &CancellationToken) -> Result<(), String> {
         let next = async {
             if after_failure {
                 tokio::time::sleep(socket::RETRY_DELAY).await;
-            } else if route.changed().await.is_err() {
-                std::future::pending::<()>().await;
+            } else {
+                place.changed().await;
             }
         };
         tokio::select! {

@@ -14,6 +14,8 @@ pub const CANCEL_REQUEST: u32 = 80877102;
 /// SQLSTATE "cannot_connect_now".
 pub const SQLSTATE_CANNOT_CONNECT_NOW: &str = "57P03";
 
+/// SQLSTATE "invalid_parameter_value".
+pub const SQLSTATE_INVALID_PARAMETER_VALUE: &str = "22023";
 /// SQLSTATE "too_many_connections".
 pub const SQLSTATE_TOO_MANY_CONNECTIONS: &str = "53300";
 
@@ -88,6 +90,60 @@ pub async fn read_packet(client: &mut TcpStream) -> std::io::Result<Option<Packe
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// The protocol version 3.0 of a StartupMessage (its "code").
+pub const PROTOCOL_3: u32 = 0x0003_0000;
+
+/// The parameters of a StartupMessage (`user`, `database`, `options`, …), in order.
+pub fn startup_params(packet: &[u8]) -> Vec<(String, String)> {
+    let body = packet.get(8..).unwrap_or_default();
+    let mut fields = body.split(|b| *b == 0).map(|f| String::from_utf8_lossy(f).into_owned());
+    let mut out = Vec::new();
+    while let (Some(k), Some(v)) = (fields.next(), fields.next()) {
+        if k.is_empty() {
+            break;
+        }
+        out.push((k, v));
+    }
+    out
+}
+
+/// `-c name=value` settings in a StartupMessage's `options` (also `-cname=value` and
+/// `--name=value`), backslash escapes honoured as the server does.
+pub fn option_settings(options: &str) -> Vec<(String, String)> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => word.extend(chars.next()),
+            c if c.is_whitespace() => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    let mut out = Vec::new();
+    let mut it = words.into_iter();
+    while let Some(w) = it.next() {
+        let setting = if w == "-c" {
+            it.next()
+        } else if let Some(rest) = w.strip_prefix("--") {
+            Some(rest.to_string())
+        } else {
+            w.strip_prefix("-c").map(str::to_string)
+        };
+        if let Some((k, v)) = setting.as_deref().and_then(|s| s.split_once('=')) {
+            out.push((k.replace('-', "_"), v.to_string()));
+        }
+    }
+    out
 }
 
 /// What a server's first message in answer to a StartupMessage says about it.
@@ -202,6 +258,28 @@ async fn refuse_inner(client: &mut TcpStream, mut pending: Option<Packet>, sqlst
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn startup_parameters_and_option_settings() {
+        let mut p = vec![0, 0, 0, 0, 0, 3, 0, 0];
+        for f in ["user", "alice", "options", "-c pgfailover.max_lag=100ms --pgfailover.max_lag_bytes=0 -cwork_mem=4MB", ""] {
+            p.extend(f.as_bytes());
+            p.push(0);
+        }
+        let params = startup_params(&p);
+        assert_eq!(params[0], ("user".into(), "alice".into()));
+        let opts = option_settings(&params[1].1);
+        assert_eq!(
+            opts,
+            vec![
+                ("pgfailover.max_lag".into(), "100ms".into()),
+                ("pgfailover.max_lag_bytes".into(), "0".into()),
+                ("work_mem".into(), "4MB".into())
+            ]
+        );
+        assert_eq!(option_settings("-c a=x\\ y"), vec![("a".into(), "x y".into())]);
+        assert!(startup_params(b"short").is_empty());
+    }
 
     #[test]
     fn error_response_layout() {

@@ -45,6 +45,8 @@ pub fn backends(c: &Cluster) -> Vec<BackendConfig> {
 pub struct TestProxy {
     pub addr: SocketAddr,
     pub route: RouteWriter,
+    /// The read route (this data path serves only the main port).
+    pub read_route: pgfailover::route::ReadRouteWriter,
     pub metrics: Arc<Metrics>,
     pub passive: mpsc::Receiver<usize>,
     pub shutdown: CancellationToken,
@@ -60,6 +62,7 @@ pub async fn data_path_with(backends: Vec<BackendConfig>, hold: Duration, tweak:
     let names: Vec<String> = backends.iter().map(|b| b.name.clone()).collect();
     let metrics = Arc::new(Metrics::new(&names));
     let route = RouteWriter::new("no primary yet");
+    let read_route = pgfailover::route::ReadRouteWriter::default();
     let (tx, passive) = mpsc::channel(64);
     let mut pcfg = Config::default().proxy;
     pcfg.shutdown_grace = Duration::from_millis(200);
@@ -71,12 +74,15 @@ pub async fn data_path_with(backends: Vec<BackendConfig>, hold: Duration, tweak:
         hold_timeout: hold,
         metrics: metrics.clone(),
         connect_failed: tx,
+        read_route: read_route.subscribe(),
+        read: Config::default().read,
+        read_turn: Default::default(),
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(proxy::run(listener, dp, shutdown.clone()));
-    TestProxy { addr, route, metrics, passive, shutdown, task }
+    TestProxy { addr, route, read_route, metrics, passive, shutdown, task }
 }
 
 impl Drop for TestProxy {

@@ -18,6 +18,7 @@ fn settings(promote: PromoteMode) -> Settings {
         repoint_standbys: true,
         switchover_wait: Duration::from_secs(2),
         promote_timeout: Duration::from_secs(1),
+        read: crate::config::Config::default().read,
     }
 }
 
@@ -36,6 +37,7 @@ fn primary(lsn: u64, tl: u32) -> Observation {
         replay_lsn: None,
         response_time: Duration::from_millis(2),
         receiver: None,
+        replay_delay: None,
     }
 }
 
@@ -50,6 +52,7 @@ fn standby(lsn: u64, tl: u32) -> Observation {
         replay_lsn: Some(lsn),
         response_time: Duration::from_millis(2),
         receiver: Some(Receiver { status: "streaming".into(), timeline: Some(tl), upstream: None }),
+        replay_delay: Some(Duration::ZERO),
     }
 }
 

@@ -1,0 +1,164 @@
+//! Where a new session may go, for each port: the main port follows the [`Route`] (the one
+//! primary); the read-only port picks among the [`ReadRoute`]'s standbys, within the
+//! configured bounds tightened by the client's own, and falls back as `[read]` says.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::config::{Balance, Fallback};
+use crate::route::{ReadRoute, Route};
+
+use super::datapath::DataPath;
+
+/// What a session may be placed on, and (read port) the freshness it asked for.
+#[derive(Clone)]
+pub enum Placement {
+    Primary(watch::Receiver<Route>),
+    Read { route: watch::Receiver<ReadRoute>, bound: Bound },
+}
+
+/// A freshness bound: the configured `[read]` bounds, tightened by the client's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bound {
+    pub max_lag_bytes: u64,
+    pub max_lag: Duration,
+}
+
+/// The outcome of a pick.
+pub enum Pick {
+    /// Try this backend.
+    Backend(usize),
+    /// Nothing now; hold the client (up to the hold timeout) for this reason.
+    Wait(String),
+    /// Refuse at once with this reason (read port, `fallback = "refuse"`).
+    Refuse(String),
+}
+
+impl Placement {
+    /// The main port's placement.
+    pub fn primary(dp: &DataPath) -> Placement {
+        Placement::Primary(dp.route.clone())
+    }
+
+    /// The read-only port's placement, with the configured bounds.
+    pub fn read(dp: &DataPath) -> Placement {
+        let bound = Bound { max_lag_bytes: dp.read.max_lag_bytes, max_lag: dp.read.max_lag };
+        Placement::Read { route: dp.read_route.clone(), bound }
+    }
+
+    pub fn is_read(&self) -> bool {
+        matches!(self, Placement::Read { .. })
+    }
+
+    /// Tightens (never loosens) the read bound with the client's own.
+    pub fn tighten(&mut self, client: Bound) {
+        if let Placement::Read { bound, .. } = self {
+            bound.max_lag_bytes = bound.max_lag_bytes.min(client.max_lag_bytes);
+            bound.max_lag = bound.max_lag.min(client.max_lag);
+        }
+    }
+
+    /// Whether `backend` (picked before the client's bound was known) still fits it.
+    pub fn fits(&self, backend: usize) -> bool {
+        match self {
+            Placement::Primary(route) => route.borrow().target == Some(backend),
+            Placement::Read { route, bound } => {
+                let r = route.borrow();
+                r.targets.iter().any(|t| t.backend == backend && within(t, bound)) || (r.primary == Some(backend) && r.targets.iter().all(|t| !within(t, bound)))
+            }
+        }
+    }
+
+    /// Where to go now. Marks the current route as seen, so [`changed`](Self::changed)
+    /// waits for the next one.
+    pub fn pick(&mut self, dp: &DataPath) -> Pick {
+        match self {
+            Placement::Primary(route) => {
+                let r = route.borrow_and_update();
+                match r.target {
+                    Some(t) => Pick::Backend(t),
+                    None => Pick::Wait(r.reason.to_string()),
+                }
+            }
+            Placement::Read { route, bound } => {
+                let r = route.borrow_and_update();
+                let fits: Vec<usize> = r.targets.iter().filter(|t| within(t, bound)).map(|t| t.backend).collect();
+                if !fits.is_empty() {
+                    let chosen = match dp.read.balance {
+                        Balance::LeastConnections => fits.iter().copied().min_by_key(|b| (dp.metrics.read_sessions(*b), *b)),
+                        Balance::RoundRobin => fits.get(dp.read_turn.fetch_add(1, Ordering::Relaxed) % fits.len()).copied(),
+                    };
+                    return chosen.map(Pick::Backend).unwrap_or_else(|| Pick::Wait(r.reason.to_string()));
+                }
+                let why = if r.targets.is_empty() {
+                    r.reason.to_string()
+                } else {
+                    format!(
+                        "no standby is within this session's bound (max_lag {}, max_lag_bytes {})",
+                        humantime::format_duration(bound.max_lag),
+                        bound.max_lag_bytes
+                    )
+                };
+                match (dp.read.fallback, r.primary) {
+                    (Fallback::Primary, Some(p)) => Pick::Backend(p),
+                    (Fallback::Primary, None) => Pick::Wait(format!("{why}, and no primary is routed to fall back to")),
+                    (Fallback::Hold, _) => Pick::Wait(why),
+                    (Fallback::Refuse, _) => Pick::Refuse(why),
+                }
+            }
+        }
+    }
+
+    /// Whether `backend` is the primary this read session fell back to.
+    pub fn is_fallback(&self, backend: usize) -> bool {
+        match self {
+            Placement::Primary(_) => false,
+            Placement::Read { route, bound } => {
+                let r = route.borrow();
+                r.primary == Some(backend) && !r.targets.iter().any(|t| t.backend == backend && within(t, bound))
+            }
+        }
+    }
+
+    /// Waits for the next change of what this port may use.
+    pub async fn changed(&mut self) {
+        let closed = match self {
+            Placement::Primary(route) => route.changed().await.is_err(),
+            Placement::Read { route, .. } => route.changed().await.is_err(),
+        };
+        if closed {
+            // The writer is gone (the proxy is stopping): shutdown ends the wait instead.
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Resolves when a session on `backend` must be cut: the main port when the route
+    /// leaves it; the read port when the backend is lost or fenced.
+    pub async fn left(&mut self, backend: usize) {
+        match self {
+            Placement::Primary(route) => crate::route::left(route, backend).await,
+            Placement::Read { route, .. } => loop {
+                if !route.borrow_and_update().live.contains(&backend) {
+                    return;
+                }
+                if route.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            },
+        }
+    }
+
+    /// The text of the 57P03 a refused client gets.
+    pub fn refusal(&self, why: &str) -> String {
+        match self {
+            Placement::Primary(_) => format!("no primary database is available: {why}"),
+            Placement::Read { .. } => format!("no read-only database is available: {why}"),
+        }
+    }
+}
+
+fn within(t: &crate::route::ReadTarget, bound: &Bound) -> bool {
+    t.lag_bytes <= bound.max_lag_bytes && t.lag <= bound.max_lag
+}
