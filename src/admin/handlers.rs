@@ -102,10 +102,9 @@ pub fn ready_ro(ctx: &AdminContext) -> Reply {
             let name = ctx.monitor.status().backends.get(p).map(|b| b.name.clone()).unwrap_or_default();
             json(StatusCode::OK, &json!({ "ready": true, "targets": [], "fallback": name, "reason": r.reason.to_string() }))
         }
-        _ => json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &json!({ "ready": false, "reason": r.reason.to_string(), "error": format!("no read target: {}", r.reason) }),
-        ),
+        _ => {
+            json(StatusCode::SERVICE_UNAVAILABLE, &json!({ "ready": false, "reason": r.reason.to_string(), "error": format!("no read target: {}", r.reason) }))
+        }
     }
 }
 

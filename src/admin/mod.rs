@@ -123,9 +123,7 @@ async fn route(req: Request<Incoming>, ctx: &AdminContext, peer: SocketAddr) -> 
     let method = req.method().clone();
     let allowed: &str = match path.as_str() {
         "/failover/trigger" | "/failover/check-health" | "/failover/unfence" => "POST",
-        "/failover/status" | "/failover/metrics" | "/failover/health" | "/failover/history" | "/metrics" | "/health" | "/ready" | "/ready/ro" => {
-            "GET"
-        }
+        "/failover/status" | "/failover/metrics" | "/failover/health" | "/failover/history" | "/metrics" | "/health" | "/ready" | "/ready/ro" => "GET",
         _ => return error(StatusCode::NOT_FOUND, &format!("no such endpoint: {path}")),
     };
     if method.as_str() != allowed {

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use super::{Balance, BackendConfig, ConfigError, Fallback, LogFormat, PromoteMode, Secret};
+use super::{BackendConfig, Balance, ConfigError, Fallback, LogFormat, PromoteMode, Secret};
 
 /// A standby inherits the primary's database, credentials and TLS settings.
 pub(super) fn standby_from(primary: &BackendConfig, index: usize) -> BackendConfig {

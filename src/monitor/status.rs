@@ -57,6 +57,8 @@ pub struct BackendStatus {
     pub read_reason: Option<String>,
     /// Its replay delay, as the read-only port counts it (ms; standbys that serve reads).
     pub read_lag_ms: Option<f64>,
+    /// WAL bytes its replay is behind the primary (standbys that serve reads).
+    pub read_lag_bytes: Option<u64>,
 }
 
 /// A re-point of a standby at the routed primary.
@@ -201,6 +203,10 @@ fn backend_status(m: &Machine, cfg: &[BackendConfig], i: usize, read: &ReadStand
         },
         read_lag_ms: match read {
             ReadStanding::Serves { lag, .. } => Some(crate::duration::as_millis_f64(*lag)),
+            ReadStanding::Not(_) => None,
+        },
+        read_lag_bytes: match read {
+            ReadStanding::Serves { lag_bytes, .. } => Some(*lag_bytes),
             ReadStanding::Not(_) => None,
         },
     }

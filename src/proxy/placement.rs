@@ -66,7 +66,8 @@ impl Placement {
             Placement::Primary(route) => route.borrow().target == Some(backend),
             Placement::Read { route, bound } => {
                 let r = route.borrow();
-                r.targets.iter().any(|t| t.backend == backend && within(t, bound)) || (r.primary == Some(backend) && r.targets.iter().all(|t| !within(t, bound)))
+                r.targets.iter().any(|t| t.backend == backend && within(t, bound))
+                    || (r.primary == Some(backend) && r.targets.iter().all(|t| !within(t, bound)))
             }
         }
     }

@@ -70,6 +70,12 @@ pub async fn open(client: &mut TcpStream, dp: &DataPath, place: &mut Placement, 
         Some(p) => p,
         None => return Err(Failed::Abandoned),
     };
+    if let (true, Packet::Untyped { code: CANCEL_REQUEST, bytes }) = (place.is_read(), &packet) {
+        // Which read server runs the session to cancel is not known here: every server that
+        // may hold read sessions gets the request, and the others ignore its key.
+        cancel_everywhere(dp, bytes).await;
+        return Err(Failed::Abandoned);
+    }
     let mut hold = Hold { deadline: Instant::now() + dp.hold_timeout, counted: false, last_error: None, wait_first: false };
     // A connected server to use next: the early connect, or one already asked about
     // encryption (it said N) that the StartupMessage goes to.
@@ -167,6 +173,23 @@ fn client_bound(startup: &[u8]) -> Result<Option<Bound>, String> {
         }
     }
     Ok(Some(bound))
+}
+
+/// Sends a CancelRequest to every backend that may hold read sessions (answering, not
+/// fenced), at once; a server whose process and key do not match ignores it.
+async fn cancel_everywhere(dp: &DataPath, request: &[u8]) {
+    let live = dp.read_route.borrow().live.clone();
+    let sends = live.into_iter().map(|b| async move {
+        if let Ok(mut s) = socket::connect(&dp.backends[b], &dp.proxy).await {
+            if s.write_all(request).await.is_ok() {
+                dp.metrics.add_bytes(true, request.len() as u64);
+                // The server closes the connection once it has read the request.
+                let mut sink = [0u8; 1];
+                let _ = tokio::time::timeout(dp.proxy.connect_timeout, s.read(&mut sink)).await;
+            }
+        }
+    });
+    futures_util::future::join_all(sends).await;
 }
 
 /// A connection to where the placement points now, if anywhere and it accepts.

@@ -271,11 +271,7 @@ mod tests {
         let opts = option_settings(&params[1].1);
         assert_eq!(
             opts,
-            vec![
-                ("pgfailover.max_lag".into(), "100ms".into()),
-                ("pgfailover.max_lag_bytes".into(), "0".into()),
-                ("work_mem".into(), "4MB".into())
-            ]
+            vec![("pgfailover.max_lag".into(), "100ms".into()), ("pgfailover.max_lag_bytes".into(), "0".into()), ("work_mem".into(), "4MB".into())]
         );
         assert_eq!(option_settings("-c a=x\\ y"), vec![("a".into(), "x y".into())]);
         assert!(startup_params(b"short").is_empty());

@@ -83,6 +83,9 @@ pub struct Backend {
     pub streamed_timeline: Option<u32>,
     /// A standby without a streaming WAL receiver since.
     pub not_streaming_since: Option<Instant>,
+    /// A standby with received WAL it has not replayed, since (as the checks saw it): its
+    /// replay delay when the server cannot say (no commit replayed since it started).
+    pub behind_since: Option<Instant>,
     pub repoint: Option<Repoint>,
     /// Set when it was promoted: its first WAL position as a primary (its new timeline began
     /// at or before it). A standby still on the old timeline with more WAL than this has
@@ -113,6 +116,7 @@ impl Backend {
             success_started: None,
             streamed_timeline: None,
             not_streaming_since: None,
+            behind_since: None,
             repoint: None,
             fork_lsn: None,
         }
@@ -146,9 +150,15 @@ impl Backend {
             } else {
                 self.not_streaming_since.get_or_insert(now.mono);
             }
+            if obs.replay_delay == Some(std::time::Duration::ZERO) {
+                self.behind_since = None;
+            } else {
+                self.behind_since.get_or_insert(started);
+            }
         } else {
             self.streamed_timeline = None;
             self.not_streaming_since = None;
+            self.behind_since = None;
         }
         self.obs = Some(obs);
         self.last_error = None;

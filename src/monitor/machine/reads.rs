@@ -79,16 +79,16 @@ impl Machine {
         if lag_bytes > r.max_lag_bytes {
             return not(format!("replay {lag_bytes} bytes behind the primary (read.max_lag_bytes {})", r.max_lag_bytes));
         }
-        let Some(delay) = obs.replay_delay else {
-            return not("its replay delay is unknown (received WAL, nothing replayed yet)".into());
+        // A server that replayed no commit since it started cannot date its replay: count
+        // from when the checks first saw it behind.
+        let delay = match (obs.replay_delay, b.behind_since) {
+            (Some(d), _) => d,
+            (None, Some(since)) => now.saturating_duration_since(since),
+            (None, None) => Duration::ZERO,
         };
         let lag = delay.max(lost_since.map(|t| now.saturating_duration_since(t)).unwrap_or_default());
         if lag > r.max_lag {
-            return not(format!(
-                "replay {} behind (read.max_lag {})",
-                humantime::format_duration(round_ms(lag)),
-                humantime::format_duration(r.max_lag)
-            ));
+            return not(format!("replay {} behind (read.max_lag {})", humantime::format_duration(round_ms(lag)), humantime::format_duration(r.max_lag)));
         }
         ReadStanding::Serves { lag_bytes, lag }
     }
