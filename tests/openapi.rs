@@ -51,8 +51,9 @@ async fn every_documented_status_is_real() {
         cfg.failover.promote_timeout = Duration::from_secs(1);
     };
 
-    // No token configured: POSTs are 403.
+    // No token configured: POSTs are 403. No read-only port: /ready/ro is 404.
     let open = start_proxy(proxy_config(&c, |_| {})).await;
+    assert_eq!(call(&mut seen, open.admin_addr, "GET", "/ready/ro", None, "").await.status, 404);
     for path in ["/failover/trigger", "/failover/check-health", "/failover/unfence"] {
         call(&mut seen, open.admin_addr, "POST", path, Some(TOKEN), "").await;
     }
@@ -71,10 +72,15 @@ async fn every_documented_status_is_real() {
     quick.shutdown();
     quick.stopped().await;
 
-    let p = start_proxy(proxy_config(&c, with_token)).await;
+    let p = start_proxy(proxy_config(&c, |cfg| {
+        with_token(cfg);
+        cfg.listen_ro = Some("127.0.0.1:0".parse().unwrap());
+    }))
+    .await;
     let a = p.admin_addr;
     wait_status(&p, LIMIT, "pg-b routed, pg-c eligible", |s| s.current_primary.as_deref() == Some("pg-b") && backend(s, "pg-c").promotion_eligible).await;
-    for path in ["/failover/status", "/failover/metrics", "/failover/health", "/failover/history?limit=3", "/metrics", "/health", "/ready"] {
+    wait_status(&p, LIMIT, "pg-c serves reads", |s| backend(s, "pg-c").serves_reads).await;
+    for path in ["/failover/status", "/failover/metrics", "/failover/health", "/failover/history?limit=3", "/metrics", "/health", "/ready", "/ready/ro"] {
         assert_eq!(call(&mut seen, a, "GET", path, None, "").await.status, 200, "{path}");
     }
     assert_eq!(call(&mut seen, a, "GET", "/failover/history?limit=0", None, "").await.status, 400);
@@ -113,6 +119,8 @@ async fn every_documented_status_is_real() {
     blocking(move || c2.kill(2).unwrap()).await;
     wait_status(&p, LIMIT, "no route", |s| s.current_primary.is_none()).await;
     assert_eq!(call(&mut seen, a, "GET", "/ready", None, "").await.status, 503);
+    eventually(LIMIT, "no read target either", || async { (call(&mut seen.clone(), a, "GET", "/ready/ro", None, "").await.status == 503).then_some(()) }).await;
+    assert_eq!(call(&mut seen, a, "GET", "/ready/ro", None, "").await.status, 503);
 
     let spec = documented();
     let missing: Vec<_> = spec.difference(&seen).collect();

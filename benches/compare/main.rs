@@ -6,7 +6,7 @@
 //! Environment: BENCH_ROUNDS (3), BENCH_SECONDS per pgbench run (10), BENCH_COPY_OUT_MB
 //! (1024), BENCH_COPY_IN_MB (512), BENCH_COPY_REPEAT (3: a bulk measurement is the best of
 //! that many back-to-back runs), BENCH_IDLE connections (5000), BENCH_FAILOVER_TRIALS (5),
-//! BENCH_ONLY=throughput,memory,failover (all), BENCH_WORKLOADS=a,b,c,d,e (all),
+//! BENCH_ONLY=throughput,reads,memory,failover (all), BENCH_WORKLOADS=a,b,c,d,e (all),
 //! BENCH_TARGETS=pgfailover,haproxy,pgbouncer,splice-floor (all that can run here; add
 //! sockmap-floor for the in-kernel reference in floors.rs, opt-in: it needs root and makes
 //! COPY a third slower), BENCH_PGFAILOVER_THREADS=1,0
@@ -54,7 +54,7 @@ fn main() {
         floors::main(&args[2], &args[3], &args[4]);
         return;
     }
-    let only = std::env::var("BENCH_ONLY").unwrap_or_else(|_| "throughput,memory,failover".into());
+    let only = std::env::var("BENCH_ONLY").unwrap_or_else(|_| "throughput,reads,memory,failover".into());
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
@@ -64,6 +64,9 @@ fn main() {
     std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     if only.contains("throughput") {
         throughput(dir.path());
+    }
+    if only.contains("reads") {
+        reads(dir.path());
     }
     if only.contains("memory") {
         memory(dir.path());
@@ -186,6 +189,59 @@ fn throughput(dir: &std::path::Path) {
             let mut ratios: Vec<f64> = v.iter().zip(&d).map(|(a, b)| a / b).collect();
             let mut cpu = cpus.get(&(wi, ti)).cloned().unwrap_or_default();
             row.push_str(&format!(" {:.0} (ratio **{:.3}**, cpu {:.0}%) |", median(&mut v.clone()), median(&mut ratios), median(&mut cpu)));
+        }
+        println!("{row}");
+    }
+    println!();
+}
+
+/// (a) and (b) through the read-only port, as a paired ratio to a direct connection to the
+/// same standby, beside HAProxy in front of that standby.
+fn reads(dir: &std::path::Path) {
+    let rounds: usize = env_or("BENCH_ROUNDS", 3);
+    let seconds: u64 = env_or("BENCH_SECONDS", 10);
+    let c = Cluster::start(ClusterOptions { standbys: 1, ..Default::default() }).expect("cluster");
+    let pw = c.options.password.clone();
+    let pgbench = find_bindir().unwrap().join("pgbench");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    println!("read-only port: preparing data (pgbench scale 10) on the primary ...");
+    let copy_in = rt.block_on(workloads::prepare(targets::direct(c.nodes[0].port).addr, &pw, &pgbench, 1, 1));
+    // The standby must have the data before it is read.
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    while c.psql(1, "select count(*) from pgbench_accounts").ok().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0) < 1_000_000 {
+        assert!(Instant::now() < deadline, "the standby never got the pgbench data");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let mut all: Vec<Target> =
+        vec![targets::direct_named(c.nodes[1].port, "direct-standby"), targets::pgfailover_read(dir, c.nodes[0].port, c.nodes[1].port, &pw)];
+    all.extend(targets::haproxy_named(dir, c.nodes[1].port, "haproxy-ro"));
+    let env = workloads::Env { pgbench: &pgbench, password: &pw, seconds, copy_in: &copy_in, direct: all[0].addr, copy_repeat: 1, rt: &rt };
+    let chosen = [Workload::SelectC1, Workload::SelectC16];
+    let mut values: HashMap<(usize, usize), Vec<f64>> = HashMap::new();
+    for round in 0..rounds {
+        for (wi, w) in chosen.iter().enumerate() {
+            for k in 0..all.len() {
+                let ti = (k + round) % all.len();
+                let v = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| workloads::run(*w, all[ti].addr, &env))).unwrap_or(f64::NAN);
+                println!("round {} {:<32} {:<16} {:>12.1}", round + 1, w.label(), all[ti].name, v);
+                values.entry((wi, ti)).or_default().push(v);
+            }
+        }
+    }
+    println!("\nRead-only port, medians; ratio = median over rounds of (target / direct-standby in the same round).\n");
+    let mut header = "| workload | direct-standby |".to_string();
+    for t in &all[1..] {
+        header.push_str(&format!(" {} |", t.name));
+    }
+    println!("{header}\n|---|---|{}", "---|".repeat(all.len() - 1));
+    for (wi, w) in chosen.iter().enumerate() {
+        let d = values[&(wi, 0)].clone();
+        let mut row = format!("| {} | {:.0} |", w.label(), median(&mut d.clone()));
+        for ti in 1..all.len() {
+            let v = &values[&(wi, ti)];
+            let mut ratios: Vec<f64> = v.iter().zip(&d).map(|(a, b)| a / b).collect();
+            let (lo, hi) = ratios.iter().fold((f64::MAX, f64::MIN), |(l, h), r| (l.min(*r), h.max(*r)));
+            row.push_str(&format!(" {:.0} (ratio **{:.3}**, {lo:.3}–{hi:.3}) |", median(&mut v.clone()), median(&mut ratios)));
         }
         println!("{row}");
     }

@@ -35,7 +35,12 @@ impl Drop for Target {
 }
 
 pub fn direct(port: u16) -> Target {
-    Target { name: "direct".into(), addr: SocketAddr::from(([127, 0, 0, 1], port)), pid: None, admin: None, child: None }
+    direct_named(port, "direct")
+}
+
+/// A direct connection under another name (e.g. to the standby).
+pub fn direct_named(port: u16, name: &str) -> Target {
+    Target { name: name.into(), addr: SocketAddr::from(([127, 0, 0, 1], port)), pid: None, admin: None, child: None }
 }
 
 fn wait_port(addr: SocketAddr) {
@@ -53,14 +58,36 @@ pub fn pgfailover(dir: &Path, primary: u16, standby: Option<u16>, password: &str
 
 /// pgfailover with `proxy.worker_threads` set (None: the default).
 pub fn pgfailover_threads(dir: &Path, primary: u16, standby: Option<u16>, password: &str, interval: &str, timeout: &str, threads: Option<usize>) -> Target {
-    let addr = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
+    pgfailover_with(dir, primary, standby, password, interval, timeout, threads, false)
+}
+
+/// pgfailover's read-only port in front of `standby` (the target's address is `listen_ro`).
+pub fn pgfailover_read(dir: &Path, primary: u16, standby: u16, password: &str) -> Target {
+    pgfailover_with(dir, primary, Some(standby), password, "1s", "1s", None, true)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn pgfailover_with(
+    dir: &Path,
+    primary: u16,
+    standby: Option<u16>,
+    password: &str,
+    interval: &str,
+    timeout: &str,
+    threads: Option<usize>,
+    read: bool,
+) -> Target {
+    let main = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
+    let ro = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
+    let addr = if read { ro } else { main };
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
     let cfg = dir.join(format!("pgfailover-{}.toml", addr.port()));
     fs::write(
         &cfg,
         format!(
-            "listen = \"{addr}\"\nadmin_listen = \"{admin}\"\nlog_level = \"info\"\n[health]\ninterval = \"{interval}\"\ntimeout = \"{timeout}\"\n\
+            "listen = \"{main}\"\n{}admin_listen = \"{admin}\"\nlog_level = \"info\"\n[health]\ninterval = \"{interval}\"\ntimeout = \"{timeout}\"\n\
              [primary]\nname = \"pg-a\"\nport = {primary}\n{}",
+            if read { format!("listen_ro = \"{ro}\"\n") } else { String::new() },
             standby.map(|p| format!("[[standbys]]\nname = \"pg-b\"\nport = {p}\n")).unwrap_or_default()
         ),
     )
@@ -73,17 +100,19 @@ pub fn pgfailover_threads(dir: &Path, primary: u16, standby: Option<u16>, passwo
     let child =
         cmd.arg("--config").arg(&cfg).env("DB_PASSWORD", password).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().expect("start pgfailover");
     let deadline = Instant::now() + Duration::from_secs(20);
+    let ready = if read { "/ready/ro" } else { "/ready" };
     loop {
-        if http_get(admin, "/ready").is_some_and(|r| r.starts_with("HTTP/1.1 200")) {
+        if http_get(admin, ready).is_some_and(|r| r.starts_with("HTTP/1.1 200") && (!read || r.contains("\"pg-b\""))) {
             break;
         }
         assert!(Instant::now() < deadline, "pgfailover never became ready");
         std::thread::sleep(Duration::from_millis(20));
     }
     Target {
-        name: match threads {
-            Some(n) => format!("pgfailover-t{n}"),
-            None => "pgfailover".into(),
+        name: match (threads, read) {
+            (_, true) => "pgfailover-ro".into(),
+            (Some(n), _) => format!("pgfailover-t{n}"),
+            (None, _) => "pgfailover".into(),
         },
         addr,
         pid: Some(child.id()),
@@ -98,6 +127,11 @@ pub fn which(tool: &str) -> Option<PathBuf> {
 
 /// HAProxy 2.x in TCP mode with long timeouts.
 pub fn haproxy(dir: &Path, backend: u16) -> Option<Target> {
+    haproxy_named(dir, backend, "haproxy")
+}
+
+/// HAProxy in front of one server, under another name (e.g. the read-only comparison).
+pub fn haproxy_named(dir: &Path, backend: u16, name: &str) -> Option<Target> {
     let exe = which("haproxy")?;
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
     let cfg = dir.join(format!("haproxy-{}.cfg", addr.port()));
@@ -111,7 +145,7 @@ pub fn haproxy(dir: &Path, backend: u16) -> Option<Target> {
     .unwrap();
     let child = Command::new(exe).arg("-db").arg("-f").arg(&cfg).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().ok()?;
     wait_port(addr);
-    Some(Target { name: "haproxy".into(), addr, pid: Some(child.id()), admin: None, child: Some(child) })
+    Some(Target { name: name.into(), addr, pid: Some(child.id()), admin: None, child: Some(child) })
 }
 
 /// PgBouncer in session mode, run as the `postgres` user when we are root (it refuses root).
