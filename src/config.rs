@@ -130,6 +130,69 @@ pub struct FailoverConfig {
     pub trigger_wait: Duration,
     /// After a failover, point the other standbys at the new primary (auto mode).
     pub repoint_standbys: bool,
+    /// With `[coordination]`: how many live proxies must see the primary down before the
+    /// leader fails over.
+    pub quorum: Quorum,
+}
+
+/// Agreement a coordinated failover needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Quorum {
+    /// More than half of the live proxies (the leader included) see the primary down.
+    Majority,
+    /// The leader alone decides.
+    Leader,
+}
+
+/// `[coordination]`: several proxies agreeing through etcd v3.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CoordinationConfig {
+    /// etcd client URLs, e.g. `http://127.0.0.1:2379`.
+    pub etcd_endpoints: Vec<String>,
+    /// Key prefix `/pgfailover/<cluster>/`: proxies of one database cluster share it.
+    pub cluster: String,
+    /// This proxy's name among them (default: the host name).
+    pub name: String,
+    /// The lease that holds leadership and membership; renewed every third of it.
+    pub lease_ttl: Duration,
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    /// CA bundle to verify etcd's certificate (https endpoints).
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key for etcd, when it asks for one.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+impl CoordinationConfig {
+    /// The defaults for the keys a `[coordination]` table leaves out.
+    pub fn with_defaults() -> CoordinationConfig {
+        CoordinationConfig {
+            etcd_endpoints: vec!["http://127.0.0.1:2379".into()],
+            cluster: "main".into(),
+            name: host_name(),
+            lease_ttl: Duration::from_secs(3),
+            user: None,
+            password: None,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+        }
+    }
+}
+
+/// This machine's host name (`gethostname`), or "pgfailover".
+pub fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into our buffer.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    let name = if ok { String::from_utf8_lossy(&buf[..buf.iter().position(|b| *b == 0).unwrap_or(buf.len())]).into_owned() } else { String::new() };
+    if name.is_empty() {
+        "pgfailover".into()
+    } else {
+        name
+    }
 }
 
 /// `[proxy]`: socket behaviour of the data path.
@@ -221,6 +284,8 @@ pub struct Config {
     pub failover: FailoverConfig,
     pub proxy: ProxyConfig,
     pub read: ReadConfig,
+    /// Several proxies agreeing through etcd (off when `None`).
+    pub coordination: Option<CoordinationConfig>,
     /// Configured primary: only a starting hint, the servers' own answers decide.
     pub primary: BackendConfig,
     pub standbys: Vec<BackendConfig>,
@@ -244,6 +309,7 @@ impl Default for Config {
                 promote_timeout: Duration::from_secs(10),
                 trigger_wait: Duration::from_secs(15),
                 repoint_standbys: true,
+                quorum: Quorum::Majority,
             },
             proxy: ProxyConfig {
                 connect_timeout: Duration::from_secs(2),
@@ -256,6 +322,7 @@ impl Default for Config {
                 startup_timeout: Duration::from_secs(10),
                 max_client_connections: default_max_client_connections(),
             },
+            coordination: None,
             read: ReadConfig {
                 max_lag_bytes: 16 * 1024 * 1024,
                 max_lag: Duration::from_secs(5),
@@ -298,6 +365,11 @@ pub struct Overrides {
     pub state_dir: Option<PathBuf>,
     /// `name=host:port` or `host:port`, replacing every standby from file and environment.
     pub standbys: Vec<String>,
+    /// etcd endpoints (repeatable); turns coordination on.
+    pub etcd_endpoints: Vec<String>,
+    /// `[coordination]` cluster and this proxy's name.
+    pub cluster: Option<String>,
+    pub name: Option<String>,
 }
 
 /// Reads environment variables; a function so tests need not touch the process environment.

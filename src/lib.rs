@@ -12,6 +12,8 @@
 //!   connects), [`proxy::DataPath`] (what every session shares).
 //! - [`monitor`]: health checks, the pure failover state machine, the operations it runs
 //!   (promote, switchover, re-point), history and the published status.
+//! - [`coord`]: several proxies agreeing through etcd (leader, recorded primary, shared
+//!   fences, members' views, forwarded admin requests).
 //! - [`admin`]: the HTTP side port (status, history, trigger, metrics).
 //! - [`metrics`]: per-instance Prometheus series.
 //! - [`duration`]: human durations ("250ms") and millisecond figures.
@@ -20,6 +22,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod coord;
 pub mod duration;
 pub mod localpg;
 pub mod metrics;

@@ -296,6 +296,11 @@ impl Cluster {
         unreachable!("the loop returns on its last attempt")
     }
 
+    /// A node's whole server log.
+    pub fn log_text(&self, i: usize) -> String {
+        fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
+    }
+
     /// The last lines of a node's server log, for error messages.
     pub fn log_tail(&self, i: usize) -> String {
         let text = fs::read_to_string(&self.nodes[i].log).unwrap_or_default();

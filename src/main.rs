@@ -43,6 +43,15 @@ struct Cli {
     /// A standby as name=host:port (repeatable); replaces the configured standbys.
     #[arg(long = "standby", global = true)]
     standbys: Vec<String>,
+    /// An etcd endpoint (repeatable): coordinate with the other proxies through etcd.
+    #[arg(long = "etcd-endpoint", global = true)]
+    etcd_endpoints: Vec<String>,
+    /// The cluster name shared by the coordinated proxies (etcd key prefix).
+    #[arg(long, global = true)]
+    cluster: Option<String>,
+    /// This proxy's name among the coordinated ones (default: the host name).
+    #[arg(long, global = true)]
+    name: Option<String>,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -77,6 +86,9 @@ fn main() -> ExitCode {
         promote: cli.promote.clone(),
         state_dir: cli.state_dir.clone(),
         standbys: cli.standbys.clone(),
+        etcd_endpoints: cli.etcd_endpoints.clone(),
+        cluster: cli.cluster.clone(),
+        name: cli.name.clone(),
     };
     if let Some(Cmd::Demo) = cli.command {
         return demo::main(overrides);

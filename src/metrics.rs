@@ -84,6 +84,13 @@ pub struct Metrics {
     pub failover_duration: Histogram,
     pub split_brain_total: Counter,
     pub fenced_backends: Gauge,
+    /// 1 when this proxy coordinates through etcd.
+    pub coordination_enabled: Gauge,
+    pub coordination_leader: Gauge,
+    pub coordination_etcd_up: Gauge,
+    pub coordination_lease_failures: Counter,
+    /// Per backend: 1 for the one this proxy routes new sessions to.
+    pub routed_primary: Vec<Gauge>,
     pub primary_routable: Gauge,
     /// Microseconds without a routable primary; rendered as a float `_seconds_total`.
     no_primary_micros: AtomicU64,
@@ -178,6 +185,11 @@ impl Metrics {
             replication_lag_bytes: per_backend("backend").into_iter().map(|l| gauge("pgfailover_replication_lag_bytes", "WAL bytes a standby is behind the primary's last seen position.", l)).collect(),
             failover_duration: histogram("pgfailover_failover_duration_seconds", "Time from the start of a failover to the route switch.", vec![]),
             split_brain_total: counter("failover_split_brain_total", "Times two backends claimed to be primary and one was fenced.", vec![]),
+            coordination_enabled: gauge("pgfailover_coordination_enabled", "1 when this proxy coordinates with others through etcd.", vec![]),
+            coordination_leader: gauge("pgfailover_coordination_leader", "1 while this proxy leads the coordinated proxies (only the leader promotes).", vec![]),
+            coordination_etcd_up: gauge("pgfailover_coordination_etcd_up", "1 while etcd answers this proxy.", vec![]),
+            coordination_lease_failures: counter("pgfailover_coordination_lease_renewal_failures_total", "Failed renewals of this proxy's etcd lease.", vec![]),
+            routed_primary: per_backend("backend").into_iter().map(|l| gauge("pgfailover_routed_primary", "1 for the backend this proxy routes new sessions to.", l)).collect(),
             fenced_backends: gauge("pgfailover_fenced_backends", "Backends currently fenced (no traffic).", vec![]),
             primary_routable: gauge("pgfailover_primary_routable", "1 while new client connections have a primary to go to.", vec![]),
             no_primary_micros: AtomicU64::new(0),

@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminContext};
 use crate::config::Config;
+use crate::coord::Coordinator;
 use crate::metrics::Metrics;
 use crate::monitor::{self, history::History, MonitorHandle};
 use crate::proxy::{self, datapath::Port, DataPath};
@@ -89,7 +90,17 @@ impl Proxy {
         let tasks = TaskTracker::new();
         let life = monitor::Lifeline { shutdown: shutdown.clone(), fatal: fatal.clone() };
         let reads = cfg.listen_ro.map(|_| (dp.read_route.clone(), cfg.read.fallback));
-        let monitor = monitor::spawn(&cfg, backends, (route, read_route), metrics.clone(), history, passive, life, &tasks);
+        let (coordination, forwarded) = match &cfg.coordination {
+            Some(c) => {
+                let (events, events_rx) = mpsc::channel(256);
+                let (requests, requests_rx) = mpsc::channel(64);
+                let coord = Coordinator::spawn(c.clone(), events, requests, shutdown.clone(), &tasks);
+                (Some((coord, events_rx)), Some(requests_rx))
+            }
+            None => (None, None),
+        };
+        let coord = coordination.as_ref().map(|(c, _)| c.clone());
+        let monitor = monitor::spawn(&cfg, backends, (route, read_route), metrics.clone(), history, passive, life, coordination, &tasks);
         let admin_ctx = Arc::new(AdminContext {
             monitor: monitor.clone(),
             metrics: metrics.clone(),
@@ -98,7 +109,12 @@ impl Proxy {
             trigger_wait: cfg.failover.trigger_wait,
             check_wait: cfg.health.timeout * 2,
             reads,
+            coord: coord.clone(),
+            forward_wait: cfg.failover.trigger_wait * 2 + cfg.failover.promote_timeout + std::time::Duration::from_secs(5),
         });
+        if let (Some(rx), Some(coord)) = (forwarded, coord) {
+            tasks.spawn(admin::serve_forwarded(rx, coord, admin_ctx.clone(), shutdown.clone()));
+        }
         tasks.spawn(admin::run(admin, admin_ctx, shutdown.clone()));
         if cfg.admin_token.is_none() {
             tracing::info!("no admin token configured: POST endpoints answer 403");

@@ -116,6 +116,7 @@ pub async fn post(req: Request<Incoming>, path: &str, ctx: &AdminContext, peer: 
         Ok(()) => match read_body(req).await {
             Err(r) => r,
             Ok(body) => match path {
+                "/failover/trigger" | "/failover/unfence" if follower(ctx) => forward(ctx, path, body, &caller).await,
                 "/failover/trigger" => trigger(ctx, body, &caller).await,
                 "/failover/check-health" => {
                     let s = ctx.monitor.check_now(ctx.check_wait).await;
@@ -134,6 +135,44 @@ pub async fn post(req: Request<Incoming>, path: &str, ctx: &AdminContext, peer: 
         "admin POST"
     );
     reply
+}
+
+/// Coordinated, and another proxy leads: triggers and unfences are the leader's.
+fn follower(ctx: &AdminContext) -> bool {
+    ctx.coord.as_ref().is_some_and(|c| !c.status().is_leader)
+}
+
+/// Hands a trigger or an unfence to the leading proxy and answers with its answer.
+async fn forward(ctx: &AdminContext, path: &str, body: TargetBody, caller: &str) -> Reply {
+    let Some(coord) = &ctx.coord else { return error(StatusCode::CONFLICT, "not coordinated") };
+    let mut id = [0u8; 8];
+    let _ = openssl::rand::rand_bytes(&mut id);
+    let request = crate::coord::Request {
+        id: id.iter().map(|b| format!("{b:02x}")).collect(),
+        op: if path == "/failover/trigger" { "trigger" } else { "unfence" }.into(),
+        target: body.target,
+        force: body.force,
+        who: caller.to_string(),
+        via: coord.name.clone(),
+    };
+    match coord.forward(request, ctx.forward_wait).await {
+        Ok(resp) => {
+            let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
+            json(status, &resp.body)
+        }
+        Err(why) => error(StatusCode::CONFLICT, &format!("this proxy does not lead, and the request could not be handed to the leader: {why}")),
+    }
+}
+
+/// Carries out a request another proxy handed to this one (the leader).
+pub async fn execute(ctx: &AdminContext, req: &crate::coord::Request) -> Reply {
+    let who = format!("{} via {}", req.who, req.via);
+    let body = TargetBody { target: req.target.clone(), force: req.force };
+    match req.op.as_str() {
+        "trigger" => trigger(ctx, body, &who).await,
+        "unfence" => unfence(ctx, body.target, &who).await,
+        other => error(StatusCode::BAD_REQUEST, &format!("unknown request {other:?}")),
+    }
 }
 
 #[derive(Deserialize, Default)]

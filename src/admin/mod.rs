@@ -59,6 +59,35 @@ pub struct AdminContext {
     pub check_wait: Duration,
     /// The read-only port's route and fallback, when `listen_ro` is set (for `/ready/ro`).
     pub reads: Option<(tokio::sync::watch::Receiver<crate::route::ReadRoute>, crate::config::Fallback)>,
+    /// Coordination: a follower hands triggers and unfences to the leader.
+    pub coord: Option<crate::coord::Coordinator>,
+    /// How long a follower waits for the leader's answer to a handed-over request.
+    pub forward_wait: Duration,
+}
+
+/// Carries out the requests other proxies handed to this one (it leads) and answers them
+/// with the status and body its own port would give.
+pub async fn serve_forwarded(
+    mut requests: tokio::sync::mpsc::Receiver<crate::coord::Request>,
+    coord: crate::coord::Coordinator,
+    ctx: Arc<AdminContext>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let req = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = requests.recv() => match r { Some(r) => r, None => return },
+        };
+        let (ctx, coord) = (ctx.clone(), coord.clone());
+        tokio::spawn(async move {
+            tracing::info!(id = %req.id, op = %req.op, via = %req.via, who = %req.who, "carrying out a request handed over by another proxy");
+            let reply = handlers::execute(&ctx, &req).await;
+            let status = reply.status().as_u16();
+            let bytes = http_body_util::BodyExt::collect(reply.into_body()).await.map(|b| b.to_bytes()).unwrap_or_default();
+            let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+            coord.respond(req.id.clone(), crate::coord::Response { status, body });
+        });
+    }
 }
 
 pub type Reply = Response<Full<Bytes>>;

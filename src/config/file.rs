@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::parse::{parse_addr, parse_balance, parse_fallback, parse_log_format, parse_promote, read_secret_file, set, standby_from};
+use super::parse::{parse_addr, parse_balance, parse_fallback, parse_log_format, parse_promote, parse_quorum, read_secret_file, set, standby_from};
 use super::{BackendConfig, Config, ConfigError, Secret};
 
 pub(super) fn parse_file(label: &str, text: &str) -> Result<RawFile, ConfigError> {
@@ -42,6 +42,7 @@ pub(super) struct RawFile {
     failover: Option<RawFailover>,
     proxy: Option<RawProxy>,
     read: Option<RawRead>,
+    coordination: Option<RawCoordination>,
     primary: Option<RawBackend>,
     #[serde(default)]
     standbys: Vec<RawBackend>,
@@ -69,6 +70,23 @@ struct RawFailover {
     #[serde(default, with = "humantime_serde")]
     trigger_wait: Option<Duration>,
     repoint_standbys: Option<bool>,
+    quorum: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCoordination {
+    etcd_endpoints: Option<Vec<String>>,
+    cluster: Option<String>,
+    name: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    lease_ttl: Option<Duration>,
+    user: Option<String>,
+    password: Option<String>,
+    password_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -141,6 +159,24 @@ pub(super) fn apply_file(cfg: &mut Config, raw: RawFile, label: &str, base: Opti
             cfg.read.fallback = parse_fallback(&f).map_err(|e| ConfigError::invalid(label, "read.fallback", e))?;
         }
     }
+    if let Some(c) = raw.coordination {
+        let mut co = super::CoordinationConfig::with_defaults();
+        set(&mut co.etcd_endpoints, c.etcd_endpoints);
+        set(&mut co.cluster, c.cluster);
+        set(&mut co.name, c.name);
+        set(&mut co.lease_ttl, c.lease_ttl);
+        co.user = c.user;
+        if let Some(p) = c.password {
+            co.password = Some(Secret::new(p));
+        }
+        if let Some(p) = c.password_file {
+            co.password = Some(read_secret_file(label, "coordination.password_file", &resolve(base, p))?);
+        }
+        co.ca_file = c.ca_file.map(|p| resolve(base, p));
+        co.cert_file = c.cert_file.map(|p| resolve(base, p));
+        co.key_file = c.key_file.map(|p| resolve(base, p));
+        cfg.coordination = Some(co);
+    }
     if let Some(s) = raw.admin_listen {
         cfg.admin_listen = parse_addr(&s).map_err(|r| ConfigError::invalid(label, "admin_listen", r))?;
     }
@@ -173,6 +209,9 @@ pub(super) fn apply_file(cfg: &mut Config, raw: RawFile, label: &str, base: Opti
         set(&mut cfg.failover.promote_timeout, f.promote_timeout);
         set(&mut cfg.failover.trigger_wait, f.trigger_wait);
         set(&mut cfg.failover.repoint_standbys, f.repoint_standbys);
+        if let Some(q) = f.quorum {
+            cfg.failover.quorum = parse_quorum(&q).map_err(|r| ConfigError::invalid(label, "failover.quorum", r))?;
+        }
     }
     if let Some(p) = raw.proxy {
         set(&mut cfg.proxy.connect_timeout, p.connect_timeout);

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::parse::{parse_addr, parse_bool, parse_log_format, parse_promote, read_secret_file, set, standby_from};
+use super::parse::{parse_addr, parse_bool, parse_log_format, parse_promote, parse_quorum, read_secret_file, set, standby_from};
 use super::{BackendConfig, Config, ConfigError, EnvLookup, Overrides, Secret};
 use crate::duration::parse_duration;
 
@@ -110,6 +110,34 @@ pub(super) fn apply_env(cfg: &mut Config, env: EnvLookup<'_>) -> Result<(), Conf
     if let Some(v) = env("PGFAILOVER_MAX_CLIENT_CONNECTIONS") {
         cfg.proxy.max_client_connections = v.trim().parse().map_err(|_| bad("PGFAILOVER_MAX_CLIENT_CONNECTIONS", format!("{v:?} is not a number")))?;
     }
+    // Coordination: the endpoints turn it on (with the defaults for the rest).
+    if let Some(v) = env("PGFAILOVER_ETCD_ENDPOINTS") {
+        let list: Vec<String> = v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect();
+        cfg.coordination.get_or_insert_with(super::CoordinationConfig::with_defaults).etcd_endpoints = list;
+    }
+    if let Some(c) = cfg.coordination.as_mut() {
+        if let Some(v) = env("PGFAILOVER_CLUSTER") {
+            c.cluster = v;
+        }
+        if let Some(v) = env("PGFAILOVER_NAME") {
+            c.name = v;
+        }
+        if let Some(v) = env("PGFAILOVER_LEASE_TTL") {
+            c.lease_ttl = parse_duration(&v).map_err(|r| bad("PGFAILOVER_LEASE_TTL", r))?;
+        }
+        if let Some(v) = env("PGFAILOVER_ETCD_USER") {
+            c.user = Some(v);
+        }
+        if let Some(v) = env("PGFAILOVER_ETCD_PASSWORD") {
+            c.password = Some(Secret::new(v));
+        }
+        if let Some(p) = env("PGFAILOVER_ETCD_PASSWORD_FILE") {
+            c.password = Some(read_secret_file(ENV, "PGFAILOVER_ETCD_PASSWORD_FILE", Path::new(&p))?);
+        }
+    }
+    if let Some(v) = env("PGFAILOVER_QUORUM") {
+        cfg.failover.quorum = parse_quorum(&v).map_err(|r| bad("PGFAILOVER_QUORUM", r))?;
+    }
     if let Some(v) = env("PGFAILOVER_LOG_LEVEL") {
         cfg.log_level = v;
     }
@@ -148,6 +176,13 @@ pub(super) fn apply_flags(cfg: &mut Config, o: &Overrides) -> Result<(), ConfigE
     }
     if o.state_dir.is_some() {
         cfg.state_dir = o.state_dir.clone();
+    }
+    if !o.etcd_endpoints.is_empty() {
+        cfg.coordination.get_or_insert_with(super::CoordinationConfig::with_defaults).etcd_endpoints = o.etcd_endpoints.clone();
+    }
+    if let Some(c) = cfg.coordination.as_mut() {
+        set(&mut c.cluster, o.cluster.clone());
+        set(&mut c.name, o.name.clone());
     }
     if !o.standbys.is_empty() {
         let mut list = Vec::new();

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use super::{BackendConfig, Balance, ConfigError, Fallback, LogFormat, PromoteMode, Secret};
+use super::{BackendConfig, Balance, ConfigError, Fallback, LogFormat, PromoteMode, Quorum, Secret};
 
 /// A standby inherits the primary's database, credentials and TLS settings.
 pub(super) fn standby_from(primary: &BackendConfig, index: usize) -> BackendConfig {
@@ -63,5 +63,13 @@ pub(super) fn parse_fallback(s: &str) -> Result<Fallback, String> {
         "hold" => Ok(Fallback::Hold),
         "refuse" => Ok(Fallback::Refuse),
         _ => Err(format!("{s:?} is not one of \"primary\", \"hold\", \"refuse\"")),
+    }
+}
+
+pub(super) fn parse_quorum(s: &str) -> Result<Quorum, String> {
+    match s {
+        "majority" => Ok(Quorum::Majority),
+        "leader" => Ok(Quorum::Leader),
+        _ => Err(format!("{s:?} is not one of \"majority\", \"leader\"")),
     }
 }

@@ -56,6 +56,20 @@ pub(super) fn check(cfg: &Config) -> Result<(), Invalid> {
             return v("listen_ro", "must differ from listen and admin_listen");
         }
     }
+    if let Some(c) = &cfg.coordination {
+        if c.etcd_endpoints.is_empty() {
+            return v("coordination.etcd_endpoints", "must name at least one etcd endpoint");
+        }
+        if c.cluster.is_empty() || c.cluster.contains('/') {
+            return v("coordination.cluster", "must be a non-empty name without \"/\"");
+        }
+        if c.name.is_empty() || c.name.contains('/') {
+            return v("coordination.name", "must be a non-empty name without \"/\"");
+        }
+        if c.lease_ttl < Duration::from_secs(2) {
+            return v("coordination.lease_ttl", "must be at least 2s (etcd leases count whole seconds)");
+        }
+    }
     log_filter(&cfg.log_level).map_err(|r| ("log_level".to_string(), r))
 }
 
@@ -93,6 +107,9 @@ pub(super) fn origin(key: &str, file: Option<&Path>, env: EnvLookup<'_>, flags: 
         "admin_listen" => flags.admin_listen.is_some().then_some("--admin-listen"),
         "log_level" => flags.log_level.is_some().then_some("--log-level"),
         k if k.starts_with("standbys[") => (!flags.standbys.is_empty()).then_some("--standby"),
+        "coordination.etcd_endpoints" => (!flags.etcd_endpoints.is_empty()).then_some("--etcd-endpoint"),
+        "coordination.cluster" => flags.cluster.is_some().then_some("--cluster"),
+        "coordination.name" => flags.name.is_some().then_some("--name"),
         _ => None,
     };
     if let Some(f) = flag {
@@ -109,6 +126,10 @@ pub(super) fn origin(key: &str, file: Option<&Path>, env: EnvLookup<'_>, flags: 
         "primary.port" => Some("DB_PORT"),
         "primary.name" => Some("PGFAILOVER_PRIMARY_NAME"),
         k if k.starts_with("standbys[") => Some("PGFAILOVER_STANDBYS"),
+        "coordination.etcd_endpoints" => Some("PGFAILOVER_ETCD_ENDPOINTS"),
+        "coordination.cluster" => Some("PGFAILOVER_CLUSTER"),
+        "coordination.name" => Some("PGFAILOVER_NAME"),
+        "coordination.lease_ttl" => Some("PGFAILOVER_LEASE_TTL"),
         _ => None,
     };
     if let Some(v) = var.filter(|v| env(v).is_some()) {

@@ -46,6 +46,12 @@ pub(super) enum Command {
         primary: usize,
         result: Result<Repointed, OpError>,
     },
+    /// The leader's record of a primary (outside a promotion) was written, or not.
+    Recorded {
+        i: usize,
+        epoch: u64,
+        ok: bool,
+    },
     Trigger {
         req: TriggerRequest,
         reply: oneshot::Sender<Result<Triggered, Refusal>>,

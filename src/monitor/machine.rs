@@ -54,12 +54,14 @@ use super::observation::Observation;
 use super::operations::{OpError, PromoteError, Repointed};
 
 mod backend;
+mod coordination;
 mod decide;
 mod eligibility;
 mod failover;
 mod reads;
 
 pub use backend::{Backend, Fence, FenceKind, Repoint};
+pub use coordination::Coord;
 pub use reads::ReadStanding;
 
 /// Seed state names; the numeric codes are `failover_state`'s values.
@@ -294,6 +296,8 @@ pub struct Machine {
     pub read_only_left: std::collections::BTreeSet<usize>,
     /// When an [`Action::AllowWrites`] for a leftover was last asked for.
     allow_asked: Option<Instant>,
+    /// Coordination through etcd (`None`: this proxy decides alone).
+    pub coord: Option<Coord>,
 }
 
 impl Machine {
@@ -329,6 +333,7 @@ impl Machine {
             attempts: 0,
             read_only_left: Default::default(),
             allow_asked: None,
+            coord: None,
         }
     }
 

@@ -42,6 +42,10 @@ pub enum PromoteError {
     /// The server refused it (e.g. permission denied): nothing was promoted.
     #[error("the server refused the promotion: {0}")]
     Refused(CheckError),
+    /// Coordination did not allow it (this proxy no longer leads, etcd is unreachable):
+    /// nothing was asked of the server.
+    #[error("not allowed: {0}")]
+    NotAllowed(String),
     /// Asked, but not finished in time: the promotion may still complete.
     #[error("{0}")]
     Pending(String),

@@ -107,6 +107,9 @@ pub struct Status {
     pub split_brain_count: u64,
     pub health_check_failures: u64,
     pub failover_in_progress: Option<InFlightStatus>,
+    /// Coordination through etcd: mode, leader, members and their views, etcd reachable,
+    /// last revision (absent when this proxy decides alone).
+    pub coordination: Option<crate::coord::CoordStatus>,
     pub updated_at: String,
     /// Every backend in config order (served by `/failover/health`).
     #[serde(skip)]
@@ -143,6 +146,7 @@ impl Status {
                 phase: m.phase(),
                 switchover: f.switchover,
             }),
+            coordination: None,
             updated_at: rfc3339(SystemTime::now()),
             backends: records,
         }

@@ -21,11 +21,16 @@ use crate::route::{ReadRouteWriter, RouteWriter};
 
 use super::check_error::CheckError;
 use super::handle::{CheckNow, Command, MonitorHandle, Triggered};
+use crate::coord::{Coordinator, Event as CoordEvent};
+
+mod coordinated;
+
 use super::history::{EventKind, Fences, History, Kept};
 use super::machine::{Action, Machine, Now, Outcome, Settings};
 use super::operations::{self, OpError, PromoteError};
 use super::probe::Prober;
 use super::status::Status;
+use coordinated::{next_coord_event, Peers};
 
 /// What the monitor's tasks share to fail closed.
 #[derive(Clone)]
@@ -78,6 +83,7 @@ pub fn spawn(
     history: History,
     mut passive: mpsc::Receiver<usize>,
     life: Lifeline,
+    coordination: Option<(Coordinator, mpsc::Receiver<CoordEvent>)>,
     tracker: &TaskTracker,
 ) -> MonitorHandle {
     let names: Vec<String> = backends.iter().map(|b| b.name.clone()).collect();
@@ -159,8 +165,10 @@ pub fn spawn(
         last_accounted: Instant::now(),
         waiting: HashMap::new(),
         life,
+        coord: coordination.as_ref().map(|(c, _)| c.clone()),
+        peers: Peers::new(cfg.failover.quorum),
     };
-    tracker.spawn(task.run(rx));
+    tracker.spawn(task.run(rx, coordination.map(|(_, e)| e)));
     MonitorHandle { commands, status, history, probe_now }
 }
 
@@ -275,6 +283,10 @@ struct MonitorTask {
     tracker: TaskTracker,
     /// Up to when time without a primary has been added to the metric.
     last_accounted: Instant,
+    /// Coordination through etcd, when configured.
+    coord: Option<Coordinator>,
+    /// What the other proxies say (coordinated only).
+    peers: Peers,
     /// Operators waiting for the outcome of their trigger, by attempt.
     waiting: HashMap<u64, Vec<oneshot::Sender<Outcome>>>,
     life: Lifeline,
@@ -302,10 +314,14 @@ impl Drop for MonitorTask {
 
 impl MonitorTask {
     /// Its own `Drop` fails closed if it ends other than by a shutdown.
-    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>, mut coord_events: Option<mpsc::Receiver<CoordEvent>>) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
+                ev = next_coord_event(&mut coord_events) => {
+                    self.coordination_event(ev);
+                    continue;
+                }
                 _ = self.life.shutdown.cancelled() => break,
                 _ = self.life.fatal.cancelled() => {
                     // A prober died; this task still runs and can leave things writable.
@@ -356,11 +372,21 @@ impl MonitorTask {
                 }
                 self.machine.observe(i, result, took, now)
             }
-            Command::Promoted { attempt, i, result } => self.machine.promoted(attempt, i, result, now),
+            Command::Promoted { attempt, i, result } => {
+                // A promotion that ran was recorded first (coordinated): route by that record
+                // even if its watch event is still on its way.
+                let mut acts = Vec::new();
+                if self.coord.is_some() && result.is_ok() {
+                    acts = self.machine.coordinate(|c| c.record = Some(i), now);
+                }
+                acts.extend(self.machine.promoted(attempt, i, result, now));
+                acts
+            }
             Command::WritesStopped { attempt, i, result } => self.machine.writes_stopped(attempt, i, result, now),
             Command::Replayed { attempt, i, result } => self.machine.replayed(attempt, i, result, now),
             Command::WritesAllowed { attempt, i, result } => self.machine.writes_allowed(attempt, i, result, now),
             Command::Repointed { standby, primary, result } => self.machine.repointed(standby, primary, result, now),
+            Command::Recorded { i, epoch, ok } => self.recorded(i, epoch, ok, now),
             Command::Trigger { req, reply } => {
                 tracing::warn!(who = %req.who, target = req.target.as_deref().unwrap_or("(best standby)"), force = req.force, "manual failover requested");
                 match self.machine.trigger(&req, now) {
@@ -412,6 +438,7 @@ impl MonitorTask {
             h.set_kept(Kept { fences, read_only });
         }
         self.publish();
+        self.sync_coordination();
         for a in answers {
             self.apply(a);
         }
@@ -456,7 +483,20 @@ impl MonitorTask {
             Action::Promote { attempt, backend: i } => {
                 let b = self.backends[i].clone();
                 let failed = Command::Promoted { attempt, i, result: Err(PromoteError::Pending(TASK_FAILED.into())) };
-                self.run_op(async move { Command::Promoted { attempt, i, result: operations::promote(&b, pt, ct).await } }, failed);
+                // Coordinated: the fencing-token transaction records the decision first; no
+                // promotion without it.
+                let record = self.promotion_record(i);
+                self.run_op(
+                    async move {
+                        if let Some((coord, record, fences)) = record {
+                            if let Err(why) = coord.record_primary(record, fences).await {
+                                return Command::Promoted { attempt, i, result: Err(PromoteError::NotAllowed(why)) };
+                            }
+                        }
+                        Command::Promoted { attempt, i, result: operations::promote(&b, pt, ct).await }
+                    },
+                    failed,
+                );
             }
             Action::StopWrites { attempt, backend: i } => {
                 let b = self.backends[i].clone();
@@ -551,7 +591,9 @@ impl MonitorTask {
         }
         self.read_route.set(m.read_route(Instant::now()));
         let r = self.route.current();
-        let status = Status::build(m, &self.backends, r.epoch, &r.reason);
+        let mut status = Status::build(m, &self.backends, r.epoch, &r.reason);
+        status.coordination = self.coord.as_ref().map(Coordinator::status);
+        self.coordination_metrics(&status);
         self.status_tx.send_replace(Arc::new(status));
     }
 }

@@ -17,6 +17,8 @@ use tokio::task::JoinHandle;
 use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;
 
+pub mod etcd;
+
 /// Starts a cluster off the async runtime's worker (it blocks for ~1.5 s).
 pub async fn cluster(standbys: usize) -> Cluster {
     cluster_with(ClusterOptions { standbys, ..Default::default() }).await

@@ -87,7 +87,7 @@ impl Machine {
                     self.abandon(p, now, acts);
                 } else if let Some(w) = self.best_claimant().filter(|w| Some(*w) != from) {
                     self.complete(w, now, acts);
-                } else if self.settings.promote == PromoteMode::Auto && self.confirmed() {
+                } else if self.may_promote() && self.confirmed() {
                     self.choose_candidate(now, acts);
                 }
             }
@@ -112,7 +112,7 @@ impl Machine {
     pub fn phase(&self) -> &'static str {
         match self.in_flight.as_ref().map(|f| &f.step) {
             None => "none",
-            Some(Step::Waiting) if self.settings.promote == PromoteMode::Never => "waiting_for_external_promotion",
+            Some(Step::Waiting) if !self.may_promote() => "waiting_for_external_promotion",
             Some(Step::Waiting) if !self.confirmed() => "confirming",
             Some(Step::Waiting) => "waiting_for_candidate",
             Some(Step::StoppingWrites) => "stopping_writes",
@@ -127,7 +127,7 @@ impl Machine {
     /// of this cluster, not fenced.
     pub(super) fn keepable(&self, t: usize) -> bool {
         let b = &self.backends[t];
-        b.claims_primary() && self.same_cluster(t) && b.fence.is_none()
+        b.claims_primary() && self.same_cluster(t) && b.fence.is_none() && self.recorded(t)
     }
 
     /// May become the route target now: as keepable, and its latest check succeeded.
@@ -159,6 +159,8 @@ impl Machine {
                 b.down_count,
                 b.last_error.as_ref().map(|e| e.to_string()).unwrap_or_else(|| "unknown error".into())
             )
+        } else if !self.recorded(t) {
+            format!("primary {} is no longer the recorded primary: {}", b.name, self.record_note())
         } else if b.in_recovery() {
             format!("primary {} reports in recovery (demoted)", b.name)
         } else {
@@ -192,6 +194,7 @@ impl Machine {
     fn no_route_reason(&self) -> String {
         if let Some(f) = &self.in_flight {
             let phase = match &f.step {
+                Step::Waiting if self.coordination_wait().is_some() => self.coordination_wait().unwrap_or_default(),
                 Step::Waiting if self.settings.promote == PromoteMode::Never => "waiting for another manager to promote a standby".to_string(),
                 Step::Waiting if !self.confirmed() => {
                     format!("promoting a standby if it stays down for {}", humantime::format_duration(self.settings.promote_after()))
@@ -290,7 +293,7 @@ impl Machine {
             return State::Unknown;
         }
         if let Some(f) = &self.in_flight {
-            return if f.to.is_some() || self.settings.promote == PromoteMode::Never { State::FailoverInProgress } else { State::Degraded };
+            return if f.to.is_some() || !self.may_promote() { State::FailoverInProgress } else { State::Degraded };
         }
         let Some(route) = self.route else { return State::Degraded };
         if self.backends.iter().any(|b| b.problem().is_some()) {

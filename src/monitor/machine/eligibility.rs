@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use crate::config::PromoteMode;
 use crate::monitor::observation::format_lsn;
 
 use super::{Action, Machine, Now, Repoint};
@@ -158,7 +157,7 @@ impl Machine {
     /// without streaming otherwise; again every [`REPOINT_RETRY`] while it still does not
     /// follow.
     pub(super) fn plan_repoints(&mut self, now: Now, acts: &mut Vec<Action>) {
-        if !self.settings.repoint_standbys || self.settings.promote != PromoteMode::Auto || self.in_flight.is_some() {
+        if !self.settings.repoint_standbys || !self.may_promote() || self.in_flight.is_some() {
             return;
         }
         let Some(w) = self.route else { return };

@@ -73,6 +73,15 @@ impl Machine {
         if !self.positions_final() {
             return;
         }
+        if let Some(veto) = self.coord.as_ref().and_then(|c| c.veto.clone()) {
+            if self.in_flight.as_ref().is_some_and(|f| f.held_back != Some(usize::MAX)) {
+                tracing::warn!(%veto, "failover waits for the other proxies to agree");
+                if let Some(f) = self.in_flight.as_mut() {
+                    f.held_back = Some(usize::MAX);
+                }
+            }
+            return;
+        }
         let Some(f) = &self.in_flight else { return };
         let mut excluded = f.failed.clone();
         excluded.extend(f.unreached.iter().filter(|(i, at)| self.backends[*i].success_started.is_none_or(|s| s <= *at)).map(|(i, _)| *i));
@@ -117,7 +126,7 @@ impl Machine {
         let Some(f) = &self.in_flight else { return false };
         let b = &self.backends[p];
         let ours = matches!(b.fence, None | Some(Fence { kind: FenceKind::Unreachable | FenceKind::Superseded, .. }));
-        b.fresh() && b.claims_primary() && self.same_cluster(p) && ours && b.obs.as_ref().and_then(|o| o.timeline) == f.from_timeline
+        b.fresh() && b.claims_primary() && self.same_cluster(p) && ours && self.recorded(p) && b.obs.as_ref().and_then(|o| o.timeline) == f.from_timeline
     }
 
     /// Gives the route back to `p`, the old primary: nothing was promoted, so nothing else
@@ -224,7 +233,7 @@ impl Machine {
         f.to = None;
         f.step = Step::Waiting;
         match &e {
-            PromoteError::NotSent(_) => f.unreached.push((c, now.mono)),
+            PromoteError::NotSent(_) | PromoteError::NotAllowed(_) => f.unreached.push((c, now.mono)),
             _ => f.failed.push(c),
         }
         let (from, trigger, switchover, manual, attempt) = (f.from, f.trigger.clone(), f.switchover, f.manual, f.attempt);
@@ -283,6 +292,9 @@ impl Machine {
             return Err(Refusal::Conflict(
                 "failover.promote is \"never\": pgfailover does not promote; promote a standby with your cluster manager and the proxy follows it".into(),
             ));
+        }
+        if let Some(why) = self.coord.as_ref().filter(|c| !(c.is_leader && c.etcd_up)).and_then(|_| self.coordination_wait()) {
+            return Err(Refusal::Conflict(format!("this proxy does not lead the coordinated proxies: {why}")));
         }
         if let Some(f) = &self.in_flight {
             // A failover that is only confirming the outage (or waiting for a candidate)

@@ -1,0 +1,145 @@
+//! Several proxies, one decision: coordination through etcd v3 (an existing, proven store;
+//! never a consensus of our own).
+//!
+//! One [`session`] at a time holds an etcd lease (renewed every third of its TTL), publishes
+//! this proxy's view under `members/<name>` on it, campaigns for leadership in etcd's
+//! election, and watches the cluster's keys ([`records`]). The monitor learns everything
+//! through [`Event`]s and asks for writes through the [`Coordinator`] handle:
+//!
+//! - only the leader promotes, and only after a transaction that succeeds while its election
+//!   key still exists with its create revision (a fencing token) and that records the new
+//!   primary and the old one's fence first;
+//! - every proxy follows the recorded primary and every shared fence;
+//! - a leader that cannot renew its lease steps down before the lease can expire; without
+//!   etcd nobody promotes.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::CoordinationConfig;
+
+pub mod records;
+mod session;
+
+pub use records::{FenceRecord, MemberView, PrimaryRecord, Request, Response};
+
+/// What the coordinator tells the monitor.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// etcd answers (or not).
+    EtcdUp(bool),
+    /// Who leads now (`None`: nobody known), and whether it is this proxy.
+    Leadership { leader: Option<String>, is_leader: bool },
+    /// The recorded primary changed (or is gone).
+    Record(Option<PrimaryRecord>),
+    /// A shared fence was set (`Some`) or lifted (`None`).
+    Fence { backend: String, fence: Option<FenceRecord> },
+    /// The live proxies' views changed.
+    Members(BTreeMap<String, MemberView>),
+}
+
+/// What the coordinator shows (`/failover/status`, metrics).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CoordStatus {
+    pub mode: &'static str,
+    pub name: String,
+    pub cluster: String,
+    pub leader: Option<String>,
+    pub is_leader: bool,
+    pub etcd_reachable: bool,
+    /// The etcd revision of the last change seen.
+    pub last_revision: i64,
+    pub members: Vec<MemberView>,
+    pub recorded_primary: Option<PrimaryRecord>,
+    pub lease_renewal_failures: u64,
+}
+
+pub(crate) enum Cmd {
+    PutFence(String, FenceRecord),
+    DeleteFence(String),
+    View(MemberView),
+    /// The fencing-token transaction before a promotion.
+    Record {
+        record: PrimaryRecord,
+        fences: Vec<(String, FenceRecord)>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// A follower's admin request for the leader; the leader's answer comes back.
+    Forward {
+        request: Request,
+        wait: Duration,
+        reply: oneshot::Sender<Result<Response, String>>,
+    },
+    /// The leader's answer to a forwarded request.
+    Respond {
+        id: String,
+        response: Response,
+    },
+}
+
+/// How the monitor and the admin port talk to the coordinator. Cheap to clone.
+#[derive(Clone)]
+pub struct Coordinator {
+    cmds: mpsc::Sender<Cmd>,
+    status: watch::Receiver<CoordStatus>,
+    pub name: String,
+}
+
+impl Coordinator {
+    /// Starts the coordinator: `events` go to the monitor, `requests` (forwarded admin
+    /// requests, when this proxy leads) to the admin port.
+    pub fn spawn(
+        cfg: CoordinationConfig,
+        events: mpsc::Sender<Event>,
+        requests: mpsc::Sender<Request>,
+        shutdown: CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Coordinator {
+        let (cmds, rx) = mpsc::channel(256);
+        let first = CoordStatus { mode: "etcd", name: cfg.name.clone(), cluster: cfg.cluster.clone(), ..Default::default() };
+        let (status_tx, status) = watch::channel(first);
+        let name = cfg.name.clone();
+        tracker.spawn(session::run(cfg, events, requests, rx, status_tx, shutdown));
+        Coordinator { cmds, status, name }
+    }
+
+    pub fn status(&self) -> CoordStatus {
+        self.status.borrow().clone()
+    }
+
+    pub fn put_fence(&self, backend: String, fence: FenceRecord) {
+        let _ = self.cmds.try_send(Cmd::PutFence(backend, fence));
+    }
+
+    pub fn delete_fence(&self, backend: String) {
+        let _ = self.cmds.try_send(Cmd::DeleteFence(backend));
+    }
+
+    pub fn publish_view(&self, view: MemberView) {
+        let _ = self.cmds.try_send(Cmd::View(view));
+    }
+
+    /// The fencing-token transaction: records `record` (and `fences`) only while this proxy
+    /// still leads. `Err` says why not; nothing may be promoted then.
+    pub async fn record_primary(&self, record: PrimaryRecord, fences: Vec<(String, FenceRecord)>) -> Result<(), String> {
+        let (reply, rx) = oneshot::channel();
+        self.cmds.send(Cmd::Record { record, fences, reply }).await.map_err(|_| "the coordinator stopped".to_string())?;
+        rx.await.map_err(|_| "the coordinator stopped".to_string())?
+    }
+
+    /// Hands an admin request to the leader and waits (up to `wait`) for its answer.
+    pub async fn forward(&self, request: Request, wait: Duration) -> Result<Response, String> {
+        let (reply, rx) = oneshot::channel();
+        self.cmds.send(Cmd::Forward { request, wait, reply }).await.map_err(|_| "the coordinator stopped".to_string())?;
+        rx.await.map_err(|_| "the coordinator stopped".to_string())?
+    }
+
+    pub fn respond(&self, id: String, response: Response) {
+        let _ = self.cmds.try_send(Cmd::Respond { id, response });
+    }
+}
