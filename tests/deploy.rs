@@ -100,6 +100,13 @@ fn shipped_configs_load_and_image_names_agree() {
     let cm = find(&docs, "ConfigMap", "pgfailover-config");
     let k8s = load_toml(cm["data"]["proxy.toml"].as_str().unwrap());
     assert_eq!(k8s.admin_listen.port(), 9432);
+    // Several replicas, coordinated; a drain may evict one of them.
+    let co = k8s.coordination.as_ref().expect("the Kubernetes replicas coordinate through etcd");
+    assert_eq!(co.etcd_endpoints.len(), 3);
+    let replicas = find(&docs, "Deployment", "pgfailover")["spec"]["replicas"].as_u64().unwrap();
+    assert!((2..=3).contains(&replicas), "{replicas} replicas");
+    let pdb = find(&docs, "PodDisruptionBudget", "pgfailover");
+    assert!(pdb["spec"]["maxUnavailable"].as_u64().is_some_and(|n| n >= 1 && n < replicas), "the PDB lets a drain evict a replica");
 
     let dockerfile = repo("Dockerfile");
     let image = dockerfile
@@ -110,6 +117,12 @@ fn shipped_configs_load_and_image_names_agree() {
     assert_eq!(image, format!("pgfailover:{}", env!("CARGO_PKG_VERSION")));
     let compose_file: serde_yaml::Value = serde_yaml::from_str(&repo("docker-compose.yml")).unwrap();
     assert_eq!(compose_file["services"]["pgfailover"]["image"].as_str(), Some(image));
+    // Compose runs etcd and two coordinated proxies.
+    let services = &compose_file["services"];
+    assert!(services["etcd"]["image"].as_str().is_some_and(|i| i.contains("etcd")));
+    assert_eq!(services["pgfailover"]["environment"]["PGFAILOVER_ETCD_ENDPOINTS"], "http://etcd:2379");
+    assert!(services["pgfailover-2"].is_mapping(), "a second proxy");
+    assert_ne!(services["pgfailover"]["hostname"], services["pgfailover-2"]["hostname"], "the proxies' names differ");
     let deploy = find(&docs, "Deployment", "pgfailover");
     let container = &deploy["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(container["image"].as_str(), Some(image));
