@@ -178,3 +178,55 @@ fn repo_example_config_is_valid() {
     assert_eq!(c.primary.name, "pg-a");
     assert_eq!(c.standbys[0].name, "pg-b");
 }
+
+#[test]
+fn coordination_from_file_env_and_flags() {
+    let none = load("", &[], &Overrides::default()).unwrap();
+    assert_eq!(none.coordination, None, "without [coordination], today's behaviour");
+    let text = "[coordination]\netcd_endpoints = [\"http://10.0.0.1:2379\", \"10.0.0.2:2379\"]\ncluster = \"orders\"\nname = \"p1\"\nlease_ttl = \"5s\"\nuser = \"pgf\"\npassword = \"etcdpw\"\n\n[failover]\nquorum = \"leader\"\n";
+    let c = load(text, &[], &Overrides::default()).unwrap();
+    let co = c.coordination.as_ref().unwrap();
+    assert_eq!(co.etcd_endpoints, ["http://10.0.0.1:2379", "10.0.0.2:2379"]);
+    assert_eq!((co.cluster.as_str(), co.name.as_str(), co.lease_ttl), ("orders", "p1", Duration::from_secs(5)));
+    assert_eq!(c.failover.quorum, crate::config::Quorum::Leader);
+    assert!(!format!("{c:?}").contains("etcdpw"), "the etcd password is never printed");
+
+    // The endpoints variable alone turns coordination on, with the defaults for the rest.
+    let c = load("", &[("PGFAILOVER_ETCD_ENDPOINTS", "http://e1:2379, http://e2:2379"), ("PGFAILOVER_NAME", "px")], &Overrides::default()).unwrap();
+    let co = c.coordination.unwrap();
+    assert_eq!(co.etcd_endpoints, ["http://e1:2379", "http://e2:2379"]);
+    assert_eq!((co.cluster.as_str(), co.name.as_str(), co.lease_ttl), ("main", "px", Duration::from_secs(3)));
+    assert_eq!(c.failover.quorum, crate::config::Quorum::Majority);
+
+    // Flags beat the environment, which beats the file.
+    let flags = Overrides { etcd_endpoints: vec!["http://f:2379".into()], cluster: Some("fc".into()), ..Default::default() };
+    let c = load(text, &[("PGFAILOVER_CLUSTER", "ec"), ("PGFAILOVER_LEASE_TTL", "4s")], &flags).unwrap();
+    let co = c.coordination.unwrap();
+    assert_eq!((co.etcd_endpoints[0].as_str(), co.cluster.as_str(), co.lease_ttl), ("http://f:2379", "fc", Duration::from_secs(4)));
+}
+
+#[test]
+fn bad_coordination_values_are_named() {
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a [&'a str]);
+    let cases: &[Case] = &[
+        ("[coordination]\netcd_endpoints = []\n", &[], &["coordination.etcd_endpoints", "at least one"]),
+        ("[coordination]\netcd_endpoints = [\"ftp://e:2379\"]\n", &[], &["coordination.etcd_endpoints", "http or https"]),
+        ("[coordination]\netcd_endpoints = [\"http://e\"]\n", &[], &["coordination.etcd_endpoints", "etcd client URL"]),
+        ("[coordination]\ncluster = \"a/b\"\n", &[], &["coordination.cluster", "without \"/\""]),
+        ("[coordination]\nlease_ttl = \"500ms\"\n", &[], &["coordination.lease_ttl", "at least 2s"]),
+        ("[coordination]\nca_file = \"/etc/hostname\"\n", &[], &["coordination.ca_file", "https"]),
+        ("[coordination]\netcd_endpoints = [\"https://e:2379\"]\ncert_file = \"/etc/hostname\"\n", &[], &["coordination.cert_file", "key_file"]),
+        ("[coordination]\netcd_endpoints = [\"https://e:2379\"]\nca_file = \"/nonexistent/ca.pem\"\n", &[], &["coordination.ca_file", "/nonexistent/ca.pem"]),
+        ("[coordination]\npassword = \"x\"\n", &[], &["coordination.user", "needs a user"]),
+        ("[coordination]\nwhat = 1\n", &[], &["what"]),
+        ("[failover]\nquorum = \"most\"\n", &[], &["failover.quorum"]),
+        ("", &[("PGFAILOVER_ETCD_ENDPOINTS", "http://e:2379"), ("PGFAILOVER_LEASE_TTL", "1s")], &["PGFAILOVER_LEASE_TTL", "at least 2s"]),
+        ("", &[("PGFAILOVER_QUORUM", "all")], &["PGFAILOVER_QUORUM"]),
+    ];
+    for (text, env, needles) in cases {
+        let e = err(text, env);
+        for n in *needles {
+            assert!(e.contains(n), "{text:?} {env:?}: {e:?} lacks {n:?}");
+        }
+    }
+}

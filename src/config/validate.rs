@@ -69,6 +69,34 @@ pub(super) fn check(cfg: &Config) -> Result<(), Invalid> {
         if c.lease_ttl < Duration::from_secs(2) {
             return v("coordination.lease_ttl", "must be at least 2s (etcd leases count whole seconds)");
         }
+        for e in &c.etcd_endpoints {
+            let rest = match e.split_once("://") {
+                Some(("http" | "https", rest)) => rest,
+                Some((scheme, _)) => return v("coordination.etcd_endpoints", &format!("{e:?}: the scheme must be http or https, not {scheme:?}")),
+                None => e.as_str(),
+            };
+            let port = rest.rsplit_once(':').map(|(_, p)| p.trim_end_matches('/'));
+            if rest.is_empty() || (rest.contains('/') && !rest.ends_with('/')) || port.is_none_or(|p| p.parse::<u16>().is_err()) {
+                return v("coordination.etcd_endpoints", &format!("{e:?} is not an etcd client URL such as http://127.0.0.1:2379"));
+            }
+        }
+        let tls = c.etcd_endpoints.iter().any(|e| e.starts_with("https://"));
+        if (c.ca_file.is_some() || c.cert_file.is_some()) && !tls {
+            return v("coordination.ca_file", "TLS files are set but no etcd endpoint is https://");
+        }
+        if c.cert_file.is_some() != c.key_file.is_some() {
+            return v("coordination.cert_file", "cert_file and key_file go together");
+        }
+        for (key, file) in [("coordination.ca_file", &c.ca_file), ("coordination.cert_file", &c.cert_file), ("coordination.key_file", &c.key_file)] {
+            if let Some(f) = file {
+                if let Err(e) = std::fs::metadata(f) {
+                    return v(key, &format!("{}: {e}", f.display()));
+                }
+            }
+        }
+        if c.password.is_some() && c.user.is_none() {
+            return v("coordination.user", "an etcd password needs a user");
+        }
     }
     log_filter(&cfg.log_level).map_err(|r| ("log_level".to_string(), r))
 }

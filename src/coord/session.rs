@@ -122,14 +122,20 @@ fn options(cfg: &CoordinationConfig, request_timeout: Option<Duration>) -> Resul
     if let Some(u) = &cfg.user {
         o = o.with_user(u.clone(), cfg.password.as_ref().map(|p| p.expose().to_string()).unwrap_or_default());
     }
-    if cfg.ca_file.is_some() || cfg.cert_file.is_some() {
+    if cfg.etcd_endpoints.iter().any(|e| e.starts_with("https://")) {
         let read = |p: &Option<std::path::PathBuf>| -> Result<Vec<u8>, String> {
             match p {
                 Some(p) => std::fs::read(p).map_err(|e| format!("{}: {e}", p.display())),
                 None => Ok(Vec::new()),
             }
         };
-        let tls = OpenSslClientConfig::default().ca_cert_pem(&read(&cfg.ca_file)?).client_cert_pem_and_key(&read(&cfg.cert_file)?, &read(&cfg.key_file)?);
+        let mut tls = OpenSslClientConfig::default();
+        if cfg.ca_file.is_some() {
+            tls = tls.ca_cert_pem(&read(&cfg.ca_file)?);
+        }
+        if cfg.cert_file.is_some() {
+            tls = tls.client_cert_pem_and_key(&read(&cfg.cert_file)?, &read(&cfg.key_file)?);
+        }
         o = o.with_openssl_tls(tls);
     }
     Ok(o)

@@ -91,6 +91,9 @@ pub struct Backend {
     /// at or before it). A standby still on the old timeline with more WAL than this has
     /// diverged from it.
     pub fork_lsn: Option<u64>,
+    /// When another coordinated proxy's fence arrived: only a check begun after it may
+    /// show the backend rebuilt as a standby (an older one may predate what that proxy saw).
+    pub peer_fenced_at: Option<Instant>,
 }
 
 impl Backend {
@@ -119,6 +122,7 @@ impl Backend {
             behind_since: None,
             repoint: None,
             fork_lsn: None,
+            peer_fenced_at: None,
         }
     }
 

@@ -103,11 +103,13 @@ impl Machine {
                 tracing::warn!(backend = %self.backends[i].name, by, reason = %f.reason, "fenced by another proxy");
                 let reason = format!("fenced by {by}: {}", f.reason);
                 self.backends[i].fence = Some(Fence { kind: f.kind, reason: reason.clone() });
+                self.backends[i].peer_fenced_at = Some(now.mono);
                 acts.push(self.event(now, EventKind::Fence, Some(i), None, reason, Trigger::External));
             }
             None if self.backends[i].fence.is_some() => {
                 tracing::info!(backend = %self.backends[i].name, by, "unfenced by another proxy");
                 self.backends[i].fence = None;
+                self.backends[i].peer_fenced_at = None;
                 acts.push(self.event(now, EventKind::Unfence, Some(i), None, format!("unfenced by {by}"), Trigger::External));
             }
             _ => {}

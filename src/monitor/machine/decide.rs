@@ -247,7 +247,8 @@ impl Machine {
             .iter()
             .copied()
             .filter(|i| self.backends[*i].fence.is_none())
-            .max_by_key(|i| (self.backends[*i].timeline(), self.route == Some(*i), self.backends[*i].lsn(), Reverse(*i)))
+            // Coordinated, the recorded primary wins: every proxy follows the record.
+            .max_by_key(|i| (self.recorded(*i), self.backends[*i].timeline(), self.route == Some(*i), self.backends[*i].lsn(), Reverse(*i)))
         else {
             return;
         };
@@ -280,8 +281,10 @@ impl Machine {
         for i in 0..self.backends.len() {
             let b = &self.backends[i];
             let may_still_promote = matches!(b.fence, Some(Fence { kind: FenceKind::PromotionAsked, .. }));
-            if b.fence.is_some() && !may_still_promote && b.fresh() && b.in_recovery() && self.same_cluster(i) {
+            let seen_since = b.peer_fenced_at.is_none_or(|f| b.success_started.is_some_and(|s| s > f));
+            if b.fence.is_some() && !may_still_promote && seen_since && b.fresh() && b.in_recovery() && self.same_cluster(i) {
                 self.backends[i].fence = None;
+                self.backends[i].peer_fenced_at = None;
                 tracing::info!(backend = %self.backends[i].name, "unfenced: reports in recovery");
                 acts.push(self.event(now, EventKind::Unfence, Some(i), None, "reports in recovery (rebuilt as a standby)".into(), Trigger::Automatic));
             }

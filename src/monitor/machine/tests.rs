@@ -3,6 +3,7 @@ use std::time::Duration;
 use super::*;
 use crate::monitor::observation::Receiver;
 
+mod coordinated;
 mod failover;
 mod safety;
 
