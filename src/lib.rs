@@ -24,6 +24,7 @@ pub mod admin;
 pub mod config;
 pub mod coord;
 pub mod duration;
+pub mod localetcd;
 pub mod localpg;
 pub mod metrics;
 pub mod monitor;

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::etcd::Etcd;
+use common::etcd::{self, Etcd};
 use common::*;
 use pgfailover::localpg::{free_port, Cluster};
 use serde_json::Value;
@@ -175,16 +175,26 @@ async fn all(ps: &[&ProxyProc], what: &str, cond: impl Fn(&ProxyProc, &Value) ->
     .await
 }
 
-/// Every proxy knows the same leader, it is one of them, and every proxy routes to `primary`.
+/// Every proxy knows the same leader, which is one of them and says so, `primary` is
+/// recorded, and every proxy routes to it. Returns the leader's name.
 async fn agreed(ps: &[&ProxyProc], primary: &str) -> String {
-    let st = all(ps, &format!("every proxy follows one leader and routes to {primary}"), |_, s| {
-        routed(s) == Some(primary) && leader(s).is_some() && s["coordination"]["etcdReachable"] == true
+    let what = format!("every proxy follows one leader and routes to the recorded {primary}");
+    let st = eventually(LIMIT, &what, || async {
+        let mut st = Vec::new();
+        for p in ps {
+            let s = p.status().await;
+            let ok = routed(&s) == Some(primary) && s["coordination"]["etcdReachable"] == true && s["coordination"]["recordedPrimary"]["name"] == primary;
+            if !ok || leader(&s).is_none() || leads(&s) != (leader(&s) == Some(p.name.as_str())) {
+                return None;
+            }
+            st.push(s);
+        }
+        let l = leader(&st[0]).map(str::to_string);
+        st.iter().all(|s| leader(s).map(str::to_string) == l).then_some(st)
     })
     .await;
-    let l = leader(&st[0]).unwrap().to_string();
-    assert!(st.iter().all(|s| leader(s) == Some(l.as_str())), "one leader: {st:#?}");
     assert_eq!(st.iter().filter(|s| leads(s)).count(), 1, "exactly one proxy leads: {st:#?}");
-    l
+    leader(&st[0]).unwrap().to_string()
 }
 
 /// Promotions PostgreSQL itself logged, across every node.
@@ -208,7 +218,7 @@ async fn session_port(addr: SocketAddr, pw: &str) -> i32 {
 async fn three_proxies_one_promotion_everyone_follows_and_the_old_primary_stays_fenced() {
     // Synchronous (ANY 1): an acknowledged commit is on a standby when the primary dies.
     let c = cluster_with(pgfailover::localpg::ClusterOptions { standbys: 2, synchronous: true, ..Default::default() }).await;
-    let etcd = Etcd::start(1).await;
+    let etcd = etcd::start(1).await;
     let o = Opts::new(&etcd);
     let pw = c.options.password.clone();
     let (p1, p2, p3) = (ProxyProc::start(&c, "p1", &o, &[]).await, ProxyProc::start(&c, "p2", &o, &[]).await, ProxyProc::start(&c, "p3", &o, &[]).await);
@@ -249,7 +259,7 @@ async fn three_proxies_one_promotion_everyone_follows_and_the_old_primary_stays_
         let reason = backend_status(&s, "pg-a")["fenceReason"].as_str().unwrap_or_default().to_string();
         assert!(reason.starts_with(&format!("fenced by {lead}")), "{}: {reason}", p.name);
     }
-    let mut kv = etcd.client().await;
+    let mut kv = etcd::client(&etcd).await;
     let rec = kv.get("/pgfailover/main/primary", None).await.unwrap();
     let rec: Value = serde_json::from_slice(rec.kvs()[0].value()).unwrap();
     assert_eq!(rec["name"], new.as_str());
@@ -280,7 +290,7 @@ async fn blocking_mut<T: Send + 'static>(c: &mut Cluster, f: impl FnOnce(&mut Cl
 async fn a_frozen_leader_is_replaced_and_when_it_thaws_it_follows_the_record() {
     // Synchronous (ANY 1): an acknowledged commit is on a standby when the primary dies.
     let c = cluster_with(pgfailover::localpg::ClusterOptions { standbys: 2, synchronous: true, ..Default::default() }).await;
-    let etcd = Etcd::start(1).await;
+    let etcd = etcd::start(1).await;
     let o = Opts { lease_ttl: "2s", ..Opts::new(&etcd) };
     let pw = c.options.password.clone();
     let mut ps = vec![ProxyProc::start(&c, "p1", &o, &[]).await, ProxyProc::start(&c, "p2", &o, &[]).await, ProxyProc::start(&c, "p3", &o, &[]).await];
@@ -316,13 +326,20 @@ async fn a_frozen_leader_is_replaced_and_when_it_thaws_it_follows_the_record() {
         assert_eq!(f.len(), 1, "{}: {f:#?}", p.name);
         assert_eq!(f[0]["to"], new.as_str());
     }
-    assert!(old.status().await["coordination"]["leaseRenewalFailures"].as_u64().unwrap() >= 1, "the thawed leader saw its lease lost");
+    assert!(old.log().contains("stepped down as the coordinating leader"), "the thawed leader says it stepped down");
+    // Whatever the thawed leader's stale view made of the new primary, nobody fences it.
+    for p in &ps {
+        let s = p.status().await;
+        assert_eq!(backend_status(&s, &new)["fenced"], false, "{}: {:#}", p.name, backend_status(&s, &new));
+    }
+    let mut kv = etcd::client(&etcd).await;
+    assert!(kv.get(format!("/pgfailover/main/fences/{new}"), None).await.unwrap().kvs().is_empty(), "no shared fence on the new primary");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_an_etcd_quorum_nothing_is_promoted_and_coordination_resumes_when_it_returns() {
     let c = cluster(1).await;
-    let mut etcd = Etcd::start(3).await;
+    let mut etcd = etcd::start(3).await;
     let o = Opts { hold_timeout: "1s", ..Opts::new(&etcd) };
     let pw = c.options.password.clone();
     let (p1, p2) = (ProxyProc::start(&c, "p1", &o, &[]).await, ProxyProc::start(&c, "p2", &o, &[]).await);
@@ -362,9 +379,9 @@ async fn without_an_etcd_quorum_nothing_is_promoted_and_coordination_resumes_whe
     assert!(db.message().contains("etcd is unreachable"), "{}", db.message());
 
     // etcd is back: a leader is elected and fails over.
-    etcd.restart(1);
-    etcd.restart(2);
-    etcd.wait_ready(LIMIT).await;
+    etcd.restart(1).unwrap();
+    etcd.restart(2).unwrap();
+    etcd::wait_ready(&etcd, LIMIT);
     agreed(&ps, "pg-b").await;
     assert_eq!(promotions(&c), 1);
     assert_eq!(session_port(p1.listen, &pw).await, c.nodes[1].port as i32);
@@ -433,7 +450,7 @@ async fn pump(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_proxy_cut_off_from_the_primary_causes_no_failover() {
     let c = cluster(1).await;
-    let etcd = Etcd::start(1).await;
+    let etcd = etcd::start(1).await;
     let o = Opts::new(&etcd);
     let pw = c.options.password.clone();
     // The leader is the proxy that loses its path: the strongest case (it is the one that
@@ -473,7 +490,7 @@ async fn one_proxy_cut_off_from_the_primary_causes_no_failover() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_hands_admin_requests_to_the_leader() {
     let c = cluster(1).await;
-    let etcd = Etcd::start(1).await;
+    let etcd = etcd::start(1).await;
     let o = Opts::new(&etcd);
     let pw = c.options.password.clone();
     let p1 = ProxyProc::start(&c, "p1", &o, &[]).await;

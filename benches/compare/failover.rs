@@ -1,5 +1,7 @@
 //! Failover time: immediate stop of the primary → first write acknowledged through the proxy
-//! by the promoted standby, with a new connection + INSERT every 20 ms.
+//! by the promoted standby, with a new connection + INSERT every 20 ms. With several proxies
+//! coordinated through etcd, the connections go to each proxy in turn and the clock stops at
+//! the first write acknowledged through any of them.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,6 +12,7 @@ use pgfailover::localpg::{Cluster, ClusterOptions};
 use tokio_postgres::NoTls;
 
 use crate::targets;
+use pgfailover::localetcd::Etcd;
 
 pub struct Trial {
     pub time: Duration,
@@ -18,7 +21,9 @@ pub struct Trial {
     pub writes_lost_sessions: u64,
 }
 
-pub fn trial(dir: &Path) -> Trial {
+/// One trial with `proxies` pgfailover instances: 1 alone, more coordinated through a
+/// one-member etcd (`etcd` must then be given).
+pub fn trial(dir: &Path, proxies: usize, etcd: Option<&Etcd>) -> Trial {
     let c = Cluster::start(ClusterOptions { standbys: 1, ..Default::default() }).expect("cluster");
     let pw = c.options.password.clone();
     c.psql(0, "CREATE TABLE w(at timestamptz DEFAULT now(), port int)").unwrap();
@@ -27,21 +32,43 @@ pub fn trial(dir: &Path) -> Trial {
         assert!(Instant::now() < deadline, "table never replicated");
         std::thread::sleep(Duration::from_millis(10));
     }
-    let proxy = targets::pgfailover(dir, c.nodes[0].port, Some(c.nodes[1].port), &pw, "250ms", "500ms");
+    let targets: Vec<targets::Target> = match etcd {
+        None => vec![targets::pgfailover(dir, c.nodes[0].port, Some(c.nodes[1].port), &pw, "250ms", "500ms")],
+        Some(e) => {
+            // A cluster name of its own per trial: no record left by the previous one.
+            let cluster = format!("bench-{}", c.nodes[0].port);
+            (0..proxies)
+                .map(|i| targets::pgfailover_coordinated(dir, c.nodes[0].port, c.nodes[1].port, &pw, &e.endpoints(), &format!("p{i}"), &cluster))
+                .collect()
+        }
+    };
+    if etcd.is_some() {
+        // Everyone follows one leader that has recorded the primary.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let st: Vec<String> = targets.iter().filter_map(|t| targets::http_get(t.admin.unwrap(), "/failover/status")).collect();
+            let leaders = st.iter().filter(|s| s.contains("\"isLeader\":true")).count();
+            if st.len() == targets.len() && leaders == 1 && st.iter().all(|s| s.contains("\"recordedPrimary\":{\"name\":\"pg-a\"")) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the coordinated proxies never agreed");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
     let standby_port = c.nodes[1].port as i32;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let refused = Arc::new(AtomicU64::new(0));
     let cut = Arc::new(AtomicU64::new(0));
     let first_on_standby: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
-    let conn = format!("host=127.0.0.1 port={} user=postgres password={pw} dbname=postgres", proxy.addr.port());
+    let conns: Vec<String> = targets.iter().map(|t| format!("host=127.0.0.1 port={} user=postgres password={pw} dbname=postgres", t.addr.port())).collect();
     let (r2, c2, f2) = (refused.clone(), cut.clone(), first_on_standby.clone());
     let writer = rt.spawn(async move {
-        loop {
+        for conn in conns.iter().cycle() {
             if f2.lock().unwrap().is_some() {
                 return;
             }
             let tick = tokio::time::sleep(Duration::from_millis(20));
-            match tokio_postgres::connect(&conn, NoTls).await {
+            match tokio_postgres::connect(conn, NoTls).await {
                 Ok((client, connection)) => {
                     tokio::spawn(connection);
                     match client.query_one("INSERT INTO w(port) VALUES (inet_server_port()) RETURNING port", &[]).await {
@@ -78,6 +105,6 @@ pub fn trial(dir: &Path) -> Trial {
         std::thread::sleep(Duration::from_millis(5));
     };
     rt.block_on(writer).unwrap();
-    drop(proxy);
+    drop(targets);
     Trial { time: at - killed, refused: refused.load(Ordering::Relaxed), writes_lost_sessions: cut.load(Ordering::Relaxed) }
 }

@@ -272,20 +272,31 @@ fn failover_times(dir: &std::path::Path) {
     let trials: usize = env_or("BENCH_FAILOVER_TRIALS", 5);
     println!("failover: immediate stop of the primary -> first INSERT acknowledged by the promoted standby");
     println!("(new connection + INSERT every 20 ms; interval 250ms, timeout 500ms, threshold 3)");
-    let mut times = Vec::new();
-    let mut refused = 0;
-    for i in 0..trials {
-        let t = failover::trial(dir);
-        println!(
-            "trial {}: {:.0} ms, refused connections {}, sessions cut in flight {}",
-            i + 1,
-            t.time.as_secs_f64() * 1000.0,
-            t.refused,
-            t.writes_lost_sessions
-        );
-        times.push(t.time.as_secs_f64() * 1000.0);
-        refused += t.refused;
+    println!("one proxy alone, and three proxies coordinated through etcd (connections to each in turn), interleaved");
+    // etcd for the coordinated trials, when installed (Debian: etcd-server).
+    let etcd = pgfailover::localetcd::Etcd::start(1).map_err(|e| println!("coordinated trials skipped: {e}")).ok();
+    let mut rows: Vec<(&str, usize, Vec<f64>, u64)> = vec![("1 proxy", 1, Vec::new(), 0)];
+    if etcd.is_some() {
+        rows.push(("3 coordinated proxies", 3, Vec::new(), 0));
     }
-    let max = times.iter().cloned().fold(0.0, f64::max);
-    println!("| failover | median {:.0} ms | max {:.0} ms | refused {} |\n", median(&mut times), max, refused);
+    for i in 0..trials {
+        for (label, n, times, refused) in rows.iter_mut() {
+            let t = failover::trial(dir, *n, etcd.as_ref().filter(|_| *n > 1));
+            println!(
+                "trial {} ({label}): {:.0} ms, refused connections {}, sessions cut in flight {}",
+                i + 1,
+                t.time.as_secs_f64() * 1000.0,
+                t.refused,
+                t.writes_lost_sessions
+            );
+            times.push(t.time.as_secs_f64() * 1000.0);
+            *refused += t.refused;
+        }
+    }
+    for (label, _, times, refused) in rows.iter_mut() {
+        let max = times.iter().cloned().fold(0.0, f64::max);
+        let min = times.iter().cloned().fold(f64::INFINITY, f64::min);
+        println!("| failover, {label} | median {:.0} ms | min {min:.0} ms | max {max:.0} ms | refused {refused} |", median(times));
+    }
+    println!();
 }

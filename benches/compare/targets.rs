@@ -58,12 +58,19 @@ pub fn pgfailover(dir: &Path, primary: u16, standby: Option<u16>, password: &str
 
 /// pgfailover with `proxy.worker_threads` set (None: the default).
 pub fn pgfailover_threads(dir: &Path, primary: u16, standby: Option<u16>, password: &str, interval: &str, timeout: &str, threads: Option<usize>) -> Target {
-    pgfailover_with(dir, primary, standby, password, interval, timeout, threads, false)
+    pgfailover_with(dir, primary, standby, password, interval, timeout, threads, false, "")
+}
+
+/// pgfailover coordinated with others through etcd (`[coordination]`, this proxy's `name`).
+pub fn pgfailover_coordinated(dir: &Path, primary: u16, standby: u16, password: &str, endpoints: &[String], name: &str, cluster: &str) -> Target {
+    let list = endpoints.iter().map(|e| format!("{e:?}")).collect::<Vec<_>>().join(", ");
+    let extra = format!("[coordination]\netcd_endpoints = [{list}]\ncluster = \"{cluster}\"\nname = \"{name}\"\n");
+    pgfailover_with(dir, primary, Some(standby), password, "250ms", "500ms", None, false, &extra)
 }
 
 /// pgfailover's read-only port in front of `standby` (the target's address is `listen_ro`).
 pub fn pgfailover_read(dir: &Path, primary: u16, standby: u16, password: &str) -> Target {
-    pgfailover_with(dir, primary, Some(standby), password, "1s", "1s", None, true)
+    pgfailover_with(dir, primary, Some(standby), password, "1s", "1s", None, true, "")
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -76,6 +83,7 @@ fn pgfailover_with(
     timeout: &str,
     threads: Option<usize>,
     read: bool,
+    extra: &str,
 ) -> Target {
     let main = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
     let ro = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
@@ -86,7 +94,7 @@ fn pgfailover_with(
         &cfg,
         format!(
             "listen = \"{main}\"\n{}admin_listen = \"{admin}\"\nlog_level = \"info\"\n[health]\ninterval = \"{interval}\"\ntimeout = \"{timeout}\"\n\
-             [primary]\nname = \"pg-a\"\nport = {primary}\n{}",
+             {extra}[primary]\nname = \"pg-a\"\nport = {primary}\n{}",
             if read { format!("listen_ro = \"{ro}\"\n") } else { String::new() },
             standby.map(|p| format!("[[standbys]]\nname = \"pg-b\"\nport = {p}\n")).unwrap_or_default()
         ),
@@ -253,7 +261,7 @@ fn get_json(admin: SocketAddr, path: &str) -> Option<serde_json::Value> {
 }
 
 /// The whole HTTP/1.1 response to `GET path` on pgfailover's admin port.
-fn http_get(admin: SocketAddr, path: &str) -> Option<String> {
+pub fn http_get(admin: SocketAddr, path: &str) -> Option<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(admin).ok()?;
     s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).ok()?;

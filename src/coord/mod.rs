@@ -27,7 +27,8 @@ mod session;
 
 pub use records::{FenceRecord, MemberView, PrimaryRecord, Request, Response};
 
-/// What the coordinator tells the monitor.
+/// What the coordinator tells the monitor. They come in batches (one etcd read or one watch
+/// response each), to be applied together before anything is re-decided.
 #[derive(Clone, Debug)]
 pub enum Event {
     /// etcd answers (or not).
@@ -40,6 +41,9 @@ pub enum Event {
     Fence { backend: String, fence: Option<FenceRecord> },
     /// The live proxies' views changed.
     Members(BTreeMap<String, MemberView>),
+    /// The end of a session's first read: every shared key is known now (fences missing
+    /// from etcd are not shared any more).
+    Loaded,
 }
 
 /// What the coordinator shows (`/failover/status`, metrics).
@@ -62,11 +66,14 @@ pub struct CoordStatus {
 pub(crate) enum Cmd {
     PutFence(String, FenceRecord),
     DeleteFence(String),
-    View(MemberView),
     /// The fencing-token transaction before a promotion.
     Record {
         record: PrimaryRecord,
         fences: Vec<(String, FenceRecord)>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// The fencing token alone: this proxy still leads (before a switchover stops writes).
+    Confirm {
         reply: oneshot::Sender<Result<(), String>>,
     },
     /// A follower's admin request for the leader; the leader's answer comes back.
@@ -85,7 +92,10 @@ pub(crate) enum Cmd {
 /// How the monitor and the admin port talk to the coordinator. Cheap to clone.
 #[derive(Clone)]
 pub struct Coordinator {
-    cmds: mpsc::Sender<Cmd>,
+    /// Unbounded: fence changes must never be dropped, and they are few (one per change).
+    cmds: mpsc::UnboundedSender<Cmd>,
+    /// This proxy's view: only the latest matters.
+    view: std::sync::Arc<watch::Sender<Option<MemberView>>>,
     status: watch::Receiver<CoordStatus>,
     pub name: String,
 }
@@ -95,17 +105,18 @@ impl Coordinator {
     /// requests, when this proxy leads) to the admin port.
     pub fn spawn(
         cfg: CoordinationConfig,
-        events: mpsc::Sender<Event>,
+        events: mpsc::Sender<Vec<Event>>,
         requests: mpsc::Sender<Request>,
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) -> Coordinator {
-        let (cmds, rx) = mpsc::channel(256);
+        let (cmds, rx) = mpsc::unbounded_channel();
+        let (view, view_rx) = watch::channel(None);
         let first = CoordStatus { mode: "etcd", name: cfg.name.clone(), cluster: cfg.cluster.clone(), ..Default::default() };
         let (status_tx, status) = watch::channel(first);
         let name = cfg.name.clone();
-        tracker.spawn(session::run(cfg, events, requests, rx, status_tx, shutdown));
-        Coordinator { cmds, status, name }
+        tracker.spawn(session::run(cfg, session::Channels { events, requests, cmds: rx, view: view_rx, status: status_tx }, shutdown));
+        Coordinator { cmds, view: std::sync::Arc::new(view), status, name }
     }
 
     pub fn status(&self) -> CoordStatus {
@@ -113,33 +124,45 @@ impl Coordinator {
     }
 
     pub fn put_fence(&self, backend: String, fence: FenceRecord) {
-        let _ = self.cmds.try_send(Cmd::PutFence(backend, fence));
+        let _ = self.cmds.send(Cmd::PutFence(backend, fence));
     }
 
     pub fn delete_fence(&self, backend: String) {
-        let _ = self.cmds.try_send(Cmd::DeleteFence(backend));
+        let _ = self.cmds.send(Cmd::DeleteFence(backend));
     }
 
     pub fn publish_view(&self, view: MemberView) {
-        let _ = self.cmds.try_send(Cmd::View(view));
+        self.view.send_if_modified(|v| {
+            let changed = v.as_ref() != Some(&view);
+            *v = Some(view);
+            changed
+        });
     }
 
     /// The fencing-token transaction: records `record` (and `fences`) only while this proxy
-    /// still leads. `Err` says why not; nothing may be promoted then.
+    /// still leads and the record is the one it last saw. `Err` says why not; nothing may be
+    /// promoted then.
     pub async fn record_primary(&self, record: PrimaryRecord, fences: Vec<(String, FenceRecord)>) -> Result<(), String> {
         let (reply, rx) = oneshot::channel();
-        self.cmds.send(Cmd::Record { record, fences, reply }).await.map_err(|_| "the coordinator stopped".to_string())?;
+        self.cmds.send(Cmd::Record { record, fences, reply }).map_err(|_| "the coordinator stopped".to_string())?;
+        rx.await.map_err(|_| "the coordinator stopped".to_string())?
+    }
+
+    /// Whether this proxy still holds the leadership (its election key), asked of etcd.
+    pub async fn confirm_leadership(&self) -> Result<(), String> {
+        let (reply, rx) = oneshot::channel();
+        self.cmds.send(Cmd::Confirm { reply }).map_err(|_| "the coordinator stopped".to_string())?;
         rx.await.map_err(|_| "the coordinator stopped".to_string())?
     }
 
     /// Hands an admin request to the leader and waits (up to `wait`) for its answer.
     pub async fn forward(&self, request: Request, wait: Duration) -> Result<Response, String> {
         let (reply, rx) = oneshot::channel();
-        self.cmds.send(Cmd::Forward { request, wait, reply }).await.map_err(|_| "the coordinator stopped".to_string())?;
+        self.cmds.send(Cmd::Forward { request, wait, reply }).map_err(|_| "the coordinator stopped".to_string())?;
         rx.await.map_err(|_| "the coordinator stopped".to_string())?
     }
 
     pub fn respond(&self, id: String, response: Response) {
-        let _ = self.cmds.try_send(Cmd::Respond { id, response });
+        let _ = self.cmds.send(Cmd::Respond { id, response });
     }
 }

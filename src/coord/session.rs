@@ -15,6 +15,15 @@ use crate::config::CoordinationConfig;
 use super::records::{FenceRecord, KeyKind, Keys, MemberView, PrimaryRecord, Request, Response};
 use super::{Cmd, CoordStatus, Event};
 
+/// The coordinator's ends of its channels.
+pub(super) struct Channels {
+    pub events: mpsc::Sender<Vec<Event>>,
+    pub requests: mpsc::Sender<Request>,
+    pub cmds: mpsc::UnboundedReceiver<Cmd>,
+    pub view: watch::Receiver<Option<MemberView>>,
+    pub status: watch::Sender<CoordStatus>,
+}
+
 /// What this proxy knows of the shared keys, kept across sessions.
 struct Mirror {
     keys: Keys,
@@ -23,12 +32,16 @@ struct Mirror {
     election: BTreeMap<String, (i64, String)>,
     members: BTreeMap<String, MemberView>,
     record: Option<PrimaryRecord>,
+    /// The record's mod revision (0: none): a new record must replace exactly this one.
+    record_rev: i64,
     fences: BTreeMap<String, FenceRecord>,
     /// Requests seen and handed to the admin port (when leading).
     handled: HashSet<String>,
     /// This proxy's own election key and its create revision, while it leads.
     leading: Option<(String, i64)>,
-    view: Option<MemberView>,
+    /// The lease of a session that ended in an error: revoked as soon as etcd answers again,
+    /// so its keys (an election key, the view) do not linger until it expires.
+    old_lease: Option<i64>,
     status: CoordStatus,
 }
 
@@ -36,38 +49,42 @@ impl Mirror {
     fn leader(&self) -> Option<String> {
         self.election.values().min_by_key(|(rev, _)| *rev).map(|(_, name)| name.clone())
     }
+
+    /// Leads: won the election, and its key is still the oldest.
+    fn leadership(&self) -> Event {
+        let leader = self.leader();
+        let own = self.leading.as_ref().is_some_and(|(k, _)| self.election.contains_key(k));
+        Event::Leadership { is_leader: own && leader.as_deref() == Some(self.name.as_str()), leader }
+    }
 }
 
-type Out<'a> = (&'a mpsc::Sender<Event>, &'a mpsc::Sender<Request>, &'a watch::Sender<CoordStatus>);
+/// How a session's loop goes on after a command.
+type Flow = Result<(), String>;
 
-pub(super) async fn run(
-    cfg: CoordinationConfig,
-    events: mpsc::Sender<Event>,
-    requests: mpsc::Sender<Request>,
-    mut cmds: mpsc::Receiver<Cmd>,
-    status: watch::Sender<CoordStatus>,
-    shutdown: CancellationToken,
-) {
+pub(super) async fn run(cfg: CoordinationConfig, mut ch: Channels, shutdown: CancellationToken) {
     let mut m = Mirror {
-        keys: super::records::Keys::new(&cfg.cluster),
+        keys: Keys::new(&cfg.cluster),
         name: cfg.name.clone(),
         election: BTreeMap::new(),
         members: BTreeMap::new(),
         record: None,
+        record_rev: 0,
         fences: BTreeMap::new(),
         handled: HashSet::new(),
         leading: None,
-        view: None,
-        status: status.borrow().clone(),
+        old_lease: None,
+        status: ch.status.borrow().clone(),
     };
-    let out = (&events, &requests, &status);
     let third = cfg.lease_ttl / 3;
     loop {
-        let ended = session(&cfg, &mut m, &mut cmds, out, &shutdown).await;
-        step_down(&mut m, out).await;
+        let ended = session(&cfg, &mut m, &mut ch, &shutdown).await;
+        if m.leading.take().is_some() {
+            tracing::warn!("stepped down as the coordinating leader");
+        }
+        m.status.is_leader = false;
         m.status.etcd_reachable = false;
-        let _ = events.send(Event::EtcdUp(false)).await;
-        status.send_replace(m.status.clone());
+        ch.status.send_replace(m.status.clone());
+        let _ = ch.events.send(vec![Event::EtcdUp(false), m.leadership()]).await;
         match ended {
             Ok(()) => return,
             Err(e) => tracing::warn!(error = %e, "etcd unreachable: coordination paused (no proxy promotes until it is back)"),
@@ -79,7 +96,7 @@ pub(super) async fn run(
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = &mut retry => break,
-                cmd = cmds.recv() => match cmd {
+                cmd = ch.cmds.recv() => match cmd {
                     None => return,
                     Some(cmd) => refuse(cmd, "etcd is unreachable"),
                 },
@@ -88,26 +105,18 @@ pub(super) async fn run(
     }
 }
 
-/// Answers a command that cannot be carried out now.
+/// Answers a command that cannot be carried out now. Fence changes are not lost: the
+/// monitor shares its fences again after every reconnection.
 fn refuse(cmd: Cmd, why: &str) {
     match cmd {
-        Cmd::Record { reply, .. } => {
+        Cmd::Record { reply, .. } | Cmd::Confirm { reply } => {
             let _ = reply.send(Err(why.to_string()));
         }
         Cmd::Forward { reply, .. } => {
             let _ = reply.send(Err(why.to_string()));
         }
-        Cmd::PutFence(..) | Cmd::DeleteFence(_) | Cmd::View(_) | Cmd::Respond { .. } => {}
+        Cmd::PutFence(..) | Cmd::DeleteFence(_) | Cmd::Respond { .. } => {}
     }
-}
-
-async fn step_down(m: &mut Mirror, (events, _, status): Out<'_>) {
-    if m.leading.take().is_some() {
-        tracing::warn!("stepped down as the coordinating leader");
-    }
-    m.status.is_leader = false;
-    let _ = events.send(Event::Leadership { leader: m.leader(), is_leader: false }).await;
-    status.send_replace(m.status.clone());
 }
 
 fn options(cfg: &CoordinationConfig, request_timeout: Option<Duration>) -> Result<ConnectOptions, String> {
@@ -141,26 +150,79 @@ fn options(cfg: &CoordinationConfig, request_timeout: Option<Duration>) -> Resul
     Ok(o)
 }
 
-async fn session(cfg: &CoordinationConfig, m: &mut Mirror, cmds: &mut mpsc::Receiver<Cmd>, out: Out<'_>, shutdown: &CancellationToken) -> Result<(), String> {
-    let (events, requests, status) = out;
-    let ttl = cfg.lease_ttl;
+/// Renews the lease every third of the TTL, each renewal bounded by a third; reports when the
+/// last successful renewal was *sent* (the lease runs at least the TTL from then) and how
+/// many failed. A renewal that timed out gets a new stream, so a late answer to it is never
+/// taken for a newer renewal.
+async fn keep_alive(mut client: Client, lease: i64, ttl: Duration, renewed: watch::Sender<(Instant, u64)>) {
     let third = ttl / 3;
+    let mut stream = None;
+    let mut tick = tokio::time::interval(third);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let sent = Instant::now();
+        let attempt = tokio::time::timeout(third, async {
+            if stream.is_none() {
+                stream = Some(client.lease_keep_alive(lease).await?);
+            }
+            let (keeper, replies) = stream.as_mut().expect("opened above");
+            keeper.keep_alive().await?;
+            replies.message().await
+        })
+        .await;
+        match attempt {
+            Ok(Ok(Some(r))) if r.ttl() > 0 => {
+                renewed.send_modify(|(at, _)| *at = sent);
+            }
+            other => {
+                let expired = matches!(other, Ok(Ok(Some(_))));
+                stream = None;
+                renewed.send_modify(|(_, failures)| *failures += 1);
+                tracing::warn!(outcome = ?other.map(|r| r.map(|x| x.map(|x| x.ttl()))), "etcd lease renewal failed");
+                if expired {
+                    // The lease is gone (ttl 0): the session ends at its deadline.
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn session(cfg: &CoordinationConfig, m: &mut Mirror, ch: &mut Channels, shutdown: &CancellationToken) -> Result<(), String> {
+    let third = cfg.lease_ttl / 3;
     let e = |what: &'static str| move |err: etcd_client::Error| format!("{what}: {err}");
     let mut client = Client::connect(&cfg.etcd_endpoints, Some(options(cfg, Some(third.max(Duration::from_millis(500))))?)).await.map_err(e("connect"))?;
-    let lease = client.lease_grant(ttl.as_secs().max(1) as i64, None).await.map_err(e("lease grant"))?.id();
-    let (mut keeper, mut renewals) = client.lease_keep_alive(lease).await.map_err(e("lease keep-alive"))?;
-    let mut last_renewed = Instant::now();
+    if let Some(old) = m.old_lease {
+        // This proxy is back: the last session's keys go now rather than at its expiry.
+        let _ = client.lease_revoke(old).await;
+        m.old_lease = None;
+    }
+    let asked = Instant::now();
+    let grant = client.lease_grant(cfg.lease_ttl.as_secs().max(1) as i64, None).await.map_err(e("lease grant"))?;
+    let (lease, ttl) = (grant.id(), Duration::from_secs(grant.ttl().max(1) as u64));
+    m.old_lease = Some(lease);
+    let margin = ttl / 6;
+
+    // Another live proxy with this proxy's name would make the quorum count two as one.
+    if let Ok(r) = client.get(m.keys.member(&m.name), None).await {
+        if let Some(kv) = r.kvs().first().filter(|kv| kv.lease() != lease) {
+            tracing::error!(name = %m.name, lease = format!("{:x}", kv.lease()), "another live proxy uses this proxy's name: give every proxy its own coordination.name");
+        }
+    }
 
     // Everything there is now, then every change after it.
     let all = client.get(m.keys.prefix.clone(), Some(GetOptions::new().with_prefix())).await.map_err(e("read the cluster's keys"))?;
     let revision = all.header().map(|h| h.revision()).unwrap_or(0);
-    load(m, all.kvs(), events).await;
+    let batch = load(m, all.kvs());
     m.status.etcd_reachable = true;
     m.status.last_revision = revision;
-    let _ = events.send(Event::EtcdUp(true)).await;
-    status.send_replace(m.status.clone());
+    ch.status.send_replace(m.status.clone());
+    let _ = ch.events.send(batch).await;
     tracing::info!(endpoints = %cfg.etcd_endpoints.join(","), lease = format!("{lease:x}"), "etcd session started");
-    if let Some(v) = m.view.clone() {
+    let view = ch.view.borrow_and_update().clone();
+    if let Some(v) = view {
         put_view(&mut client, m, &v, lease).await?;
     }
     let mut watch = client
@@ -168,6 +230,8 @@ async fn session(cfg: &CoordinationConfig, m: &mut Mirror, cmds: &mut mpsc::Rece
         .await
         .map_err(e("watch"))?;
 
+    let (renewed_tx, mut renewed) = watch::channel((asked, m.status.lease_renewal_failures));
+    let keeper = tokio::spawn(keep_alive(client.clone(), lease, ttl, renewed_tx));
     // The campaign blocks until this proxy leads: its own client, without a request timeout.
     let campaign_opts = options(cfg, None)?;
     let (endpoints, election, name) = (cfg.etcd_endpoints.clone(), m.keys.election(), m.name.clone());
@@ -177,44 +241,47 @@ async fn session(cfg: &CoordinationConfig, m: &mut Mirror, cmds: &mut mpsc::Rece
         Ok::<_, etcd_client::Error>(won.leader().map(|k| (String::from_utf8_lossy(k.key()).into_owned(), k.rev())))
     });
     let mut campaigning = true;
-    let mut renew = tokio::time::interval(third);
     let result = loop {
+        let deadline = renewed.borrow().0 + ttl - margin;
         tokio::select! {
+            biased;
+            // Step down before the lease can expire: another proxy may lead after it.
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                break Err(format!("the lease was not renewed for {}", humantime::format_duration(renewed.borrow().0.elapsed())));
+            }
             _ = shutdown.cancelled() => break Ok(()),
-            _ = renew.tick() => {
-                let renewed = tokio::time::timeout(third, async {
-                    keeper.keep_alive().await?;
-                    renewals.message().await
-                }).await;
-                match renewed {
-                    Ok(Ok(Some(r))) if r.ttl() > 0 => last_renewed = Instant::now(),
-                    other => {
-                        m.status.lease_renewal_failures += 1;
-                        status.send_replace(m.status.clone());
-                        tracing::warn!(outcome = ?other.map(|r| r.map(|x| x.map(|x| x.ttl()))), "etcd lease renewal failed");
-                    }
+            changed = renewed.changed() => {
+                if changed.is_err() {
+                    break Err("the lease expired".into());
                 }
-                // Step down before the lease can expire: another proxy may lead after it.
-                if last_renewed.elapsed() >= ttl - third {
-                    break Err(format!("the lease was not renewed for {}", humantime::format_duration(last_renewed.elapsed())));
-                }
+                m.status.lease_renewal_failures = renewed.borrow().1;
+                ch.status.send_replace(m.status.clone());
             }
             won = &mut campaign, if campaigning => {
                 campaigning = false;
                 match won {
                     Ok(Ok(Some(key))) => {
+                        // The key may have gone with the lease since the campaign answered.
+                        match client.get(key.0.clone(), None).await {
+                            Ok(r) if r.kvs().first().is_some_and(|kv| kv.create_revision() == key.1) => {}
+                            Ok(_) => break Err("elected, but the election key was already gone".into()),
+                            Err(err) => break Err(format!("check the election key: {err}")),
+                        }
                         tracing::warn!(name = %m.name, "elected the coordinating leader");
-                        // Its own put may still be on its way through the watch.
+                        // Its own put, and the deletion of every older key (the campaign waited
+                        // for them), may still be on their way through the watch.
+                        m.election.retain(|_, (rev, _)| *rev >= key.1);
                         m.election.insert(key.0.clone(), (key.1, m.name.clone()));
                         m.leading = Some(key);
                         m.status.is_leader = true;
                         m.status.leader = Some(m.name.clone());
-                        let _ = events.send(Event::Leadership { leader: Some(m.name.clone()), is_leader: true }).await;
-                        status.send_replace(m.status.clone());
-                        if let Some(v) = m.view.clone() {
+                        ch.status.send_replace(m.status.clone());
+                        let _ = ch.events.send(vec![m.leadership()]).await;
+                        let view = ch.view.borrow().clone();
+                        if let Some(v) = view {
                             put_view(&mut client, m, &v, lease).await?;
                         }
-                        dispatch_requests(m, requests).await;
+                        dispatch_requests(&mut client, m, &ch.requests).await;
                     }
                     Ok(Ok(None)) => break Err("the election answered without a leader key".into()),
                     Ok(Err(err)) => break Err(format!("campaign: {err}")),
@@ -229,11 +296,16 @@ async fn session(cfg: &CoordinationConfig, m: &mut Mirror, cmds: &mut mpsc::Rece
                     if let Some(h) = resp.header() {
                         m.status.last_revision = h.revision();
                     }
+                    let mut batch = Vec::new();
                     for ev in resp.events() {
                         let Some(kv) = ev.kv() else { continue };
-                        apply(m, kv, ev.event_type() == EventType::Delete, events, requests).await;
+                        apply(m, kv, ev.event_type() == EventType::Delete, &mut batch, &ch.requests).await;
                     }
-                    status.send_replace(m.status.clone());
+                    // The status first: the monitor publishes it with the events' effects.
+                    ch.status.send_replace(m.status.clone());
+                    if !batch.is_empty() {
+                        let _ = ch.events.send(batch).await;
+                    }
                     if let Some((key, _)) = &m.leading {
                         if !m.election.contains_key(key) {
                             break Err("this proxy's election key is gone".into());
@@ -243,33 +315,53 @@ async fn session(cfg: &CoordinationConfig, m: &mut Mirror, cmds: &mut mpsc::Rece
                 Ok(None) => break Err("the watch ended".into()),
                 Err(err) => break Err(format!("watch: {err}")),
             },
-            cmd = cmds.recv() => match cmd {
+            changed = ch.view.changed() => {
+                if changed.is_ok() {
+                    let view = ch.view.borrow_and_update().clone();
+                    if let Some(v) = view {
+                        if let Err(err) = put_view(&mut client, m, &v, lease).await {
+                            tracing::warn!(error = %err, "could not publish this proxy's view");
+                        }
+                    }
+                }
+            }
+            cmd = ch.cmds.recv() => match cmd {
                 None => break Ok(()),
-                Some(cmd) => handle(cmd, &mut client, m, lease).await,
+                Some(cmd) => {
+                    if let Err(why) = handle(cmd, &mut client, m, lease).await {
+                        break Err(why);
+                    }
+                }
             },
         }
     };
     campaign.abort();
-    // Leaving for good: the lease's keys go at once instead of after the TTL. After an error
-    // they stay until the lease expires: this proxy's view keeps counting toward the quorum
-    // while it may merely have lost etcd for a moment.
+    keeper.abort();
     if result.is_ok() {
+        // Leaving for good: the lease's keys go at once instead of after the TTL. After an
+        // error they stay until the next session revokes them (or the lease expires): this
+        // proxy's view keeps counting toward the quorum while etcd is away for a moment.
         let _ = tokio::time::timeout(third, client.lease_revoke(lease)).await;
+        m.old_lease = None;
     }
     result
 }
 
-/// The initial read: every key as it is now.
-async fn load(m: &mut Mirror, kvs: &[KeyValue], events: &mpsc::Sender<Event>) {
+/// The initial read: every key as it is now, as one batch of events.
+fn load(m: &mut Mirror, kvs: &[KeyValue]) -> Vec<Event> {
     let old_fences: Vec<String> = m.fences.keys().cloned().collect();
     m.election.clear();
     m.members.clear();
     m.fences.clear();
     let mut record = None;
+    m.record_rev = 0;
     for kv in kvs {
         let key = String::from_utf8_lossy(kv.key()).into_owned();
         match m.keys.parse(&key) {
-            Some(KeyKind::Primary) => record = serde_json::from_slice::<PrimaryRecord>(kv.value()).ok(),
+            Some(KeyKind::Primary) => {
+                record = serde_json::from_slice::<PrimaryRecord>(kv.value()).ok();
+                m.record_rev = kv.mod_revision();
+            }
             Some(KeyKind::Election(_)) => {
                 m.election.insert(key.clone(), (kv.create_revision(), String::from_utf8_lossy(kv.value()).into_owned()));
             }
@@ -290,38 +382,43 @@ async fn load(m: &mut Mirror, kvs: &[KeyValue], events: &mpsc::Sender<Event>) {
     m.status.recorded_primary = record.clone();
     m.status.leader = m.leader();
     m.status.members = m.members.values().cloned().collect();
-    let _ = events.send(Event::Record(record)).await;
+    let mut batch = vec![Event::EtcdUp(true), Event::Record(record)];
     for b in old_fences.iter().filter(|b| !m.fences.contains_key(*b)) {
-        let _ = events.send(Event::Fence { backend: b.clone(), fence: None }).await;
+        batch.push(Event::Fence { backend: b.clone(), fence: None });
     }
     for (b, f) in &m.fences {
-        let _ = events.send(Event::Fence { backend: b.clone(), fence: Some(f.clone()) }).await;
+        batch.push(Event::Fence { backend: b.clone(), fence: Some(f.clone()) });
     }
-    let _ = events.send(Event::Members(m.members.clone())).await;
-    let _ = events.send(Event::Leadership { leader: m.leader(), is_leader: false }).await;
+    batch.push(Event::Members(m.members.clone()));
+    batch.push(m.leadership());
+    batch.push(Event::Loaded);
+    batch
 }
 
-/// One watched change.
-async fn apply(m: &mut Mirror, kv: &KeyValue, deleted: bool, events: &mpsc::Sender<Event>, requests: &mpsc::Sender<Request>) {
+/// One watched change, as events added to `batch`.
+async fn apply(m: &mut Mirror, kv: &KeyValue, deleted: bool, batch: &mut Vec<Event>, requests: &mpsc::Sender<Request>) {
     let key = String::from_utf8_lossy(kv.key()).into_owned();
     match m.keys.parse(&key) {
         Some(KeyKind::Primary) => {
             let record = if deleted { None } else { serde_json::from_slice::<PrimaryRecord>(kv.value()).ok() };
+            m.record_rev = if deleted { 0 } else { kv.mod_revision() };
             m.record = record.clone();
             m.status.recorded_primary = record.clone();
-            let _ = events.send(Event::Record(record)).await;
+            batch.push(Event::Record(record));
         }
         Some(KeyKind::Election(_)) => {
             if deleted {
+                // Its own key gone: not the leader from this event on (the session ends).
                 m.election.remove(&key);
             } else {
                 m.election.insert(key.clone(), (kv.create_revision(), String::from_utf8_lossy(kv.value()).into_owned()));
             }
-            let leader = m.leader();
-            if leader != m.status.leader {
-                m.status.leader = leader.clone();
-                let _ = events.send(Event::Leadership { leader, is_leader: m.leading.is_some() }).await;
+            m.status.leader = m.leader();
+            let lead = m.leadership();
+            if let Event::Leadership { is_leader, .. } = &lead {
+                m.status.is_leader = *is_leader;
             }
+            batch.push(lead);
         }
         Some(KeyKind::Member(name)) => {
             match (deleted, serde_json::from_slice::<MemberView>(kv.value())) {
@@ -334,7 +431,7 @@ async fn apply(m: &mut Mirror, kv: &KeyValue, deleted: bool, events: &mpsc::Send
                 _ => return,
             }
             m.status.members = m.members.values().cloned().collect();
-            let _ = events.send(Event::Members(m.members.clone())).await;
+            batch.push(Event::Members(m.members.clone()));
         }
         Some(KeyKind::Fence(b)) => {
             let fence = if deleted { None } else { serde_json::from_slice::<FenceRecord>(kv.value()).ok() };
@@ -342,7 +439,7 @@ async fn apply(m: &mut Mirror, kv: &KeyValue, deleted: bool, events: &mpsc::Send
                 Some(f) => m.fences.insert(b.to_string(), f.clone()),
                 None => m.fences.remove(b),
             };
-            let _ = events.send(Event::Fence { backend: b.to_string(), fence }).await;
+            batch.push(Event::Fence { backend: b.to_string(), fence });
         }
         Some(KeyKind::Request(id)) if !deleted && m.leading.is_some() && m.handled.insert(id.to_string()) => {
             if let Ok(r) = serde_json::from_slice::<Request>(kv.value()) {
@@ -353,11 +450,18 @@ async fn apply(m: &mut Mirror, kv: &KeyValue, deleted: bool, events: &mpsc::Send
     }
 }
 
-/// Requests left by followers before this proxy led.
-async fn dispatch_requests(m: &mut Mirror, _requests: &mpsc::Sender<Request>) {
-    // Requests are only dispatched as they arrive (a follower's request waits at most a few
-    // seconds and is retried by nobody): old ones are left to expire with their lease.
+/// Requests followers left before this proxy led (their proxy still waits for an answer).
+async fn dispatch_requests(client: &mut Client, m: &mut Mirror, requests: &mpsc::Sender<Request>) {
     m.handled.clear();
+    let prefix = m.keys.request("");
+    let Ok(r) = client.get(prefix, Some(GetOptions::new().with_prefix())).await else { return };
+    for kv in r.kvs() {
+        if let Ok(req) = serde_json::from_slice::<Request>(kv.value()) {
+            if m.handled.insert(req.id.clone()) {
+                let _ = requests.send(req).await;
+            }
+        }
+    }
 }
 
 async fn put_view(client: &mut Client, m: &Mirror, v: &MemberView, lease: i64) -> Result<(), String> {
@@ -368,10 +472,25 @@ async fn put_view(client: &mut Client, m: &Mirror, v: &MemberView, lease: i64) -
     Ok(())
 }
 
-async fn handle(cmd: Cmd, client: &mut Client, m: &mut Mirror, lease: i64) {
+/// Why a fencing-token transaction failed: leadership lost (the session ends) or the record
+/// moved (someone else's decision is on its way through the watch).
+async fn token_failed(client: &mut Client, m: &Mirror, key: &str, rev: i64) -> Result<String, String> {
+    match client.get(key, None).await {
+        Ok(r) if r.kvs().first().is_some_and(|kv| kv.create_revision() == rev) => {
+            Ok("the recorded primary changed meanwhile; deciding again on the new record".into())
+        }
+        Ok(_) => Err("this proxy's leadership ended (its election key is gone)".into()),
+        Err(err) => Err(format!("etcd: {err} (after the transaction of {} failed)", m.name)),
+    }
+}
+
+/// Carries out one command; `Err` ends the session (this proxy does not lead any more).
+async fn handle(cmd: Cmd, client: &mut Client, m: &mut Mirror, lease: i64) -> Flow {
     match cmd {
         Cmd::PutFence(backend, f) => {
-            if m.fences.get(&backend) != Some(&f) {
+            if f.fence.kind == crate::monitor::machine::FenceKind::SplitBrain && m.record.as_ref().is_some_and(|r| r.name == backend) {
+                tracing::warn!(%backend, "not sharing a split-brain fence on the recorded primary (decided on a stale view)");
+            } else if m.fences.get(&backend) != Some(&f) {
                 let json = serde_json::to_vec(&f).unwrap_or_default();
                 if let Err(err) = client.put(m.keys.fence(&backend), json, None).await {
                     tracing::warn!(%backend, error = %err, "could not share a fence in etcd");
@@ -385,37 +504,61 @@ async fn handle(cmd: Cmd, client: &mut Client, m: &mut Mirror, lease: i64) {
                 }
             }
         }
-        Cmd::View(v) => {
-            if m.view.as_ref() != Some(&v) {
-                m.view = Some(v.clone());
-                if let Err(err) = put_view(client, m, &v, lease).await {
-                    tracing::warn!(error = %err, "could not publish this proxy's view");
+        Cmd::Record { record, fences, reply } => {
+            let Some((key, rev)) = m.leading.clone() else {
+                let _ = reply.send(Err("this proxy does not lead (only the leader promotes)".into()));
+                return Ok(());
+            };
+            // Fences first: a proxy that applies the watch events one by one never sees the
+            // new record while the old primary is still unfenced.
+            let mut ops: Vec<TxnOp> = fences.iter().map(|(b, f)| TxnOp::put(m.keys.fence(b), serde_json::to_vec(f).unwrap_or_default(), None)).collect();
+            ops.push(TxnOp::put(m.keys.primary(), serde_json::to_vec(&record).unwrap_or_default(), None));
+            let txn = Txn::new()
+                .when([Compare::create_revision(key.clone(), CompareOp::Equal, rev), Compare::mod_revision(m.keys.primary(), CompareOp::Equal, m.record_rev)])
+                .and_then(ops);
+            match client.txn(txn).await {
+                Ok(r) if r.succeeded() => {
+                    m.record_rev = r.header().map(|h| h.revision()).unwrap_or(m.record_rev);
+                    let _ = reply.send(Ok(()));
+                }
+                Ok(_) => match token_failed(client, m, &key, rev).await {
+                    Ok(why) => {
+                        let _ = reply.send(Err(why));
+                    }
+                    Err(why) => {
+                        let _ = reply.send(Err(why.clone()));
+                        return Err(why);
+                    }
+                },
+                Err(err) => {
+                    let _ = reply.send(Err(format!("etcd: {err}")));
                 }
             }
         }
-        Cmd::Record { record, fences, reply } => {
-            let outcome = match &m.leading {
-                None => Err("this proxy does not lead (only the leader promotes)".to_string()),
-                Some((key, rev)) => {
-                    // Fences first: a proxy that applies the watch events one by one never
-                    // sees the new record while the old primary is still unfenced.
-                    let mut ops: Vec<TxnOp> =
-                        fences.iter().map(|(b, f)| TxnOp::put(m.keys.fence(b), serde_json::to_vec(f).unwrap_or_default(), None)).collect();
-                    ops.push(TxnOp::put(m.keys.primary(), serde_json::to_vec(&record).unwrap_or_default(), None));
-                    let txn = Txn::new().when([Compare::create_revision(key.clone(), CompareOp::Equal, *rev)]).and_then(ops);
-                    match client.txn(txn).await {
-                        Ok(r) if r.succeeded() => Ok(()),
-                        Ok(_) => Err("this proxy's leadership ended before it could record the promotion".to_string()),
-                        Err(err) => Err(format!("etcd: {err}")),
-                    }
-                }
+        Cmd::Confirm { reply } => {
+            let Some((key, rev)) = m.leading.clone() else {
+                let _ = reply.send(Err("this proxy does not lead".into()));
+                return Ok(());
             };
-            let _ = reply.send(outcome);
+            let txn = Txn::new().when([Compare::create_revision(key.clone(), CompareOp::Equal, rev)]);
+            match client.txn(txn).await {
+                Ok(r) if r.succeeded() => {
+                    let _ = reply.send(Ok(()));
+                }
+                Ok(_) => {
+                    let why = "this proxy's leadership ended (its election key is gone)".to_string();
+                    let _ = reply.send(Err(why.clone()));
+                    return Err(why);
+                }
+                Err(err) => {
+                    let _ = reply.send(Err(format!("etcd: {err}")));
+                }
+            }
         }
         Cmd::Forward { request, wait, reply } => {
             if m.status.leader.is_none() {
                 let _ = reply.send(Err("no proxy leads right now (etcd election)".into()));
-                return;
+                return Ok(());
             }
             let (mut c, keys) = (client.clone(), m.keys.clone());
             tokio::spawn(async move {
@@ -430,24 +573,33 @@ async fn handle(cmd: Cmd, client: &mut Client, m: &mut Mirror, lease: i64) {
             let _ = client.delete(m.keys.request(&id), None).await;
         }
     }
+    Ok(())
 }
 
-/// A follower's request: written on its lease, answered by the leader under `responses/`.
+/// A follower's request: written on its lease, answered by the leader under `responses/`,
+/// which this waits for with a watch.
 async fn forward(c: &mut Client, keys: &Keys, request: Request, wait: Duration, lease: i64) -> Result<Response, String> {
     let id = request.id.clone();
     let json = serde_json::to_vec(&request).map_err(|e| e.to_string())?;
-    c.put(keys.request(&id), json, Some(PutOptions::new().with_lease(lease))).await.map_err(|e| format!("etcd: {e}"))?;
-    let deadline = Instant::now() + wait;
-    loop {
-        let got = c.get(keys.response(&id), None).await.map_err(|e| format!("etcd: {e}"))?;
-        if let Some(kv) = got.kvs().first() {
-            let _ = c.delete(keys.response(&id), None).await;
-            return serde_json::from_slice(kv.value()).map_err(|e| format!("the leader's answer: {e}"));
+    let answer = async {
+        let mut stream = c.watch(keys.response(&id), None).await.map_err(|e| format!("etcd: {e}"))?;
+        c.put(keys.request(&id), json, Some(PutOptions::new().with_lease(lease))).await.map_err(|e| format!("etcd: {e}"))?;
+        loop {
+            match stream.message().await.map_err(|e| format!("etcd: {e}"))? {
+                None => return Err("the watch for the leader's answer ended".to_string()),
+                Some(resp) => {
+                    if let Some(kv) = resp.events().iter().filter(|e| e.event_type() == EventType::Put).find_map(|e| e.kv()) {
+                        return serde_json::from_slice::<Response>(kv.value()).map_err(|e| format!("the leader's answer: {e}"));
+                    }
+                }
+            }
         }
-        if Instant::now() >= deadline {
-            let _ = c.delete(keys.request(&id), None).await;
-            return Err(format!("the leader did not answer within {}", humantime::format_duration(wait)));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let got = tokio::time::timeout(wait, answer).await;
+    let _ = c.delete(keys.request(&id), None).await;
+    let _ = c.delete(keys.response(&id), None).await;
+    match got {
+        Ok(r) => r,
+        Err(_) => Err(format!("the leader did not answer within {}", humantime::format_duration(wait))),
     }
 }

@@ -31,6 +31,10 @@ pub enum OpError {
     Behind { replayed: Option<u64>, target: u64, within: Duration },
     #[error("{0}")]
     Conninfo(#[from] ConninfoError),
+    /// Coordination did not allow it (this proxy no longer leads): nothing was asked of the
+    /// server.
+    #[error("not allowed: {0}")]
+    NotAllowed(String),
 }
 
 /// How a promotion request ended, when it did not end with a primary.

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{BackendConfig, Config};
+use crate::config::{BackendConfig, Config, Quorum};
 use crate::metrics::Metrics;
 use crate::route::{ReadRouteWriter, RouteWriter};
 
@@ -26,11 +26,11 @@ use crate::coord::{Coordinator, Event as CoordEvent};
 mod coordinated;
 
 use super::history::{EventKind, Fences, History, Kept};
-use super::machine::{Action, Machine, Now, Outcome, Settings};
+use super::machine::{Action, Coord, Machine, Now, Outcome, Settings};
 use super::operations::{self, OpError, PromoteError};
 use super::probe::Prober;
 use super::status::Status;
-use coordinated::{next_coord_event, Peers};
+use coordinated::{next_coord_events, Peers};
 
 /// What the monitor's tasks share to fail closed.
 #[derive(Clone)]
@@ -83,7 +83,7 @@ pub fn spawn(
     history: History,
     mut passive: mpsc::Receiver<usize>,
     life: Lifeline,
-    coordination: Option<(Coordinator, mpsc::Receiver<CoordEvent>)>,
+    coordination: Option<(Coordinator, mpsc::Receiver<Vec<CoordEvent>>)>,
     tracker: &TaskTracker,
 ) -> MonitorHandle {
     let names: Vec<String> = backends.iter().map(|b| b.name.clone()).collect();
@@ -114,6 +114,11 @@ pub fn spawn(
         // As pg_stat_wal_receiver shows an upstream: sender_host:sender_port.
         b.address = format!("{}:{}", c.host, c.port);
     }
+    if let Some((c, _)) = &coordination {
+        // Coordinated from the start: neither routing nor promoting before etcd has spoken.
+        machine.coord = Some(Coord::new(c.name.clone(), cfg.failover.quorum == Quorum::Majority));
+    }
+    let peers = Peers::new(&machine);
     let (commands, rx) = mpsc::channel(256);
     let first = Status::build(&machine, &backends, route.current().epoch, &route.current().reason);
     let (status_tx, status) = watch::channel(Arc::new(first));
@@ -166,7 +171,7 @@ pub fn spawn(
         waiting: HashMap::new(),
         life,
         coord: coordination.as_ref().map(|(c, _)| c.clone()),
-        peers: Peers::new(cfg.failover.quorum),
+        peers,
     };
     tracker.spawn(task.run(rx, coordination.map(|(_, e)| e)));
     MonitorHandle { commands, status, history, probe_now }
@@ -314,12 +319,12 @@ impl Drop for MonitorTask {
 
 impl MonitorTask {
     /// Its own `Drop` fails closed if it ends other than by a shutdown.
-    async fn run(mut self, mut rx: mpsc::Receiver<Command>, mut coord_events: Option<mpsc::Receiver<CoordEvent>>) {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>, mut coord_events: Option<mpsc::Receiver<Vec<CoordEvent>>>) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
-                ev = next_coord_event(&mut coord_events) => {
-                    self.coordination_event(ev);
+                batch = next_coord_events(&mut coord_events) => {
+                    self.coordination_events(batch);
                     continue;
                 }
                 _ = self.life.shutdown.cancelled() => break,
@@ -501,7 +506,19 @@ impl MonitorTask {
             Action::StopWrites { attempt, backend: i } => {
                 let b = self.backends[i].clone();
                 let failed = Command::WritesStopped { attempt, i, result: Err(task_failed()) };
-                self.run_op(async move { Command::WritesStopped { attempt, i, result: operations::stop_writes(&b, ct, wait).await } }, failed);
+                // Coordinated: only while this proxy still holds the leadership.
+                let coord = self.coord.clone();
+                self.run_op(
+                    async move {
+                        if let Some(c) = coord {
+                            if let Err(why) = c.confirm_leadership().await {
+                                return Command::WritesStopped { attempt, i, result: Err(OpError::NotAllowed(why)) };
+                            }
+                        }
+                        Command::WritesStopped { attempt, i, result: operations::stop_writes(&b, ct, wait).await }
+                    },
+                    failed,
+                );
             }
             Action::AwaitReplay { attempt, backend: i, lsn } => {
                 let b = self.backends[i].clone();

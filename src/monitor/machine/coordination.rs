@@ -1,6 +1,8 @@
 //! The machine's side of coordination through etcd (see [`crate::coord`]): whether this
-//! proxy may promote (it leads, etcd answers, the other proxies agree), the recorded primary
-//! every proxy routes to, and fences shared by any of them.
+//! proxy may promote (it leads, etcd answers, a quorum of the live proxies sees the primary
+//! down), the recorded primary every proxy routes to, and fences shared by any of them.
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::PromoteMode;
 use crate::monitor::event::EventKind;
@@ -10,14 +12,31 @@ use super::{Action, Fence, Machine, Now, Trigger};
 /// What coordination tells the machine.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Coord {
+    /// This proxy's name among the coordinated ones.
+    pub me: String,
+    /// `failover.quorum = "majority"` (else the leader acts alone).
+    pub majority: bool,
     pub etcd_up: bool,
+    /// The first read of etcd is done, or etcd could not be reached: until then nothing is
+    /// routed (the record may name another primary than the checks would choose).
+    pub settled: bool,
     /// The leading proxy's name, when known.
     pub leader: Option<String>,
     pub is_leader: bool,
     /// The recorded primary (a backend index): the only one routed, once there is a record.
     pub record: Option<usize>,
-    /// Why an automatic failover may not happen now (no quorum), when it may not.
-    pub veto: Option<String>,
+    /// A recorded primary that is none of this proxy's backends (a misconfiguration):
+    /// nothing is routed and nothing recorded over it.
+    pub record_foreign: Option<String>,
+    /// The other live proxies' views: name → the backends their checks find down.
+    pub views: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl Coord {
+    /// A coordinated proxy before etcd has said anything: may neither route nor promote.
+    pub fn new(me: String, majority: bool) -> Coord {
+        Coord { me, majority, ..Default::default() }
+    }
 }
 
 impl Machine {
@@ -29,14 +48,48 @@ impl Machine {
     /// Backend `i` may be routed as far as coordination goes: it is the recorded primary, or
     /// nothing is recorded yet.
     pub(super) fn recorded(&self, i: usize) -> bool {
-        self.coord.as_ref().and_then(|c| c.record).is_none_or(|r| r == i)
+        match &self.coord {
+            None => true,
+            Some(c) if c.record_foreign.is_some() => false,
+            Some(c) => c.record.is_none_or(|r| r == i),
+        }
+    }
+
+    /// Backend `i` is the recorded primary and etcd answers (the record is current).
+    pub(super) fn record_current(&self, i: usize) -> bool {
+        self.coord.as_ref().is_some_and(|c| c.etcd_up && c.record == Some(i))
+    }
+
+    /// Coordinated and etcd not read yet: the first route waits.
+    pub(super) fn unsettled(&self) -> bool {
+        self.coord.as_ref().is_some_and(|c| !c.settled)
+    }
+
+    /// Why the leader may not fail over now: fewer than a majority of the live proxies (this
+    /// one included) see the primary down. Computed from the latest views at every decision.
+    pub fn quorum_veto(&self) -> Option<String> {
+        let c = self.coord.as_ref()?;
+        if !c.majority {
+            return None;
+        }
+        let primary = c.record.or(self.route).or(self.in_flight.as_ref().and_then(|f| f.from))?;
+        let name = &self.backends[primary].name;
+        let others = c.views.iter().filter(|(n, _)| **n != c.me);
+        let live = 1 + others.clone().count();
+        let down = usize::from(self.backends[primary].marked_down) + others.filter(|(_, down)| down.contains(name)).count();
+        if down * 2 > live {
+            None
+        } else {
+            Some(format!("{down} of {live} live proxies see {name} down (failover.quorum = \"majority\")"))
+        }
     }
 
     /// Which backend the coordinated proxies recorded, in words.
     pub(super) fn record_note(&self) -> String {
-        match self.coord.as_ref().and_then(|c| c.record) {
-            Some(r) => format!("the coordinated proxies recorded {} (etcd)", self.backends[r].name),
-            None => "nothing is recorded in etcd".into(),
+        match self.coord.as_ref() {
+            Some(Coord { record_foreign: Some(name), .. }) => format!("the coordinated proxies recorded {name:?}, which is none of this proxy's backends"),
+            Some(Coord { record: Some(r), .. }) => format!("the coordinated proxies recorded {} (etcd)", self.backends[*r].name),
+            _ => "nothing is recorded in etcd".into(),
         }
     }
 
@@ -46,7 +99,7 @@ impl Machine {
     /// one unfenced server of the cluster is primary. `None` while a failover runs.
     pub fn record_wanted(&self) -> Option<usize> {
         let c = self.coord.as_ref()?;
-        if !(c.is_leader && c.etcd_up) || self.in_flight.is_some() {
+        if !(c.is_leader && c.etcd_up && c.settled) || c.record_foreign.is_some() || self.in_flight.is_some() {
             return None;
         }
         match c.record {
@@ -75,7 +128,7 @@ impl Machine {
                 Some(l) => format!("waiting for the coordinating leader ({l}) to promote a standby"),
                 None => "waiting for a coordinating leader to be elected".into(),
             }
-        } else if let Some(v) = &c.veto {
+        } else if let Some(v) = self.quorum_veto() {
             format!("waiting for the other proxies to agree: {v}")
         } else {
             return None;
@@ -84,18 +137,44 @@ impl Machine {
 
     /// Coordination changed: updates what the machine knows and re-decides.
     pub fn coordinate(&mut self, update: impl FnOnce(&mut Coord), now: Now) -> Vec<Action> {
+        let mut acts = Vec::new();
+        if self.update_coord(update) {
+            self.evaluate(now, &mut acts);
+        }
+        acts
+    }
+
+    /// Updates what the machine knows of coordination without re-deciding (a batch of
+    /// changes is applied whole, then [`Machine::reevaluate`]). Returns whether it changed.
+    pub fn update_coord(&mut self, update: impl FnOnce(&mut Coord)) -> bool {
         let mut c = self.coord.clone().unwrap_or_default();
         update(&mut c);
         if self.coord.as_ref() == Some(&c) {
-            return Vec::new();
+            return false;
         }
         self.coord = Some(c);
+        true
+    }
+
+    /// Re-decides everything (after a batch of coordination changes).
+    pub fn reevaluate(&mut self, now: Now) -> Vec<Action> {
         let mut acts = Vec::new();
         self.evaluate(now, &mut acts);
         acts
     }
 
-    /// Another proxy set (`Some`) or lifted (`None`) a shared fence on backend `i`.
+    /// Lifts backend `i`'s fence for `reason` (a fence restored from disk that the shared
+    /// fences do not have). Returns the history event; the caller re-decides.
+    pub fn lift_fence(&mut self, i: usize, reason: String, now: Now) -> Vec<Action> {
+        if self.backends[i].fence.take().is_none() {
+            return Vec::new();
+        }
+        self.backends[i].peer_fenced_at = None;
+        vec![self.event(now, EventKind::Unfence, Some(i), None, reason, Trigger::External)]
+    }
+
+    /// Another proxy set (`Some`) or lifted (`None`) a shared fence on backend `i`. Returns
+    /// the history events; the caller re-decides.
     pub fn peer_fence(&mut self, i: usize, fence: Option<Fence>, by: &str, now: Now) -> Vec<Action> {
         let mut acts = Vec::new();
         match fence {
@@ -114,7 +193,6 @@ impl Machine {
             }
             _ => {}
         }
-        self.evaluate(now, &mut acts);
         acts
     }
 }

@@ -25,7 +25,7 @@ impl Machine {
                 }
                 // The first route waits for every backend's first check: routing to the first
                 // writable server heard from could be a stale old primary.
-                None if !self.backends.iter().all(|b| b.last_check.is_some()) => {}
+                None if !self.backends.iter().all(|b| b.last_check.is_some()) || self.unsettled() => {}
                 None => {
                     if let Some(w) = self.best_claimant() {
                         tracing::info!(primary = %self.backends[w].name, "routing to the primary");
@@ -216,12 +216,18 @@ impl Machine {
         if self.backends.iter().any(|b| b.last_check.is_none()) {
             return "waiting for the first health checks".into();
         }
+        if self.unsettled() {
+            return "waiting for the coordinated proxies' record of the primary (first read of etcd)".into();
+        }
         let each: Vec<String> = self
             .backends
             .iter()
-            .map(|b| {
+            .enumerate()
+            .map(|(i, b)| {
                 let what = if let Some(f) = &b.fence {
                     format!("fenced ({})", f.reason)
+                } else if b.claims_primary() && !self.recorded(i) {
+                    format!("primary, but not the recorded one: {}", self.record_note())
                 } else if !b.healthy {
                     format!("down ({})", b.last_error.as_ref().map(|e| e.to_string()).unwrap_or_default())
                 } else if b.in_recovery() {
@@ -247,8 +253,9 @@ impl Machine {
             .iter()
             .copied()
             .filter(|i| self.backends[*i].fence.is_none())
-            // Coordinated, the recorded primary wins: every proxy follows the record.
-            .max_by_key(|i| (self.recorded(*i), self.backends[*i].timeline(), self.route == Some(*i), self.backends[*i].lsn(), Reverse(*i)))
+            // Coordinated, the recorded primary wins while etcd answers (every proxy follows
+            // the record); a record seen before etcd went away may be stale.
+            .max_by_key(|i| (self.record_current(*i), self.backends[*i].timeline(), self.route == Some(*i), self.backends[*i].lsn(), Reverse(*i)))
         else {
             return;
         };

@@ -73,7 +73,10 @@ impl Machine {
         if !self.positions_final() {
             return;
         }
-        if let Some(veto) = self.coord.as_ref().and_then(|c| c.veto.clone()) {
+        // Coordinated: an automatic failover needs a quorum of the live proxies (an
+        // operator's trigger is a decision of its own).
+        let manual = self.in_flight.as_ref().is_some_and(|f| f.manual);
+        if let Some(veto) = self.quorum_veto().filter(|_| !manual) {
             if self.in_flight.as_ref().is_some_and(|f| f.held_back != Some(usize::MAX)) {
                 tracing::warn!(%veto, "failover waits for the other proxies to agree");
                 if let Some(f) = self.in_flight.as_mut() {
@@ -125,7 +128,8 @@ impl Machine {
     pub(super) fn came_back(&self, p: usize) -> bool {
         let Some(f) = &self.in_flight else { return false };
         let b = &self.backends[p];
-        let ours = matches!(b.fence, None | Some(Fence { kind: FenceKind::Unreachable | FenceKind::Superseded, .. }));
+        // A fence another coordinated proxy set is not this failover's to lift.
+        let ours = matches!(b.fence, None | Some(Fence { kind: FenceKind::Unreachable | FenceKind::Superseded, .. })) && b.peer_fenced_at.is_none();
         b.fresh() && b.claims_primary() && self.same_cluster(p) && ours && self.recorded(p) && b.obs.as_ref().and_then(|o| o.timeline) == f.from_timeline
     }
 

@@ -1,14 +1,13 @@
 //! The monitor task's side of coordination: feeding etcd's news into the machine, sharing
-//! this proxy's fences and view, the quorum, and the record written before a promotion.
+//! this proxy's fences and view, and the record written before a promotion.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use tokio::sync::mpsc;
 
-use crate::config::Quorum;
 use crate::coord::{Coordinator, Event as CoordEvent, FenceRecord, MemberView, PrimaryRecord};
 use crate::monitor::handle::Command;
-use crate::monitor::machine::{Action, Now};
+use crate::monitor::machine::{Action, Fence, FenceKind, Machine, Now};
 use crate::monitor::status::Status;
 
 use super::MonitorTask;
@@ -16,28 +15,40 @@ use super::MonitorTask;
 /// What a promotion records first: through whom, the new primary, the fences.
 pub(super) type PromotionRecord = (Coordinator, PrimaryRecord, Vec<(String, FenceRecord)>);
 
-/// What the other proxies say.
+/// What this proxy knows of the shared fences and the record.
 #[derive(Default)]
 pub(super) struct Peers {
-    pub quorum: Option<Quorum>,
-    /// Live proxies' views (their `members/` keys), this one's included once published.
-    members: BTreeMap<String, MemberView>,
-    /// Fences as etcd has them (updated from its watch only).
+    /// Fences as etcd has them (updated from its events only).
     shared: BTreeMap<String, FenceRecord>,
+    /// The machine's fences as of the last sync: only what changed since is shared, so a
+    /// peer's fence is never put back and a fence restored from disk is not shared.
+    known: BTreeMap<String, Option<Fence>>,
+    /// Fences restored from the state directory, until etcd's first read: those etcd does
+    /// not have are lifted (the shared fences win).
+    restored: Option<BTreeSet<String>>,
     /// The recorded primary's epoch, for the next record.
     epoch: u64,
-    /// A first record is being written (leader, nothing recorded yet).
+    /// A record outside a promotion is being written.
     bootstrapping: bool,
 }
 
 impl Peers {
-    pub(super) fn new(quorum: Quorum) -> Self {
-        Peers { quorum: Some(quorum), ..Default::default() }
+    pub(super) fn new(m: &Machine) -> Peers {
+        let known = m.backends.iter().map(|b| (b.name.clone(), b.fence.clone())).collect();
+        let restored = Some(m.backends.iter().filter(|b| b.fence.is_some()).map(|b| b.name.clone()).collect());
+        Peers { known, restored, ..Default::default() }
     }
 }
 
-/// The next coordination event, or never when this proxy is not coordinated.
-pub(super) async fn next_coord_event(events: &mut Option<mpsc::Receiver<CoordEvent>>) -> CoordEvent {
+/// Fences that travel through [`MonitorTask::sync_coordination`]. An old primary's fence
+/// (unreachable, superseded) is written by the leader in the transaction that records the
+/// new primary, and only then: a proxy that does not lead never fences a primary for all.
+fn shared_by_sync(kind: FenceKind) -> bool {
+    matches!(kind, FenceKind::SplitBrain | FenceKind::PromotionAsked)
+}
+
+/// The next batch of coordination events, or never when this proxy is not coordinated.
+pub(super) async fn next_coord_events(events: &mut Option<mpsc::Receiver<Vec<CoordEvent>>>) -> Vec<CoordEvent> {
     match events {
         Some(rx) => match rx.recv().await {
             Some(e) => e,
@@ -48,68 +59,125 @@ pub(super) async fn next_coord_event(events: &mut Option<mpsc::Receiver<CoordEve
 }
 
 impl MonitorTask {
-    pub(super) fn coordination_event(&mut self, ev: CoordEvent) {
+    /// One batch (an etcd read or one watch response): applied whole, then re-decided once.
+    pub(super) fn coordination_events(&mut self, batch: Vec<CoordEvent>) {
+        let Some(coord) = self.coord.clone() else { return };
         let now = Now::current();
-        let acts = match ev {
-            CoordEvent::EtcdUp(up) => self.machine.coordinate(|c| c.etcd_up = up, now),
-            CoordEvent::Leadership { leader, is_leader } => self.machine.coordinate(
-                |c| {
-                    c.leader = leader;
-                    c.is_leader = is_leader;
-                },
-                now,
-            ),
-            CoordEvent::Record(record) => {
-                self.peers.epoch = record.as_ref().map(|r| r.epoch).unwrap_or(0);
-                self.peers.bootstrapping = false;
-                let index = record.as_ref().and_then(|r| self.machine.backends.iter().position(|b| b.name == r.name));
-                if record.is_some() && index.is_none() {
-                    tracing::error!(record = ?record, "the recorded primary is not one of this proxy's backends: check that every proxy names the backends alike");
+        let mut acts = Vec::new();
+        let mut changed = false;
+        let mut touched = Vec::new();
+        for ev in batch {
+            match ev {
+                CoordEvent::EtcdUp(up) => {
+                    changed |= self.machine.update_coord(|c| {
+                        c.etcd_up = up;
+                        // Without etcd, route by this proxy's own checks (and the last record).
+                        c.settled |= !up;
+                    })
                 }
-                self.machine.coordinate(|c| c.record = index, now)
-            }
-            CoordEvent::Fence { backend, fence } => {
-                match &fence {
-                    Some(f) => self.peers.shared.insert(backend.clone(), f.clone()),
-                    None => self.peers.shared.remove(&backend),
-                };
-                match self.machine.backends.iter().position(|b| b.name == backend) {
-                    Some(i) => {
-                        let by = fence.as_ref().map(|f| f.by.clone()).unwrap_or_else(|| "another proxy".into());
-                        self.machine.peer_fence(i, fence.map(|f| f.fence), &by, now)
+                CoordEvent::Leadership { leader, is_leader } => {
+                    changed |= self.machine.update_coord(|c| {
+                        c.leader = leader;
+                        c.is_leader = is_leader;
+                    })
+                }
+                CoordEvent::Record(record) => {
+                    let epoch = record.as_ref().map(|r| r.epoch).unwrap_or(0);
+                    self.peers.epoch = self.peers.epoch.max(epoch);
+                    let index = record.as_ref().and_then(|r| self.machine.backends.iter().position(|b| b.name == r.name));
+                    let foreign = record.as_ref().filter(|_| index.is_none()).map(|r| r.name.clone());
+                    if foreign.is_some() {
+                        tracing::error!(record = ?record, "the recorded primary is none of this proxy's backends: every proxy must name the backends alike");
                     }
-                    None => Vec::new(),
+                    changed |= self.machine.update_coord(|c| {
+                        c.record = index;
+                        c.record_foreign = foreign;
+                    });
+                    // A split-brain fence on the recorded primary was decided on a stale view
+                    // (this proxy's or another's, e.g. one frozen through a failover): the
+                    // record wins, and the lifted fence is deleted from etcd too.
+                    if let Some(i) = index.filter(|i| matches!(self.machine.backends[*i].fence, Some(Fence { kind: FenceKind::SplitBrain, .. }))) {
+                        tracing::warn!(backend = %self.machine.backends[i].name, "lifting a split-brain fence on the recorded primary");
+                        acts.extend(self.machine.lift_fence(i, "the coordinated proxies recorded it as the primary".into(), now));
+                        changed = true;
+                    }
+                }
+                CoordEvent::Fence { backend, fence } => {
+                    match &fence {
+                        Some(f) => self.peers.shared.insert(backend.clone(), f.clone()),
+                        None => self.peers.shared.remove(&backend),
+                    };
+                    if let Some(i) = self.machine.backends.iter().position(|b| b.name == backend) {
+                        let by = fence.as_ref().map(|f| f.by.clone()).unwrap_or_else(|| "another proxy".into());
+                        acts.extend(self.machine.peer_fence(i, fence.map(|f| f.fence), &by, now));
+                        touched.push(backend);
+                        changed = true;
+                    }
+                }
+                CoordEvent::Members(members) => {
+                    let views = members.into_iter().filter(|(n, _)| *n != coord.name).map(|(n, v)| (n, v.down.into_iter().collect())).collect();
+                    changed |= self.machine.update_coord(|c| c.views = views);
+                }
+                CoordEvent::Loaded => {
+                    self.machine.update_coord(|c| c.settled = true);
+                    acts.extend(self.after_first_read(&coord, now));
+                    changed = true;
                 }
             }
-            CoordEvent::Members(members) => {
-                self.peers.members = members;
-                Vec::new()
+        }
+        // What peers set or lifted is known now: not this proxy's to share back (what this
+        // proxy lifted itself above is, and goes to etcd with the next sync).
+        for name in touched {
+            if let Some(b) = self.machine.backends.iter().find(|b| b.name == name) {
+                self.peers.known.insert(name, b.fence.clone());
             }
-        };
+        }
+        if changed {
+            acts.extend(self.machine.reevaluate(now));
+        }
         self.apply_all(acts);
     }
 
-    /// After every change: fences and view to etcd, the quorum to the machine, and a first
-    /// record when this proxy leads and nothing is recorded.
+    /// After a session's first read: fences restored from disk that etcd does not have are
+    /// lifted (etcd's fences win), and fences this proxy set while etcd was away are shared.
+    fn after_first_read(&mut self, coord: &Coordinator, now: Now) -> Vec<Action> {
+        let mut acts = Vec::new();
+        let restored = self.peers.restored.take().unwrap_or_default();
+        for i in 0..self.machine.backends.len() {
+            let b = &self.machine.backends[i];
+            let (name, fence) = (b.name.clone(), b.fence.clone());
+            let Some(f) = fence else { continue };
+            if self.peers.shared.contains_key(&name) || b.peer_fenced_at.is_some() {
+                continue;
+            }
+            if restored.contains(&name) {
+                tracing::warn!(backend = %name, "fence restored from disk is not in etcd: lifted (the coordinated proxies' fences win)");
+                acts.extend(self.machine.lift_fence(i, "not fenced in etcd: the coordinated proxies' fences win".into(), now));
+            } else if shared_by_sync(f.kind) {
+                coord.put_fence(name, FenceRecord { fence: f, by: coord.name.clone() });
+            }
+        }
+        acts
+    }
+
+    /// After every change: this proxy's own fence changes and its view to etcd, and a record
+    /// when this proxy leads and the record names no primary it can route to.
     pub(super) fn sync_coordination(&mut self) {
         let Some(coord) = self.coord.clone() else { return };
-        let m = &self.machine;
-        for b in &m.backends {
-            match (&b.fence, self.peers.shared.get(&b.name)) {
-                (Some(f), None) => coord.put_fence(b.name.clone(), FenceRecord { fence: f.clone(), by: coord.name.clone() }),
-                (None, Some(_)) => coord.delete_fence(b.name.clone()),
+        for b in &self.machine.backends {
+            let before = self.peers.known.insert(b.name.clone(), b.fence.clone());
+            if before.as_ref() == Some(&b.fence) {
+                continue;
+            }
+            match &b.fence {
+                Some(f) if b.peer_fenced_at.is_none() && shared_by_sync(f.kind) => {
+                    coord.put_fence(b.name.clone(), FenceRecord { fence: f.clone(), by: coord.name.clone() })
+                }
+                None if self.peers.shared.contains_key(&b.name) => coord.delete_fence(b.name.clone()),
                 _ => {}
             }
         }
         coord.publish_view(self.own_view(&coord.name));
-        let veto = self.quorum_veto(&coord.name);
-        if m.coord.as_ref().is_some_and(|c| c.veto != veto) {
-            let acts = self.machine.coordinate(|c| c.veto = veto, Now::current());
-            if !acts.is_empty() {
-                // Re-entering apply_all is fine: the veto is settled now.
-                self.apply_all(acts);
-            }
-        }
         self.bootstrap_record(&coord);
     }
 
@@ -140,31 +208,9 @@ impl MonitorTask {
         }
     }
 
-    /// Whether enough live proxies see the primary down for the leader to fail over.
-    fn quorum_veto(&self, me: &str) -> Option<String> {
-        let m = &self.machine;
-        let c = m.coord.as_ref()?;
-        if !c.is_leader || self.peers.quorum == Some(Quorum::Leader) {
-            return None;
-        }
-        let primary = c.record.or(m.route).or(m.in_flight.as_ref().and_then(|f| f.from))?;
-        let name = &m.backends[primary].name;
-        let mut live: BTreeSet<&str> = self.peers.members.keys().map(String::as_str).collect();
-        live.insert(me);
-        let down = live
-            .iter()
-            .filter(|n| if **n == me { m.backends[primary].marked_down } else { self.peers.members.get(**n).is_some_and(|v| v.down.contains(name)) })
-            .count();
-        if down * 2 > live.len() {
-            None
-        } else {
-            Some(format!("{down} of {} live proxies see {name} down (failover.quorum = \"majority\")", live.len()))
-        }
-    }
-
     /// The leader records a primary when the record names none it can route to (a new
     /// cluster, or a promotion that was refused and undone), so every proxy follows the same
-    /// one.
+    /// one. The transaction replaces exactly the record this proxy saw.
     fn bootstrap_record(&mut self, coord: &Coordinator) {
         if self.peers.bootstrapping {
             return;

@@ -9,6 +9,8 @@ fn coordinated(n: usize, is_leader: bool) -> (Machine, Clock) {
     let leader = if is_leader { "me" } else { "other" };
     let acts = m.coordinate(
         |co| {
+            co.me = "me".into();
+            co.settled = true;
             co.etcd_up = true;
             co.leader = Some(leader.into());
             co.is_leader = is_leader;
@@ -52,14 +54,23 @@ fn a_routed_primary_that_leaves_the_record_is_cut() {
 #[test]
 fn the_leader_promotes_only_with_a_quorum_and_etcd() {
     let (mut m, mut c) = coordinated(2, true);
-    m.coordinate(|co| co.veto = Some("1 of 3 live proxies see pg-a down".into()), c.tick());
+    let views = |down: &[&str]| -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+        [("p2".to_string(), down.iter().map(|s| s.to_string()).collect()), ("p3".to_string(), Default::default())].into_iter().collect()
+    };
+    m.coordinate(
+        |co| {
+            co.majority = true;
+            co.views = views(&[]);
+        },
+        c.tick(),
+    );
     let acts = lose_primary(&mut m, &mut c, &[(1, standby(4899, 1))]);
     assert!(promotes(&acts).is_empty(), "vetoed: {acts:?}");
-    assert!(m.route_reason.contains("waiting for the other proxies to agree: 1 of 3"), "{}", m.route_reason);
-    // etcd goes away as the veto is lifted: still nothing.
+    assert!(m.route_reason.contains("waiting for the other proxies to agree: 1 of 3 live proxies see pg-a down"), "{}", m.route_reason);
+    // A second proxy agrees as etcd goes away: still nothing.
     let acts = m.coordinate(
         |co| {
-            co.veto = None;
+            co.views = views(&["pg-a"]);
             co.etcd_up = false;
         },
         c.tick(),
@@ -67,9 +78,68 @@ fn the_leader_promotes_only_with_a_quorum_and_etcd() {
     assert!(promotes(&acts).is_empty());
     assert!(m.route_reason.contains("etcd is unreachable"), "{}", m.route_reason);
     assert_eq!(m.phase(), "waiting_for_external_promotion");
-    // etcd is back: the leader promotes.
+    // etcd is back: two of three see it down, the leader promotes.
     let acts = m.coordinate(|co| co.etcd_up = true, c.tick());
     assert_eq!(promotes(&acts), [1]);
+}
+
+#[test]
+fn a_proxy_that_wins_the_election_counts_the_quorum_before_it_promotes() {
+    // A follower that cannot reach the primary (its own path) has a confirmed outage when it
+    // is elected: the others' views are counted in the same decision.
+    let (mut m, mut c) = coordinated(2, false);
+    m.coordinate(
+        |co| {
+            co.majority = true;
+            co.views = [("p2".to_string(), Default::default()), ("p3".to_string(), Default::default())].into_iter().collect();
+        },
+        c.tick(),
+    );
+    lose_primary(&mut m, &mut c, &[(1, standby(4899, 1))]);
+    let acts = m.coordinate(
+        |co| {
+            co.is_leader = true;
+            co.leader = Some("me".into());
+        },
+        c.tick(),
+    );
+    assert!(promotes(&acts).is_empty(), "{acts:?}");
+    assert!(m.route_reason.contains("1 of 3"), "{}", m.route_reason);
+}
+
+#[test]
+fn nothing_is_routed_or_promoted_before_etcd_has_spoken() {
+    let mut m = machine(2, PromoteMode::Auto);
+    m.coord = Some(Coord::new("me".into(), true));
+    let mut c = Clock::new();
+    see(&mut m, &mut c, 1, standby(4900, 1));
+    let acts = see(&mut m, &mut c, 0, primary(5000, 1));
+    assert!(routes(&acts).is_empty() || routes(&acts) == [None], "{acts:?}");
+    assert_eq!(m.route, None);
+    assert!(m.route_reason.contains("first read of etcd"), "{}", m.route_reason);
+    assert!(!m.may_promote());
+    // etcd's first read: pg-a recorded.
+    m.coordinate(
+        |co| {
+            co.etcd_up = true;
+            co.record = Some(0);
+        },
+        c.tick(),
+    );
+    assert_eq!(m.route, None, "still unsettled");
+    let acts = m.coordinate(|co| co.settled = true, c.tick());
+    assert_eq!(routes(&acts), [Some(0)]);
+    // A record naming no backend of this proxy: nothing routed, nothing recorded over it.
+    let acts = m.coordinate(
+        |co| {
+            co.record = None;
+            co.record_foreign = Some("pg-z".into());
+            co.is_leader = true;
+        },
+        c.tick(),
+    );
+    assert_eq!(routes(&acts), [None]);
+    assert_eq!(m.record_wanted(), None);
 }
 
 #[test]
@@ -88,7 +158,8 @@ fn an_operator_trigger_is_the_leaders() {
 fn a_fence_set_by_another_proxy_is_kept_and_lifted_with_it() {
     let (mut m, mut c) = coordinated(3, false);
     let f = Fence { kind: FenceKind::SplitBrain, reason: "split brain".into() };
-    let acts = m.peer_fence(1, Some(f), "p2", c.tick());
+    let mut acts = m.peer_fence(1, Some(f), "p2", c.tick());
+    acts.extend(m.reevaluate(c.tick()));
     assert_eq!(kinds(&acts), [EventKind::Fence], "the last check (before the fence) does not lift it");
     assert!(m.backends[1].fence.as_ref().unwrap().reason.starts_with("fenced by p2: split brain"));
     assert!(!m.eligible(1), "a fenced standby is not a candidate");
@@ -129,4 +200,25 @@ fn the_leader_re_records_only_when_the_record_names_no_routable_primary() {
     m.coordinate(|co| co.is_leader = false, c.tick());
     m.coordinate(|co| co.record = None, c.tick());
     assert_eq!(m.record_wanted(), None);
+}
+
+#[test]
+fn a_peers_fence_on_the_routed_primary_is_never_lifted_by_this_proxy() {
+    // A switchover by the leader reaches a follower as the old primary's fence (the record
+    // follows): the old primary still answers, writable, but the fence is not this proxy's
+    // to lift, so it is not given back the route.
+    let (mut m, mut c) = coordinated(2, false);
+    let f = Fence { kind: FenceKind::Superseded, reason: "switchover to pg-b".into() };
+    let mut acts = m.peer_fence(0, Some(f), "p1", c.tick());
+    acts.extend(m.reevaluate(c.tick()));
+    assert_eq!(routes(&acts), [None], "sessions to the fenced primary are cut");
+    for _ in 0..5 {
+        let acts = see(&mut m, &mut c, 0, primary(5000, 1));
+        assert!(!kinds(&acts).contains(&EventKind::Unfence), "{acts:?}");
+    }
+    assert!(m.backends[0].fence.is_some());
+    assert_eq!(m.route, None);
+    m.coordinate(|co| co.record = Some(1), c.tick());
+    let acts = see(&mut m, &mut c, 1, primary(5000, 2));
+    assert_eq!(routes(&acts), [Some(1)]);
 }
