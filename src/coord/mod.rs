@@ -35,8 +35,9 @@ pub enum Event {
     EtcdUp(bool),
     /// Who leads now (`None`: nobody known), and whether it is this proxy.
     Leadership { leader: Option<String>, is_leader: bool },
-    /// The recorded primary changed (or is gone).
-    Record(Option<PrimaryRecord>),
+    /// The recorded primary changed (or is gone), and the key's mod revision (0: none): a new
+    /// record replaces exactly this one.
+    Record(Option<PrimaryRecord>, i64),
     /// A shared fence was set (`Some`) or lifted (`None`).
     Fence { backend: String, fence: Option<FenceRecord> },
     /// The live proxies' views changed.
@@ -70,7 +71,8 @@ pub(crate) enum Cmd {
     Record {
         record: PrimaryRecord,
         fences: Vec<(String, FenceRecord)>,
-        reply: oneshot::Sender<Result<(), String>>,
+        expect: i64,
+        reply: oneshot::Sender<Result<i64, String>>,
     },
     /// The fencing token alone: this proxy still leads (before a switchover stops writes).
     Confirm {
@@ -140,11 +142,12 @@ impl Coordinator {
     }
 
     /// The fencing-token transaction: records `record` (and `fences`) only while this proxy
-    /// still leads and the record is the one it last saw. `Err` says why not; nothing may be
-    /// promoted then.
-    pub async fn record_primary(&self, record: PrimaryRecord, fences: Vec<(String, FenceRecord)>) -> Result<(), String> {
+    /// still leads and the record is still the one the decision was made on (mod revision
+    /// `expect`, 0 for none). Returns the new record's revision; `Err` says why not, and
+    /// nothing may be promoted then.
+    pub async fn record_primary(&self, record: PrimaryRecord, fences: Vec<(String, FenceRecord)>, expect: i64) -> Result<i64, String> {
         let (reply, rx) = oneshot::channel();
-        self.cmds.send(Cmd::Record { record, fences, reply }).map_err(|_| "the coordinator stopped".to_string())?;
+        self.cmds.send(Cmd::Record { record, fences, expect, reply }).map_err(|_| "the coordinator stopped".to_string())?;
         rx.await.map_err(|_| "the coordinator stopped".to_string())?
     }
 

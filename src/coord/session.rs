@@ -35,6 +35,11 @@ struct Mirror {
     /// The record's mod revision (0: none): a new record must replace exactly this one.
     record_rev: i64,
     fences: BTreeMap<String, FenceRecord>,
+    /// Each shared fence's mod revision: a fence is lifted only if nobody changed it since.
+    fence_revs: BTreeMap<String, i64>,
+    /// Fence changes etcd has not taken yet (refused while it was away, or failed): the
+    /// latest per backend, written as soon as it answers again.
+    pending: BTreeMap<String, Pending>,
     /// Requests seen and handed to the admin port (when leading).
     handled: HashSet<String>,
     /// This proxy's own election key and its create revision, while it leads.
@@ -58,6 +63,23 @@ impl Mirror {
     }
 }
 
+/// A fence change still to be written.
+#[derive(Clone, Debug)]
+enum Pending {
+    Put(FenceRecord),
+    /// Lift the fence if it still has this mod revision (0: whatever it is).
+    Delete(i64),
+}
+
+/// Aborts a spawned task when the session that started it ends, however it ends.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// How a session's loop goes on after a command.
 type Flow = Result<(), String>;
 
@@ -70,6 +92,8 @@ pub(super) async fn run(cfg: CoordinationConfig, mut ch: Channels, shutdown: Can
         record: None,
         record_rev: 0,
         fences: BTreeMap::new(),
+        fence_revs: BTreeMap::new(),
+        pending: BTreeMap::new(),
         handled: HashSet::new(),
         leading: None,
         old_lease: None,
@@ -98,24 +122,34 @@ pub(super) async fn run(cfg: CoordinationConfig, mut ch: Channels, shutdown: Can
                 _ = &mut retry => break,
                 cmd = ch.cmds.recv() => match cmd {
                     None => return,
-                    Some(cmd) => refuse(cmd, "etcd is unreachable"),
+                    Some(cmd) => refuse(cmd, "etcd is unreachable", &mut m),
                 },
             }
         }
     }
 }
 
-/// Answers a command that cannot be carried out now. Fence changes are not lost: the
-/// monitor shares its fences again after every reconnection.
-fn refuse(cmd: Cmd, why: &str) {
+/// Answers a command that cannot be carried out now. Fence changes are not lost: they wait
+/// for the next session.
+fn refuse(cmd: Cmd, why: &str, m: &mut Mirror) {
     match cmd {
-        Cmd::Record { reply, .. } | Cmd::Confirm { reply } => {
+        Cmd::Record { reply, .. } => {
+            let _ = reply.send(Err(why.to_string()));
+        }
+        Cmd::Confirm { reply } => {
             let _ = reply.send(Err(why.to_string()));
         }
         Cmd::Forward { reply, .. } => {
             let _ = reply.send(Err(why.to_string()));
         }
-        Cmd::PutFence(..) | Cmd::DeleteFence(_) | Cmd::Respond { .. } => {}
+        Cmd::PutFence(backend, f) => {
+            m.pending.insert(backend, Pending::Put(f));
+        }
+        Cmd::DeleteFence(backend) => {
+            let rev = m.fence_revs.get(&backend).copied().unwrap_or(0);
+            m.pending.insert(backend, Pending::Delete(rev));
+        }
+        Cmd::Respond { .. } => {}
     }
 }
 
@@ -159,7 +193,7 @@ async fn keep_alive(mut client: Client, lease: i64, ttl: Duration, renewed: watc
     let mut stream = None;
     let mut tick = tokio::time::interval(third);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
+    // The first renewal at once: the deadline counts from the grant until then.
     loop {
         tick.tick().await;
         let sent = Instant::now();
@@ -195,10 +229,16 @@ async fn session(cfg: &CoordinationConfig, m: &mut Mirror, ch: &mut Channels, sh
     let e = |what: &'static str| move |err: etcd_client::Error| format!("{what}: {err}");
     let mut client = Client::connect(&cfg.etcd_endpoints, Some(options(cfg, Some(third.max(Duration::from_millis(500))))?)).await.map_err(e("connect"))?;
     if let Some(old) = m.old_lease {
-        // This proxy is back: the last session's keys go now rather than at its expiry.
-        let _ = client.lease_revoke(old).await;
-        m.old_lease = None;
+        // This proxy is back: the last session's keys go now rather than at its expiry. The
+        // lease is forgotten only once etcd has revoked it (or it has expired).
+        match client.lease_revoke(old).await {
+            Ok(_) => m.old_lease = None,
+            Err(err) if err.to_string().contains("not found") => m.old_lease = None,
+            Err(err) => return Err(format!("revoke the last session's lease: {err}")),
+        }
     }
+    // Fence changes made while etcd was away, before anything is read.
+    flush_pending(&mut client, m).await;
     let asked = Instant::now();
     let grant = client.lease_grant(cfg.lease_ttl.as_secs().max(1) as i64, None).await.map_err(e("lease grant"))?;
     let (lease, ttl) = (grant.id(), Duration::from_secs(grant.ttl().max(1) as u64));
@@ -231,7 +271,7 @@ async fn session(cfg: &CoordinationConfig, m: &mut Mirror, ch: &mut Channels, sh
         .map_err(e("watch"))?;
 
     let (renewed_tx, mut renewed) = watch::channel((asked, m.status.lease_renewal_failures));
-    let keeper = tokio::spawn(keep_alive(client.clone(), lease, ttl, renewed_tx));
+    let _keeper = AbortOnDrop(tokio::spawn(keep_alive(client.clone(), lease, ttl, renewed_tx)).abort_handle());
     // The campaign blocks until this proxy leads: its own client, without a request timeout.
     let campaign_opts = options(cfg, None)?;
     let (endpoints, election, name) = (cfg.etcd_endpoints.clone(), m.keys.election(), m.name.clone());
@@ -240,7 +280,10 @@ async fn session(cfg: &CoordinationConfig, m: &mut Mirror, ch: &mut Channels, sh
         let won = c.campaign(election, name, lease).await?;
         Ok::<_, etcd_client::Error>(won.leader().map(|k| (String::from_utf8_lossy(k.key()).into_owned(), k.rev())))
     });
+    let _campaign_guard = AbortOnDrop(campaign.abort_handle());
     let mut campaigning = true;
+    let mut retry = tokio::time::interval(third);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result = loop {
         let deadline = renewed.borrow().0 + ttl - margin;
         tokio::select! {
@@ -257,6 +300,14 @@ async fn session(cfg: &CoordinationConfig, m: &mut Mirror, ch: &mut Channels, sh
                 m.status.lease_renewal_failures = renewed.borrow().1;
                 ch.status.send_replace(m.status.clone());
             }
+            cmd = ch.cmds.recv() => match cmd {
+                None => break Ok(()),
+                Some(cmd) => {
+                    if let Err(why) = handle(cmd, &mut client, m, lease).await {
+                        break Err(why);
+                    }
+                }
+            },
             won = &mut campaign, if campaigning => {
                 campaigning = false;
                 match won {
@@ -316,27 +367,20 @@ async fn session(cfg: &CoordinationConfig, m: &mut Mirror, ch: &mut Channels, sh
                 Err(err) => break Err(format!("watch: {err}")),
             },
             changed = ch.view.changed() => {
-                if changed.is_ok() {
-                    let view = ch.view.borrow_and_update().clone();
-                    if let Some(v) = view {
-                        if let Err(err) = put_view(&mut client, m, &v, lease).await {
-                            tracing::warn!(error = %err, "could not publish this proxy's view");
-                        }
+                if changed.is_err() {
+                    // The monitor is gone: so is this proxy.
+                    break Ok(());
+                }
+                let view = ch.view.borrow_and_update().clone();
+                if let Some(v) = view {
+                    if let Err(err) = put_view(&mut client, m, &v, lease).await {
+                        tracing::warn!(error = %err, "could not publish this proxy's view");
                     }
                 }
             }
-            cmd = ch.cmds.recv() => match cmd {
-                None => break Ok(()),
-                Some(cmd) => {
-                    if let Err(why) = handle(cmd, &mut client, m, lease).await {
-                        break Err(why);
-                    }
-                }
-            },
+            _ = retry.tick(), if !m.pending.is_empty() => flush_pending(&mut client, m).await,
         }
     };
-    campaign.abort();
-    keeper.abort();
     if result.is_ok() {
         // Leaving for good: the lease's keys go at once instead of after the TTL. After an
         // error they stay until the next session revokes them (or the lease expires): this
@@ -349,10 +393,10 @@ async fn session(cfg: &CoordinationConfig, m: &mut Mirror, ch: &mut Channels, sh
 
 /// The initial read: every key as it is now, as one batch of events.
 fn load(m: &mut Mirror, kvs: &[KeyValue]) -> Vec<Event> {
-    let old_fences: Vec<String> = m.fences.keys().cloned().collect();
+    let old_fences = std::mem::take(&mut m.fences);
     m.election.clear();
     m.members.clear();
-    m.fences.clear();
+    m.fence_revs.clear();
     let mut record = None;
     m.record_rev = 0;
     for kv in kvs {
@@ -371,8 +415,18 @@ fn load(m: &mut Mirror, kvs: &[KeyValue]) -> Vec<Event> {
                 }
             }
             Some(KeyKind::Fence(b)) => {
-                if let Ok(f) = serde_json::from_slice::<FenceRecord>(kv.value()) {
-                    m.fences.insert(b.to_string(), f);
+                m.fence_revs.insert(b.to_string(), kv.mod_revision());
+                match serde_json::from_slice::<FenceRecord>(kv.value()) {
+                    Ok(f) => {
+                        m.fences.insert(b.to_string(), f);
+                    }
+                    Err(err) => {
+                        // Not ours to judge (a newer proxy's format?): the fence stays as it was.
+                        tracing::warn!(key = %key, error = %err, "ignoring a fence key that cannot be read");
+                        if let Some(f) = old_fences.get(b) {
+                            m.fences.insert(b.to_string(), f.clone());
+                        }
+                    }
                 }
             }
             _ => {}
@@ -382,8 +436,8 @@ fn load(m: &mut Mirror, kvs: &[KeyValue]) -> Vec<Event> {
     m.status.recorded_primary = record.clone();
     m.status.leader = m.leader();
     m.status.members = m.members.values().cloned().collect();
-    let mut batch = vec![Event::EtcdUp(true), Event::Record(record)];
-    for b in old_fences.iter().filter(|b| !m.fences.contains_key(*b)) {
+    let mut batch = vec![Event::EtcdUp(true), Event::Record(record, m.record_rev)];
+    for b in old_fences.keys().filter(|b| !m.fences.contains_key(*b)) {
         batch.push(Event::Fence { backend: b.clone(), fence: None });
     }
     for (b, f) in &m.fences {
@@ -404,7 +458,7 @@ async fn apply(m: &mut Mirror, kv: &KeyValue, deleted: bool, batch: &mut Vec<Eve
             m.record_rev = if deleted { 0 } else { kv.mod_revision() };
             m.record = record.clone();
             m.status.recorded_primary = record.clone();
-            batch.push(Event::Record(record));
+            batch.push(Event::Record(record, m.record_rev));
         }
         Some(KeyKind::Election(_)) => {
             if deleted {
@@ -434,7 +488,19 @@ async fn apply(m: &mut Mirror, kv: &KeyValue, deleted: bool, batch: &mut Vec<Eve
             batch.push(Event::Members(m.members.clone()));
         }
         Some(KeyKind::Fence(b)) => {
-            let fence = if deleted { None } else { serde_json::from_slice::<FenceRecord>(kv.value()).ok() };
+            let fence = if deleted {
+                m.fence_revs.remove(b);
+                None
+            } else {
+                m.fence_revs.insert(b.to_string(), kv.mod_revision());
+                match serde_json::from_slice::<FenceRecord>(kv.value()) {
+                    Ok(f) => Some(f),
+                    Err(err) => {
+                        tracing::warn!(key = %key, error = %err, "ignoring a fence key that cannot be read");
+                        return;
+                    }
+                }
+            };
             match &fence {
                 Some(f) => m.fences.insert(b.to_string(), f.clone()),
                 None => m.fences.remove(b),
@@ -472,6 +538,48 @@ async fn put_view(client: &mut Client, m: &Mirror, v: &MemberView, lease: i64) -
     Ok(())
 }
 
+/// Writes the fence changes still to be written; those etcd does not take stay for later.
+async fn flush_pending(client: &mut Client, m: &mut Mirror) {
+    for (backend, op) in std::mem::take(&mut m.pending) {
+        let key = m.keys.fence(&backend);
+        let done = match &op {
+            Pending::Put(f) => {
+                if f.fence.kind == crate::monitor::machine::FenceKind::SplitBrain && m.record.as_ref().is_some_and(|r| r.name == backend) {
+                    tracing::warn!(%backend, "not sharing a split-brain fence on the recorded primary (decided on a stale view)");
+                    Ok(())
+                } else if m.fences.get(&backend) == Some(f) {
+                    Ok(())
+                } else {
+                    let json = serde_json::to_vec(f).unwrap_or_default();
+                    client.put(key, json, None).await.map(|r| {
+                        if let Some(h) = r.header() {
+                            m.fence_revs.insert(backend.clone(), h.revision());
+                        }
+                    })
+                }
+            }
+            // Lifted only if nobody fenced it anew since this proxy saw it.
+            Pending::Delete(rev) if *rev > 0 => {
+                let txn = Txn::new().when([Compare::mod_revision(key.clone(), CompareOp::Equal, *rev)]).and_then([TxnOp::delete(key, None)]);
+                client.txn(txn).await.map(|r| {
+                    if !r.succeeded() {
+                        tracing::info!(%backend, "not lifting the shared fence: another proxy changed it meanwhile");
+                    }
+                })
+            }
+            Pending::Delete(_) => match m.fences.contains_key(&backend) {
+                true => client.delete(key, None).await.map(|_| ()),
+                false => Ok(()),
+            },
+        };
+        if let Err(err) = done {
+            tracing::warn!(%backend, error = %err, "could not share a fence change in etcd (tried again shortly)");
+            // A newer change asked meanwhile wins over this one.
+            m.pending.entry(backend).or_insert(op);
+        }
+    }
+}
+
 /// Why a fencing-token transaction failed: leadership lost (the session ends) or the record
 /// moved (someone else's decision is on its way through the watch).
 async fn token_failed(client: &mut Client, m: &Mirror, key: &str, rev: i64) -> Result<String, String> {
@@ -488,23 +596,15 @@ async fn token_failed(client: &mut Client, m: &Mirror, key: &str, rev: i64) -> R
 async fn handle(cmd: Cmd, client: &mut Client, m: &mut Mirror, lease: i64) -> Flow {
     match cmd {
         Cmd::PutFence(backend, f) => {
-            if f.fence.kind == crate::monitor::machine::FenceKind::SplitBrain && m.record.as_ref().is_some_and(|r| r.name == backend) {
-                tracing::warn!(%backend, "not sharing a split-brain fence on the recorded primary (decided on a stale view)");
-            } else if m.fences.get(&backend) != Some(&f) {
-                let json = serde_json::to_vec(&f).unwrap_or_default();
-                if let Err(err) = client.put(m.keys.fence(&backend), json, None).await {
-                    tracing::warn!(%backend, error = %err, "could not share a fence in etcd");
-                }
-            }
+            m.pending.insert(backend, Pending::Put(f));
+            flush_pending(client, m).await;
         }
         Cmd::DeleteFence(backend) => {
-            if m.fences.contains_key(&backend) {
-                if let Err(err) = client.delete(m.keys.fence(&backend), None).await {
-                    tracing::warn!(%backend, error = %err, "could not lift a shared fence in etcd");
-                }
-            }
+            let rev = m.fence_revs.get(&backend).copied().unwrap_or(0);
+            m.pending.insert(backend, Pending::Delete(rev));
+            flush_pending(client, m).await;
         }
-        Cmd::Record { record, fences, reply } => {
+        Cmd::Record { record, fences, expect, reply } => {
             let Some((key, rev)) = m.leading.clone() else {
                 let _ = reply.send(Err("this proxy does not lead (only the leader promotes)".into()));
                 return Ok(());
@@ -514,12 +614,15 @@ async fn handle(cmd: Cmd, client: &mut Client, m: &mut Mirror, lease: i64) -> Fl
             let mut ops: Vec<TxnOp> = fences.iter().map(|(b, f)| TxnOp::put(m.keys.fence(b), serde_json::to_vec(f).unwrap_or_default(), None)).collect();
             ops.push(TxnOp::put(m.keys.primary(), serde_json::to_vec(&record).unwrap_or_default(), None));
             let txn = Txn::new()
-                .when([Compare::create_revision(key.clone(), CompareOp::Equal, rev), Compare::mod_revision(m.keys.primary(), CompareOp::Equal, m.record_rev)])
+                .when([Compare::create_revision(key.clone(), CompareOp::Equal, rev), Compare::mod_revision(m.keys.primary(), CompareOp::Equal, expect)])
                 .and_then(ops);
             match client.txn(txn).await {
                 Ok(r) if r.succeeded() => {
-                    m.record_rev = r.header().map(|h| h.revision()).unwrap_or(m.record_rev);
-                    let _ = reply.send(Ok(()));
+                    let written = r.header().map(|h| h.revision()).unwrap_or(0);
+                    for (b, _) in &fences {
+                        m.fence_revs.insert(b.clone(), written);
+                    }
+                    let _ = reply.send(Ok(written));
                 }
                 Ok(_) => match token_failed(client, m, &key, rev).await {
                     Ok(why) => {

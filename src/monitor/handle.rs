@@ -50,7 +50,8 @@ pub(super) enum Command {
     Recorded {
         i: usize,
         epoch: u64,
-        ok: bool,
+        /// The new record's revision; `None` when it was not written.
+        rev: Option<i64>,
     },
     Trigger {
         req: TriggerRequest,

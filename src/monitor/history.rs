@@ -156,7 +156,7 @@ fn replay_fences(events: &VecDeque<Event>) -> Fences {
         let Some(n) = &e.from else { continue };
         match e.kind {
             EventKind::Fence | EventKind::SplitBrain => {
-                set.insert(n.clone(), Fence { kind: FenceKind::Unreachable, reason: e.reason.clone() });
+                set.insert(n.clone(), Fence::new(FenceKind::Unreachable, e.reason.clone()));
             }
             EventKind::Unfence => {
                 set.remove(n);

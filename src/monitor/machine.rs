@@ -313,7 +313,7 @@ impl Machine {
                     // A fence restored after a restart means "do not route here; writable
                     // again is a split brain" (a candidate given up keeps its stricter kind).
                     let kind = if f.kind == FenceKind::PromotionAsked { FenceKind::PromotionAsked } else { FenceKind::Unreachable };
-                    b.fence = Some(Fence { kind, reason: format!("fenced before restart: {}", f.reason) });
+                    b.fence = Some(Fence::new(kind, format!("fenced before restart: {}", f.reason)));
                 }
                 b
             })

@@ -391,7 +391,7 @@ impl MonitorTask {
             Command::Replayed { attempt, i, result } => self.machine.replayed(attempt, i, result, now),
             Command::WritesAllowed { attempt, i, result } => self.machine.writes_allowed(attempt, i, result, now),
             Command::Repointed { standby, primary, result } => self.machine.repointed(standby, primary, result, now),
-            Command::Recorded { i, epoch, ok } => self.recorded(i, epoch, ok, now),
+            Command::Recorded { i, epoch, rev } => self.recorded(i, epoch, rev, now),
             Command::Trigger { req, reply } => {
                 tracing::warn!(who = %req.who, target = req.target.as_deref().unwrap_or("(best standby)"), force = req.force, "manual failover requested");
                 match self.machine.trigger(&req, now) {
@@ -493,8 +493,8 @@ impl MonitorTask {
                 let record = self.promotion_record(i);
                 self.run_op(
                     async move {
-                        if let Some((coord, record, fences)) = record {
-                            if let Err(why) = coord.record_primary(record, fences).await {
+                        if let Some((coord, record, fences, expect)) = record {
+                            if let Err(why) = coord.record_primary(record, fences, expect).await {
                                 return Command::Promoted { attempt, i, result: Err(PromoteError::NotAllowed(why)) };
                             }
                         }

@@ -17,7 +17,7 @@ fn ev(kind: EventKind, from: &str) -> Event {
 }
 
 fn fence(reason: &str) -> Fence {
-    Fence { kind: FenceKind::SplitBrain, reason: reason.into() }
+    Fence::new(FenceKind::SplitBrain, reason.into())
 }
 
 #[test]

@@ -30,6 +30,18 @@ pub enum FenceKind {
 pub struct Fence {
     pub kind: FenceKind,
     pub reason: String,
+    /// Set by another coordinated proxy, arrived at this instant: not this proxy's to share
+    /// or to lift by giving a failover up, and only a check begun after it may show the
+    /// backend rebuilt as a standby. Travels with the fence, so it can never outlive it.
+    #[serde(skip)]
+    pub peer: Option<Instant>,
+}
+
+impl Fence {
+    /// A fence this proxy sets itself.
+    pub fn new(kind: FenceKind, reason: String) -> Fence {
+        Fence { kind, reason, peer: None }
+    }
 }
 
 /// The last attempt to point a standby's WAL receiver at the routed primary.
@@ -91,9 +103,6 @@ pub struct Backend {
     /// at or before it). A standby still on the old timeline with more WAL than this has
     /// diverged from it.
     pub fork_lsn: Option<u64>,
-    /// When another coordinated proxy's fence arrived: only a check begun after it may
-    /// show the backend rebuilt as a standby (an older one may predate what that proxy saw).
-    pub peer_fenced_at: Option<Instant>,
 }
 
 impl Backend {
@@ -122,7 +131,6 @@ impl Backend {
             behind_since: None,
             repoint: None,
             fork_lsn: None,
-            peer_fenced_at: None,
         }
     }
 

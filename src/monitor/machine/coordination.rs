@@ -72,8 +72,16 @@ impl Machine {
         if !c.majority {
             return None;
         }
-        let primary = c.record.or(self.route).or(self.in_flight.as_ref().and_then(|f| f.from))?;
-        let name = &self.backends[primary].name;
+        // The primary this failover started from (a record may already name the candidate
+        // of an attempt that failed), else the recorded or routed one.
+        let primary = self.in_flight.as_ref().and_then(|f| f.from).or(c.record).or(self.route)?;
+        let b = &self.backends[primary];
+        if b.healthy && !b.marked_down {
+            // Not lost to silence (fenced, demoted, another cluster): a fact every proxy
+            // would see the same way, nothing to vote on.
+            return None;
+        }
+        let name = &b.name;
         let others = c.views.iter().filter(|(n, _)| **n != c.me);
         let live = 1 + others.clone().count();
         let down = usize::from(self.backends[primary].marked_down) + others.filter(|(_, down)| down.contains(name)).count();
@@ -169,7 +177,6 @@ impl Machine {
         if self.backends[i].fence.take().is_none() {
             return Vec::new();
         }
-        self.backends[i].peer_fenced_at = None;
         vec![self.event(now, EventKind::Unfence, Some(i), None, reason, Trigger::External)]
     }
 
@@ -181,14 +188,12 @@ impl Machine {
             Some(f) if self.backends[i].fence.is_none() => {
                 tracing::warn!(backend = %self.backends[i].name, by, reason = %f.reason, "fenced by another proxy");
                 let reason = format!("fenced by {by}: {}", f.reason);
-                self.backends[i].fence = Some(Fence { kind: f.kind, reason: reason.clone() });
-                self.backends[i].peer_fenced_at = Some(now.mono);
+                self.backends[i].fence = Some(Fence { kind: f.kind, reason: reason.clone(), peer: Some(now.mono) });
                 acts.push(self.event(now, EventKind::Fence, Some(i), None, reason, Trigger::External));
             }
             None if self.backends[i].fence.is_some() => {
                 tracing::info!(backend = %self.backends[i].name, by, "unfenced by another proxy");
                 self.backends[i].fence = None;
-                self.backends[i].peer_fenced_at = None;
                 acts.push(self.event(now, EventKind::Unfence, Some(i), None, format!("unfenced by {by}"), Trigger::External));
             }
             _ => {}

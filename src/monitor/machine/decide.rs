@@ -277,7 +277,7 @@ impl Machine {
                 l.name
             );
             tracing::warn!(winner = %w.name, fenced = %l.name, %reason, "split brain");
-            self.backends[o].fence = Some(Fence { kind: FenceKind::SplitBrain, reason: reason.clone() });
+            self.backends[o].fence = Some(Fence::new(FenceKind::SplitBrain, reason.clone()));
             self.counters.split_brains += 1;
             acts.push(self.event(now, EventKind::SplitBrain, Some(o), Some(winner), reason, Trigger::Automatic));
         }
@@ -288,10 +288,9 @@ impl Machine {
         for i in 0..self.backends.len() {
             let b = &self.backends[i];
             let may_still_promote = matches!(b.fence, Some(Fence { kind: FenceKind::PromotionAsked, .. }));
-            let seen_since = b.peer_fenced_at.is_none_or(|f| b.success_started.is_some_and(|s| s > f));
+            let seen_since = b.fence.as_ref().and_then(|f| f.peer).is_none_or(|f| b.success_started.is_some_and(|s| s > f));
             if b.fence.is_some() && !may_still_promote && seen_since && b.fresh() && b.in_recovery() && self.same_cluster(i) {
                 self.backends[i].fence = None;
-                self.backends[i].peer_fenced_at = None;
                 tracing::info!(backend = %self.backends[i].name, "unfenced: reports in recovery");
                 acts.push(self.event(now, EventKind::Unfence, Some(i), None, "reports in recovery (rebuilt as a standby)".into(), Trigger::Automatic));
             }

@@ -129,7 +129,8 @@ impl Machine {
         let Some(f) = &self.in_flight else { return false };
         let b = &self.backends[p];
         // A fence another coordinated proxy set is not this failover's to lift.
-        let ours = matches!(b.fence, None | Some(Fence { kind: FenceKind::Unreachable | FenceKind::Superseded, .. })) && b.peer_fenced_at.is_none();
+        let ours = matches!(b.fence, None | Some(Fence { kind: FenceKind::Unreachable | FenceKind::Superseded, .. }))
+            && b.fence.as_ref().is_none_or(|f| f.peer.is_none());
         b.fresh() && b.claims_primary() && self.same_cluster(p) && ours && self.recorded(p) && b.obs.as_ref().and_then(|o| o.timeline) == f.from_timeline
     }
 
@@ -172,7 +173,7 @@ impl Machine {
             return;
         }
         let kind = if matches!(trigger, Trigger::Manual(_)) && b.healthy { FenceKind::Superseded } else { FenceKind::Unreachable };
-        self.backends[p].fence = Some(Fence { kind, reason: reason.to_string() });
+        self.backends[p].fence = Some(Fence::new(kind, reason.to_string()));
         acts.push(self.event(now, EventKind::Fence, Some(p), None, reason.to_string(), trigger.clone()));
     }
 
@@ -263,7 +264,7 @@ impl Machine {
     pub(super) fn give_up(&mut self, c: usize, now: Now, acts: &mut Vec<Action>) {
         let name = self.backends[c].name.clone();
         let reason = format!("{name} stopped answering after its promotion was asked for; fenced, as it may come back promoted (an operator unfences it)");
-        self.backends[c].fence = Some(Fence { kind: FenceKind::PromotionAsked, reason: reason.clone() });
+        self.backends[c].fence = Some(Fence::new(FenceKind::PromotionAsked, reason.clone()));
         let Some(f) = self.in_flight.as_mut() else { return };
         f.to = None;
         f.step = Step::Waiting;

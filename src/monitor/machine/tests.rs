@@ -226,7 +226,7 @@ fn restart_routes_to_the_real_primary_not_the_configured_one() {
 
     // Restored fences: pg-a is never routed even though it is writable.
     let names = ["pg-a".to_string(), "pg-b".to_string()];
-    let fence = Fence { kind: FenceKind::SplitBrain, reason: "split brain".into() };
+    let fence = Fence::new(FenceKind::SplitBrain, "split brain".into());
     let mut m = Machine::new(settings(PromoteMode::Auto), &names, &[("pg-a".into(), fence)]);
     see(&mut m, &mut c, 0, primary(100, 1));
     see(&mut m, &mut c, 1, standby(100, 1));

@@ -13,7 +13,7 @@ use crate::monitor::status::Status;
 use super::MonitorTask;
 
 /// What a promotion records first: through whom, the new primary, the fences.
-pub(super) type PromotionRecord = (Coordinator, PrimaryRecord, Vec<(String, FenceRecord)>);
+pub(super) type PromotionRecord = (Coordinator, PrimaryRecord, Vec<(String, FenceRecord)>, i64);
 
 /// What this proxy knows of the shared fences and the record.
 #[derive(Default)]
@@ -28,6 +28,11 @@ pub(super) struct Peers {
     restored: Option<BTreeSet<String>>,
     /// The recorded primary's epoch, for the next record.
     epoch: u64,
+    /// The record's mod revision as this proxy last saw it (0: none): what its decisions are
+    /// based on, and what a new record must replace.
+    record_rev: i64,
+    /// No record outside a promotion is tried before this (after a failed one).
+    bootstrap_after: Option<std::time::Instant>,
     /// A record outside a promotion is being written.
     bootstrapping: bool,
 }
@@ -81,9 +86,10 @@ impl MonitorTask {
                         c.is_leader = is_leader;
                     })
                 }
-                CoordEvent::Record(record) => {
+                CoordEvent::Record(record, rev) => {
                     let epoch = record.as_ref().map(|r| r.epoch).unwrap_or(0);
                     self.peers.epoch = self.peers.epoch.max(epoch);
+                    self.peers.record_rev = rev;
                     let index = record.as_ref().and_then(|r| self.machine.backends.iter().position(|b| b.name == r.name));
                     let foreign = record.as_ref().filter(|_| index.is_none()).map(|r| r.name.clone());
                     if foreign.is_some() {
@@ -93,14 +99,6 @@ impl MonitorTask {
                         c.record = index;
                         c.record_foreign = foreign;
                     });
-                    // A split-brain fence on the recorded primary was decided on a stale view
-                    // (this proxy's or another's, e.g. one frozen through a failover): the
-                    // record wins, and the lifted fence is deleted from etcd too.
-                    if let Some(i) = index.filter(|i| matches!(self.machine.backends[*i].fence, Some(Fence { kind: FenceKind::SplitBrain, .. }))) {
-                        tracing::warn!(backend = %self.machine.backends[i].name, "lifting a split-brain fence on the recorded primary");
-                        acts.extend(self.machine.lift_fence(i, "the coordinated proxies recorded it as the primary".into(), now));
-                        changed = true;
-                    }
                 }
                 CoordEvent::Fence { backend, fence } => {
                     match &fence {
@@ -125,12 +123,21 @@ impl MonitorTask {
                 }
             }
         }
-        // What peers set or lifted is known now: not this proxy's to share back (what this
-        // proxy lifted itself above is, and goes to etcd with the next sync).
+        // What peers set or lifted is known now: not this proxy's to share back.
         for name in touched {
             if let Some(b) = self.machine.backends.iter().find(|b| b.name == name) {
                 self.peers.known.insert(name, b.fence.clone());
             }
+        }
+        // A split-brain fence on the recorded primary (set here or shared by a peer, in this
+        // batch or before the record came) was decided on a stale view, e.g. by a proxy
+        // frozen through a failover: the record wins, and the lift goes to etcd with the
+        // next sync.
+        let recorded = self.machine.coord.as_ref().and_then(|c| c.record);
+        if let Some(i) = recorded.filter(|i| matches!(self.machine.backends[*i].fence, Some(Fence { kind: FenceKind::SplitBrain, .. }))) {
+            tracing::warn!(backend = %self.machine.backends[i].name, "lifting a split-brain fence on the recorded primary");
+            acts.extend(self.machine.lift_fence(i, "the coordinated proxies recorded it as the primary".into(), now));
+            changed = true;
         }
         if changed {
             acts.extend(self.machine.reevaluate(now));
@@ -147,7 +154,7 @@ impl MonitorTask {
             let b = &self.machine.backends[i];
             let (name, fence) = (b.name.clone(), b.fence.clone());
             let Some(f) = fence else { continue };
-            if self.peers.shared.contains_key(&name) || b.peer_fenced_at.is_some() {
+            if self.peers.shared.contains_key(&name) || f.peer.is_some() {
                 continue;
             }
             if restored.contains(&name) {
@@ -170,7 +177,7 @@ impl MonitorTask {
                 continue;
             }
             match &b.fence {
-                Some(f) if b.peer_fenced_at.is_none() && shared_by_sync(f.kind) => {
+                Some(f) if f.peer.is_none() && shared_by_sync(f.kind) => {
                     coord.put_fence(b.name.clone(), FenceRecord { fence: f.clone(), by: coord.name.clone() })
                 }
                 None if self.peers.shared.contains_key(&b.name) => coord.delete_fence(b.name.clone()),
@@ -212,27 +219,27 @@ impl MonitorTask {
     /// cluster, or a promotion that was refused and undone), so every proxy follows the same
     /// one. The transaction replaces exactly the record this proxy saw.
     fn bootstrap_record(&mut self, coord: &Coordinator) {
-        if self.peers.bootstrapping {
+        if self.peers.bootstrapping || self.peers.bootstrap_after.is_some_and(|t| std::time::Instant::now() < t) {
             return;
         }
         let Some(w) = self.machine.record_wanted() else { return };
         self.peers.bootstrapping = true;
         let record = self.record_for(w, &coord.name);
-        let (coord, epoch) = (coord.clone(), record.epoch);
-        let failed = Command::Recorded { i: w, epoch, ok: false };
+        let (coord, epoch, expect) = (coord.clone(), record.epoch, self.peers.record_rev);
+        let failed = Command::Recorded { i: w, epoch, rev: None };
         self.run_op(
             async move {
-                let ok = match coord.record_primary(record.clone(), Vec::new()).await {
-                    Ok(()) => {
+                let rev = match coord.record_primary(record.clone(), Vec::new(), expect).await {
+                    Ok(rev) => {
                         tracing::info!(primary = %record.name, epoch, "recorded the primary in etcd");
-                        true
+                        Some(rev)
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "could not record the primary in etcd");
-                        false
+                        None
                     }
                 };
-                Command::Recorded { i: w, epoch, ok }
+                Command::Recorded { i: w, epoch, rev }
             },
             failed,
         );
@@ -240,12 +247,15 @@ impl MonitorTask {
 
     /// A record written outside a promotion: route by it at once (its watch event may still
     /// be on its way); after a failure the next change tries again.
-    pub(super) fn recorded(&mut self, i: usize, epoch: u64, ok: bool, now: Now) -> Vec<Action> {
+    pub(super) fn recorded(&mut self, i: usize, epoch: u64, rev: Option<i64>, now: Now) -> Vec<Action> {
         self.peers.bootstrapping = false;
-        if !ok {
+        let Some(rev) = rev else {
+            self.peers.bootstrap_after = Some(std::time::Instant::now() + std::time::Duration::from_secs(1));
             return Vec::new();
-        }
+        };
+        self.peers.bootstrap_after = None;
         self.peers.epoch = self.peers.epoch.max(epoch);
+        self.peers.record_rev = self.peers.record_rev.max(rev);
         self.machine.coordinate(|c| c.record = Some(i), now)
     }
 
@@ -273,7 +283,7 @@ impl MonitorTask {
             .and_then(|p| m.backends[p].fence.clone().map(|f| (m.backends[p].name.clone(), FenceRecord { fence: f, by: coord.name.clone() })))
             .into_iter()
             .collect();
-        Some((coord, record, fences))
+        Some((coord, record, fences, self.peers.record_rev))
     }
 
     pub(super) fn coordination_metrics(&self, status: &Status) {

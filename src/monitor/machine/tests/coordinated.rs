@@ -157,7 +157,7 @@ fn an_operator_trigger_is_the_leaders() {
 #[test]
 fn a_fence_set_by_another_proxy_is_kept_and_lifted_with_it() {
     let (mut m, mut c) = coordinated(3, false);
-    let f = Fence { kind: FenceKind::SplitBrain, reason: "split brain".into() };
+    let f = Fence::new(FenceKind::SplitBrain, "split brain".into());
     let mut acts = m.peer_fence(1, Some(f), "p2", c.tick());
     acts.extend(m.reevaluate(c.tick()));
     assert_eq!(kinds(&acts), [EventKind::Fence], "the last check (before the fence) does not lift it");
@@ -168,7 +168,7 @@ fn a_fence_set_by_another_proxy_is_kept_and_lifted_with_it() {
     assert!(m.backends[1].fence.is_none());
     // A check begun after the fence that finds it rebuilt as a standby lifts it here (and so,
     // through etcd, everywhere).
-    let f = Fence { kind: FenceKind::Unreachable, reason: "old primary".into() };
+    let f = Fence::new(FenceKind::Unreachable, "old primary".into());
     m.peer_fence(2, Some(f), "p2", c.tick());
     let acts = m.observe(2, Ok(standby(4800, 1)), Duration::ZERO, c.tick());
     assert_eq!(kinds(&acts), [EventKind::Unfence]);
@@ -208,7 +208,7 @@ fn a_peers_fence_on_the_routed_primary_is_never_lifted_by_this_proxy() {
     // follows): the old primary still answers, writable, but the fence is not this proxy's
     // to lift, so it is not given back the route.
     let (mut m, mut c) = coordinated(2, false);
-    let f = Fence { kind: FenceKind::Superseded, reason: "switchover to pg-b".into() };
+    let f = Fence::new(FenceKind::Superseded, "switchover to pg-b".into());
     let mut acts = m.peer_fence(0, Some(f), "p1", c.tick());
     acts.extend(m.reevaluate(c.tick()));
     assert_eq!(routes(&acts), [None], "sessions to the fenced primary are cut");
