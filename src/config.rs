@@ -208,6 +208,9 @@ pub struct ProxyConfig {
     pub user_timeout: Duration,
     /// How long sessions may drain after SIGTERM before they are closed.
     pub shutdown_grace: Duration,
+    /// After SIGTERM, how long the listeners keep accepting while `/ready` already answers
+    /// 503, so a load balancer (a Kubernetes Service) stops sending first.
+    pub shutdown_delay: Duration,
     /// Runtime threads: 1 = a single-threaded runtime (fewest wake-ups on a machine whose
     /// cores are shared with the database), 0 = one per core.
     pub worker_threads: usize,
@@ -318,6 +321,7 @@ impl Default for Config {
                 keepalive_count: 3,
                 user_timeout: Duration::from_secs(20),
                 shutdown_grace: Duration::from_secs(10),
+                shutdown_delay: Duration::ZERO,
                 worker_threads: 0,
                 startup_timeout: Duration::from_secs(10),
                 max_client_connections: default_max_client_connections(),

@@ -31,3 +31,4 @@ pub mod monitor;
 pub mod proxy;
 pub mod route;
 pub mod server;
+pub mod takeover;

@@ -116,8 +116,8 @@ fn main() -> ExitCode {
         println!("{}", summary(&cfg));
         return ExitCode::SUCCESS;
     }
-    init_logging(&cfg);
-    run_until_signal(cfg, |_| {})
+    let logs = init_logging(&cfg);
+    run_until_signal(cfg, logs, Some(Source { file: cli.config.clone(), overrides }), |_| {})
 }
 
 /// Two descriptors per client: use all the open files the hard limit allows (the default
@@ -153,22 +153,65 @@ fn summary(cfg: &Config) -> String {
     s
 }
 
-/// Logs to stderr: colours only on a terminal, JSON lines on request. The filter (RUST_LOG,
-/// else `log_level`) was validated with the configuration.
-pub(crate) fn init_logging(cfg: &Config) {
-    use std::io::IsTerminal;
+type Filtered = tracing_subscriber::layer::Layered<
+    tracing_subscriber::reload::Layer<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>,
+    tracing_subscriber::Registry,
+>;
+type FmtLayer = Box<dyn tracing_subscriber::Layer<Filtered> + Send + Sync>;
+
+/// What a reload changes in the logging: the filter and the format.
+pub(crate) struct LogHandle {
+    filter: tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>,
+    format: tracing_subscriber::reload::Handle<FmtLayer, Filtered>,
+}
+
+fn log_filter(cfg: &Config) -> tracing_subscriber::EnvFilter {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(&cfg.log_level)).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
-    match cfg.log_format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
+    EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(&cfg.log_level)).unwrap_or_else(|_| EnvFilter::new("info"))
+}
+
+fn log_format(format: LogFormat) -> FmtLayer {
+    use std::io::IsTerminal;
+    use tracing_subscriber::Layer;
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Json => layer.json().flatten_event(true).boxed(),
+        LogFormat::Text => layer.boxed(),
     }
 }
 
+/// Logs to stderr: colours only on a terminal, JSON lines on request. The filter (RUST_LOG,
+/// else `log_level`) was validated with the configuration. Both can be reloaded.
+pub(crate) fn init_logging(cfg: &Config) -> LogHandle {
+    use tracing_subscriber::prelude::*;
+    let (filter, filter_handle) = tracing_subscriber::reload::Layer::new(log_filter(cfg));
+    let (format, format_handle) = tracing_subscriber::reload::Layer::new(log_format(cfg.log_format));
+    tracing_subscriber::registry().with(filter).with(format).init();
+    LogHandle { filter: filter_handle, format: format_handle }
+}
+
+impl LogHandle {
+    fn apply(&self, cfg: &Config) {
+        if std::env::var_os("RUST_LOG").is_some() {
+            tracing::info!("RUST_LOG is set: it overrides log_level");
+        }
+        let _ = self.filter.reload(log_filter(cfg));
+        let _ = self.format.reload(log_format(cfg.log_format));
+    }
+}
+
+/// Where a reload reads the configuration from again (the demo has none).
+pub(crate) struct Source {
+    pub file: Option<PathBuf>,
+    pub overrides: Overrides,
+}
+
 /// Runs the proxy until SIGTERM/SIGINT, then drains and exits 0. `ready` is called once the
-/// listeners are bound.
-pub(crate) fn run_until_signal(cfg: Config, ready: impl FnOnce(&pgfailover::server::Proxy)) -> ExitCode {
+/// listeners are bound. SIGHUP reloads the configuration from `source`; SIGUSR2 (or a reload
+/// that adds or removes backends) starts a fresh copy of this binary that takes over.
+pub(crate) fn run_until_signal(cfg: Config, logs: LogHandle, source: Option<Source>, ready: impl FnOnce(&pgfailover::server::Proxy)) -> ExitCode {
+    // Captured now: after an upgrade the path names the new binary.
+    let exe = std::env::current_exe().ok().map(|p| PathBuf::from(p.to_string_lossy().trim_end_matches(" (deleted)")));
     let mut builder = match cfg.proxy.worker_threads {
         1 => tokio::runtime::Builder::new_current_thread(),
         0 => tokio::runtime::Builder::new_multi_thread(),
@@ -186,7 +229,9 @@ pub(crate) fn run_until_signal(cfg: Config, ready: impl FnOnce(&pgfailover::serv
         }
     };
     rt.block_on(async move {
-        let proxy = match pgfailover::server::Proxy::start(cfg).await {
+        let file = source.as_ref().and_then(|s| s.file.as_ref()).map(|f| f.display().to_string());
+        let has_state_dir = cfg.state_dir.is_some();
+        let proxy = match pgfailover::server::Proxy::start_from(cfg, file.clone()).await {
             Ok(p) => p,
             Err(e) => {
                 // One message: the log is on stderr already.
@@ -196,21 +241,159 @@ pub(crate) fn run_until_signal(cfg: Config, ready: impl FnOnce(&pgfailover::serv
         };
         ready(&proxy);
         debug_crash_monitor(&proxy);
-        let code = tokio::select! {
-            _ = wait_for_signal() => {
-                tracing::info!("signal received; draining sessions and stopping");
-                ExitCode::SUCCESS
-            }
-            _ = proxy.failed() => {
-                tracing::error!("the health monitor died; stopping with a non-zero exit so the supervisor restarts the proxy");
-                ExitCode::from(70)
+        let mut signals = Signals::new();
+        let code = loop {
+            tokio::select! {
+                sig = signals.next() => match sig {
+                    Sig::Stop => {
+                        pgfailover::takeover::sd_notify("STOPPING=1");
+                        proxy.announce_shutdown().await;
+                        tracing::info!("signal received; draining sessions and stopping");
+                        break ExitCode::SUCCESS;
+                    }
+                    Sig::Reload => {
+                        let Some(src) = &source else {
+                            tracing::warn!("SIGHUP: the demo has no configuration file to reload");
+                            continue;
+                        };
+                        match reload(&proxy, src, file.clone(), &logs).await {
+                            Ok(true) => spawn_successor(exe.as_deref(), "the backends changed"),
+                            Ok(false) => {}
+                            Err(()) => {}
+                        }
+                    }
+                    Sig::Takeover => {
+                        if has_state_dir {
+                            spawn_successor(exe.as_deref(), "SIGUSR2");
+                        } else {
+                            tracing::error!("SIGUSR2: a takeover needs state_dir (the processes hand over through it); ignored");
+                        }
+                    }
+                },
+                _ = proxy.handed_over() => {
+                    tracing::info!("another process took over; draining sessions and exiting");
+                    break ExitCode::SUCCESS;
+                }
+                _ = proxy.failed() => {
+                    tracing::error!("the health monitor died; stopping with a non-zero exit so the supervisor restarts the proxy");
+                    break ExitCode::from(70);
+                }
             }
         };
+        pgfailover::takeover::sd_notify("STOPPING=1");
         proxy.shutdown();
         proxy.stopped().await;
         tracing::info!("stopped");
         code
     })
+}
+
+/// Reads the configuration again and applies it. `Ok(true)`: a fresh process must take over.
+async fn reload(proxy: &pgfailover::server::Proxy, src: &Source, file: Option<String>, logs: &LogHandle) -> Result<bool, ()> {
+    let refused = |why: String| {
+        tracing::error!(error = %why, "configuration reload refused; still running on the previous configuration");
+        proxy.metrics.config_reloads_error.increment(1);
+    };
+    let cfg = match Config::load(src.file.as_deref(), &process_env, &src.overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            refused(e.to_string());
+            return Err(());
+        }
+    };
+    let digest = pgfailover::server::digest(&cfg);
+    let log_cfg = cfg.clone();
+    match proxy.reload(cfg, file).await {
+        Ok(r) => {
+            proxy.metrics.config_reloads_ok.increment(1);
+            if r.logging {
+                logs.apply(&log_cfg);
+            }
+            for key in &r.need_restart {
+                tracing::warn!(key, "changed in the file, but takes effect only after a restart or a takeover (SIGUSR2)");
+            }
+            if r.handover {
+                tracing::warn!(%digest, "configuration reloaded: the backends changed, so a fresh process takes over (sessions here drain)");
+            } else {
+                tracing::info!(%digest, "configuration reloaded");
+            }
+            Ok(r.handover)
+        }
+        Err(e) => {
+            refused(e.to_string());
+            Err(())
+        }
+    }
+}
+
+/// Starts a fresh copy of this binary with the same arguments; it takes the listening
+/// sockets and the monitor over through the state directory, and this process then drains
+/// and exits. If it fails first, this process carries on.
+fn spawn_successor(exe: Option<&std::path::Path>, why: &str) {
+    let Some(exe) = exe else {
+        tracing::error!("cannot find this process's executable; no takeover");
+        return;
+    };
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(std::env::args_os().skip(1)).stdin(std::process::Stdio::null());
+    match cmd.spawn() {
+        Ok(mut child) => {
+            let pid = child.id();
+            tracing::warn!(pid, exe = %exe.display(), why, "started a new process to take over");
+            std::thread::spawn(move || {
+                if let Ok(status) = child.wait() {
+                    tracing::warn!(pid, %status, "the new process exited");
+                }
+            });
+        }
+        Err(e) => tracing::error!(error = %e, exe = %exe.display(), "could not start a new process to take over"),
+    }
+}
+
+enum Sig {
+    Stop,
+    Reload,
+    Takeover,
+}
+
+struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+    hup: Option<tokio::signal::unix::Signal>,
+    usr2: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        Signals {
+            term: signal(SignalKind::terminate()).ok(),
+            int: signal(SignalKind::interrupt()).ok(),
+            hup: signal(SignalKind::hangup()).ok(),
+            usr2: signal(SignalKind::user_defined2()).ok(),
+        }
+    }
+
+    async fn next(&mut self) -> Sig {
+        async fn on(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        if self.term.is_none() && self.int.is_none() {
+            let _ = tokio::signal::ctrl_c().await;
+            return Sig::Stop;
+        }
+        tokio::select! {
+            _ = on(&mut self.term) => Sig::Stop,
+            _ = on(&mut self.int) => Sig::Stop,
+            _ = on(&mut self.hup) => Sig::Reload,
+            _ = on(&mut self.usr2) => Sig::Takeover,
+        }
+    }
 }
 
 /// Fault injection for the binary's own tests, in debug builds only:
@@ -227,19 +410,4 @@ fn debug_crash_monitor(proxy: &pgfailover::server::Proxy) {
         tokio::time::sleep(after).await;
         monitor.crash_for_test().await;
     });
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

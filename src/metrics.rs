@@ -83,6 +83,9 @@ pub struct Metrics {
     pub replication_lag_bytes: Vec<Gauge>,
     pub failover_duration: Histogram,
     pub split_brain_total: Counter,
+    /// Configuration reloads (SIGHUP): applied, and refused.
+    pub config_reloads_ok: Counter,
+    pub config_reloads_error: Counter,
     pub fenced_backends: Gauge,
     /// 1 when this proxy coordinates through etcd.
     pub coordination_enabled: Gauge,
@@ -185,6 +188,8 @@ impl Metrics {
             replication_lag_bytes: per_backend("backend").into_iter().map(|l| gauge("pgfailover_replication_lag_bytes", "WAL bytes a standby is behind the primary's last seen position.", l)).collect(),
             failover_duration: histogram("pgfailover_failover_duration_seconds", "Time from the start of a failover to the route switch.", vec![]),
             split_brain_total: counter("failover_split_brain_total", "Times two backends claimed to be primary and one was fenced.", vec![]),
+            config_reloads_ok: counter("pgfailover_config_reloads_total", "Configuration reloads (SIGHUP), by result: ok (applied) or error (refused; the previous configuration stays).", vec![Label::new("result", "ok")]),
+            config_reloads_error: counter("pgfailover_config_reloads_total", "Configuration reloads (SIGHUP), by result: ok (applied) or error (refused; the previous configuration stays).", vec![Label::new("result", "error")]),
             coordination_enabled: gauge("pgfailover_coordination_enabled", "1 when this proxy coordinates with others through etcd.", vec![]),
             coordination_leader: gauge("pgfailover_coordination_leader", "1 while this proxy leads the coordinated proxies (only the leader promotes).", vec![]),
             coordination_etcd_up: gauge("pgfailover_coordination_etcd_up", "1 while etcd answers this proxy.", vec![]),

@@ -5,18 +5,23 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::{self, AdminContext};
+use crate::admin::{self, AdminContext, AdminLive};
 use crate::config::Config;
 use crate::coord::Coordinator;
 use crate::metrics::Metrics;
 use crate::monitor::{self, history::History, MonitorHandle};
-use crate::proxy::{self, datapath::Port, DataPath};
+use crate::proxy::{
+    self,
+    datapath::{Knobs, Port},
+    DataPath,
+};
 use crate::route::{ReadRouteWriter, RouteWriter};
+use crate::takeover::{self, Inherited, StateLock};
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +30,32 @@ pub enum StartError {
     Listen { addr: SocketAddr, key: &'static str, source: std::io::Error },
     #[error("state_dir {dir}: {source}")]
     StateDir { dir: String, source: std::io::Error },
+    #[error("inherited sockets: {0}")]
+    Inherited(std::io::Error),
+    #[error("taking over from the running process (state_dir {dir}): {source}")]
+    Takeover { dir: String, source: std::io::Error },
+}
+
+/// Why a reload was not applied (the proxy keeps running on the configuration it had).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("adding or removing backends needs state_dir (a fresh process takes over and carries the fences on through it); restart instead")]
+    BackendsWithoutStateDir,
+    #[error("{0} is the routed primary and cannot be removed; make another backend primary first (POST /failover/trigger)")]
+    RemovesPrimary(String),
+    #[error("a failover or switchover is in progress; reload when it has ended")]
+    FailoverInProgress,
+}
+
+/// What a reload did.
+#[derive(Debug, Default)]
+pub struct Reloaded {
+    /// The backends changed: a fresh process must take over (see [`crate::takeover`]).
+    pub handover: bool,
+    /// Keys that changed but need a restart (or a takeover) to take effect.
+    pub need_restart: Vec<&'static str>,
+    /// `log_level` or `log_format` changed.
+    pub logging: bool,
 }
 
 /// A running proxy.
@@ -38,7 +69,12 @@ pub struct Proxy {
     shutdown: CancellationToken,
     /// Cancelled when the health monitor died: the proxy routes nothing and must exit.
     fatal: CancellationToken,
+    /// Cancelled once another process took over the listeners and the monitor.
+    handed_over: CancellationToken,
     done: Option<JoinHandle<()>>,
+    config: std::sync::Mutex<Config>,
+    dp: Arc<DataPath>,
+    admin: Arc<AdminContext>,
 }
 
 impl Drop for Proxy {
@@ -48,26 +84,104 @@ impl Drop for Proxy {
     }
 }
 
+/// The configuration's digest: SHA-256 of its debug form, which leaves every secret out.
+pub fn digest(cfg: &Config) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(format!("{cfg:?}").as_bytes()).iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+fn config_info(cfg: &Config, file: Option<String>) -> admin::ConfigInfo {
+    admin::ConfigInfo {
+        loaded_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        digest: digest(cfg),
+        file,
+        pid: std::process::id(),
+    }
+}
+
+async fn listen(inherited: &mut Inherited, addr: SocketAddr, key: &'static str) -> Result<TcpListener, StartError> {
+    let err = |source| StartError::Listen { addr, key, source };
+    if let Some(l) = inherited.take(addr).map_err(err)? {
+        tracing::info!(%addr, key, from = inherited.source, "listening on an inherited socket");
+        return Ok(l);
+    }
+    TcpListener::bind(addr).await.map_err(err)
+}
+
 impl Proxy {
     /// Binds the listeners and starts every task. Errors (port in use, unwritable
     /// state_dir) come back before anything runs.
     pub async fn start(cfg: Config) -> Result<Proxy, StartError> {
-        let client = TcpListener::bind(cfg.listen).await.map_err(|source| StartError::Listen { addr: cfg.listen, key: "listen", source })?;
+        Proxy::start_from(cfg, None).await
+    }
+
+    /// As [`start`](Self::start); `file` is the configuration file, shown in the status.
+    /// Listening sockets come from systemd (`LISTEN_FDS`) or, when another process runs on
+    /// the same `state_dir`, from that process, which then hands over and exits.
+    pub async fn start_from(cfg: Config, file: Option<String>) -> Result<Proxy, StartError> {
+        let mut inherited = Inherited::from_systemd().map_err(StartError::Inherited)?;
+        let state_err = |dir: &std::path::Path| {
+            let dir = dir.display().to_string();
+            move |source| StartError::StateDir { dir, source }
+        };
+        let mut takeover = None;
+        if let Some(dir) = &cfg.state_dir {
+            std::fs::create_dir_all(dir).map_err(state_err(dir))?;
+            let d = dir.clone();
+            let asked = tokio::task::spawn_blocking(move || takeover::request(&d)).await.unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            match asked {
+                Ok(Some((stream, sockets, pid))) => {
+                    tracing::warn!(pid, "taking over from the running process");
+                    if inherited.is_empty() {
+                        inherited = sockets;
+                    }
+                    takeover = Some(stream);
+                }
+                Ok(None) => {}
+                Err(source) => return Err(StartError::Takeover { dir: dir.display().to_string(), source }),
+            }
+        }
+        let client = listen(&mut inherited, cfg.listen, "listen").await?;
         let client_addr = client.local_addr().map_err(|source| StartError::Listen { addr: cfg.listen, key: "listen", source })?;
         let read = match cfg.listen_ro {
-            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, key: "listen_ro", source })?),
+            Some(addr) => Some(listen(&mut inherited, addr, "listen_ro").await?),
             None => None,
         };
         let read_addr = match (&read, cfg.listen_ro) {
             (Some(l), Some(addr)) => Some(l.local_addr().map_err(|source| StartError::Listen { addr, key: "listen_ro", source })?),
             _ => None,
         };
-        let admin = TcpListener::bind(cfg.admin_listen).await.map_err(|source| StartError::Listen { addr: cfg.admin_listen, key: "admin_listen", source })?;
+        let admin = listen(&mut inherited, cfg.admin_listen, "admin_listen").await?;
         let admin_addr = admin.local_addr().map_err(|source| StartError::Listen { addr: cfg.admin_listen, key: "admin_listen", source })?;
-        let history = match &cfg.state_dir {
-            Some(dir) => History::open(dir).map_err(|source| StartError::StateDir { dir: dir.display().to_string(), source })?,
-            None => History::in_memory(),
+        for addr in inherited.leftover() {
+            tracing::warn!(%addr, from = inherited.source, "an inherited socket matches no listen address of the configuration: closed");
+        }
+        drop(inherited);
+        // Without a state directory, a second process would share nothing: nothing to lock.
+        let lock = match &cfg.state_dir {
+            Some(dir) if takeover.is_none() => match StateLock::try_take(dir).map_err(state_err(dir))? {
+                Some(l) => Some(l),
+                None => {
+                    let holder = StateLock::holder(dir).map(|p| format!(" (pid {p})")).unwrap_or_default();
+                    return Err(StartError::StateDir {
+                        dir: dir.display().to_string(),
+                        source: std::io::Error::other(format!("another pgfailover{holder} runs on this state directory and does not answer a takeover")),
+                    });
+                }
+            },
+            _ => None,
         };
+        let sockets = match &cfg.state_dir {
+            Some(_) => {
+                // Duplicates, kept for a later takeover: the accept loops own the originals.
+                let mut fds = vec![std::os::fd::AsFd::as_fd(&client).try_clone_to_owned(), std::os::fd::AsFd::as_fd(&admin).try_clone_to_owned()];
+                fds.extend(read.as_ref().map(|r| std::os::fd::AsFd::as_fd(r).try_clone_to_owned()));
+                let fds: Result<Vec<_>, _> = fds.into_iter().collect();
+                Some(fds.map_err(|source| StartError::Listen { addr: cfg.listen, key: "listen", source })?)
+            }
+            None => None,
+        };
+
         let backends: Arc<[_]> = cfg.backends().into();
         let names: Vec<String> = backends.iter().map(|b| b.name.clone()).collect();
         let metrics = Arc::new(Metrics::new(&names));
@@ -77,65 +191,123 @@ impl Proxy {
         let dp = Arc::new(DataPath {
             backends: backends.clone(),
             route: route.subscribe(),
-            proxy: cfg.proxy.clone(),
-            hold_timeout: cfg.failover.hold_timeout,
+            knobs: watch::Sender::new(Arc::new(Knobs { proxy: cfg.proxy.clone(), hold_timeout: cfg.failover.hold_timeout, read: cfg.read.clone() })),
             metrics: metrics.clone(),
             connect_failed,
             read_route: read_route.subscribe(),
-            read: cfg.read.clone(),
             read_turn: Default::default(),
         });
         let shutdown = CancellationToken::new();
         let fatal = CancellationToken::new();
+        let handed_over = CancellationToken::new();
         let tasks = TaskTracker::new();
+        // The monitor and the coordinator: a takeover waits for exactly these to end.
+        let monitor_tasks = TaskTracker::new();
+
+        // The data path first: after a takeover it accepts at once, holding clients until
+        // this process's monitor routes (the old process has stopped accepting by then).
+        let stop = shutdown.clone();
+        let mut ports = vec![(client, Port::Primary)];
+        ports.extend(read.map(|l| (l, Port::Read)));
+        let dp2 = dp.clone();
+        let data_path = tokio::spawn(async move { proxy::listener::run_ports(ports, dp2, stop).await });
+
+        let mut lock = lock;
+        if let (Some(stream), Some(dir)) = (takeover, &cfg.state_dir) {
+            let ready = tokio::task::spawn_blocking(move || takeover::ready(stream)).await.unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            if let Err(e) = ready {
+                tracing::warn!(error = %e, "the previous process did not confirm the takeover; waiting for the state directory's lock");
+            }
+            lock = Some(StateLock::take(dir).await.map_err(state_err(dir))?);
+            tracing::info!("the previous process released the health monitor; starting it here");
+        }
+
+        let history = match &cfg.state_dir {
+            Some(dir) => History::open(dir).map_err(state_err(dir))?,
+            None => History::in_memory(),
+        };
         let life = monitor::Lifeline { shutdown: shutdown.clone(), fatal: fatal.clone() };
-        let reads = cfg.listen_ro.map(|_| (dp.read_route.clone(), cfg.read.fallback));
+        let reads = cfg.listen_ro.map(|_| dp.read_route.clone());
         let (coordination, forwarded) = match &cfg.coordination {
             Some(c) => {
                 let (events, events_rx) = mpsc::channel(256);
                 let (requests, requests_rx) = mpsc::channel(64);
-                let coord = Coordinator::spawn(c.clone(), events, requests, shutdown.clone(), &tasks);
+                let coord = Coordinator::spawn(c.clone(), events, requests, shutdown.clone(), &monitor_tasks);
                 (Some((coord, events_rx)), Some(requests_rx))
             }
             None => (None, None),
         };
         let coord = coordination.as_ref().map(|(c, _)| c.clone());
-        let monitor = monitor::spawn(&cfg, backends, (route, read_route), metrics.clone(), history, passive, life, coordination, &tasks);
+        let monitor = monitor::spawn(&cfg, backends, (route, read_route), metrics.clone(), history, passive, life, coordination, &monitor_tasks);
         let admin_ctx = Arc::new(AdminContext {
             monitor: monitor.clone(),
             metrics: metrics.clone(),
-            token: cfg.admin_token.clone(),
             started: std::time::Instant::now(),
-            trigger_wait: cfg.failover.trigger_wait,
-            check_wait: cfg.health.timeout * 2,
             reads,
             coord: coord.clone(),
-            forward_wait: cfg.failover.trigger_wait * 2 + cfg.failover.promote_timeout + std::time::Duration::from_secs(5),
+            live: std::sync::RwLock::new(AdminLive::new(&cfg, config_info(&cfg, file))),
+            stopping: Default::default(),
         });
         if let (Some(rx), Some(coord)) = (forwarded, coord) {
             tasks.spawn(admin::serve_forwarded(rx, coord, admin_ctx.clone(), shutdown.clone()));
         }
-        tasks.spawn(admin::run(admin, admin_ctx, shutdown.clone()));
+        tasks.spawn(admin::run(admin, admin_ctx.clone(), shutdown.clone()));
+        if let (Some(dir), Some(sockets)) = (&cfg.state_dir, sockets) {
+            let control = bind_control(dir).map_err(state_err(dir))?;
+            let h = Handover { sockets, lock: lock.take(), shutdown: shutdown.clone(), monitor_tasks: monitor_tasks.clone(), done: handed_over.clone() };
+            tasks.spawn(h.serve(control));
+        }
+        drop(lock);
         if cfg.admin_token.is_none() {
             tracing::info!("no admin token configured: POST endpoints answer 403");
         }
         let ro = read_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into());
         tracing::info!(listen = %client_addr, listen_ro = %ro, admin = %admin_addr, backends = %names.join(", "), promote = %cfg.failover.promote, "pgfailover started");
-        let stop = shutdown.clone();
-        let mut ports = vec![(client, Port::Primary)];
-        ports.extend(read.map(|l| (l, Port::Read)));
+        takeover::sd_notify(&format!("READY=1\nMAINPID={}", std::process::id()));
         let done = tokio::spawn(async move {
-            proxy::listener::run_ports(ports, dp, stop).await;
+            let _ = data_path.await;
             tasks.close();
+            monitor_tasks.close();
             tasks.wait().await;
+            monitor_tasks.wait().await;
         });
-        Ok(Proxy { client_addr, read_addr, admin_addr, monitor, metrics, shutdown, fatal, done: Some(done) })
+        Ok(Proxy {
+            client_addr,
+            read_addr,
+            admin_addr,
+            monitor,
+            metrics,
+            shutdown,
+            fatal,
+            handed_over,
+            done: Some(done),
+            config: std::sync::Mutex::new(cfg),
+            dp,
+            admin: admin_ctx,
+        })
     }
 
     /// Resolves if the health monitor dies (a bug): the route is already cleared and the
     /// process should stop and exit non-zero, so its supervisor starts a fresh one.
     pub async fn failed(&self) {
         self.fatal.cancelled().await
+    }
+
+    /// Resolves once another process has taken over: this one has stopped accepting and
+    /// monitoring; its sessions drain.
+    pub async fn handed_over(&self) {
+        self.handed_over.cancelled().await
+    }
+
+    /// The first step of stopping: `/ready` answers 503 at once, and the listeners keep
+    /// accepting for `proxy.shutdown_delay` while load balancers take this process out.
+    pub async fn announce_shutdown(&self) {
+        self.admin.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+        let delay = self.dp.knobs().proxy.shutdown_delay;
+        if !delay.is_zero() {
+            tracing::info!(delay = %humantime::format_duration(delay), "shutting down: /ready answers 503; still accepting for proxy.shutdown_delay");
+            tokio::time::sleep(delay).await;
+        }
     }
 
     /// Stops accepting; sessions drain for the grace period.
@@ -147,6 +319,104 @@ impl Proxy {
     pub async fn stopped(mut self) {
         if let Some(done) = self.done.take() {
             let _ = done.await;
+        }
+    }
+
+    /// Applies a new, valid configuration: what can change live changes now; new or removed
+    /// backends need a takeover by a fresh process ([`Reloaded::handover`]).
+    pub async fn reload(&self, new: Config, file: Option<String>) -> Result<Reloaded, ReloadError> {
+        let old = self.config.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut out = Reloaded::default();
+        if old.backends() != new.backends() {
+            if new.state_dir.is_none() || old.state_dir != new.state_dir {
+                return Err(ReloadError::BackendsWithoutStateDir);
+            }
+            let status = self.monitor.status();
+            if status.failover_in_progress.is_some() {
+                return Err(ReloadError::FailoverInProgress);
+            }
+            if let Some(p) = status.current_primary.as_ref().filter(|p| !new.backends().iter().any(|b| &b.name == *p)) {
+                return Err(ReloadError::RemovesPrimary(p.clone()));
+            }
+            out.handover = true;
+            return Ok(out);
+        }
+        let changed = |a: bool, key: &'static str, out: &mut Reloaded| {
+            if a {
+                out.need_restart.push(key);
+            }
+        };
+        changed(old.listen != new.listen, "listen", &mut out);
+        changed(old.listen_ro != new.listen_ro, "listen_ro", &mut out);
+        changed(old.admin_listen != new.admin_listen, "admin_listen", &mut out);
+        changed(old.state_dir != new.state_dir, "state_dir", &mut out);
+        changed(old.coordination != new.coordination, "[coordination]", &mut out);
+        changed(old.proxy.worker_threads != new.proxy.worker_threads, "proxy.worker_threads", &mut out);
+        out.logging = old.log_level != new.log_level || old.log_format != new.log_format;
+        self.dp.knobs.send_replace(Arc::new(Knobs { proxy: new.proxy.clone(), hold_timeout: new.failover.hold_timeout, read: new.read.clone() }));
+        self.monitor.reload(&new).await;
+        *self.admin.live.write().unwrap_or_else(|e| e.into_inner()) = AdminLive::new(&new, config_info(&new, file));
+        *self.config.lock().unwrap_or_else(|e| e.into_inner()) = new;
+        Ok(out)
+    }
+}
+
+/// The control socket, replacing a stale one (the lock is held: nobody else serves it).
+fn bind_control(dir: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
+    let path = takeover::socket_path(dir);
+    let _ = std::fs::remove_file(&path);
+    tokio::net::UnixListener::bind(&path)
+}
+
+/// The running process's side of a takeover.
+struct Handover {
+    sockets: Vec<std::os::fd::OwnedFd>,
+    lock: Option<StateLock>,
+    shutdown: CancellationToken,
+    monitor_tasks: TaskTracker,
+    done: CancellationToken,
+}
+
+impl Handover {
+    async fn serve(mut self, control: tokio::net::UnixListener) {
+        loop {
+            let conn = tokio::select! {
+                _ = self.shutdown.cancelled() => {
+                    // The lock goes only after the monitor's last history write.
+                    self.monitor_tasks.close();
+                    self.monitor_tasks.wait().await;
+                    return;
+                }
+                c = control.accept() => c,
+            };
+            let stream = match conn.and_then(|(s, _)| s.into_std()).and_then(|s| s.set_nonblocking(false).map(|_| s)) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "takeover socket: accept failed");
+                    continue;
+                }
+            };
+            let fds: Vec<std::os::fd::RawFd> = self.sockets.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
+            // The sockets stay open here (the duplicates) until the handshake is over.
+            let served = tokio::task::spawn_blocking(move || takeover::serve(stream, &fds)).await.unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            let (pid, stream) = match served {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "a takeover did not complete; this process carries on");
+                    continue;
+                }
+            };
+            tracing::warn!(pid, "handing over to a new process: no longer accepting; sessions drain");
+            // Stops accepting, the monitor (its last history write included) and the
+            // coordinator (its etcd lease revoked); then the lock goes.
+            self.shutdown.cancel();
+            self.monitor_tasks.close();
+            self.monitor_tasks.wait().await;
+            self.lock.take();
+            let _ = tokio::task::spawn_blocking(move || takeover::released(stream)).await;
+            tracing::info!(pid, "handed over the health monitor");
+            self.done.cancel();
+            return;
         }
     }
 }

@@ -48,6 +48,15 @@ pub fn metrics_json(ctx: &AdminContext) -> Reply {
     )
 }
 
+/// The monitor's status, with the configuration in force.
+pub fn status(ctx: &AdminContext) -> Reply {
+    let mut v = serde_json::to_value(&*ctx.monitor.status()).unwrap_or_else(|_| json!({}));
+    if let Some(o) = v.as_object_mut() {
+        o.insert("config".into(), serde_json::to_value(ctx.live().config).unwrap_or_default());
+    }
+    json(StatusCode::OK, &v)
+}
+
 pub fn health(ctx: &AdminContext) -> Reply {
     let s = ctx.monitor.status();
     json(
@@ -75,7 +84,18 @@ pub fn history(ctx: &AdminContext, query: Option<&str>) -> Reply {
     json(StatusCode::OK, &json!({ "count": events.len(), "events": events }))
 }
 
+/// While the process stops, neither port should get new clients from a load balancer.
+fn stopping(ctx: &AdminContext) -> Option<Reply> {
+    let reason = "shutting down: stop sending new clients here";
+    ctx.stopping
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .then(|| json(StatusCode::SERVICE_UNAVAILABLE, &json!({ "ready": false, "reason": reason, "error": reason })))
+}
+
 pub fn ready(ctx: &AdminContext) -> Reply {
+    if let Some(r) = stopping(ctx) {
+        return r;
+    }
     let s = ctx.monitor.status();
     match &s.current_primary {
         Some(p) => json(StatusCode::OK, &json!({ "ready": true, "primary": p })),
@@ -89,7 +109,10 @@ pub fn ready(ctx: &AdminContext) -> Reply {
 /// The read-only port can place a new client now: a standby qualifies, or the primary
 /// serves reads (`include_primary`) or is the configured fallback.
 pub fn ready_ro(ctx: &AdminContext) -> Reply {
-    let Some((route, fallback)) = &ctx.reads else {
+    if let Some(r) = stopping(ctx) {
+        return r;
+    }
+    let Some(route) = &ctx.reads else {
         return error(StatusCode::NOT_FOUND, "the read-only port is off (set listen_ro)");
     };
     let r = route.borrow().clone();
@@ -97,7 +120,7 @@ pub fn ready_ro(ctx: &AdminContext) -> Reply {
         let names: Vec<String> = r.targets.iter().map(|t| ctx.monitor.status().backends.get(t.backend).map(|b| b.name.clone()).unwrap_or_default()).collect();
         return json(StatusCode::OK, &json!({ "ready": true, "targets": names }));
     }
-    match (fallback, r.primary) {
+    match (ctx.live().read_fallback, r.primary) {
         (crate::config::Fallback::Primary, Some(p)) => {
             let name = ctx.monitor.status().backends.get(p).map(|b| b.name.clone()).unwrap_or_default();
             json(StatusCode::OK, &json!({ "ready": true, "targets": [], "fallback": name, "reason": r.reason.to_string() }))
@@ -111,7 +134,8 @@ pub fn ready_ro(ctx: &AdminContext) -> Reply {
 /// Authenticated POSTs, logged with time, caller and outcome.
 pub async fn post(req: Request<Incoming>, path: &str, ctx: &AdminContext, peer: SocketAddr) -> Reply {
     let caller = auth::caller(&req, peer);
-    let reply = match auth::check(&req, ctx.token.as_ref()) {
+    let live = ctx.live();
+    let reply = match auth::check(&req, live.token.as_ref()) {
         Err(r) => r,
         Ok(()) => match read_body(req).await {
             Err(r) => r,
@@ -119,7 +143,7 @@ pub async fn post(req: Request<Incoming>, path: &str, ctx: &AdminContext, peer: 
                 "/failover/trigger" | "/failover/unfence" if follower(ctx) => forward(ctx, path, body, &caller).await,
                 "/failover/trigger" => trigger(ctx, body, &caller).await,
                 "/failover/check-health" => {
-                    let s = ctx.monitor.check_now(ctx.check_wait).await;
+                    let s = ctx.monitor.check_now(live.check_wait).await;
                     json(StatusCode::OK, &json!({ "state": s.state, "currentPrimary": s.current_primary, "backends": s.backends }))
                 }
                 "/failover/unfence" => unfence(ctx, body.target, &caller).await,
@@ -155,7 +179,7 @@ async fn forward(ctx: &AdminContext, path: &str, body: TargetBody, caller: &str)
         who: caller.to_string(),
         via: coord.name.clone(),
     };
-    match coord.forward(request, ctx.forward_wait).await {
+    match coord.forward(request, ctx.live().forward_wait).await {
         Ok(resp) => {
             let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
             json(status, &resp.body)
@@ -225,7 +249,7 @@ async fn trigger(ctx: &AdminContext, body: TargetBody, caller: &str) -> Reply {
         Err(r) => return refusal(r),
     };
     let mut status = ctx.monitor.subscribe();
-    let deadline = tokio::time::Instant::now() + ctx.trigger_wait;
+    let deadline = tokio::time::Instant::now() + ctx.live().trigger_wait;
     let result = loop {
         // A switchover's own steps are bounded and always answered: no deadline then. An
         // attempt that just ended sends its outcome next: a short grace.

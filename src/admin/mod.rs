@@ -50,19 +50,61 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct AdminContext {
     pub monitor: MonitorHandle,
     pub metrics: Arc<Metrics>,
+    pub started: Instant,
+    /// The read-only port's route, when `listen_ro` is set (for `/ready/ro`).
+    pub reads: Option<tokio::sync::watch::Receiver<crate::route::ReadRoute>>,
+    /// Coordination: a follower hands triggers and unfences to the leader.
+    pub coord: Option<crate::coord::Coordinator>,
+    /// What a reload can change.
+    pub live: std::sync::RwLock<AdminLive>,
+    /// Set on SIGTERM: `/ready` and `/ready/ro` answer 503 from then on.
+    pub stopping: std::sync::atomic::AtomicBool,
+}
+
+/// The admin port's settings from the configuration in force.
+#[derive(Clone, Debug)]
+pub struct AdminLive {
     /// `None` disables the POST endpoints (403).
     pub token: Option<Secret>,
-    pub started: Instant,
     /// How long a trigger waits for the failover to finish before answering 202.
     pub trigger_wait: Duration,
     /// Bound on `/failover/check-health`.
     pub check_wait: Duration,
-    /// The read-only port's route and fallback, when `listen_ro` is set (for `/ready/ro`).
-    pub reads: Option<(tokio::sync::watch::Receiver<crate::route::ReadRoute>, crate::config::Fallback)>,
-    /// Coordination: a follower hands triggers and unfences to the leader.
-    pub coord: Option<crate::coord::Coordinator>,
     /// How long a follower waits for the leader's answer to a handed-over request.
     pub forward_wait: Duration,
+    pub read_fallback: crate::config::Fallback,
+    /// When the configuration in force was loaded, and its digest.
+    pub config: ConfigInfo,
+}
+
+impl AdminLive {
+    pub fn new(cfg: &crate::config::Config, config: ConfigInfo) -> AdminLive {
+        AdminLive {
+            token: cfg.admin_token.clone(),
+            trigger_wait: cfg.failover.trigger_wait,
+            check_wait: cfg.health.timeout * 2,
+            forward_wait: cfg.failover.trigger_wait * 2 + cfg.failover.promote_timeout + Duration::from_secs(5),
+            read_fallback: cfg.read.fallback,
+            config,
+        }
+    }
+}
+
+/// What `/failover/status` says of the configuration in force (no secret: the digest is
+/// computed with every secret left out).
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigInfo {
+    pub loaded_at: String,
+    pub digest: String,
+    pub file: Option<String>,
+    pub pid: u32,
+}
+
+impl AdminContext {
+    pub fn live(&self) -> AdminLive {
+        self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 /// Carries out the requests other proxies handed to this one (it leads) and answers them
@@ -161,7 +203,7 @@ async fn route(req: Request<Incoming>, ctx: &AdminContext, peer: SocketAddr) -> 
         return r;
     }
     match (method, path.as_str()) {
-        (Method::GET, "/failover/status") => json(StatusCode::OK, &*ctx.monitor.status()),
+        (Method::GET, "/failover/status") => handlers::status(ctx),
         (Method::GET, "/failover/metrics") => handlers::metrics_json(ctx),
         (Method::GET, "/failover/health") => handlers::health(ctx),
         (Method::GET, "/failover/history") => handlers::history(ctx, req.uri().query()),

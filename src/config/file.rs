@@ -103,6 +103,8 @@ struct RawProxy {
     user_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     shutdown_grace: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    shutdown_delay: Option<Duration>,
     worker_threads: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     startup_timeout: Option<Duration>,
@@ -220,6 +222,7 @@ pub(super) fn apply_file(cfg: &mut Config, raw: RawFile, label: &str, base: Opti
         set(&mut cfg.proxy.keepalive_count, p.keepalive_count);
         set(&mut cfg.proxy.user_timeout, p.user_timeout);
         set(&mut cfg.proxy.shutdown_grace, p.shutdown_grace);
+        set(&mut cfg.proxy.shutdown_delay, p.shutdown_delay);
         set(&mut cfg.proxy.worker_threads, p.worker_threads);
         set(&mut cfg.proxy.startup_timeout, p.startup_timeout);
         set(&mut cfg.proxy.max_client_connections, p.max_client_connections);

@@ -92,6 +92,9 @@ pub(super) fn apply_env(cfg: &mut Config, env: EnvLookup<'_>) -> Result<(), Conf
     if let Some(v) = env("PGFAILOVER_PROMOTE") {
         cfg.failover.promote = parse_promote(&v).map_err(|r| bad("PGFAILOVER_PROMOTE", r))?;
     }
+    if let Some(v) = env("PGFAILOVER_SHUTDOWN_DELAY") {
+        cfg.proxy.shutdown_delay = parse_duration(&v).map_err(|r| bad("PGFAILOVER_SHUTDOWN_DELAY", r))?;
+    }
     if let Some(v) = env("PGFAILOVER_HOLD_TIMEOUT") {
         cfg.failover.hold_timeout = parse_duration(&v).map_err(|r| bad("PGFAILOVER_HOLD_TIMEOUT", r))?;
     }

@@ -64,6 +64,12 @@ pub(super) enum Command {
     },
     /// Answered after every earlier command was handled.
     Sync(oneshot::Sender<()>),
+    /// A reload: new settings from the next decision and the next check on.
+    Reload {
+        settings: super::machine::Settings,
+        majority: bool,
+        reply: oneshot::Sender<()>,
+    },
     /// Fault injection for tests: the monitor task panics.
     Crash,
 }
@@ -121,6 +127,15 @@ impl MonitorHandle {
     #[doc(hidden)]
     pub async fn crash_for_test(&self) {
         let _ = self.commands.send(Command::Crash).await;
+    }
+
+    /// Applies a reloaded configuration's `[health]`, `[failover]` and `[read]` settings;
+    /// returns once the monitor has them.
+    pub async fn reload(&self, cfg: &crate::config::Config) -> bool {
+        let (reply, rx) = oneshot::channel();
+        let settings = super::machine::Settings::from_config(cfg);
+        let majority = cfg.failover.quorum == crate::config::Quorum::Majority;
+        self.commands.send(Command::Reload { settings, majority, reply }).await.is_ok() && rx.await.is_ok()
     }
 
     /// Runs every check now and returns the status that includes their results.

@@ -105,6 +105,20 @@ pub struct Settings {
 }
 
 impl Settings {
+    pub fn from_config(cfg: &crate::config::Config) -> Settings {
+        Settings {
+            failure_threshold: cfg.health.failure_threshold,
+            max_lag_bytes: cfg.failover.max_lag_bytes,
+            promote: cfg.failover.promote,
+            check_timeout: cfg.health.timeout,
+            interval: cfg.health.interval,
+            repoint_standbys: cfg.failover.repoint_standbys,
+            switchover_wait: cfg.failover.trigger_wait,
+            promote_timeout: cfg.failover.promote_timeout,
+            read: cfg.read.clone(),
+        }
+    }
+
     /// How long the primary must fail without interruption before a standby is promoted.
     pub fn promote_after(&self) -> Duration {
         self.interval * self.failure_threshold.saturating_sub(1)

@@ -50,6 +50,11 @@ pub struct Prober {
 }
 
 impl Prober {
+    /// A reload's new `health.timeout`, from the next check on.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
     pub fn new(backend: BackendConfig, timeout: Duration, broken: Option<mpsc::Sender<()>>) -> Prober {
         let tls = if backend.ssl { tls_connector(&backend).map(Some) } else { Ok(None) };
         Prober { backend, timeout, tls, client: None, broken }

@@ -92,17 +92,7 @@ pub fn spawn(
         let list: Vec<&str> = fenced.iter().map(|(n, _)| n.as_str()).collect();
         tracing::warn!(fenced = %list.join(", "), "restored fences from the state directory");
     }
-    let settings = Settings {
-        failure_threshold: cfg.health.failure_threshold,
-        max_lag_bytes: cfg.failover.max_lag_bytes,
-        promote: cfg.failover.promote,
-        check_timeout: cfg.health.timeout,
-        interval: cfg.health.interval,
-        repoint_standbys: cfg.failover.repoint_standbys,
-        switchover_wait: cfg.failover.trigger_wait,
-        promote_timeout: cfg.failover.promote_timeout,
-        read: cfg.read.clone(),
-    };
+    let settings = Settings::from_config(cfg);
     let mut machine = Machine::new(settings, &names, &fenced);
     for name in history.read_only() {
         if let Some(i) = names.iter().position(|n| *n == name) {
@@ -124,19 +114,12 @@ pub fn spawn(
     let (status_tx, status) = watch::channel(Arc::new(first));
     let history = Arc::new(Mutex::new(history));
 
+    let (probing, _) = watch::channel((cfg.health.interval, cfg.health.timeout));
     let mut probe_now = Vec::new();
     for (i, b) in backends.iter().enumerate() {
         let (now_tx, now_rx) = mpsc::channel(8);
         probe_now.push(now_tx);
-        let p = ProberTask {
-            i,
-            backend: b.clone(),
-            interval: cfg.health.interval,
-            timeout: cfg.health.timeout,
-            commands: commands.clone(),
-            now_rx,
-            life: life.clone(),
-        };
+        let p = ProberTask { i, backend: b.clone(), probing: probing.subscribe(), commands: commands.clone(), now_rx, life: life.clone() };
         tracker.spawn(p.run());
     }
     let probe_now: Arc<[_]> = probe_now.into();
@@ -172,6 +155,7 @@ pub fn spawn(
         life,
         coord: coordination.as_ref().map(|(c, _)| c.clone()),
         peers,
+        probing,
     };
     tracker.spawn(task.run(rx, coordination.map(|(_, e)| e)));
     MonitorHandle { commands, status, history, probe_now }
@@ -180,8 +164,8 @@ pub fn spawn(
 struct ProberTask {
     i: usize,
     backend: BackendConfig,
-    interval: Duration,
-    timeout: Duration,
+    /// `health.interval` and `health.timeout`, as a reload leaves them.
+    probing: watch::Receiver<(Duration, Duration)>,
     commands: mpsc::Sender<Command>,
     now_rx: mpsc::Receiver<CheckNow>,
     life: Lifeline,
@@ -191,10 +175,8 @@ impl ProberTask {
     async fn run(mut self) {
         let _watch = self.life.guard("prober");
         let (broken_tx, mut broken_rx) = mpsc::channel(1);
-        let mut prober = Prober::new(self.backend.clone(), self.timeout, Some(broken_tx));
-        // After a failure the next check comes sooner, so a crash reaches the threshold in
-        // a fraction of the interval; a timed-out check already waited its share.
-        let fast = (self.interval / 4).clamp(Duration::from_millis(10), self.interval);
+        let timeout = self.probing.borrow().1;
+        let mut prober = Prober::new(self.backend.clone(), timeout, Some(broken_tx));
         let mut acks: Vec<oneshot::Sender<()>> = Vec::new();
         let mut failing = FailureLog::default();
         loop {
@@ -212,9 +194,17 @@ impl ProberTask {
             for ack in acks.drain(..) {
                 let _ = ack.send(());
             }
-            let delay = if failed { fast.saturating_sub(took) } else { self.interval };
+            // As a reload left them (seen here, or by the wait below).
+            let (interval, timeout) = *self.probing.borrow_and_update();
+            prober.set_timeout(timeout);
+            // After a failure the next check comes sooner, so a crash reaches the threshold
+            // in a fraction of the interval; a timed-out check already waited its share.
+            let fast = (interval / 4).clamp(Duration::from_millis(10), interval);
+            let delay = if failed { fast.saturating_sub(took) } else { interval };
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
+                // A reload's new interval takes effect at once.
+                _ = self.probing.changed() => {}
                 req = self.now_rx.recv() => match req {
                     Some(ack) => acks.extend(ack),
                     None => return,
@@ -292,6 +282,8 @@ struct MonitorTask {
     coord: Option<Coordinator>,
     /// What the other proxies say (coordinated only).
     peers: Peers,
+    /// The probers' interval and timeout.
+    probing: watch::Sender<(Duration, Duration)>,
     /// Operators waiting for the outcome of their trigger, by attempt.
     waiting: HashMap<u64, Vec<oneshot::Sender<Outcome>>>,
     life: Lifeline,
@@ -424,6 +416,18 @@ impl MonitorTask {
             Command::Sync(reply) => {
                 let _ = reply.send(());
                 Vec::new()
+            }
+            Command::Reload { settings, majority, reply } => {
+                self.promote_timeout = settings.promote_timeout;
+                self.check_timeout = settings.check_timeout;
+                self.switchover_wait = settings.switchover_wait;
+                self.probing.send_replace((settings.interval, settings.check_timeout));
+                self.machine.settings = settings;
+                if let Some(c) = self.machine.coord.as_mut() {
+                    c.majority = majority;
+                }
+                let _ = reply.send(());
+                self.machine.reevaluate(now)
             }
             Command::Crash => panic!("fault injection: the health monitor was told to crash"),
         };

@@ -19,21 +19,36 @@ pub enum Port {
     Read,
 }
 
+/// The data path's settings a reload can change (`[proxy]`, `failover.hold_timeout`,
+/// `[read]`): each session reads them as it needs them.
+#[derive(Clone, Debug)]
+pub struct Knobs {
+    pub proxy: ProxyConfig,
+    /// How long a new client waits for a routable primary before it is refused.
+    pub hold_timeout: Duration,
+    pub read: ReadConfig,
+}
+
 /// What every session needs; shared read-only behind an `Arc`.
 pub struct DataPath {
     /// Backends in config order; the route names them by index.
     pub backends: Arc<[BackendConfig]>,
     /// The current route; sessions clone this receiver.
     pub route: watch::Receiver<Route>,
-    pub proxy: ProxyConfig,
-    /// How long a new client waits for a routable primary before it is refused.
-    pub hold_timeout: Duration,
+    /// The current settings (replaced by a reload).
+    pub knobs: watch::Sender<Arc<Knobs>>,
     pub metrics: Arc<Metrics>,
     /// Passive health signal: a backend index whose connect just failed.
     pub connect_failed: mpsc::Sender<usize>,
     /// Where read-only sessions may go.
     pub read_route: watch::Receiver<ReadRoute>,
-    pub read: ReadConfig,
     /// The next turn of `balance = "round_robin"`.
     pub read_turn: AtomicUsize,
+}
+
+impl DataPath {
+    /// The settings as they are now.
+    pub fn knobs(&self) -> Arc<Knobs> {
+        self.knobs.borrow().clone()
+    }
 }

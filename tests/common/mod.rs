@@ -72,12 +72,10 @@ pub async fn data_path_with(backends: Vec<BackendConfig>, hold: Duration, tweak:
     let dp = Arc::new(DataPath {
         backends: backends.into(),
         route: route.subscribe(),
-        proxy: pcfg,
-        hold_timeout: hold,
+        knobs: tokio::sync::watch::Sender::new(Arc::new(pgfailover::proxy::datapath::Knobs { proxy: pcfg, hold_timeout: hold, read: Config::default().read })),
         metrics: metrics.clone(),
         connect_failed: tx,
         read_route: read_route.subscribe(),
-        read: Config::default().read,
         read_turn: Default::default(),
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
