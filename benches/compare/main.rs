@@ -6,7 +6,7 @@
 //! Environment: BENCH_ROUNDS (3), BENCH_SECONDS per pgbench run (10), BENCH_COPY_OUT_MB
 //! (1024), BENCH_COPY_IN_MB (512), BENCH_COPY_REPEAT (3: a bulk measurement is the best of
 //! that many back-to-back runs), BENCH_IDLE connections (5000), BENCH_FAILOVER_TRIALS (5),
-//! BENCH_ONLY=throughput,reads,memory,failover (all), BENCH_WORKLOADS=a,b,c,d,e (all),
+//! BENCH_ONLY=throughput,reads,memory,failover,operations (all), BENCH_WORKLOADS=a,b,c,d,e (all),
 //! BENCH_TARGETS=pgfailover,haproxy,pgbouncer,splice-floor (all that can run here; add
 //! sockmap-floor for the in-kernel reference in floors.rs, opt-in: it needs root and makes
 //! COPY a third slower), BENCH_PGFAILOVER_THREADS=1,0
@@ -14,6 +14,7 @@
 //! installed (`apt-get install haproxy pgbouncer`).
 
 mod failover;
+mod operations;
 mod floors;
 mod idle;
 mod targets;
@@ -54,7 +55,7 @@ fn main() {
         floors::main(&args[2], &args[3], &args[4]);
         return;
     }
-    let only = std::env::var("BENCH_ONLY").unwrap_or_else(|_| "throughput,reads,memory,failover".into());
+    let only = std::env::var("BENCH_ONLY").unwrap_or_else(|_| "throughput,reads,memory,failover,operations".into());
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
@@ -74,6 +75,34 @@ fn main() {
     if only.contains("failover") {
         failover_times(dir.path());
     }
+    if only.contains("operations") {
+        operations_times(dir.path());
+    }
+}
+
+fn operations_times(dir: &std::path::Path) {
+    use operations::Event;
+    let rounds: usize = env_or("BENCH_ROUNDS", 7);
+    println!("operations: a new session (connect, SELECT 1) every 10 ms through each event; {rounds} interleaved rounds");
+    let c = Cluster::start(ClusterOptions { standbys: 1, ..Default::default() }).expect("cluster");
+    let mut rows: Vec<(Event, usize, usize, Vec<f64>)> =
+        [Event::Reload, Event::Takeover, Event::SocketUnitRestart, Event::PlainRestart].into_iter().map(|e| (e, 0, 0, Vec::new())).collect();
+    for round in 0..rounds {
+        for (event, sessions, failed, slowest) in rows.iter_mut() {
+            let o = operations::trial(dir, &c, *event);
+            println!("round {} {event:?}: {} sessions, {} failed, slowest {:.0} ms", round + 1, o.sessions, o.failed, o.slowest.as_secs_f64() * 1000.0);
+            *sessions += o.sessions;
+            *failed += o.failed;
+            slowest.push(o.slowest.as_secs_f64() * 1000.0);
+        }
+    }
+    println!("| event | sessions | failed | slowest session, median over rounds (max) |");
+    println!("|---|---|---|---|");
+    for (event, sessions, failed, slowest) in rows.iter_mut() {
+        let max = slowest.iter().cloned().fold(0.0, f64::max);
+        println!("| {event:?} | {sessions} | {failed} | {:.0} ms ({max:.0} ms) |", median(slowest));
+    }
+    println!();
 }
 
 fn throughput(dir: &std::path::Path) {
