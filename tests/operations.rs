@@ -46,13 +46,13 @@ impl Setup {
     /// Writes the configuration: the first `backends` nodes of `c`, health checks every
     /// `interval`.
     fn write(&self, c: &Cluster, backends: usize, interval: &str) {
-        self.write_with(c, backends, interval, "");
+        self.write_with(c, backends, interval, "", "");
     }
 
-    /// As [`write`](Self::write), with more `[proxy]` lines.
-    fn write_with(&self, c: &Cluster, backends: usize, interval: &str, proxy: &str) {
+    /// As [`write`](Self::write), with more top-level and `[proxy]` lines.
+    fn write_with(&self, c: &Cluster, backends: usize, interval: &str, top: &str, proxy: &str) {
         let mut text = format!(
-            "listen = \"{}\"\nadmin_listen = \"{}\"\nadmin_token = \"{TOKEN}\"\nstate_dir = \"{}\"\nlog_level = \"info\"\n\n\
+            "listen = \"{}\"\nadmin_listen = \"{}\"\nadmin_token = \"{TOKEN}\"\nstate_dir = \"{}\"\nlog_level = \"info\"\n{top}\n\
              [health]\ninterval = \"{interval}\"\ntimeout = \"500ms\"\nfailure_threshold = 3\n\n\
              [failover]\npromote = \"auto\"\nhold_timeout = \"10s\"\n\n\
              [proxy]\nshutdown_grace = \"30s\"\n{proxy}\n",
@@ -212,8 +212,9 @@ async fn sighup_applies_a_new_interval_live_and_refuses_a_broken_file() {
     let session = connect(s.listen, &pw).await;
     session.batch_execute("create table if not exists during_reload (v int)").await.unwrap();
 
-    // A faster health check, live.
-    s.write(&c, 2, "100ms");
+    // A faster health check and JSON logs, live; a new admin port only after a restart.
+    let other_admin = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
+    s.write_with(&c, 2, "100ms", &format!("log_format = \"json\"\nlisten_ro = \"{other_admin}\""), "");
     p.signal(libc::SIGHUP);
     eventually(LIMIT, "the reload is applied", || async { (reloads(&s.metrics().await, "ok") == 1).then_some(()) }).await;
     let st = s.status().await;
@@ -250,7 +251,12 @@ async fn sighup_applies_a_new_interval_live_and_refuses_a_broken_file() {
     session.execute("insert into during_reload values (2)", &[]).await.expect("the session still works");
     let fresh = connect(s.listen, &pw).await;
     assert_eq!(server_port(&fresh).await, c.nodes[0].port as i32, "new sessions still go to the primary");
-    assert!(p.log().contains("configuration reload refused"), "the refusal is logged: {}", p.log());
+    let log = p.log();
+    let refusal = log.lines().find(|l| l.contains("configuration reload refused")).unwrap_or_else(|| panic!("the refusal is logged: {log}"));
+    let line: Value = serde_json::from_str(refusal).unwrap_or_else(|e| panic!("logged as JSON since the first reload ({e}): {refusal}"));
+    assert_eq!(line["level"], "ERROR");
+    assert!(log.contains("takes effect only after a restart") && log.contains("listen_ro"), "a new listen_ro is logged as needing a restart: {log}");
+    assert!(TcpStream::connect(other_admin).await.is_err(), "and not bound live");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -390,7 +396,7 @@ async fn on_sigterm_readiness_drops_while_it_still_accepts_for_the_shutdown_dela
     let c = cluster(1).await;
     let pw = c.options.password.clone();
     let s = Setup::new();
-    s.write_with(&c, 2, "250ms", "shutdown_delay = \"3s\"");
+    s.write_with(&c, 2, "250ms", "", "shutdown_delay = \"3s\"");
     let mut p = Proc::spawn(&s, "proxy", None);
     ready(&s, &mut p).await;
     p.signal(libc::SIGTERM);

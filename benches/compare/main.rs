@@ -14,9 +14,9 @@
 //! installed (`apt-get install haproxy pgbouncer`).
 
 mod failover;
-mod operations;
 mod floors;
 mod idle;
+mod operations;
 mod targets;
 mod workloads;
 
