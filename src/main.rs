@@ -75,6 +75,14 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    // First, before anything opens a descriptor: sockets passed by systemd.
+    let inherited = match pgfailover::takeover::Inherited::from_systemd() {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("pgfailover: inherited sockets (LISTEN_FDS): {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let cli = Cli::parse();
     raise_open_file_limit();
     let overrides = Overrides {
@@ -117,7 +125,10 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let logs = init_logging(&cfg);
-    run_until_signal(cfg, logs, Some(Source { file: cli.config.clone(), overrides }), |_| {})
+    if !inherited.leftover().is_empty() {
+        tracing::info!(sockets = inherited.leftover().len(), "listening sockets inherited from systemd (LISTEN_FDS)");
+    }
+    run_until_signal(cfg, logs, Some(Source { file: cli.config.clone(), overrides, inherited }), |_| {})
 }
 
 /// Two descriptors per client: use all the open files the hard limit allows (the default
@@ -204,12 +215,14 @@ impl LogHandle {
 pub(crate) struct Source {
     pub file: Option<PathBuf>,
     pub overrides: Overrides,
+    /// Listening sockets from systemd, for the start.
+    pub inherited: pgfailover::takeover::Inherited,
 }
 
 /// Runs the proxy until SIGTERM/SIGINT, then drains and exits 0. `ready` is called once the
 /// listeners are bound. SIGHUP reloads the configuration from `source`; SIGUSR2 (or a reload
 /// that adds or removes backends) starts a fresh copy of this binary that takes over.
-pub(crate) fn run_until_signal(cfg: Config, logs: LogHandle, source: Option<Source>, ready: impl FnOnce(&pgfailover::server::Proxy)) -> ExitCode {
+pub(crate) fn run_until_signal(cfg: Config, logs: LogHandle, mut source: Option<Source>, ready: impl FnOnce(&pgfailover::server::Proxy)) -> ExitCode {
     // Captured now: after an upgrade the path names the new binary.
     let exe = std::env::current_exe().ok().map(|p| PathBuf::from(p.to_string_lossy().trim_end_matches(" (deleted)")));
     let mut builder = match cfg.proxy.worker_threads {
@@ -231,7 +244,10 @@ pub(crate) fn run_until_signal(cfg: Config, logs: LogHandle, source: Option<Sour
     rt.block_on(async move {
         let file = source.as_ref().and_then(|s| s.file.as_ref()).map(|f| f.display().to_string());
         let has_state_dir = cfg.state_dir.is_some();
-        let proxy = match pgfailover::server::Proxy::start_from(cfg, file.clone()).await {
+        // Before the start: a signal during a takeover must not end the process.
+        let mut signals = Signals::new();
+        let inherited = source.as_mut().map(|s| std::mem::take(&mut s.inherited)).unwrap_or_default();
+        let proxy = match pgfailover::server::Proxy::start_with(cfg, file.clone(), inherited).await {
             Ok(p) => p,
             Err(e) => {
                 // One message: the log is on stderr already.
@@ -241,7 +257,6 @@ pub(crate) fn run_until_signal(cfg: Config, logs: LogHandle, source: Option<Sour
         };
         ready(&proxy);
         debug_crash_monitor(&proxy);
-        let mut signals = Signals::new();
         let code = loop {
             tokio::select! {
                 sig = signals.next() => match sig {
@@ -272,6 +287,8 @@ pub(crate) fn run_until_signal(cfg: Config, logs: LogHandle, source: Option<Sour
                 },
                 _ = proxy.handed_over() => {
                     tracing::info!("another process took over; draining sessions and exiting");
+                    // systemd follows the new process (it says so too; whichever comes first).
+                    pgfailover::takeover::sd_notify(&format!("MAINPID={}", proxy.successor()));
                     break ExitCode::SUCCESS;
                 }
                 _ = proxy.failed() => {
@@ -280,7 +297,6 @@ pub(crate) fn run_until_signal(cfg: Config, logs: LogHandle, source: Option<Sour
                 }
             }
         };
-        pgfailover::takeover::sd_notify("STOPPING=1");
         proxy.shutdown();
         proxy.stopped().await;
         tracing::info!("stopped");

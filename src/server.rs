@@ -71,6 +71,8 @@ pub struct Proxy {
     fatal: CancellationToken,
     /// Cancelled once another process took over the listeners and the monitor.
     handed_over: CancellationToken,
+    /// That process's id.
+    successor: Arc<std::sync::atomic::AtomicU32>,
     done: Option<JoinHandle<()>>,
     config: std::sync::Mutex<Config>,
     dp: Arc<DataPath>,
@@ -101,7 +103,7 @@ fn config_info(cfg: &Config, file: Option<String>) -> admin::ConfigInfo {
 
 async fn listen(inherited: &mut Inherited, addr: SocketAddr, key: &'static str) -> Result<TcpListener, StartError> {
     let err = |source| StartError::Listen { addr, key, source };
-    if let Some(l) = inherited.take(addr).map_err(err)? {
+    if let Some(l) = inherited.take(addr, key).map_err(err)? {
         tracing::info!(%addr, key, from = inherited.source, "listening on an inherited socket");
         return Ok(l);
     }
@@ -112,14 +114,14 @@ impl Proxy {
     /// Binds the listeners and starts every task. Errors (port in use, unwritable
     /// state_dir) come back before anything runs.
     pub async fn start(cfg: Config) -> Result<Proxy, StartError> {
-        Proxy::start_from(cfg, None).await
+        Proxy::start_with(cfg, None, Inherited::default()).await
     }
 
     /// As [`start`](Self::start); `file` is the configuration file, shown in the status.
-    /// Listening sockets come from systemd (`LISTEN_FDS`) or, when another process runs on
-    /// the same `state_dir`, from that process, which then hands over and exits.
-    pub async fn start_from(cfg: Config, file: Option<String>) -> Result<Proxy, StartError> {
-        let mut inherited = Inherited::from_systemd().map_err(StartError::Inherited)?;
+    /// Listening sockets come from `inherited` (systemd's, read by `main` before anything
+    /// else opened a descriptor) or, when another process runs on the same `state_dir`, from
+    /// that process, which then hands over and exits.
+    pub async fn start_with(cfg: Config, file: Option<String>, mut inherited: Inherited) -> Result<Proxy, StartError> {
         let state_err = |dir: &std::path::Path| {
             let dir = dir.display().to_string();
             move |source| StartError::StateDir { dir, source }
@@ -127,8 +129,21 @@ impl Proxy {
         let mut takeover = None;
         if let Some(dir) = &cfg.state_dir {
             std::fs::create_dir_all(dir).map_err(state_err(dir))?;
-            let d = dir.clone();
-            let asked = tokio::task::spawn_blocking(move || takeover::request(&d)).await.unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            let mut waited = 0u32;
+            let asked = loop {
+                let d = dir.clone();
+                let asked = tokio::task::spawn_blocking(move || takeover::request(&d)).await.unwrap_or_else(|e| Err(std::io::Error::other(e)));
+                match asked {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        if waited % 10 == 0 {
+                            tracing::warn!(answer = %e, "the running process cannot hand over now; asking again");
+                        }
+                        waited += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    }
+                    other => break other,
+                }
+            };
             match asked {
                 Ok(Some((stream, sockets, pid))) => {
                     tracing::warn!(pid, "taking over from the running process");
@@ -174,13 +189,23 @@ impl Proxy {
         let sockets = match &cfg.state_dir {
             Some(_) => {
                 // Duplicates, kept for a later takeover: the accept loops own the originals.
-                let mut fds = vec![std::os::fd::AsFd::as_fd(&client).try_clone_to_owned(), std::os::fd::AsFd::as_fd(&admin).try_clone_to_owned()];
-                fds.extend(read.as_ref().map(|r| std::os::fd::AsFd::as_fd(r).try_clone_to_owned()));
-                let fds: Result<Vec<_>, _> = fds.into_iter().collect();
+                let dup = |l: &TcpListener| std::os::fd::AsFd::as_fd(l).try_clone_to_owned();
+                let mut fds = vec![("listen", dup(&client)), ("admin_listen", dup(&admin))];
+                fds.extend(read.as_ref().map(|r| ("listen_ro", dup(r))));
+                let fds: Result<Vec<_>, _> = fds.into_iter().map(|(k, f)| f.map(|f| (k, f))).collect();
                 Some(fds.map_err(|source| StartError::Listen { addr: cfg.listen, key: "listen", source })?)
             }
             None => None,
         };
+        // After a takeover: the old process stops accepting now, and this one starts next.
+        let mut takeover = takeover;
+        if let (Some(stream), Some(dir)) = (takeover.as_mut(), &cfg.state_dir) {
+            let mut s = stream.try_clone().map_err(|source| StartError::Takeover { dir: dir.display().to_string(), source })?;
+            tokio::task::spawn_blocking(move || takeover::ready(&mut s))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+                .map_err(|source| StartError::Takeover { dir: dir.display().to_string(), source })?;
+        }
 
         let backends: Arc<[_]> = cfg.backends().into();
         let names: Vec<String> = backends.iter().map(|b| b.name.clone()).collect();
@@ -204,8 +229,8 @@ impl Proxy {
         // The monitor and the coordinator: a takeover waits for exactly these to end.
         let monitor_tasks = TaskTracker::new();
 
-        // The data path first: after a takeover it accepts at once, holding clients until
-        // this process's monitor routes (the old process has stopped accepting by then).
+        // The data path first: after a takeover it accepts at once (the old process has
+        // stopped), holding clients until this process's monitor routes.
         let stop = shutdown.clone();
         let mut ports = vec![(client, Port::Primary)];
         ports.extend(read.map(|l| (l, Port::Read)));
@@ -214,10 +239,11 @@ impl Proxy {
 
         let mut lock = lock;
         if let (Some(stream), Some(dir)) = (takeover, &cfg.state_dir) {
-            let ready = tokio::task::spawn_blocking(move || takeover::ready(stream)).await.unwrap_or_else(|e| Err(std::io::Error::other(e)));
-            if let Err(e) = ready {
+            let released = tokio::task::spawn_blocking(move || takeover::released(stream)).await.unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            if let Err(e) = released {
                 tracing::warn!(error = %e, "the previous process did not confirm the takeover; waiting for the state directory's lock");
             }
+            // The old process releases it at the latest when it exits.
             lock = Some(StateLock::take(dir).await.map_err(state_err(dir))?);
             tracing::info!("the previous process released the health monitor; starting it here");
         }
@@ -252,9 +278,18 @@ impl Proxy {
             tasks.spawn(admin::serve_forwarded(rx, coord, admin_ctx.clone(), shutdown.clone()));
         }
         tasks.spawn(admin::run(admin, admin_ctx.clone(), shutdown.clone()));
+        let successor = Arc::new(std::sync::atomic::AtomicU32::new(0));
         if let (Some(dir), Some(sockets)) = (&cfg.state_dir, sockets) {
             let control = bind_control(dir).map_err(state_err(dir))?;
-            let h = Handover { sockets, lock: lock.take(), shutdown: shutdown.clone(), monitor_tasks: monitor_tasks.clone(), done: handed_over.clone() };
+            let h = Handover {
+                sockets,
+                lock: lock.take(),
+                shutdown: shutdown.clone(),
+                monitor_tasks: monitor_tasks.clone(),
+                done: handed_over.clone(),
+                monitor: monitor.clone(),
+                successor: successor.clone(),
+            };
             tasks.spawn(h.serve(control));
         }
         drop(lock);
@@ -280,6 +315,7 @@ impl Proxy {
             shutdown,
             fatal,
             handed_over,
+            successor,
             done: Some(done),
             config: std::sync::Mutex::new(cfg),
             dp,
@@ -297,6 +333,11 @@ impl Proxy {
     /// monitoring; its sessions drain.
     pub async fn handed_over(&self) {
         self.handed_over.cancelled().await
+    }
+
+    /// The process that took over (0: none).
+    pub fn successor(&self) -> u32 {
+        self.successor.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The first step of stopping: `/ready` answers 503 at once, and the listeners keep
@@ -355,6 +396,14 @@ impl Proxy {
         out.logging = old.log_level != new.log_level || old.log_format != new.log_format;
         self.dp.knobs.send_replace(Arc::new(Knobs { proxy: new.proxy.clone(), hold_timeout: new.failover.hold_timeout, read: new.read.clone() }));
         self.monitor.reload(&new).await;
+        // What needs a restart stays as it runs, so the status and the next reload see that.
+        let mut new = new;
+        new.listen = old.listen;
+        new.listen_ro = old.listen_ro;
+        new.admin_listen = old.admin_listen;
+        new.state_dir = old.state_dir.clone();
+        new.coordination = old.coordination.clone();
+        new.proxy.worker_threads = old.proxy.worker_threads;
         *self.admin.live.write().unwrap_or_else(|e| e.into_inner()) = AdminLive::new(&new, config_info(&new, file));
         *self.config.lock().unwrap_or_else(|e| e.into_inner()) = new;
         Ok(out)
@@ -370,7 +419,10 @@ fn bind_control(dir: &std::path::Path) -> std::io::Result<tokio::net::UnixListen
 
 /// The running process's side of a takeover.
 struct Handover {
-    sockets: Vec<std::os::fd::OwnedFd>,
+    /// Each listening socket (a duplicate) with its configuration key.
+    sockets: Vec<(&'static str, std::os::fd::OwnedFd)>,
+    monitor: MonitorHandle,
+    successor: Arc<std::sync::atomic::AtomicU32>,
     lock: Option<StateLock>,
     shutdown: CancellationToken,
     monitor_tasks: TaskTracker,
@@ -382,7 +434,10 @@ impl Handover {
         loop {
             let conn = tokio::select! {
                 _ = self.shutdown.cancelled() => {
-                    // The lock goes only after the monitor's last history write.
+                    // Stopping: the sockets close with the accept loops (no connection is
+                    // queued that nobody will accept). The lock goes only after the
+                    // monitor's last history write.
+                    self.sockets.clear();
                     self.monitor_tasks.close();
                     self.monitor_tasks.wait().await;
                     return;
@@ -396,24 +451,34 @@ impl Handover {
                     continue;
                 }
             };
-            let fds: Vec<std::os::fd::RawFd> = self.sockets.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
+            let fds: Vec<(&'static str, std::os::fd::RawFd)> = self.sockets.iter().map(|(k, f)| (*k, std::os::fd::AsRawFd::as_raw_fd(f))).collect();
+            // Not in the middle of a failover, nor with clients held for lack of a primary:
+            // the new process asks again.
+            let status = self.monitor.status();
+            let busy = move || match (&status.failover_in_progress, &status.current_primary) {
+                (Some(_), _) => Some("a failover or switchover is in progress".to_string()),
+                (None, None) => Some("no primary is routed".to_string()),
+                _ => None,
+            };
             // The sockets stay open here (the duplicates) until the handshake is over.
-            let served = tokio::task::spawn_blocking(move || takeover::serve(stream, &fds)).await.unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            let served = tokio::task::spawn_blocking(move || takeover::serve(stream, &fds, busy)).await.unwrap_or_else(|e| Err(std::io::Error::other(e)));
             let (pid, stream) = match served {
                 Ok(x) => x,
                 Err(e) => {
-                    tracing::warn!(error = %e, "a takeover did not complete; this process carries on");
+                    tracing::warn!(error = %e, "a takeover did not happen; this process carries on");
                     continue;
                 }
             };
             tracing::warn!(pid, "handing over to a new process: no longer accepting; sessions drain");
+            self.successor.store(pid, std::sync::atomic::Ordering::Relaxed);
+            self.sockets.clear();
             // Stops accepting, the monitor (its last history write included) and the
             // coordinator (its etcd lease revoked); then the lock goes.
             self.shutdown.cancel();
             self.monitor_tasks.close();
             self.monitor_tasks.wait().await;
             self.lock.take();
-            let _ = tokio::task::spawn_blocking(move || takeover::released(stream)).await;
+            let _ = tokio::task::spawn_blocking(move || takeover::say_released(stream)).await;
             tracing::info!(pid, "handed over the health monitor");
             self.done.cancel();
             return;

@@ -74,7 +74,8 @@ impl StateLock {
 /// from), found by the address they are bound to.
 #[derive(Debug, Default)]
 pub struct Inherited {
-    sockets: Vec<(SocketAddr, OwnedFd)>,
+    /// Address, descriptor and, from a takeover, the key it served (`listen`, ...).
+    sockets: Vec<(SocketAddr, OwnedFd, Option<String>)>,
     /// Where they came from, for messages.
     pub source: &'static str,
 }
@@ -101,18 +102,18 @@ impl Inherited {
             unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
             let addr = socket2::SockRef::from(&fd).local_addr()?.as_socket();
             match addr {
-                Some(a) => sockets.push((a, fd)),
+                Some(a) => sockets.push((a, fd, None)),
                 None => return Err(io::Error::new(io::ErrorKind::InvalidInput, "an inherited socket (LISTEN_FDS) is not a TCP socket")),
             }
         }
         Ok(Inherited { sockets, source: "systemd" })
     }
 
-    fn from_fds(fds: Vec<OwnedFd>, source: &'static str) -> io::Result<Inherited> {
+    fn from_fds(fds: Vec<OwnedFd>, keys: &[&str], source: &'static str) -> io::Result<Inherited> {
         let mut sockets = Vec::new();
-        for fd in fds {
+        for (i, fd) in fds.into_iter().enumerate() {
             if let Some(a) = socket2::SockRef::from(&fd).local_addr()?.as_socket() {
-                sockets.push((a, fd));
+                sockets.push((a, fd, keys.get(i).map(|k| k.to_string())));
             }
         }
         Ok(Inherited { sockets, source })
@@ -122,12 +123,15 @@ impl Inherited {
         self.sockets.is_empty()
     }
 
-    /// The inherited socket for `want` (port 0: any port on that address), as a listener.
-    pub fn take(&mut self, want: SocketAddr) -> io::Result<Option<tokio::net::TcpListener>> {
-        let Some(i) = self.sockets.iter().position(|(a, _)| a.ip() == want.ip() && (want.port() == 0 || a.port() == want.port())) else {
+    /// The inherited socket for configuration key `key` at `want` (port 0: any port on that
+    /// address), as a listener. A socket handed over for another key is never taken.
+    pub fn take(&mut self, want: SocketAddr, key: &str) -> io::Result<Option<tokio::net::TcpListener>> {
+        let fits =
+            |a: &SocketAddr, k: &Option<String>| a.ip() == want.ip() && (want.port() == 0 || a.port() == want.port()) && k.as_deref().is_none_or(|k| k == key);
+        let Some(i) = self.sockets.iter().position(|(a, _, k)| fits(a, k)) else {
             return Ok(None);
         };
-        let (_, fd) = self.sockets.remove(i);
+        let (_, fd, _) = self.sockets.remove(i);
         let std = std::net::TcpListener::from(fd);
         std.set_nonblocking(true)?;
         Ok(Some(tokio::net::TcpListener::from_std(std)?))
@@ -135,15 +139,20 @@ impl Inherited {
 
     /// Addresses of the sockets nobody took (closed when this is dropped).
     pub fn leftover(&self) -> Vec<SocketAddr> {
-        self.sockets.iter().map(|(a, _)| *a).collect()
+        self.sockets.iter().map(|(a, _, _)| *a).collect()
     }
 }
 
 /// How long each step of the handshake may take.
 const STEP: Duration = Duration::from_secs(30);
 
+/// What the running process answers while it cannot hand over (a failover in progress, no
+/// primary routed): ask again shortly.
+pub const BUSY: &str = "BUSY";
+
 /// The new process's side, step one: asks the running process (if any) for its listening
-/// sockets. `Ok(None)`: nobody listens on the control socket.
+/// sockets. `Ok(None)`: nobody listens on the control socket. An error of kind `WouldBlock`:
+/// the running process is busy, ask again.
 pub fn request(dir: &Path) -> io::Result<Option<(UnixStream, Inherited, u32)>> {
     let mut s = match UnixStream::connect(socket_path(dir)) {
         Ok(s) => s,
@@ -154,14 +163,29 @@ pub fn request(dir: &Path) -> io::Result<Option<(UnixStream, Inherited, u32)>> {
     s.set_write_timeout(Some(STEP))?;
     s.write_all(format!("TAKEOVER {}\n", std::process::id()).as_bytes())?;
     let (fds, line) = recv_fds(&s)?;
-    let pid = line.strip_prefix("SOCKETS ").and_then(|p| p.trim().parse::<u32>().ok()).ok_or_else(|| bad(&line))?;
-    Ok(Some((s, Inherited::from_fds(fds, "the previous process")?, pid)))
+    if line.starts_with(BUSY) {
+        return Err(io::Error::new(io::ErrorKind::WouldBlock, line));
+    }
+    // SOCKETS <pid> <key>,<key>,...: one key per descriptor, in order.
+    let mut words = line.split_whitespace();
+    let (Some("SOCKETS"), Some(pid), keys) = (words.next(), words.next().and_then(|p| p.parse::<u32>().ok()), words.next().unwrap_or("")) else {
+        return Err(bad(&line));
+    };
+    let keys: Vec<&str> = keys.split(',').collect();
+    if fds.is_empty() {
+        return Err(bad(&line));
+    }
+    Ok(Some((s, Inherited::from_fds(fds, &keys, "the previous process")?, pid)))
 }
 
-/// Step two: this process accepts on the sockets; the old one may stop. Returns once the old
-/// one has stopped its monitor and released the state lock (or has gone).
-pub fn ready(mut s: UnixStream) -> io::Result<()> {
-    s.write_all(b"READY\n")?;
+/// Step two: this process is about to accept on the sockets; the old one stops accepting.
+pub fn ready(s: &mut UnixStream) -> io::Result<()> {
+    s.write_all(b"READY\n")
+}
+
+/// Step three: returns once the old process has stopped its monitor and released the state
+/// lock (or has gone).
+pub fn released(mut s: UnixStream) -> io::Result<()> {
     let mut line = String::new();
     // Releasing waits for the old monitor's last write and its etcd lease: generous.
     s.set_read_timeout(Some(STEP * 2))?;
@@ -173,14 +197,21 @@ pub fn ready(mut s: UnixStream) -> io::Result<()> {
     }
 }
 
-/// The old process's side: after `TAKEOVER <pid>`, sends `sockets` and waits for `READY`.
+/// The old process's side: after `TAKEOVER <pid>`, sends `sockets` (each with its
+/// configuration key) and waits for `READY`, or says it is busy (`busy` is asked then).
 /// Returns the new process's id and the stream to answer `RELEASED` on.
-pub fn serve(mut s: UnixStream, sockets: &[RawFd]) -> io::Result<(u32, UnixStream)> {
+pub fn serve(mut s: UnixStream, sockets: &[(&str, RawFd)], busy: impl FnOnce() -> Option<String>) -> io::Result<(u32, UnixStream)> {
     s.set_read_timeout(Some(STEP))?;
     s.set_write_timeout(Some(STEP))?;
     let first = read_line(&mut s)?;
     let pid = first.strip_prefix("TAKEOVER ").and_then(|p| p.trim().parse::<u32>().ok()).ok_or_else(|| bad(&first))?;
-    send_fds(&s, sockets, format!("SOCKETS {}\n", std::process::id()).as_bytes())?;
+    if let Some(why) = busy() {
+        s.write_all(format!("{BUSY} {why}\n").as_bytes())?;
+        return Err(io::Error::new(io::ErrorKind::WouldBlock, format!("asked to hand over while {why}")));
+    }
+    let keys: Vec<&str> = sockets.iter().map(|(k, _)| *k).collect();
+    let fds: Vec<RawFd> = sockets.iter().map(|(_, f)| *f).collect();
+    send_fds(&s, &fds, format!("SOCKETS {} {}\n", std::process::id(), keys.join(",")).as_bytes())?;
     let ready = read_line(&mut s)?;
     if ready.trim() != "READY" {
         return Err(bad(&ready));
@@ -188,7 +219,7 @@ pub fn serve(mut s: UnixStream, sockets: &[RawFd]) -> io::Result<(u32, UnixStrea
     Ok((pid, s))
 }
 
-pub fn released(mut s: UnixStream) -> io::Result<()> {
+pub fn say_released(mut s: UnixStream) -> io::Result<()> {
     s.write_all(b"RELEASED\n")
 }
 
@@ -201,7 +232,13 @@ fn read_line(s: &mut UnixStream) -> io::Result<String> {
     let mut out = Vec::new();
     let mut b = [0u8; 1];
     while out.len() < 256 {
-        if s.read(&mut b)? == 0 {
+        let n = loop {
+            match s.read(&mut b) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => break r?,
+            }
+        };
+        if n == 0 {
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the other process closed the takeover socket"));
         }
         if b[0] == b'\n' {
@@ -233,8 +270,12 @@ fn send_fds(s: &UnixStream, fds: &[RawFd], data: &[u8]) -> io::Result<()> {
         (*c).cmsg_type = libc::SCM_RIGHTS;
         (*c).cmsg_len = libc::CMSG_LEN(bytes as u32) as _;
         std::ptr::copy_nonoverlapping(fds.as_ptr() as *const u8, libc::CMSG_DATA(c), bytes);
-        if libc::sendmsg(s.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) < 0 {
-            return Err(io::Error::last_os_error());
+        // Sockets with timeouts are not restarted after a signal handler: retry.
+        while libc::sendmsg(s.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
         }
     }
     Ok(())
@@ -254,10 +295,16 @@ fn recv_fds(s: &UnixStream) -> io::Result<(Vec<OwnedFd>, String)> {
         msg.msg_iovlen = 1;
         msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
         msg.msg_controllen = std::mem::size_of_val(&control) as _;
-        let n = libc::recvmsg(s.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC);
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let n = loop {
+            let n = libc::recvmsg(s.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC);
+            if n >= 0 {
+                break n;
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        };
         let mut c = libc::CMSG_FIRSTHDR(&msg);
         while !c.is_null() {
             if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
@@ -275,11 +322,7 @@ fn recv_fds(s: &UnixStream) -> io::Result<(Vec<OwnedFd>, String)> {
         return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the running process closed the takeover socket"));
     }
     let line = String::from_utf8_lossy(&data[..n]);
-    let line = line.trim_end_matches('\n').to_string();
-    if fds.is_empty() {
-        return Err(bad(&line));
-    }
-    Ok((fds, line))
+    Ok((fds, line.trim_end_matches('\n').to_string()))
 }
 
 /// Tells systemd (`Type=notify`, `NotifyAccess=all`) something, when it is listening.

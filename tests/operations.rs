@@ -214,12 +214,17 @@ async fn sighup_applies_a_new_interval_live_and_refuses_a_broken_file() {
 
     // A faster health check and JSON logs, live; a new admin port only after a restart.
     let other_admin = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
+    assert_eq!(post(s.admin, "/failover/check-health", Some(TOKEN), "").await.status, 200);
     s.write_with(&c, 2, "100ms", &format!("log_format = \"json\"\nlisten_ro = \"{other_admin}\""), "");
+    let text = std::fs::read_to_string(s.config()).unwrap().replace(TOKEN, "rotated-token");
+    std::fs::write(s.config(), text).unwrap();
     p.signal(libc::SIGHUP);
     eventually(LIMIT, "the reload is applied", || async { (reloads(&s.metrics().await, "ok") == 1).then_some(()) }).await;
     let st = s.status().await;
     assert_ne!(st["config"]["digest"], before["config"]["digest"], "a new configuration, a new digest");
     assert_eq!(st["config"]["pid"], p.pid, "the same process");
+    assert_ne!(post(s.admin, "/failover/check-health", Some(TOKEN), "").await.status, 200, "the old admin token is refused");
+    assert_eq!(post(s.admin, "/failover/check-health", Some("rotated-token"), "").await.status, 200, "the rotated one works");
     // Checks now come about every 100 ms: two consecutive ones less than 1 s apart (at 2 s
     // they never would).
     eventually(LIMIT, "checks of pg-a come at the new interval", || async {
@@ -332,32 +337,40 @@ async fn a_second_process_takes_over_without_refusing_a_connection() {
             }
         })
     };
-    // A query running on the old process across the takeover.
+    // A transaction open on the old process across the takeover, and an idle session that
+    // keeps the old process draining until the primary is killed.
     let long = connect(s.listen, &pw).await;
-    let long_query = tokio::spawn(async move { long.simple_query("select pg_sleep(3)").await.map(|_| ()) });
+    long.batch_execute("create table if not exists across (v int); begin; insert into across values (1)").await.unwrap();
+    let idle = connect(s.listen, &pw).await;
     eventually(LIMIT, "the churn runs", || async { (ok.load(Ordering::SeqCst) >= 20).then_some(()) }).await;
 
     let mut new = Proc::spawn(&s, "new", None);
     eventually(LIMIT, "the new process serves the admin port", || async { (s.status().await["config"]["pid"] == new.pid).then_some(()) }).await;
+    let at_takeover = ok.load(Ordering::SeqCst);
     assert!(old.alive(), "the old process still drains its sessions");
     let holder: u32 = std::fs::read_to_string(s.state().join("pgfailover.lock")).unwrap().trim().parse().unwrap();
     assert_eq!(holder, new.pid, "only the new process holds the monitor's lock");
-    long_query.await.unwrap().expect("the query running on the old process finishes");
-    assert!(old.exits(LIMIT).await, "the old process exits by itself, successfully");
-    let at_exit = ok.load(Ordering::SeqCst);
-    eventually(LIMIT, "the churn goes on through the new process", || async { (ok.load(Ordering::SeqCst) >= at_exit + 20).then_some(()) }).await;
+    long.batch_execute("insert into across values (2); commit").await.expect("the transaction on the old process finishes");
+    drop(long);
+    eventually(LIMIT, "the churn goes on through the new process", || async { (ok.load(Ordering::SeqCst) >= at_takeover + 20).then_some(()) }).await;
     let _ = stop_tx.send(true);
     churn.await.unwrap();
     assert_eq!(failed.load(Ordering::SeqCst), 0, "connections failed during the takeover: {:?}", errors.lock().unwrap());
+    assert!(old.alive(), "the idle session keeps the old process draining");
 
-    // The new process fails over a killed primary, once.
+    // The primary is killed while both processes run: only the new one fails over, once.
     c.kill(0).unwrap();
     eventually(LIMIT, "the new process fails over", || async { (s.status().await["currentPrimary"] == "pg-b").then_some(()) }).await;
+    drop(idle);
+    assert!(old.exits(LIMIT).await, "the old process exits by itself, successfully, once its sessions ended");
     let h = get(s.admin, "/failover/history?limit=1000").await.json();
     let failovers = h["events"].as_array().unwrap().iter().filter(|e| e["kind"] == "failover").count();
     assert_eq!(failovers, 1, "one failover in the shared history: {h:#}");
     assert!(!old.log().contains("promoting standby"), "the old process never promoted: {}", old.log());
     assert!(new.log().contains("promoting standby"), "the new one did: {}", new.log());
+    let after = connect(s.listen, &pw).await;
+    let rows = after.query_one("select count(*) from across", &[]).await.unwrap().get::<_, i64>(0);
+    assert_eq!(rows, 2, "the transaction committed on the old process is on the new primary");
     assert!(new.alive());
 }
 
@@ -396,7 +409,7 @@ async fn on_sigterm_readiness_drops_while_it_still_accepts_for_the_shutdown_dela
     let c = cluster(1).await;
     let pw = c.options.password.clone();
     let s = Setup::new();
-    s.write_with(&c, 2, "250ms", "", "shutdown_delay = \"3s\"");
+    s.write_with(&c, 2, "250ms", "", "shutdown_delay = \"10s\"");
     let mut p = Proc::spawn(&s, "proxy", None);
     ready(&s, &mut p).await;
     p.signal(libc::SIGTERM);

@@ -64,12 +64,16 @@ impl Mirror {
 }
 
 /// A fence change still to be written.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 enum Pending {
     Put(FenceRecord),
-    /// Lift the fence if it still has this mod revision (0: whatever it is).
+    /// Lift the fence if it still has this mod revision (0: whatever it is; negative: it
+    /// could not be read, so it is never lifted from here).
     Delete(i64),
 }
+
+/// The mod revision recorded for a fence key this proxy cannot read.
+const UNREADABLE: i64 = -1;
 
 /// Aborts a spawned task when the session that started it ends, however it ends.
 struct AbortOnDrop(tokio::task::AbortHandle);
@@ -303,7 +307,7 @@ async fn session(cfg: &CoordinationConfig, m: &mut Mirror, ch: &mut Channels, sh
             cmd = ch.cmds.recv() => match cmd {
                 None => break Ok(()),
                 Some(cmd) => {
-                    if let Err(why) = handle(cmd, &mut client, m, lease).await {
+                    if let Err(why) = handle(cmd, &mut client, m, lease, deadline).await {
                         break Err(why);
                     }
                 }
@@ -378,13 +382,22 @@ async fn session(cfg: &CoordinationConfig, m: &mut Mirror, ch: &mut Channels, sh
                     }
                 }
             }
-            _ = retry.tick(), if !m.pending.is_empty() => flush_pending(&mut client, m).await,
+            _ = retry.tick(), if !m.pending.is_empty() => {
+                // Never past the step-down deadline.
+                let _ = tokio::time::timeout_at(deadline.into(), flush_pending(&mut client, m)).await;
+            }
         }
     };
     if result.is_ok() {
-        // Leaving for good: the lease's keys go at once instead of after the TTL. After an
-        // error they stay until the next session revokes them (or the lease expires): this
-        // proxy's view keeps counting toward the quorum while etcd is away for a moment.
+        // The last fence changes (a takeover's new process restores fences from disk and
+        // keeps only those etcd has), then leaving for good: the lease's keys go at once
+        // instead of after the TTL. After an error they stay until the next session revokes
+        // them (or the lease expires): this proxy's view keeps counting toward the quorum
+        // while etcd is away for a moment.
+        while let Ok(cmd) = ch.cmds.try_recv() {
+            refuse(cmd, "this proxy is stopping", m);
+        }
+        let _ = tokio::time::timeout(third, flush_pending(&mut client, m)).await;
         let _ = tokio::time::timeout(third, client.lease_revoke(lease)).await;
         m.old_lease = None;
     }
@@ -415,12 +428,13 @@ fn load(m: &mut Mirror, kvs: &[KeyValue]) -> Vec<Event> {
                 }
             }
             Some(KeyKind::Fence(b)) => {
-                m.fence_revs.insert(b.to_string(), kv.mod_revision());
                 match serde_json::from_slice::<FenceRecord>(kv.value()) {
                     Ok(f) => {
+                        m.fence_revs.insert(b.to_string(), kv.mod_revision());
                         m.fences.insert(b.to_string(), f);
                     }
                     Err(err) => {
+                        m.fence_revs.insert(b.to_string(), UNREADABLE);
                         // Not ours to judge (a newer proxy's format?): the fence stays as it was.
                         tracing::warn!(key = %key, error = %err, "ignoring a fence key that cannot be read");
                         if let Some(f) = old_fences.get(b) {
@@ -492,10 +506,13 @@ async fn apply(m: &mut Mirror, kv: &KeyValue, deleted: bool, batch: &mut Vec<Eve
                 m.fence_revs.remove(b);
                 None
             } else {
-                m.fence_revs.insert(b.to_string(), kv.mod_revision());
                 match serde_json::from_slice::<FenceRecord>(kv.value()) {
-                    Ok(f) => Some(f),
+                    Ok(f) => {
+                        m.fence_revs.insert(b.to_string(), kv.mod_revision());
+                        Some(f)
+                    }
                     Err(err) => {
+                        m.fence_revs.insert(b.to_string(), UNREADABLE);
                         tracing::warn!(key = %key, error = %err, "ignoring a fence key that cannot be read");
                         return;
                     }
@@ -540,7 +557,9 @@ async fn put_view(client: &mut Client, m: &Mirror, v: &MemberView, lease: i64) -
 
 /// Writes the fence changes still to be written; those etcd does not take stay for later.
 async fn flush_pending(client: &mut Client, m: &mut Mirror) {
-    for (backend, op) in std::mem::take(&mut m.pending) {
+    // One at a time, each removed once written: a flush cut short loses nothing.
+    let ops: Vec<(String, Pending)> = m.pending.iter().map(|(b, op)| (b.clone(), op.clone())).collect();
+    for (backend, op) in ops {
         let key = m.keys.fence(&backend);
         let done = match &op {
             Pending::Put(f) => {
@@ -558,6 +577,10 @@ async fn flush_pending(client: &mut Client, m: &mut Mirror) {
                     })
                 }
             }
+            Pending::Delete(rev) if *rev < 0 => {
+                tracing::warn!(%backend, "not lifting a shared fence this proxy cannot read");
+                Ok(())
+            }
             // Lifted only if nobody fenced it anew since this proxy saw it.
             Pending::Delete(rev) if *rev > 0 => {
                 let txn = Txn::new().when([Compare::mod_revision(key.clone(), CompareOp::Equal, *rev)]).and_then([TxnOp::delete(key, None)]);
@@ -572,10 +595,13 @@ async fn flush_pending(client: &mut Client, m: &mut Mirror) {
                 false => Ok(()),
             },
         };
-        if let Err(err) = done {
-            tracing::warn!(%backend, error = %err, "could not share a fence change in etcd (tried again shortly)");
-            // A newer change asked meanwhile wins over this one.
-            m.pending.entry(backend).or_insert(op);
+        match done {
+            Ok(()) => {
+                if m.pending.get(&backend) == Some(&op) {
+                    m.pending.remove(&backend);
+                }
+            }
+            Err(err) => tracing::warn!(%backend, error = %err, "could not share a fence change in etcd (tried again shortly)"),
         }
     }
 }
@@ -593,16 +619,16 @@ async fn token_failed(client: &mut Client, m: &Mirror, key: &str, rev: i64) -> R
 }
 
 /// Carries out one command; `Err` ends the session (this proxy does not lead any more).
-async fn handle(cmd: Cmd, client: &mut Client, m: &mut Mirror, lease: i64) -> Flow {
+async fn handle(cmd: Cmd, client: &mut Client, m: &mut Mirror, lease: i64, deadline: Instant) -> Flow {
     match cmd {
         Cmd::PutFence(backend, f) => {
             m.pending.insert(backend, Pending::Put(f));
-            flush_pending(client, m).await;
+            let _ = tokio::time::timeout_at(deadline.into(), flush_pending(client, m)).await;
         }
         Cmd::DeleteFence(backend) => {
             let rev = m.fence_revs.get(&backend).copied().unwrap_or(0);
             m.pending.insert(backend, Pending::Delete(rev));
-            flush_pending(client, m).await;
+            let _ = tokio::time::timeout_at(deadline.into(), flush_pending(client, m)).await;
         }
         Cmd::Record { record, fences, expect, reply } => {
             let Some((key, rev)) = m.leading.clone() else {
