@@ -301,6 +301,28 @@ async fn a_standby_added_by_reload_is_probed_and_can_be_promoted() {
     assert_eq!(server_port(&after).await, c.nodes[1].port as i32);
     after.execute("insert into added values (2)", &[]).await.expect("writes go to the promoted standby");
     assert!(second.alive());
+    drop(after);
+
+    // SIGUSR2 (an upgrade): a third process takes over and carries the fences and history on.
+    second.signal(libc::SIGUSR2);
+    let (pid, st) = eventually(LIMIT, "a third process takes over", || async {
+        let st = s.status().await;
+        let pid = st["config"]["pid"].as_u64()? as u32;
+        (pid != second.pid && pid != first.pid && st["currentPrimary"] == "pg-b").then_some((pid, st))
+    })
+    .await;
+    let third = Proc::adopted("third", pid, first.log.clone());
+    assert_eq!(backend_status(&st, "pg-a").unwrap()["fenced"], true, "the dead old primary stays fenced: {st:#}");
+    let h = get(s.admin, "/failover/history?limit=1000").await.json();
+    assert_eq!(h["events"].as_array().unwrap().iter().filter(|e| e["kind"] == "failover").count(), 1, "the history carried on: {h:#}");
+    eventually(LIMIT, "the second process exits by itself", || {
+        let gone = !second.alive();
+        async move { gone.then_some(()) }
+    })
+    .await;
+    let last = connect(s.listen, &pw).await;
+    assert_eq!(server_port(&last).await, c.nodes[1].port as i32);
+    drop(third);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
