@@ -325,6 +325,27 @@ fn recv_fds(s: &UnixStream) -> io::Result<(Vec<OwnedFd>, String)> {
     Ok((fds, line.trim_end_matches('\n').to_string()))
 }
 
+/// A command that starts `program` as systemd starts a socket-activated service with one
+/// socket: `fd` becomes descriptor 3, `LISTEN_FDS=1`, `LISTEN_PID` names the process (a
+/// shell sets it to its own pid, then execs). For tests and benchmarks.
+pub fn socket_activated(program: &Path, fd: RawFd) -> std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let mut sh = std::process::Command::new("/bin/sh");
+    sh.arg("-c").arg("LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$@\"").arg(program);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        sh.pre_exec(move || {
+            if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0);
+            } else if libc::dup2(fd, 3) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    sh
+}
+
 /// Tells systemd (`Type=notify`, `NotifyAccess=all`) something, when it is listening.
 pub fn sd_notify(state: &str) {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };

@@ -5,7 +5,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -97,22 +96,7 @@ impl Proc {
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
         let mut cmd = match systemd_fd {
             None => Command::new(BIN),
-            Some(fd) => {
-                let mut sh = Command::new("/bin/sh");
-                sh.arg("-c").arg("LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$@\"").arg(BIN);
-                // SAFETY: only async-signal-safe calls between fork and exec.
-                unsafe {
-                    sh.pre_exec(move || {
-                        if fd == 3 {
-                            libc::fcntl(3, libc::F_SETFD, 0);
-                        } else if libc::dup2(fd, 3) < 0 {
-                            return Err(std::io::Error::last_os_error());
-                        }
-                        Ok(())
-                    });
-                }
-                sh
-            }
+            Some(fd) => pgfailover::takeover::socket_activated(std::path::Path::new(BIN), fd),
         };
         cmd.arg("--config").arg(s.config()).env_remove("RUST_LOG").stdin(Stdio::null()).stdout(file.try_clone().unwrap()).stderr(file);
         let child = cmd.spawn().expect("start pgfailover");

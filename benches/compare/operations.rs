@@ -4,7 +4,6 @@
 //! the slowest one (a client waiting in the listening socket's queue is slow, not refused).
 
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -71,22 +70,7 @@ impl Setup {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("proxy.log")).unwrap();
         let mut cmd = match socket {
             None => Command::new(env!("CARGO_BIN_EXE_pgfailover")),
-            Some(fd) => {
-                let mut sh = Command::new("/bin/sh");
-                sh.arg("-c").arg("LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$@\"").arg(env!("CARGO_BIN_EXE_pgfailover"));
-                // SAFETY: only async-signal-safe calls between fork and exec.
-                unsafe {
-                    sh.pre_exec(move || {
-                        if fd == 3 {
-                            libc::fcntl(3, libc::F_SETFD, 0);
-                        } else if libc::dup2(fd, 3) < 0 {
-                            return Err(std::io::Error::last_os_error());
-                        }
-                        Ok(())
-                    });
-                }
-                sh
-            }
+            Some(fd) => pgfailover::takeover::socket_activated(std::path::Path::new(env!("CARGO_BIN_EXE_pgfailover")), fd),
         };
         cmd.arg("--config").arg(self.dir.join("proxy.toml")).env("DB_PASSWORD", pw).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
         Proc(cmd.spawn().expect("start pgfailover"))
