@@ -477,6 +477,13 @@ impl Handover {
             self.shutdown.cancel();
             self.monitor_tasks.close();
             self.monitor_tasks.wait().await;
+            // The monitor waited up to 5 s for its journal; the next process reads it, so
+            // the lock goes only once it is on disk (a disk stalled for a minute is given up).
+            let monitor = self.monitor.clone();
+            let flushed = tokio::task::spawn_blocking(move || monitor.flush_history(std::time::Duration::from_secs(60))).await.unwrap_or(false);
+            if !flushed {
+                tracing::error!("the history journal did not reach the disk; handing over anyway");
+            }
             self.lock.take();
             let _ = tokio::task::spawn_blocking(move || takeover::say_released(stream)).await;
             tracing::info!(pid, "handed over the health monitor");

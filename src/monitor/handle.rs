@@ -138,6 +138,11 @@ impl MonitorHandle {
         self.commands.send(Command::Reload { settings, majority, reply }).await.is_ok() && rx.await.is_ok()
     }
 
+    /// Waits (blocking, up to `limit`) until every history event is on disk; false if not.
+    pub fn flush_history(&self, limit: Duration) -> bool {
+        self.history.lock().map(|h| h.flush(limit)).unwrap_or(false)
+    }
+
     /// Runs every check now and returns the status that includes their results.
     pub async fn check_now(&self, limit: Duration) -> Arc<Status> {
         let acks: Vec<_> = self
