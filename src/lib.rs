@@ -18,7 +18,10 @@
 //! - [`metrics`]: per-instance Prometheus series.
 //! - [`duration`]: human durations ("250ms") and millisecond figures.
 //! - [`localpg`]: real local PostgreSQL clusters for tests, benchmarks and the demo.
-//! - [`server`]: wires everything into one running proxy.
+//! - [`localetcd`]: real local etcd members for the coordination tests and benchmarks.
+//! - [`server`]: wires everything into one running proxy, and applies a reload.
+//! - [`takeover`]: restarts without a refused connection — the state lock, the listening
+//!   sockets handed to a new process, systemd socket activation and notifications.
 
 pub mod admin;
 pub mod config;
