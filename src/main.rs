@@ -257,6 +257,7 @@ pub(crate) fn run_until_signal(cfg: Config, logs: LogHandle, mut source: Option<
         };
         ready(&proxy);
         debug_crash_monitor(&proxy);
+        let successor_running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let code = loop {
             tokio::select! {
                 sig = signals.next() => match sig {
@@ -272,23 +273,31 @@ pub(crate) fn run_until_signal(cfg: Config, logs: LogHandle, mut source: Option<
                             continue;
                         };
                         match reload(&proxy, src, file.clone(), &logs).await {
-                            Ok(true) => spawn_successor(exe.as_deref(), "the backends changed"),
+                            Ok(true) => spawn_successor(exe.as_deref(), "the backends changed", &successor_running),
                             Ok(false) => {}
                             Err(()) => {}
                         }
                     }
                     Sig::Takeover => {
                         if has_state_dir {
-                            spawn_successor(exe.as_deref(), "SIGUSR2");
+                            spawn_successor(exe.as_deref(), "SIGUSR2", &successor_running);
                         } else {
                             tracing::error!("SIGUSR2: a takeover needs state_dir (the processes hand over through it); ignored");
                         }
                     }
                 },
                 _ = proxy.handed_over() => {
+                    let pid = proxy.successor();
+                    // SAFETY: signal 0 only asks whether the process exists.
+                    if unsafe { libc::kill(pid as libc::pid_t, 0) } != 0 {
+                        // It died after this process stopped accepting: nobody serves. Exit
+                        // non-zero, so the supervisor starts a fresh one.
+                        tracing::error!(pid, "the process that took over is gone; exiting with an error so the supervisor restarts the proxy");
+                        break ExitCode::FAILURE;
+                    }
                     tracing::info!("another process took over; draining sessions and exiting");
                     // systemd follows the new process (it says so too; whichever comes first).
-                    pgfailover::takeover::sd_notify(&format!("MAINPID={}", proxy.successor()));
+                    pgfailover::takeover::sd_notify(&format!("MAINPID={pid}"));
                     break ExitCode::SUCCESS;
                 }
                 _ = proxy.failed() => {
@@ -345,11 +354,18 @@ async fn reload(proxy: &pgfailover::server::Proxy, src: &Source, file: Option<St
 /// Starts a fresh copy of this binary with the same arguments; it takes the listening
 /// sockets and the monitor over through the state directory, and this process then drains
 /// and exits. If it fails first, this process carries on.
-fn spawn_successor(exe: Option<&std::path::Path>, why: &str) {
+fn spawn_successor(exe: Option<&std::path::Path>, why: &str, running: &std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::Ordering;
     let Some(exe) = exe else {
         tracing::error!("cannot find this process's executable; no takeover");
         return;
     };
+    // One at a time: a second signal while a new process is starting changes nothing.
+    if running.swap(true, Ordering::SeqCst) {
+        tracing::warn!(why, "a new process is already starting to take over; not starting another");
+        return;
+    }
+    let running = running.clone();
     let mut cmd = std::process::Command::new(exe);
     cmd.args(std::env::args_os().skip(1)).stdin(std::process::Stdio::null());
     match cmd.spawn() {
@@ -360,9 +376,13 @@ fn spawn_successor(exe: Option<&std::path::Path>, why: &str) {
                 if let Ok(status) = child.wait() {
                     tracing::warn!(pid, %status, "the new process exited");
                 }
+                running.store(false, Ordering::SeqCst);
             });
         }
-        Err(e) => tracing::error!(error = %e, exe = %exe.display(), "could not start a new process to take over"),
+        Err(e) => {
+            running.store(false, Ordering::SeqCst);
+            tracing::error!(error = %e, exe = %exe.display(), "could not start a new process to take over");
+        }
     }
 }
 

@@ -130,11 +130,13 @@ impl Proxy {
         if let Some(dir) = &cfg.state_dir {
             std::fs::create_dir_all(dir).map_err(state_err(dir))?;
             let mut waited = 0u32;
+            // A failover ends within its own bounds; beyond ten minutes something is wrong.
+            const BUSY_LIMIT: u32 = 1200;
             let asked = loop {
                 let d = dir.clone();
                 let asked = tokio::task::spawn_blocking(move || takeover::request(&d)).await.unwrap_or_else(|e| Err(std::io::Error::other(e)));
                 match asked {
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && waited < BUSY_LIMIT => {
                         if waited % 10 == 0 {
                             tracing::warn!(answer = %e, "the running process cannot hand over now; asking again");
                         }
@@ -147,9 +149,8 @@ impl Proxy {
             match asked {
                 Ok(Some((stream, sockets, pid))) => {
                     tracing::warn!(pid, "taking over from the running process");
-                    if inherited.is_empty() {
-                        inherited = sockets;
-                    }
+                    // systemd's sockets first, the old process's for the other keys.
+                    inherited.merge(sockets);
                     takeover = Some(stream);
                 }
                 Ok(None) => {}
@@ -198,7 +199,11 @@ impl Proxy {
             None => None,
         };
         // After a takeover: the old process stops accepting now, and this one starts next.
+        // First what could still fail: once the old process stopped, this one must run.
         let mut takeover = takeover;
+        if let (Some(_), Some(dir)) = (takeover.as_ref(), &cfg.state_dir) {
+            History::check(dir).map_err(state_err(dir))?;
+        }
         if let (Some(stream), Some(dir)) = (takeover.as_mut(), &cfg.state_dir) {
             let mut s = stream.try_clone().map_err(|source| StartError::Takeover { dir: dir.display().to_string(), source })?;
             tokio::task::spawn_blocking(move || takeover::ready(&mut s))
@@ -279,8 +284,18 @@ impl Proxy {
         }
         tasks.spawn(admin::run(admin, admin_ctx.clone(), shutdown.clone()));
         let successor = Arc::new(std::sync::atomic::AtomicU32::new(0));
-        if let (Some(dir), Some(sockets)) = (&cfg.state_dir, sockets) {
-            let control = bind_control(dir).map_err(state_err(dir))?;
+        let control = match (&cfg.state_dir, sockets.is_some()) {
+            (Some(dir), true) => match bind_control(dir) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    // Serving matters more than a later takeover.
+                    tracing::error!(error = %e, path = %takeover::socket_path(dir).display(), "cannot listen for takeovers; a new process will refuse to start beside this one");
+                    None
+                }
+            },
+            _ => None,
+        };
+        if let (Some(control), Some(sockets)) = (control, sockets) {
             let h = Handover {
                 sockets,
                 lock: lock.take(),
@@ -452,18 +467,18 @@ impl Handover {
                 }
             };
             let fds: Vec<(&'static str, std::os::fd::RawFd)> = self.sockets.iter().map(|(k, f)| (*k, std::os::fd::AsRawFd::as_raw_fd(f))).collect();
-            // Not in the middle of a failover, nor with clients held for lack of a primary:
-            // the new process asks again.
+            // Not in the middle of a failover or switchover (its steps are this monitor's to
+            // finish): the new process asks again.
             let status = self.monitor.status();
-            let busy = move || match (&status.failover_in_progress, &status.current_primary) {
-                (Some(_), _) => Some("a failover or switchover is in progress".to_string()),
-                (None, None) => Some("no primary is routed".to_string()),
-                _ => None,
-            };
+            let busy = move || status.failover_in_progress.as_ref().map(|_| "a failover or switchover is in progress".to_string());
             // The sockets stay open here (the duplicates) until the handshake is over.
             let served = tokio::task::spawn_blocking(move || takeover::serve(stream, &fds, busy)).await.unwrap_or_else(|e| Err(std::io::Error::other(e)));
             let (pid, stream) = match served {
                 Ok(x) => x,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    tracing::debug!(error = %e, "a takeover asked while busy; the new process asks again");
+                    continue;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "a takeover did not happen; this process carries on");
                     continue;

@@ -5,12 +5,12 @@
 //!   never both decide (or promote).
 //! - **Takeover.** A running process listens on `<state_dir>/pgfailover.sock`. A new process
 //!   started with the same `state_dir` connects, receives the listening sockets themselves
-//!   (`SCM_RIGHTS`), starts accepting on them, says it is ready; the old process stops
+//!   (`SCM_RIGHTS`), says it is ready and starts accepting on them; the old process stops
 //!   accepting and stops its monitor, releases the lock and says so; the new one takes the
-//!   lock, reads the history (fences included) and starts its monitor. Both processes accept
-//!   from one kernel queue in between, so no connection is refused or reset. (A second bind
-//!   with `SO_REUSEPORT` would give each process its own queue, and closing the old one resets
-//!   every connection still queued on it.)
+//!   lock, reads the history (fences included) and starts its monitor. The sockets never
+//!   close, so a connection arriving meanwhile waits in their queue: none is refused or reset.
+//!   (A second bind with `SO_REUSEPORT` would give each process its own queue, and closing the
+//!   old one resets every connection still queued on it.)
 //! - **Socket activation.** Listening sockets inherited from systemd (`LISTEN_FDS`).
 
 use std::fs::File;
@@ -44,8 +44,8 @@ impl StateLock {
             let e = io::Error::last_os_error();
             return if e.raw_os_error() == Some(libc::EWOULDBLOCK) { Ok(None) } else { Err(e) };
         }
-        file.set_len(0)?;
-        write!(file, "{}", std::process::id())?;
+        // For messages only: a full disk must not cost the lock.
+        let _ = file.set_len(0).and_then(|_| write!(file, "{}", std::process::id()));
         Ok(Some(StateLock { _file: file }))
     }
 
@@ -121,6 +121,16 @@ impl Inherited {
 
     pub fn is_empty(&self) -> bool {
         self.sockets.is_empty()
+    }
+
+    /// Adds `other`'s sockets after these (these are taken first).
+    pub fn merge(&mut self, other: Inherited) {
+        self.sockets.extend(other.sockets);
+        if self.source == "systemd" && !other.source.is_empty() {
+            self.source = "systemd and the previous process";
+        } else if self.source.is_empty() {
+            self.source = other.source;
+        }
     }
 
     /// The inherited socket for configuration key `key` at `want` (port 0: any port on that

@@ -57,6 +57,16 @@ impl History {
         Self::open_with(dir, DEFAULT_ROTATE_BYTES)
     }
 
+    /// Reads what [`open`](Self::open) reads, without starting anything: whether this
+    /// process can open the journal (before it takes over from another one).
+    pub fn check(dir: &Path) -> std::io::Result<()> {
+        let mut events = VecDeque::new();
+        for name in [journal::ROTATED, journal::CURRENT] {
+            read_events(&dir.join(name), &mut events)?;
+        }
+        journal::read_kept(dir).map(|_| ())
+    }
+
     /// As [`open`](Self::open), rotating the event file past `rotate_bytes`.
     pub fn open_with(dir: &Path, rotate_bytes: u64) -> std::io::Result<History> {
         std::fs::create_dir_all(dir)?;
