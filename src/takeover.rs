@@ -371,3 +371,83 @@ pub fn sd_notify(state: &str) {
         tracing::debug!(error = %e, "could not notify systemd");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    fn listener() -> std::net::TcpListener {
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap()
+    }
+
+    #[test]
+    fn the_handshake_hands_over_each_socket_with_its_key_and_a_connection_queued_on_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let control = std::os::unix::net::UnixListener::bind(socket_path(dir.path())).unwrap();
+        let (client, admin) = (listener(), listener());
+        let (client_addr, admin_addr) = (client.local_addr().unwrap(), admin.local_addr().unwrap());
+        // A client that connected before the handover waits in the socket's queue.
+        let mut queued = std::net::TcpStream::connect(client_addr).unwrap();
+        let old = std::thread::spawn(move || {
+            let (s, _) = control.accept().unwrap();
+            let (pid, s) = serve(s, &[("listen", client.as_raw_fd()), ("admin_listen", admin.as_raw_fd())], || None).unwrap();
+            // The old process closes its own copies; the sockets live on in the new one.
+            drop((client, admin));
+            say_released(s).unwrap();
+            pid
+        });
+        let (mut s, mut got, pid) = request(dir.path()).unwrap().expect("a running process answers");
+        assert_eq!(pid, std::process::id());
+        ready(&mut s).unwrap();
+        released(s).unwrap();
+        assert_eq!(old.join().unwrap(), std::process::id());
+
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            // Keys decide, not the order or the address alone: port 0 would fit either.
+            let any = SocketAddr::from(([127, 0, 0, 1], 0));
+            let admin = got.take(any, "admin_listen").unwrap().expect("the admin socket");
+            assert_eq!(admin.local_addr().unwrap(), admin_addr);
+            assert!(got.take(any, "listen_ro").unwrap().is_none(), "no socket for a key the old process did not have");
+            let client = got.take(client_addr, "listen").unwrap().expect("the client socket");
+            let (mut conn, _) = client.accept().await.unwrap();
+            use std::io::Write;
+            queued.write_all(b"x").unwrap();
+            let mut b = [0u8; 1];
+            tokio::io::AsyncReadExt::read_exact(&mut conn, &mut b).await.unwrap();
+            assert_eq!(&b, b"x", "the connection queued before the handover is served by the new process");
+        });
+        assert!(got.leftover().is_empty());
+    }
+
+    #[test]
+    fn a_busy_process_says_so_and_keeps_its_sockets() {
+        let dir = tempfile::tempdir().unwrap();
+        let control = std::os::unix::net::UnixListener::bind(socket_path(dir.path())).unwrap();
+        let client = listener();
+        let fd = client.as_raw_fd();
+        let old = std::thread::spawn(move || {
+            let (s, _) = control.accept().unwrap();
+            let r = serve(s, &[("listen", fd)], || Some("a failover or switchover is in progress".into()));
+            (r.map(|_| ()).unwrap_err().kind(), client)
+        });
+        let e = request(dir.path()).map(|_| ()).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "{e}");
+        assert!(e.to_string().contains("failover"), "{e}");
+        let (kind, client) = old.join().unwrap();
+        assert_eq!(kind, io::ErrorKind::WouldBlock);
+        assert!(client.local_addr().is_ok());
+    }
+
+    #[test]
+    fn nobody_to_take_over_from_and_the_state_lock_is_exclusive() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(request(dir.path()).unwrap().is_none(), "no control socket: start afresh");
+        let first = StateLock::try_take(dir.path()).unwrap().expect("free");
+        assert!(StateLock::try_take(dir.path()).unwrap().is_none(), "held");
+        assert_eq!(StateLock::holder(dir.path()), Some(std::process::id()));
+        drop(first);
+        assert!(StateLock::try_take(dir.path()).unwrap().is_some(), "released with its holder");
+    }
+}
