@@ -350,13 +350,18 @@ async fn a_second_process_takes_over_without_refusing_a_connection() {
     let idle = connect(s.listen, &pw).await;
     eventually(LIMIT, "the churn runs", || async { (ok.load(Ordering::SeqCst) >= 20).then_some(()) }).await;
 
+    // A query in flight on the old process while the new one takes over.
+    let running = connect(s.listen, &pw).await;
+    let in_flight = tokio::spawn(async move { running.simple_query("select pg_sleep(5)").await.map(|_| ()) });
     let mut new = Proc::spawn(&s, "new", None);
     eventually(LIMIT, "the new process serves the admin port", || async { (s.status().await["config"]["pid"] == new.pid).then_some(()) }).await;
+    assert!(!in_flight.is_finished(), "the query was still running when the new process took over");
     let at_takeover = ok.load(Ordering::SeqCst);
     assert!(old.alive(), "the old process still drains its sessions");
     let holder: u32 = std::fs::read_to_string(s.state().join("pgfailover.lock")).unwrap().trim().parse().unwrap();
     assert_eq!(holder, new.pid, "only the new process holds the monitor's lock");
     long.batch_execute("insert into across values (2); commit").await.expect("the transaction on the old process finishes");
+    in_flight.await.unwrap().expect("the query running across the takeover finishes");
     drop(long);
     eventually(LIMIT, "the churn goes on through the new process", || async { (ok.load(Ordering::SeqCst) >= at_takeover + 20).then_some(()) }).await;
     let _ = stop_tx.send(true);
