@@ -247,8 +247,25 @@ pub(crate) fn run_until_signal(cfg: Config, logs: LogHandle, mut source: Option<
         // Before the start: a signal during a takeover must not end the process.
         let mut signals = Signals::new();
         let inherited = source.as_mut().map(|s| std::mem::take(&mut s.inherited)).unwrap_or_default();
-        let proxy = match pgfailover::server::Proxy::start_with(cfg, file.clone(), inherited).await {
+        // SIGTERM while the start still waits for a running process (to hand over) ends it.
+        let early_stop = tokio_util::sync::CancellationToken::new();
+        let early = {
+            let stop = early_stop.clone();
+            let mut signals = Signals::new();
+            tokio::spawn(async move {
+                if let Sig::Stop = signals.next_stop().await {
+                    stop.cancel();
+                }
+            })
+        };
+        let started = pgfailover::server::Proxy::start_with(cfg, file.clone(), inherited, early_stop).await;
+        early.abort();
+        let proxy = match started {
             Ok(p) => p,
+            Err(pgfailover::server::StartError::Stopped) => {
+                tracing::info!("stopped by a signal while waiting to take over; the running process carries on");
+                return ExitCode::SUCCESS;
+            }
             Err(e) => {
                 // One message: the log is on stderr already.
                 tracing::error!("cannot start: {e}");
@@ -407,6 +424,15 @@ impl Signals {
             int: signal(SignalKind::interrupt()).ok(),
             hup: signal(SignalKind::hangup()).ok(),
             usr2: signal(SignalKind::user_defined2()).ok(),
+        }
+    }
+
+    /// The next SIGTERM or SIGINT (other signals are left to [`next`](Self::next)).
+    async fn next_stop(&mut self) -> Sig {
+        loop {
+            if let Sig::Stop = self.next().await {
+                return Sig::Stop;
+            }
         }
     }
 

@@ -34,6 +34,8 @@ pub enum StartError {
     Inherited(std::io::Error),
     #[error("taking over from the running process (state_dir {dir}): {source}")]
     Takeover { dir: String, source: std::io::Error },
+    #[error("stopped by a signal before taking over (the running process carries on)")]
+    Stopped,
 }
 
 /// Why a reload was not applied (the proxy keeps running on the configuration it had).
@@ -114,14 +116,16 @@ impl Proxy {
     /// Binds the listeners and starts every task. Errors (port in use, unwritable
     /// state_dir) come back before anything runs.
     pub async fn start(cfg: Config) -> Result<Proxy, StartError> {
-        Proxy::start_with(cfg, None, Inherited::default()).await
+        Proxy::start_with(cfg, None, Inherited::default(), CancellationToken::new()).await
     }
 
     /// As [`start`](Self::start); `file` is the configuration file, shown in the status.
     /// Listening sockets come from `inherited` (systemd's, read by `main` before anything
     /// else opened a descriptor) or, when another process runs on the same `state_dir`, from
-    /// that process, which then hands over and exits.
-    pub async fn start_with(cfg: Config, file: Option<String>, mut inherited: Inherited) -> Result<Proxy, StartError> {
+    /// that process, which then hands over and exits. `stop` (SIGTERM meanwhile) ends a
+    /// start that is still waiting for the running process, before that one is told to stop
+    /// accepting; after that the start completes, and the caller stops the proxy it returns.
+    pub async fn start_with(cfg: Config, file: Option<String>, mut inherited: Inherited, stop: CancellationToken) -> Result<Proxy, StartError> {
         let state_err = |dir: &std::path::Path| {
             let dir = dir.display().to_string();
             move |source| StartError::StateDir { dir, source }
@@ -141,7 +145,10 @@ impl Proxy {
                             tracing::warn!(answer = %e, "the running process cannot hand over now; asking again");
                         }
                         waited += 1;
-                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                        tokio::select! {
+                            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+                            _ = stop.cancelled() => return Err(StartError::Stopped),
+                        }
                     }
                     other => break other,
                 }
@@ -203,6 +210,9 @@ impl Proxy {
         let mut takeover = takeover;
         if let (Some(_), Some(dir)) = (takeover.as_ref(), &cfg.state_dir) {
             History::check(dir).map_err(state_err(dir))?;
+            if stop.is_cancelled() {
+                return Err(StartError::Stopped);
+            }
         }
         if let (Some(stream), Some(dir)) = (takeover.as_mut(), &cfg.state_dir) {
             let mut s = stream.try_clone().map_err(|source| StartError::Takeover { dir: dir.display().to_string(), source })?;

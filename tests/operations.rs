@@ -437,3 +437,39 @@ async fn on_sigterm_readiness_drops_while_it_still_accepts_for_the_shutdown_dela
     drop(late);
     assert!(p.exits(LIMIT).await, "then it stops and exits successfully");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_waits_out_a_switchover_and_sigterm_ends_the_waiting_process() {
+    let c = Arc::new(cluster(1).await);
+    let pw = c.options.password.clone();
+    let s = Setup::new();
+    s.write(&c, 2, "250ms");
+    let mut old = Proc::spawn(&s, "old", None);
+    ready(&s, &mut old).await;
+    // A switchover that waits: the standby cannot catch up while its WAL sender is stopped.
+    let sender = c.process(0, "walsender").expect("a WAL sender");
+    c.pause_process(sender);
+    c.psql(0, "create table behind (v int); insert into behind select generate_series(1, 1000)").unwrap();
+    let admin = s.admin;
+    let trigger = tokio::spawn(async move { post(admin, "/failover/trigger", Some(TOKEN), "").await });
+    eventually(LIMIT, "the switchover is in progress", || async { (!s.status().await["failoverInProgress"].is_null()).then_some(()) }).await;
+
+    let mut waiting = Proc::spawn(&s, "waiting", None);
+    eventually(LIMIT, "the new process is told to wait", || {
+        let log = waiting.log();
+        async move { log.contains("cannot hand over now").then_some(()) }
+    })
+    .await;
+    assert_eq!(s.status().await["config"]["pid"], old.pid, "the running process still serves");
+    waiting.signal(libc::SIGTERM);
+    assert!(waiting.exits(LIMIT).await, "SIGTERM ends the waiting process, successfully");
+    assert!(waiting.log().contains("the running process carries on"), "{}", waiting.log());
+
+    c.resume_process(sender);
+    let r = trigger.await.unwrap();
+    assert!(r.status == 200 || r.status == 202 || r.status == 409, "the switchover ends: {} {}", r.status, r.body);
+    assert!(old.alive());
+    assert_eq!(s.status().await["config"]["pid"], old.pid);
+    let after = connect(s.listen, &pw).await;
+    after.simple_query("select 1").await.expect("the running process serves on");
+}
