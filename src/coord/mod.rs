@@ -1,7 +1,7 @@
 //! Several proxies, one decision: coordination through etcd v3 (an existing, proven store;
 //! never a consensus of our own).
 //!
-//! One [`session`] at a time holds an etcd lease (renewed every third of its TTL), publishes
+//! One `session` at a time holds an etcd lease (renewed every third of its TTL), publishes
 //! this proxy's view under `members/<name>` on it, campaigns for leadership in etcd's
 //! election, and watches the cluster's keys ([`records`]). The monitor learns everything
 //! through [`Event`]s and asks for writes through the [`Coordinator`] handle:

@@ -44,7 +44,7 @@ pub struct Event {
     pub from: Option<String>,
     pub to: Option<String>,
     pub reason: String,
-    /// "automatic", "external" (another manager promoted), or "manual:<who>".
+    /// "automatic", "external" (another manager promoted), or `"manual:<who>"`.
     pub trigger: String,
     pub duration_ms: Option<u64>,
     /// WAL between the old primary's last seen position and the promoted standby's: the

@@ -2,7 +2,7 @@
 //! `state_dir` so a restarted proxy keeps its fences and history.
 //!
 //! The disk is never on the monitor's path: [`History::push`] updates memory and hands the
-//! event to a writer thread ([`journal`]), so a stalled disk cannot delay a fence or a
+//! event to a writer thread (`journal`), so a stalled disk cannot delay a fence or a
 //! route change. The writer appends to `history.jsonl` and fsyncs each event, rotates it to
 //! `history.1.jsonl` past a size cap, and keeps the current fences in `fences.json`
 //! (replaced atomically), so fences survive a restart however long the history grows.

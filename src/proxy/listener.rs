@@ -1,4 +1,4 @@
-//! The client listener: accepts connections and spawns a [`session`](super::session) for
+//! The client listener: accepts connections and spawns a [`session`] for
 //! each. `run(listener, …, shutdown)` is the whole entry point, so a test can bind
 //! `127.0.0.1:0`, spawn it and talk to it.
 

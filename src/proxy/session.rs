@@ -1,5 +1,5 @@
 //! One client session: open it on the routed backend (held while none can take it, see
-//! [`startup`](super::startup)), then splice bytes both ways until either side ends, the
+//! [`startup`]), then splice bytes both ways until either side ends, the
 //! route moves away, or the proxy shuts down.
 
 use std::io;
