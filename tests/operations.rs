@@ -199,7 +199,14 @@ async fn sighup_applies_a_new_interval_live_and_refuses_a_broken_file() {
     // A faster health check and JSON logs, live; a new admin port only after a restart.
     let other_admin = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
     assert_eq!(post(s.admin, "/failover/check-health", Some(TOKEN), "").await.status, 200);
-    s.write_with(&c, 2, "100ms", &format!("log_format = \"json\"\nlisten_ro = \"{other_admin}\""), "");
+    assert_eq!(backend_status(&before, "pg-a").unwrap()["servesReads"], false, "include_primary is off");
+    s.write_with(
+        &c,
+        2,
+        "100ms",
+        &format!("log_format = \"json\"\nlisten_ro = \"{other_admin}\""),
+        "max_client_connections = 2\n[read]\ninclude_primary = true",
+    );
     let text = std::fs::read_to_string(s.config()).unwrap().replace(TOKEN, "rotated-token");
     std::fs::write(s.config(), text).unwrap();
     p.signal(libc::SIGHUP);
@@ -207,6 +214,19 @@ async fn sighup_applies_a_new_interval_live_and_refuses_a_broken_file() {
     let st = s.status().await;
     assert_ne!(st["config"]["digest"], before["config"]["digest"], "a new configuration, a new digest");
     assert_eq!(st["config"]["pid"], p.pid, "the same process");
+    eventually(LIMIT, "[read] applies live: the primary serves reads", || async {
+        (backend_status(&s.status().await, "pg-a")?["servesReads"] == true).then_some(())
+    })
+    .await;
+    // [proxy] applies live: a third client is over the new cap of two.
+    let second = connect(s.listen, &pw).await;
+    let third = try_connect(s.listen, &pw).await.expect_err("a third client is refused");
+    assert_eq!(third.code(), Some(&tokio_postgres::error::SqlState::TOO_MANY_CONNECTIONS), "{third}");
+    drop(second);
+    eventually(LIMIT, "the second client's session ends", || async {
+        (get(s.admin, "/failover/metrics").await.json()["connections"]["active"] == 1).then_some(())
+    })
+    .await;
     assert_ne!(post(s.admin, "/failover/check-health", Some(TOKEN), "").await.status, 200, "the old admin token is refused");
     assert_eq!(post(s.admin, "/failover/check-health", Some("rotated-token"), "").await.status, 200, "the rotated one works");
     // Checks now come about every 100 ms: two consecutive ones less than 1 s apart (at 2 s
