@@ -334,10 +334,11 @@ impl MonitorTask {
             self.publish();
         }
         self.release_switchover().await;
-        if let Ok(h) = self.history.lock() {
-            if !h.flush(Duration::from_secs(5)) {
-                tracing::warn!("the history journal did not reach the disk within 5s of stopping");
-            }
+        // Off the runtime: with one worker thread, the draining sessions share it.
+        let history = self.history.clone();
+        let flushed = tokio::task::spawn_blocking(move || history.lock().map(|h| h.flush(Duration::from_secs(5))).unwrap_or(false)).await.unwrap_or(false);
+        if !flushed {
+            tracing::warn!("the history journal did not reach the disk within 5s of stopping");
         }
     }
 
