@@ -231,7 +231,7 @@ impl Proxy {
         let dp = Arc::new(DataPath {
             backends: backends.clone(),
             route: route.subscribe(),
-            knobs: watch::Sender::new(Arc::new(Knobs { proxy: cfg.proxy.clone(), hold_timeout: cfg.failover.hold_timeout, read: cfg.read.clone() })),
+            knobs: watch::Sender::new(Arc::new(Knobs::of(&cfg))),
             metrics: metrics.clone(),
             connect_failed,
             read_route: read_route.subscribe(),
@@ -407,28 +407,24 @@ impl Proxy {
             out.handover = true;
             return Ok(out);
         }
-        let changed = |a: bool, key: &'static str, out: &mut Reloaded| {
-            if a {
+        // What needs a restart is logged and stays as it runs, so the status and the next
+        // reload see that.
+        fn keep<T: PartialEq + Clone>(old: &T, new: &mut T, key: &'static str, out: &mut Reloaded) {
+            if old != new {
                 out.need_restart.push(key);
+                *new = old.clone();
             }
-        };
-        changed(old.listen != new.listen, "listen", &mut out);
-        changed(old.listen_ro != new.listen_ro, "listen_ro", &mut out);
-        changed(old.admin_listen != new.admin_listen, "admin_listen", &mut out);
-        changed(old.state_dir != new.state_dir, "state_dir", &mut out);
-        changed(old.coordination != new.coordination, "[coordination]", &mut out);
-        changed(old.proxy.worker_threads != new.proxy.worker_threads, "proxy.worker_threads", &mut out);
-        out.logging = old.log_level != new.log_level || old.log_format != new.log_format;
-        self.dp.knobs.send_replace(Arc::new(Knobs { proxy: new.proxy.clone(), hold_timeout: new.failover.hold_timeout, read: new.read.clone() }));
-        self.monitor.reload(&new).await;
-        // What needs a restart stays as it runs, so the status and the next reload see that.
+        }
         let mut new = new;
-        new.listen = old.listen;
-        new.listen_ro = old.listen_ro;
-        new.admin_listen = old.admin_listen;
-        new.state_dir = old.state_dir.clone();
-        new.coordination = old.coordination.clone();
-        new.proxy.worker_threads = old.proxy.worker_threads;
+        keep(&old.listen, &mut new.listen, "listen", &mut out);
+        keep(&old.listen_ro, &mut new.listen_ro, "listen_ro", &mut out);
+        keep(&old.admin_listen, &mut new.admin_listen, "admin_listen", &mut out);
+        keep(&old.state_dir, &mut new.state_dir, "state_dir", &mut out);
+        keep(&old.coordination, &mut new.coordination, "[coordination]", &mut out);
+        keep(&old.proxy.worker_threads, &mut new.proxy.worker_threads, "proxy.worker_threads", &mut out);
+        out.logging = old.log_level != new.log_level || old.log_format != new.log_format;
+        self.dp.knobs.send_replace(Arc::new(Knobs::of(&new)));
+        self.monitor.reload(&new).await;
         *self.admin.live.write().unwrap_or_else(|e| e.into_inner()) = AdminLive::new(&new, config_info(&new, file));
         *self.config.lock().unwrap_or_else(|e| e.into_inner()) = new;
         Ok(out)

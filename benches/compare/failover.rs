@@ -46,11 +46,7 @@ pub fn trial(dir: &Path, proxies: usize, etcd: Option<&Etcd>) -> Trial {
         // Everyone follows one leader that has recorded the primary.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let st: Vec<serde_json::Value> = targets
-                .iter()
-                .filter_map(|t| targets::http_get(t.admin.unwrap(), "/failover/status"))
-                .filter_map(|r| r.split_once("\r\n\r\n").and_then(|(_, body)| serde_json::from_str(body).ok()))
-                .collect();
+            let st: Vec<serde_json::Value> = targets.iter().filter_map(|t| targets::get_json(t.admin.unwrap(), "/failover/status")).collect();
             let leaders = st.iter().filter(|s| s["coordination"]["isLeader"] == true).count();
             if st.len() == targets.len() && leaders == 1 && st.iter().all(|s| s["coordination"]["recordedPrimary"]["name"] == "pg-a") {
                 break;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use pgfailover::localpg::{free_port, Cluster};
 use tokio_postgres::NoTls;
 
-use crate::targets::http_get;
+use crate::targets::{get_json, http_get};
 
 /// What one event cost the client.
 pub struct Outcome {
@@ -77,9 +77,7 @@ impl Setup {
     }
 
     fn pid_serving(&self) -> Option<u64> {
-        let r = http_get(self.admin, "/failover/status")?;
-        let body = r.split_once("\r\n\r\n")?.1;
-        serde_json::from_str::<serde_json::Value>(body).ok()?["config"]["pid"].as_u64()
+        get_json(self.admin, "/failover/status")?["config"]["pid"].as_u64()
     }
 
     fn ready(&self) -> bool {

@@ -255,7 +255,7 @@ pub fn last_event(admin: SocketAddr) -> Option<String> {
     Some(get_json(admin, "/failover/history?limit=3")?.get("events")?.to_string())
 }
 
-fn get_json(admin: SocketAddr, path: &str) -> Option<serde_json::Value> {
+pub fn get_json(admin: SocketAddr, path: &str) -> Option<serde_json::Value> {
     let r = http_get(admin, path)?;
     serde_json::from_str(&r[r.find("\r\n\r\n")? + 4..]).ok()
 }

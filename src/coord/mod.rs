@@ -146,23 +146,25 @@ impl Coordinator {
     /// `expect`, 0 for none). Returns the new record's revision; `Err` says why not, and
     /// nothing may be promoted then.
     pub async fn record_primary(&self, record: PrimaryRecord, fences: Vec<(String, FenceRecord)>, expect: i64) -> Result<i64, String> {
-        let (reply, rx) = oneshot::channel();
-        self.cmds.send(Cmd::Record { record, fences, expect, reply }).map_err(|_| "the coordinator stopped".to_string())?;
-        rx.await.map_err(|_| "the coordinator stopped".to_string())?
+        self.ask(|reply| Cmd::Record { record, fences, expect, reply }).await
     }
 
     /// Whether this proxy still holds the leadership (its election key), asked of etcd.
     pub async fn confirm_leadership(&self) -> Result<(), String> {
-        let (reply, rx) = oneshot::channel();
-        self.cmds.send(Cmd::Confirm { reply }).map_err(|_| "the coordinator stopped".to_string())?;
-        rx.await.map_err(|_| "the coordinator stopped".to_string())?
+        self.ask(|reply| Cmd::Confirm { reply }).await
     }
 
     /// Hands an admin request to the leader and waits (up to `wait`) for its answer.
     pub async fn forward(&self, request: Request, wait: Duration) -> Result<Response, String> {
+        self.ask(|reply| Cmd::Forward { request, wait, reply }).await
+    }
+
+    /// Sends the command `make` builds around a reply channel and waits for the reply.
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Cmd) -> Result<T, String> {
+        const STOPPED: &str = "the coordinator stopped";
         let (reply, rx) = oneshot::channel();
-        self.cmds.send(Cmd::Forward { request, wait, reply }).map_err(|_| "the coordinator stopped".to_string())?;
-        rx.await.map_err(|_| "the coordinator stopped".to_string())?
+        self.cmds.send(make(reply)).map_err(|_| STOPPED.to_string())?;
+        rx.await.map_err(|_| STOPPED.to_string())?
     }
 
     pub fn respond(&self, id: String, response: Response) {

@@ -621,13 +621,9 @@ async fn token_failed(client: &mut Client, m: &Mirror, key: &str, rev: i64) -> R
 /// Carries out one command; `Err` ends the session (this proxy does not lead any more).
 async fn handle(cmd: Cmd, client: &mut Client, m: &mut Mirror, lease: i64, deadline: Instant) -> Flow {
     match cmd {
-        Cmd::PutFence(backend, f) => {
-            m.pending.insert(backend, Pending::Put(f));
-            let _ = tokio::time::timeout_at(deadline.into(), flush_pending(client, m)).await;
-        }
-        Cmd::DeleteFence(backend) => {
-            let rev = m.fence_revs.get(&backend).copied().unwrap_or(0);
-            m.pending.insert(backend, Pending::Delete(rev));
+        cmd @ (Cmd::PutFence(..) | Cmd::DeleteFence(_)) => {
+            // Queued as while etcd is away, then written at once.
+            refuse(cmd, "", m);
             let _ = tokio::time::timeout_at(deadline.into(), flush_pending(client, m)).await;
         }
         Cmd::Record { record, fences, expect, reply } => {

@@ -146,9 +146,6 @@ pub fn spawn(
         status_tx,
         commands: commands.clone(),
         probe_now: probe_now.clone(),
-        promote_timeout: cfg.failover.promote_timeout,
-        check_timeout: cfg.health.timeout,
-        switchover_wait: cfg.failover.trigger_wait,
         tracker: tracker.clone(),
         last_accounted: Instant::now(),
         waiting: HashMap::new(),
@@ -271,10 +268,6 @@ struct MonitorTask {
     /// For operation tasks to report back.
     commands: mpsc::Sender<Command>,
     probe_now: Arc<[mpsc::Sender<CheckNow>]>,
-    promote_timeout: Duration,
-    check_timeout: Duration,
-    /// Bound on each switchover wait (writes stopping, the standby catching up).
-    switchover_wait: Duration,
     tracker: TaskTracker,
     /// Up to when time without a primary has been added to the metric.
     last_accounted: Instant,
@@ -350,7 +343,7 @@ impl MonitorTask {
         }
         let Some(p) = f.from else { return };
         let b = &self.backends[p];
-        match operations::allow_writes(b, self.check_timeout).await {
+        match operations::allow_writes(b, self.machine.settings.check_timeout).await {
             Ok(()) => tracing::warn!(primary = %b.name, "stopping during a switchover: the old primary accepts writes again"),
             Err(e) => {
                 tracing::error!(primary = %b.name, error = %e, "stopping during a switchover: could not make the old primary writable again (ALTER SYSTEM RESET default_transaction_read_only)")
@@ -419,9 +412,6 @@ impl MonitorTask {
                 Vec::new()
             }
             Command::Reload { settings, majority, reply } => {
-                self.promote_timeout = settings.promote_timeout;
-                self.check_timeout = settings.check_timeout;
-                self.switchover_wait = settings.switchover_wait;
                 self.probing.send_replace((settings.interval, settings.check_timeout));
                 self.machine.settings = settings;
                 if let Some(c) = self.machine.coord.as_mut() {
@@ -474,7 +464,8 @@ impl MonitorTask {
     }
 
     fn apply(&mut self, action: Action) {
-        let (pt, ct, wait) = (self.promote_timeout, self.check_timeout, self.switchover_wait);
+        let s = &self.machine.settings;
+        let (pt, ct, wait) = (s.promote_timeout, s.check_timeout, s.switchover_wait);
         match action {
             Action::Route { target, reason } => {
                 self.account_no_primary();

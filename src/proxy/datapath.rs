@@ -29,6 +29,12 @@ pub struct Knobs {
     pub read: ReadConfig,
 }
 
+impl Knobs {
+    pub fn of(cfg: &crate::config::Config) -> Knobs {
+        Knobs { proxy: cfg.proxy.clone(), hold_timeout: cfg.failover.hold_timeout, read: cfg.read.clone() }
+    }
+}
+
 /// What every session needs; shared read-only behind an `Arc`.
 pub struct DataPath {
     /// Backends in config order; the route names them by index.

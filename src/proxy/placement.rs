@@ -44,7 +44,8 @@ impl Placement {
 
     /// The read-only port's placement, with the configured bounds.
     pub fn read(dp: &DataPath) -> Placement {
-        let bound = Bound { max_lag_bytes: dp.knobs().read.max_lag_bytes, max_lag: dp.knobs().read.max_lag };
+        let knobs = dp.knobs();
+        let bound = Bound { max_lag_bytes: knobs.read.max_lag_bytes, max_lag: knobs.read.max_lag };
         Placement::Read { route: dp.read_route.clone(), bound }
     }
 
@@ -84,10 +85,11 @@ impl Placement {
                 }
             }
             Placement::Read { route, bound } => {
+                let read = &dp.knobs().read;
                 let r = route.borrow_and_update();
                 let fits: Vec<usize> = r.targets.iter().filter(|t| within(t, bound)).map(|t| t.backend).collect();
                 if !fits.is_empty() {
-                    let chosen = match dp.knobs().read.balance {
+                    let chosen = match read.balance {
                         Balance::LeastConnections => fits.iter().copied().min_by_key(|b| (dp.metrics.read_sessions(*b), *b)),
                         Balance::RoundRobin => fits.get(dp.read_turn.fetch_add(1, Ordering::Relaxed) % fits.len()).copied(),
                     };
@@ -102,7 +104,7 @@ impl Placement {
                         bound.max_lag_bytes
                     )
                 };
-                match (dp.knobs().read.fallback, r.primary) {
+                match (read.fallback, r.primary) {
                     (Fallback::Primary, Some(p)) => Pick::Backend(p),
                     (Fallback::Primary, None) => Pick::Wait(format!("{why}, and no primary is routed to fall back to")),
                     (Fallback::Hold, _) => Pick::Wait(why),

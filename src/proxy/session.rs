@@ -25,7 +25,9 @@ pub async fn serve(mut client: TcpStream, dp: Arc<DataPath>, port: Port, stoppin
     let m = &dp.metrics;
     m.accepted();
     let _active = m.session_started();
-    if let Err(e) = socket::tune(&client, &dp.knobs().proxy) {
+    // The settings in force when the client came: one read per session.
+    let knobs = dp.knobs();
+    if let Err(e) = socket::tune(&client, &knobs.proxy) {
         tracing::debug!(error = %e, "client socket options");
     }
     let mut place = match port {
@@ -57,13 +59,13 @@ pub async fn serve(mut client: TcpStream, dp: Arc<DataPath>, port: Port, stoppin
             } else {
                 m.refused();
             }
-            let deadline = tokio::time::Instant::now() + dp.knobs().proxy.startup_timeout;
+            let deadline = tokio::time::Instant::now() + knobs.proxy.startup_timeout;
             let outcome = wire::refuse(&mut client, pending, wire::SQLSTATE_CANNOT_CONNECT_NOW, &reason, deadline).await;
             tracing::info!(%reason, outcome = outcome.as_str(), "client refused");
             return;
         }
         Err(Failed::BadSetting { reason, pending }) => {
-            let deadline = tokio::time::Instant::now() + dp.knobs().proxy.startup_timeout;
+            let deadline = tokio::time::Instant::now() + knobs.proxy.startup_timeout;
             let outcome = wire::refuse(&mut client, pending, wire::SQLSTATE_INVALID_PARAMETER_VALUE, &reason, deadline).await;
             tracing::info!(%reason, outcome = outcome.as_str(), "client refused: bad pgfailover setting");
             return;

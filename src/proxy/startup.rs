@@ -63,7 +63,8 @@ pub async fn open(client: &mut TcpStream, dp: &DataPath, place: &mut Placement, 
     // The connect to the routed server overlaps the client's first packet on the wire, as a
     // plain splice's would; a failed early connect is retried (and reported) by the hold.
     // The client's whole startup (its packets, not the server's answers) is bounded.
-    let deadline = Instant::now() + dp.knobs().proxy.startup_timeout;
+    let knobs = dp.knobs();
+    let deadline = Instant::now() + knobs.proxy.startup_timeout;
     let (packet, early) = tokio::join!(read_client(client, deadline), early_connect(dp, place));
     let mut packet = match packet {
         Some(Packet::Invalid(len)) => return Err(Failed::Invalid(len)),
@@ -76,7 +77,7 @@ pub async fn open(client: &mut TcpStream, dp: &DataPath, place: &mut Placement, 
         cancel_everywhere(dp, bytes).await;
         return Err(Failed::Abandoned);
     }
-    let mut hold = Hold { deadline: Instant::now() + dp.knobs().hold_timeout, counted: false, last_error: None, wait_first: false };
+    let mut hold = Hold { deadline: Instant::now() + knobs.hold_timeout, counted: false, last_error: None, wait_first: false };
     // A connected server to use next: the early connect, or one already asked about
     // encryption (it said N) that the StartupMessage goes to.
     let mut asked: Option<(TcpStream, usize)> = early;

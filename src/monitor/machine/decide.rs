@@ -193,8 +193,9 @@ impl Machine {
     /// Why nothing is routed, for held and refused clients and `/ready`.
     fn no_route_reason(&self) -> String {
         if let Some(f) = &self.in_flight {
+            let waiting_for_peers = self.coordination_wait();
             let phase = match &f.step {
-                Step::Waiting if self.coordination_wait().is_some() => self.coordination_wait().unwrap_or_default(),
+                Step::Waiting if waiting_for_peers.is_some() => waiting_for_peers.unwrap_or_default(),
                 Step::Waiting if self.settings.promote == PromoteMode::Never => "waiting for another manager to promote a standby".to_string(),
                 Step::Waiting if !self.confirmed() => {
                     format!("promoting a standby if it stays down for {}", humantime::format_duration(self.settings.promote_after()))
