@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;
 
+pub mod binary;
 pub mod etcd;
 
 /// Starts a cluster off the async runtime's worker (it blocks for ~1.5 s).

@@ -1,0 +1,78 @@
+//! How one process is started: its arguments, its only settings from the environment, a
+//! socket passed as systemd passes one, and where its output goes.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use super::{hermetic, socket_activated, Process, BIN};
+
+/// How one process is started.
+pub struct Launch {
+    /// Names its log files and its log in a failing test's output.
+    name: String,
+    /// The command line after the program.
+    args: Vec<OsString>,
+    /// Its only settings from the environment (see [`super::command`]).
+    env: Vec<(OsString, OsString)>,
+    /// A listening socket passed as systemd passes a socket unit's (descriptor 3).
+    socket: Option<RawFd>,
+    /// Where readiness is polled; None when the test does not ask.
+    admin: Option<SocketAddr>,
+    /// Where the log files go; None: a directory of the process's own.
+    dir: Option<PathBuf>,
+}
+
+impl Launch {
+    pub fn new(name: &str) -> Launch {
+        Launch { name: name.into(), args: Vec::new(), env: Vec::new(), socket: None, admin: None, dir: None }
+    }
+
+    pub fn args<A: Into<OsString>>(mut self, args: impl IntoIterator<Item = A>) -> Self {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Starts it on `fd` as systemd starts a socket-activated service.
+    pub fn systemd_socket(mut self, fd: RawFd) -> Self {
+        self.socket = Some(fd);
+        self
+    }
+
+    /// The admin port the process will serve, for [`Process::ready`] and the like.
+    pub fn admin(mut self, addr: SocketAddr) -> Self {
+        self.admin = Some(addr);
+        self
+    }
+
+    /// Writes the log files into `dir`.
+    pub fn logs_in(mut self, dir: &Path) -> Self {
+        self.dir = Some(dir.to_path_buf());
+        self
+    }
+
+    pub fn start(self) -> Process {
+        let own = match self.dir {
+            Some(_) => None,
+            None => Some(tempfile::Builder::new().prefix("pgfailover-logs-").tempdir().expect("a directory for the logs")),
+        };
+        let dir = self.dir.as_deref().or(own.as_ref().map(|d| d.path())).expect("a log directory").to_path_buf();
+        let (stderr, stdout) = (dir.join(format!("{}.log", self.name)), dir.join(format!("{}.out", self.name)));
+        // Appending: a successor the process starts inherits both files and writes on.
+        let open = |p: &Path| std::fs::OpenOptions::new().create(true).append(true).open(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        let mut cmd = match self.socket {
+            None => Command::new(BIN),
+            Some(fd) => socket_activated(fd),
+        };
+        hermetic(&mut cmd).args(&self.args).envs(self.env).stdin(Stdio::null()).stdout(open(&stdout)).stderr(open(&stderr));
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("start {BIN}: {e}"));
+        Process::started(self.name, child, self.admin, stderr, stdout, own)
+    }
+}
