@@ -5,18 +5,16 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::binary::{Cluster, Process, ProxyToml, Site};
 use common::etcd::{self, Etcd};
 use common::*;
-use pgfailover::localpg::{free_port, Cluster};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-const BIN: &str = env!("CARGO_BIN_EXE_pgfailover");
 const TOKEN: &str = "coordination-test-token";
 const LIMIT: Duration = Duration::from_secs(40);
 
@@ -24,77 +22,56 @@ const LIMIT: Duration = Duration::from_secs(40);
 #[derive(Clone)]
 struct Opts {
     endpoints: Vec<String>,
-    lease_ttl: &'static str,
+    lease_ttl: Duration,
     quorum: &'static str,
-    hold_timeout: &'static str,
+    hold_timeout: Duration,
 }
 
 impl Opts {
     fn new(etcd: &Etcd) -> Opts {
-        Opts { endpoints: etcd.endpoints(), lease_ttl: "3s", quorum: "majority", hold_timeout: "5s" }
+        Opts { endpoints: etcd.endpoints(), lease_ttl: Duration::from_secs(3), quorum: "majority", hold_timeout: Duration::from_secs(5) }
     }
 }
 
 /// One pgfailover process, as an operator runs it: a config file, its own state directory.
 struct ProxyProc {
+    /// Its name in the coordination (`[coordination] name`).
     name: String,
+    /// Its client port.
     listen: SocketAddr,
+    /// Its admin port.
     admin: SocketAddr,
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-    paused: bool,
+    /// Killed before its site is removed (fields drop in order).
+    process: Process,
+    /// Its config file, state directory and log.
+    _site: Site,
 }
 
 impl ProxyProc {
     /// Starts proxy `name` in front of `c`; `ports` overrides a backend's port (a relay).
     async fn start(c: &Cluster, name: &str, o: &Opts, ports: &[(usize, u16)]) -> ProxyProc {
-        let dir = tempfile::Builder::new().prefix("pgfailover-proxy-").tempdir().unwrap();
-        let (listen, admin) = (SocketAddr::from(([127, 0, 0, 1], free_port().unwrap())), SocketAddr::from(([127, 0, 0, 1], free_port().unwrap())));
-        let endpoints = o.endpoints.iter().map(|e| format!("{e:?}")).collect::<Vec<_>>().join(", ");
-        let mut text = format!(
-            "listen = \"{listen}\"\nadmin_listen = \"{admin}\"\nadmin_token = \"{TOKEN}\"\nstate_dir = \"{state}\"\nlog_level = \"info\"\n\n\
-             [health]\ninterval = \"250ms\"\ntimeout = \"500ms\"\nfailure_threshold = 3\n\n\
-             [failover]\npromote = \"auto\"\nhold_timeout = \"{hold}\"\nquorum = \"{quorum}\"\n\n\
-             [proxy]\nshutdown_grace = \"500ms\"\n\n\
-             [coordination]\netcd_endpoints = [{endpoints}]\ncluster = \"main\"\nname = \"{name}\"\nlease_ttl = \"{ttl}\"\n",
-            state = dir.path().join("state").display(),
-            hold = o.hold_timeout,
-            quorum = o.quorum,
-            ttl = o.lease_ttl,
-        );
-        for (i, b) in backends(c).iter().enumerate() {
-            let port = ports.iter().find(|(k, _)| *k == i).map(|(_, p)| *p).unwrap_or(b.port);
-            let table = if i == 0 { "[primary]" } else { "[[standbys]]" };
-            let password = b.password.as_ref().map(|p| p.expose().to_string()).unwrap_or_default();
-            text += &format!(
-                "\n{table}\nname = \"{}\"\nhost = \"127.0.0.1\"\nport = {port}\nuser = \"{}\"\ndatabase = \"{}\"\npassword = \"{password}\"\n",
-                b.name, b.user, b.database
-            );
+        let mut site = Site::new();
+        let mut cfg = ProxyToml::new()
+            .cluster(c, c.nodes.len())
+            .admin_token(TOKEN)
+            .state_dir(&site.state())
+            .log_level("info")
+            .health(Duration::from_millis(250), Duration::from_millis(500))
+            .failure_threshold(3)
+            .promote("auto")
+            .hold_timeout(o.hold_timeout)
+            .quorum(o.quorum)
+            .shutdown_grace(Duration::from_millis(500))
+            .coordination(&o.endpoints, "main", name)
+            .lease_ttl(o.lease_ttl);
+        for &(i, port) in ports {
+            cfg = cfg.backend_port(i, port);
         }
-        let config = dir.path().join("proxy.toml");
-        std::fs::write(&config, text).unwrap();
-        let log = std::fs::File::create(dir.path().join("proxy.log")).unwrap();
-        let child = Command::new(BIN)
-            .arg("--config")
-            .arg(&config)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start pgfailover");
-        let mut p = ProxyProc { name: name.to_string(), listen, admin, child: Some(child), dir, paused: false };
-        let deadline = tokio::time::Instant::now() + LIMIT;
-        loop {
-            if let Some(Ok(Some(st))) = p.child.as_mut().map(|c| c.try_wait()) {
-                panic!("{name} exited ({st}): {}", p.log());
-            }
-            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(admin)).await {
-                return p;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "{name}'s admin port does not answer: {}", p.log());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        site.write(&cfg);
+        let mut process = site.start(name);
+        // Readiness depends on the others here: wait only until the admin port serves.
+        process.live(LIMIT).await;
+        ProxyProc { name: name.to_string(), listen: site.listen(), admin: site.admin(), process, _site: site }
     }
 
     async fn status(&self) -> Value {
@@ -107,39 +84,16 @@ impl ProxyProc {
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("proxy.log")).unwrap_or_default()
-    }
-
-    fn signal(&self, sig: libc::c_int) {
-        let pid = self.child.as_ref().expect("running").id() as libc::pid_t;
-        // SAFETY: a signal to the child this test started, by its PID.
-        unsafe { libc::kill(pid, sig) };
+        self.process.log()
     }
 
     /// Freezes the process (SIGSTOP): its sockets stay open, nothing answers.
     fn pause(&mut self) {
-        self.signal(libc::SIGSTOP);
-        self.paused = true;
+        self.process.pause();
     }
 
     fn resume(&mut self) {
-        self.signal(libc::SIGCONT);
-        self.paused = false;
-    }
-}
-
-impl Drop for ProxyProc {
-    fn drop(&mut self) {
-        if self.paused {
-            self.resume();
-        }
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("---- {} log ----\n{}", self.name, self.log());
-        }
+        self.process.resume();
     }
 }
 
@@ -291,7 +245,7 @@ async fn a_frozen_leader_is_replaced_and_when_it_thaws_it_follows_the_record() {
     // Synchronous (ANY 1): an acknowledged commit is on a standby when the primary dies.
     let c = cluster_with(pgfailover::localpg::ClusterOptions { standbys: 2, synchronous: true, ..Default::default() }).await;
     let etcd = etcd::start(1).await;
-    let o = Opts { lease_ttl: "2s", ..Opts::new(&etcd) };
+    let o = Opts { lease_ttl: Duration::from_secs(2), ..Opts::new(&etcd) };
     let pw = c.options.password.clone();
     let mut ps = vec![ProxyProc::start(&c, "p1", &o, &[]).await, ProxyProc::start(&c, "p2", &o, &[]).await, ProxyProc::start(&c, "p3", &o, &[]).await];
     let lead = agreed(&ps.iter().collect::<Vec<_>>(), "pg-a").await;
@@ -340,7 +294,7 @@ async fn a_frozen_leader_is_replaced_and_when_it_thaws_it_follows_the_record() {
 async fn without_an_etcd_quorum_nothing_is_promoted_and_coordination_resumes_when_it_returns() {
     let c = cluster(1).await;
     let mut etcd = etcd::start(3).await;
-    let o = Opts { hold_timeout: "1s", ..Opts::new(&etcd) };
+    let o = Opts { hold_timeout: Duration::from_secs(1), ..Opts::new(&etcd) };
     let pw = c.options.password.clone();
     let (p1, p2) = (ProxyProc::start(&c, "p1", &o, &[]).await, ProxyProc::start(&c, "p2", &o, &[]).await);
     let ps = [&p1, &p2];
