@@ -5,26 +5,13 @@ mod common;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
+use common::binary::{command, free_addr, run, Cluster, Launch, Process, ProxyToml, Signal, Site};
 use common::*;
-use pgfailover::localpg::{free_port, Cluster};
 
-const BIN: &str = env!("CARGO_BIN_EXE_pgfailover");
 const LIMIT: Duration = Duration::from_secs(20);
-
-fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(BIN);
-    c.args(args).stdin(Stdio::null());
-    for k in ["DB_HOST", "DB_PORT", "DB_PASSWORD", "PGFAILOVER_STANDBYS", "RUST_LOG"] {
-        c.env_remove(k);
-    }
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.output().expect("run pgfailover")
-}
 
 fn config_file(text: &str) -> tempfile::NamedTempFile {
     let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
@@ -66,7 +53,7 @@ fn the_readme_sample_error_is_real() {
     let sample = readme.lines().find(|l| l.starts_with("pgfailover: configuration error: proxy.toml: health.intervall")).expect("the sample");
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("proxy.toml"), "[health]\nintervall = \"1s\"\n").unwrap();
-    let out = Command::new(BIN).args(["--config", "proxy.toml", "--check"]).current_dir(dir.path()).stdin(Stdio::null()).output().unwrap();
+    let out = command().args(["--config", "proxy.toml", "--check"]).current_dir(dir.path()).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stderr).trim_end(), sample);
 }
 
@@ -105,7 +92,7 @@ fn invalid_values_name_their_file_variable_or_flag() {
 fn a_port_in_use_is_reported_once() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let admin = format!("127.0.0.1:{}", free_port().unwrap());
+    let admin = free_addr().to_string();
     let out = run(&["--listen", &addr, "--admin-listen", &admin], &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
@@ -123,75 +110,75 @@ fn check_prints_a_summary_without_secrets() {
     assert!(!text.contains("secret"), "{text}");
 }
 
-/// The binary running in the background; killed on drop so a failing test leaves nothing.
+/// The harness's typed config builder writes keys the binary knows, with the values meant.
+#[test]
+fn the_harness_writes_a_config_the_binary_accepts() {
+    let mut site = Site::new();
+    let cfg = ProxyToml::new()
+        .with_listen_ro()
+        .backend("pg-a", 5432)
+        .backend("pg-b", 5433)
+        .backend_port(1, 5434)
+        .admin_token("a-token")
+        .state_dir(&site.state())
+        .log_level("debug")
+        .health_interval(Duration::from_millis(150))
+        .health_timeout(Duration::from_millis(700))
+        .failure_threshold(4)
+        .promote("never")
+        .hold_timeout(Duration::from_secs(7))
+        .quorum("majority")
+        .shutdown_grace(Duration::from_millis(1500))
+        .shutdown_delay(Duration::from_secs(2))
+        .coordination(&["http://127.0.0.1:2379".to_string()], "main", "p1")
+        .lease_ttl(Duration::from_secs(3))
+        .set("read", "include_primary", true);
+    site.write(&cfg);
+    let out = run(&[std::ffi::OsStr::new("--config"), site.config_path().as_os_str(), std::ffi::OsStr::new("--check")], &[]);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}\n{}", cfg.render());
+    let head = format!("listen {}, admin {}, health every 150ms (timeout 700ms, threshold 4), promote never, hold 7s", cfg.listen(), cfg.admin());
+    assert!(text.contains(&head), "{head:?} not in {text}");
+    assert!(text.contains("primary pg-a at 127.0.0.1:5432") && text.contains("standby pg-b at 127.0.0.1:5434"), "{text}");
+}
+
+/// The binary running in the background on a site of its own.
 struct Running {
-    child: Child,
+    /// Killed when the test ends (fields drop in order, before the site).
+    process: Process,
+    /// Its admin port.
     admin: SocketAddr,
+    /// Its client port.
     client: SocketAddr,
-    log: tempfile::NamedTempFile,
-    /// Removed with the process.
-    _config: tempfile::NamedTempFile,
+    /// Its config file and log.
+    _site: Site,
 }
 
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn_proxy(c: &Cluster, grace: &str) -> Running {
+fn spawn_proxy(c: &Cluster, grace: Duration) -> Running {
     spawn_proxy_with(c, grace, &[])
 }
 
-fn spawn_proxy_with(c: &Cluster, grace: &str, env: &[(&str, &str)]) -> Running {
-    let client: SocketAddr = format!("127.0.0.1:{}", free_port().unwrap()).parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port().unwrap()).parse().unwrap();
-    let cfg = config_file(&format!(
-        "listen = \"{client}\"\nadmin_listen = \"{admin}\"\n[health]\ninterval = \"250ms\"\n[proxy]\nshutdown_grace = \"{grace}\"\n\
-         [primary]\nname = \"pg-a\"\nport = {}\n",
-        c.nodes[0].port
-    ));
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let child = Command::new(BIN)
-        .args(["--config", cfg.path().to_str().unwrap()])
-        .env("DB_PASSWORD", &c.options.password)
-        .env("RUST_LOG", "debug")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log.reopen().unwrap())
-        .spawn()
-        .unwrap();
-    Running { child, admin, client, log, _config: cfg }
-}
-
-async fn wait_ready(r: &Running) {
-    eventually(LIMIT, "proxy ready", || async {
-        let s = tokio::net::TcpStream::connect(r.admin).await.ok()?;
-        drop(s);
-        (get(r.admin, "/ready").await.status == 200).then_some(())
-    })
-    .await;
-}
-
-fn sigterm(r: &Running) {
-    // SAFETY: kill(2) on the child we spawned.
-    unsafe {
-        libc::kill(r.child.id() as i32, libc::SIGTERM);
+/// The primary of `c` behind the binary, its password from `DB_PASSWORD`, logging at debug.
+fn spawn_proxy_with(c: &Cluster, grace: Duration, env: &[(&str, &str)]) -> Running {
+    let mut site = Site::new();
+    site.write(&ProxyToml::new().health_interval(Duration::from_millis(250)).shutdown_grace(grace).backend("pg-a", c.nodes[0].port));
+    let mut launch = site.launch("proxy").env("DB_PASSWORD", &c.options.password).env("RUST_LOG", "debug");
+    for (k, v) in env {
+        launch = launch.env(k, v);
     }
+    Running { process: launch.start(), admin: site.admin(), client: site.listen(), _site: site }
 }
 
 fn exit_code(r: &mut Running) -> Option<i32> {
-    r.child.try_wait().unwrap().map(|s| s.code().unwrap_or(-1))
+    r.process.try_exit().map(|s| s.code().unwrap_or(-1))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_accepting_drains_sessions_and_exits_0() {
     let c = cluster(0).await;
-    let mut r = spawn_proxy(&c, "30s");
-    wait_ready(&r).await;
-    let status = Command::new(BIN).args(["status", "--admin", &format!("http://{}", r.admin)]).output().unwrap();
+    let mut r = spawn_proxy(&c, Duration::from_secs(30));
+    r.process.ready(LIMIT).await;
+    let status = run(&["status", "--admin", &format!("http://{}", r.admin)], &[]);
     let table = String::from_utf8_lossy(&status.stdout);
     assert!(status.status.success(), "{table}");
     assert!(table.contains("state: degraded") && table.contains("pg-a") && table.contains("primary"), "{table}");
@@ -199,7 +186,7 @@ async fn sigterm_stops_accepting_drains_sessions_and_exits_0() {
     let pw = &c.options.password;
     let client = connect(r.client, pw).await;
     client.batch_execute("create table d(i int); begin; insert into d values (1)").await.unwrap();
-    sigterm(&r);
+    r.process.signal(Signal::Term);
     eventually(LIMIT, "listener closed", || async { tokio::net::TcpStream::connect(r.client).await.is_err().then_some(()) }).await;
     assert_eq!(exit_code(&mut r), None, "still draining the open session");
     // The open session keeps working through the drain.
@@ -208,7 +195,7 @@ async fn sigterm_stops_accepting_drains_sessions_and_exits_0() {
     let code = eventually(LIMIT, "process exit", || std::future::ready(exit_code(&mut r))).await;
     assert_eq!(code, 0);
     assert_eq!(c.psql(0, "select count(*) from d").unwrap(), "2");
-    let log = std::fs::read_to_string(r.log.path()).unwrap();
+    let log = r.process.log();
     assert!(log.contains("draining"), "{log}");
     assert!(!log.contains(pw.as_str()), "the password appears in the log");
     assert!(!log.contains('\x1b'), "a log written to a file has no colour codes");
@@ -224,21 +211,21 @@ async fn sigterm_stops_accepting_drains_sessions_and_exits_0() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_monitor_makes_the_process_exit_non_zero() {
     let c = cluster(0).await;
-    let mut r = spawn_proxy_with(&c, "300ms", &[("PGFAILOVER_DEBUG_CRASH_MONITOR_AFTER", "1s")]);
-    wait_ready(&r).await;
+    let mut r = spawn_proxy_with(&c, Duration::from_millis(300), &[("PGFAILOVER_DEBUG_CRASH_MONITOR_AFTER", "1s")]);
+    r.process.ready(LIMIT).await;
     let code = eventually(LIMIT, "process exit", || std::future::ready(exit_code(&mut r))).await;
     assert_eq!(code, 70, "EX_SOFTWARE");
-    let log = std::fs::read_to_string(r.log.path()).unwrap();
+    let log = r.process.log();
     assert!(log.contains("health monitor died"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_sessions_left_after_the_grace_period() {
     let c = cluster(0).await;
-    let mut r = spawn_proxy(&c, "300ms");
-    wait_ready(&r).await;
+    let mut r = spawn_proxy(&c, Duration::from_millis(300));
+    r.process.ready(LIMIT).await;
     let client = connect(r.client, &c.options.password).await;
-    sigterm(&r);
+    r.process.signal(Signal::Term);
     let code = eventually(LIMIT, "process exit", || std::future::ready(exit_code(&mut r))).await;
     assert_eq!(code, 0);
     eventually(LIMIT, "session closed", || async { client.is_closed().then_some(()) }).await;
@@ -246,40 +233,29 @@ async fn sigterm_closes_sessions_left_after_the_grace_period() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_serves_a_cluster_and_removes_it_on_ctrl_c() {
-    use std::io::BufRead;
-    let listen = format!("127.0.0.1:{}", free_port().unwrap());
-    let admin = format!("127.0.0.1:{}", free_port().unwrap());
-    let mut child = Command::new(BIN)
-        .args(["demo", "--listen", &listen, "--admin-listen", &admin])
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let (listen, admin) = (free_addr().to_string(), free_addr().to_string());
+    let mut demo = Launch::new("demo").args(["demo", "--listen", &listen, "--admin-listen", &admin]).start();
     // The demo prints where its cluster lives, the psql line to connect with and the curl
     // line for a switchover.
-    let (mut dir, mut url, mut trigger) = (None, None, None);
-    while dir.is_none() || url.is_none() || trigger.is_none() {
-        let line = rx.recv_timeout(Duration::from_secs(60)).expect("demo output");
-        if let Some(rest) = line.split("deletes the cluster in ").nth(1) {
-            dir = Some(rest.trim_end_matches(").").to_string());
+    let (dir, url, trigger) = eventually(Duration::from_secs(60), "the demo prints its cluster, psql and curl lines", || {
+        let out = demo.stdout();
+        async move {
+            let (mut dir, mut url, mut trigger) = (None, None, None);
+            for line in out.lines() {
+                if let Some(rest) = line.split("deletes the cluster in ").nth(1) {
+                    dir = Some(rest.trim_end_matches(").").to_string());
+                }
+                if let Some(rest) = line.trim().strip_prefix("psql \"") {
+                    url = Some(rest.trim_end_matches('"').to_string());
+                }
+                if line.contains("/failover/trigger") {
+                    trigger = Some(line.trim().to_string());
+                }
+            }
+            Some((dir?, url?, trigger?))
         }
-        if let Some(rest) = line.trim().strip_prefix("psql \"") {
-            url = Some(rest.trim_end_matches('"').to_string());
-        }
-        if line.contains("/failover/trigger") {
-            trigger = Some(line.trim().to_string());
-        }
-    }
-    let (dir, url, trigger) = (dir.unwrap(), url.unwrap(), trigger.unwrap());
+    })
+    .await;
     assert!(url.contains(&listen), "{url}");
     assert!(Path::new(&dir).exists());
     let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect through the demo");
@@ -294,42 +270,25 @@ async fn demo_serves_a_cluster_and_removes_it_on_ctrl_c() {
     let answer = String::from_utf8_lossy(&out.stdout);
     assert!(answer.ends_with(" 200"), "{trigger}: {answer}");
     assert!(answer.contains("\"to\": \"pg-b\""), "{answer}");
-    // SAFETY: kill(2) on the child we spawned.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGINT);
-    }
-    let code = eventually(LIMIT, "demo exit", || std::future::ready(child.try_wait().unwrap().map(|s| s.code()))).await;
-    assert_eq!(code, Some(0));
+    demo.signal(Signal::Int);
+    assert_eq!(demo.exit(LIMIT).await.code(), Some(0));
     assert!(!Path::new(&dir).exists(), "the demo removed its cluster");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_log_format_emits_one_json_object_per_line() {
     let c = cluster(0).await;
-    let admin = format!("127.0.0.1:{}", free_port().unwrap());
-    let child = Command::new(BIN)
-        .args(["--listen", &format!("127.0.0.1:{}", free_port().unwrap()), "--admin-listen", &admin, "--log-format", "json"])
+    let admin = free_addr();
+    let mut p = Launch::new("json")
+        .args(["--listen", &free_addr().to_string(), "--admin-listen", &admin.to_string(), "--log-format", "json"])
         .env("DB_PORT", c.nodes[0].port.to_string())
         .env("DB_PASSWORD", &c.options.password)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let addr: SocketAddr = admin.parse().unwrap();
-    eventually(LIMIT, "ready", || async {
-        tokio::net::TcpStream::connect(addr).await.ok()?;
-        (get(addr, "/ready").await.status == 200).then_some(())
-    })
-    .await;
-    // SAFETY: kill(2) on the child we spawned.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let text = String::from_utf8_lossy(&out.stderr);
+        .admin(admin)
+        .start();
+    p.ready(LIMIT).await;
+    p.signal(Signal::Term);
+    assert!(p.exit(LIMIT).await.success());
+    let text = p.log();
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     assert!(lines.len() >= 2, "{text}");
     for l in lines {

@@ -23,7 +23,8 @@ fn config(s: &Site, interval: Duration) -> ProxyToml {
         .admin_token(TOKEN)
         .state_dir(&s.state())
         .log_level("info")
-        .health(interval, Duration::from_millis(500))
+        .health_interval(interval)
+        .health_timeout(Duration::from_millis(500))
         .failure_threshold(3)
         .promote("auto")
         .hold_timeout(Duration::from_secs(10))
@@ -79,7 +80,7 @@ async fn sighup_applies_a_new_interval_live_and_refuses_a_broken_file() {
     s.write(
         &base
             .clone()
-            .health(Duration::from_millis(100), Duration::from_millis(500))
+            .health_interval(Duration::from_millis(100))
             .set("", "log_format", "json")
             .set("", "listen_ro", other_admin.to_string())
             .set("proxy", "max_client_connections", 2)

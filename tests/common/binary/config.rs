@@ -112,16 +112,21 @@ impl ProxyToml {
         self.set("", "log_level", level)
     }
 
-    /// `[health]`: a check every `interval`, each given `timeout`.
-    pub fn health(self, interval: Duration, timeout: Duration) -> Self {
-        self.set("health", "interval", duration(interval)).set("health", "timeout", duration(timeout))
+    /// `[health] interval`: a check of every backend this often.
+    pub fn health_interval(self, d: Duration) -> Self {
+        self.set("health", "interval", duration(d))
+    }
+
+    /// `[health] timeout`: how long one check may take.
+    pub fn health_timeout(self, d: Duration) -> Self {
+        self.set("health", "timeout", duration(d))
     }
 
     pub fn failure_threshold(self, n: u32) -> Self {
         self.set("health", "failure_threshold", i64::from(n))
     }
 
-    /// `[failover] promote`: "auto" or "manual".
+    /// `[failover] promote`: "auto" or "never".
     pub fn promote(self, mode: &str) -> Self {
         self.set("failover", "promote", mode)
     }
