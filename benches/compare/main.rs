@@ -13,6 +13,10 @@
 //! (compare runtime variants side by side). HAProxy and PgBouncer are used when
 //! installed (`apt-get install haproxy pgbouncer`).
 
+// The tests' harness for the real binary: pgfailover is started, configured, waited for
+// and stopped the same way in both.
+#[path = "../../tests/common/binary/mod.rs"]
+mod binary;
 mod failover;
 mod floors;
 mod idle;
@@ -183,7 +187,7 @@ fn throughput(dir: &std::path::Path) {
                                 w.label(),
                                 p.admin.and_then(targets::last_event).unwrap_or_default()
                             );
-                            let log = std::fs::read_to_string(dir.join(format!("pgfailover-{}.log", p.addr.port()))).unwrap_or_default();
+                            let log = p.log();
                             for line in log.lines().filter(|l| !l.contains("route: new sessions")).rev().take(20) {
                                 println!("  log: {line}");
                             }

@@ -3,17 +3,16 @@
 //! from a moment before it until the proxy serves again. Counts the sessions that failed and
 //! the slowest one (a client waiting in the listening socket's queue is slow, not refused).
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pgfailover::localpg::{free_port, Cluster};
+use pgfailover::localpg::Cluster;
 use tokio_postgres::NoTls;
 
-use crate::targets::{get_json, http_get};
+use crate::binary::admin::get;
+use crate::binary::{Process, ProxyToml, Signal, Site};
 
 /// What one event cost the client.
 pub struct Outcome {
@@ -36,55 +35,43 @@ pub enum Event {
     PlainRestart,
 }
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+/// The configuration of every trial, checking health every `interval`; the password
+/// comes from `DB_PASSWORD`.
+fn config(s: &Site, c: &Cluster, listen: Option<std::net::SocketAddr>, interval: Duration) -> ProxyToml {
+    let cfg = ProxyToml::new()
+        .state_dir(&s.state())
+        .log_level("info")
+        .health_interval(interval)
+        .health_timeout(Duration::from_millis(500))
+        .hold_timeout(Duration::from_secs(10))
+        .shutdown_grace(Duration::from_secs(5))
+        .backend("pg-a", c.nodes[0].port)
+        .backend("pg-b", c.nodes[1].port);
+    match listen {
+        Some(addr) => cfg.listen_on(addr),
+        None => cfg,
     }
 }
 
-struct Setup {
-    dir: PathBuf,
-    listen: SocketAddr,
-    admin: SocketAddr,
-}
-
-impl Setup {
-    fn write(&self, c: &Cluster, interval: &str) {
-        let text = format!(
-            "listen = \"{}\"\nadmin_listen = \"{}\"\nstate_dir = \"{}\"\nlog_level = \"info\"\n\
-             [health]\ninterval = \"{interval}\"\ntimeout = \"500ms\"\n[failover]\nhold_timeout = \"10s\"\n[proxy]\nshutdown_grace = \"5s\"\n\
-             [primary]\nname = \"pg-a\"\nport = {}\n[[standbys]]\nname = \"pg-b\"\nport = {}\n",
-            self.listen,
-            self.admin,
-            self.dir.join("state").display(),
-            c.nodes[0].port,
-            c.nodes[1].port
-        );
-        std::fs::write(self.dir.join("proxy.toml"), text).unwrap();
-    }
-
-    fn spawn(&self, pw: &str, socket: Option<i32>) -> Proc {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("proxy.log")).unwrap();
-        let mut cmd = match socket {
-            None => Command::new(env!("CARGO_BIN_EXE_pgfailover")),
-            Some(fd) => pgfailover::takeover::socket_activated(std::path::Path::new(env!("CARGO_BIN_EXE_pgfailover")), fd),
-        };
-        cmd.arg("--config").arg(self.dir.join("proxy.toml")).env("DB_PASSWORD", pw).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
-        Proc(cmd.spawn().expect("start pgfailover"))
-    }
-
-    fn pid_serving(&self) -> Option<u64> {
-        get_json(self.admin, "/failover/status")?["config"]["pid"].as_u64()
-    }
-
-    fn ready(&self) -> bool {
-        http_get(self.admin, "/ready").is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+/// Starts a process on the site (on the held socket `fd`, if any).
+fn spawn(s: &Site, name: &str, pw: &str, fd: Option<i32>) -> Process {
+    let launch = s.launch(name).env("DB_PASSWORD", pw);
+    match fd {
+        Some(fd) => launch.systemd_socket(fd).start(),
+        None => launch.start(),
     }
 }
 
+fn pid_serving(s: &Site) -> Option<u64> {
+    get(s.admin(), "/failover/status")?.json()?["config"]["pid"].as_u64()
+}
+
+fn ready(s: &Site) -> bool {
+    get(s.admin(), "/ready").is_some_and(|r| r.status == 200)
+}
+
+/// Polls every 5 ms (not the harness's 20 ms): in a plain restart the time between the old
+/// process's exit and the new one's start is part of what is measured.
 fn wait(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !f() {
@@ -93,23 +80,18 @@ fn wait(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn exited(p: &mut Proc) -> bool {
-    p.0.try_wait().ok().flatten().is_some()
-}
-
 /// One event with the client running through it.
 pub fn trial(dir: &Path, c: &Cluster, event: Event) -> Outcome {
     let pw = c.options.password.clone();
-    let dir = tempfile::Builder::new().prefix("ops-").tempdir_in(dir).unwrap().keep();
-    let port = || SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
+    let mut s = Site::new_in(dir);
     // The "socket unit": the listening socket exists outside the proxy.
     let held = matches!(event, Event::SocketUnitRestart).then(|| std::net::TcpListener::bind("127.0.0.1:0").unwrap());
-    let listen = held.as_ref().map(|l| l.local_addr().unwrap()).unwrap_or_else(port);
-    let s = Setup { dir, listen, admin: port() };
-    s.write(c, "1s");
+    let base = config(&s, c, held.as_ref().map(|l| l.local_addr().unwrap()), Duration::from_secs(1));
+    s.write(&base);
+    let listen = s.listen();
     let fd = held.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
-    let mut first = s.spawn(&pw, fd);
-    wait("the proxy to route", || s.ready());
+    let mut first = spawn(&s, "first", &pw, fd);
+    wait("the proxy to route", || ready(&s));
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
@@ -137,33 +119,30 @@ pub fn trial(dir: &Path, c: &Cluster, event: Event) -> Outcome {
 
     let mut last = match event {
         Event::Reload => {
-            s.write(c, "250ms");
-            // SAFETY: a signal to the process this benchmark started, by its PID.
-            unsafe { libc::kill(first.0.id() as i32, libc::SIGHUP) };
-            wait("the reload", || std::fs::read_to_string(s.dir.join("proxy.log")).is_ok_and(|l| l.contains("configuration reloaded")));
+            s.write(&base.clone().health_interval(Duration::from_millis(250)));
+            first.signal(Signal::Hup);
+            wait("the reload", || first.log().contains("configuration reloaded"));
             None
         }
         Event::Takeover => {
-            let second = s.spawn(&pw, None);
-            let pid = second.0.id() as u64;
-            wait("the new process to serve", || s.pid_serving() == Some(pid) && s.ready());
-            wait("the old process to exit", || exited(&mut first));
+            let second = spawn(&s, "second", &pw, None);
+            let pid = u64::from(second.pid());
+            wait("the new process to serve", || pid_serving(&s) == Some(pid) && ready(&s));
+            wait("the old process to exit", || first.try_exit().is_some());
             Some(second)
         }
         Event::SocketUnitRestart => {
-            // SAFETY: as above.
-            unsafe { libc::kill(first.0.id() as i32, libc::SIGTERM) };
-            wait("the old process to exit", || exited(&mut first));
-            let second = s.spawn(&pw, fd);
-            wait("the new process to route", || s.ready());
+            first.signal(Signal::Term);
+            wait("the old process to exit", || first.try_exit().is_some());
+            let second = spawn(&s, "second", &pw, fd);
+            wait("the new process to route", || ready(&s));
             Some(second)
         }
         Event::PlainRestart => {
-            // SAFETY: as above.
-            unsafe { libc::kill(first.0.id() as i32, libc::SIGTERM) };
-            wait("the old process to exit", || exited(&mut first));
-            let second = s.spawn(&pw, None);
-            wait("the new process to route", || s.ready());
+            first.signal(Signal::Term);
+            wait("the old process to exit", || first.try_exit().is_some());
+            let second = spawn(&s, "second", &pw, None);
+            wait("the new process to route", || ready(&s));
             Some(second)
         }
     };

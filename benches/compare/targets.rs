@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use pgfailover::localpg::free_port;
 
+use crate::binary::{Launch, Process, ProxyToml, Site};
+
 pub struct Target {
     pub name: String,
     pub addr: SocketAddr,
@@ -17,6 +19,16 @@ pub struct Target {
     /// pgfailover's admin port.
     pub admin: Option<SocketAddr>,
     child: Option<Child>,
+    /// pgfailover, started by the test harness (killed and reaped when dropped), and the
+    /// directory of its config and log (removed after it).
+    pgfailover: Option<(Process, Site)>,
+}
+
+impl Target {
+    /// What pgfailover logged so far (nothing for the others).
+    pub fn log(&self) -> String {
+        self.pgfailover.as_ref().map(|(p, _)| p.log()).unwrap_or_default()
+    }
 }
 
 impl Drop for Target {
@@ -26,7 +38,7 @@ impl Drop for Target {
             let _ = c.wait();
         }
         // PgBouncer runs under runuser; its own PID comes from its pidfile.
-        if self.child.is_none() {
+        if self.child.is_none() && self.pgfailover.is_none() {
             if let Some(pid) = self.pid {
                 unsafe { libc::kill(pid as i32, libc::SIGTERM) };
             }
@@ -40,7 +52,7 @@ pub fn direct(port: u16) -> Target {
 
 /// A direct connection under another name (e.g. to the standby).
 pub fn direct_named(port: u16, name: &str) -> Target {
-    Target { name: name.into(), addr: SocketAddr::from(([127, 0, 0, 1], port)), pid: None, admin: None, child: None }
+    Target { name: name.into(), addr: SocketAddr::from(([127, 0, 0, 1], port)), pid: None, admin: None, child: None, pgfailover: None }
 }
 
 fn wait_port(addr: SocketAddr) {
@@ -58,21 +70,23 @@ pub fn pgfailover(dir: &Path, primary: u16, standby: Option<u16>, password: &str
 
 /// pgfailover with `proxy.worker_threads` set (None: the default).
 pub fn pgfailover_threads(dir: &Path, primary: u16, standby: Option<u16>, password: &str, interval: &str, timeout: &str, threads: Option<usize>) -> Target {
-    pgfailover_with(dir, primary, standby, password, interval, timeout, threads, false, "")
+    pgfailover_with(dir, primary, standby, password, interval, timeout, threads, false, |c| c)
 }
 
 /// pgfailover coordinated with others through etcd (`[coordination]`, this proxy's `name`).
 pub fn pgfailover_coordinated(dir: &Path, primary: u16, standby: u16, password: &str, endpoints: &[String], name: &str, cluster: &str) -> Target {
-    let list = endpoints.iter().map(|e| format!("{e:?}")).collect::<Vec<_>>().join(", ");
-    let extra = format!("[coordination]\netcd_endpoints = [{list}]\ncluster = \"{cluster}\"\nname = \"{name}\"\n");
-    pgfailover_with(dir, primary, Some(standby), password, "250ms", "500ms", None, false, &extra)
+    let coordinated = |c: ProxyToml| c.coordination(endpoints, cluster, name);
+    pgfailover_with(dir, primary, Some(standby), password, "250ms", "500ms", None, false, coordinated)
 }
 
 /// pgfailover's read-only port in front of `standby` (the target's address is `listen_ro`).
 pub fn pgfailover_read(dir: &Path, primary: u16, standby: u16, password: &str) -> Target {
-    pgfailover_with(dir, primary, Some(standby), password, "1s", "1s", None, true, "")
+    pgfailover_with(dir, primary, Some(standby), password, "1s", "1s", None, true, |c| c)
 }
 
+/// pgfailover through the test harness: its config from [`ProxyToml`] (`extra` adds to
+/// it), the password from `DB_PASSWORD`, ready once `/ready` (or `/ready/ro` naming pg-b)
+/// answers 200.
 #[allow(clippy::too_many_arguments)]
 fn pgfailover_with(
     dir: &Path,
@@ -83,49 +97,37 @@ fn pgfailover_with(
     timeout: &str,
     threads: Option<usize>,
     read: bool,
-    extra: &str,
+    extra: impl FnOnce(ProxyToml) -> ProxyToml,
 ) -> Target {
-    let main = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
-    let ro = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
-    let addr = if read { ro } else { main };
-    let admin = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
-    let cfg = dir.join(format!("pgfailover-{}.toml", addr.port()));
-    fs::write(
-        &cfg,
-        format!(
-            "listen = \"{main}\"\n{}admin_listen = \"{admin}\"\nlog_level = \"info\"\n[health]\ninterval = \"{interval}\"\ntimeout = \"{timeout}\"\n\
-             {extra}[primary]\nname = \"pg-a\"\nport = {primary}\n{}",
-            if read { format!("listen_ro = \"{ro}\"\n") } else { String::new() },
-            standby.map(|p| format!("[[standbys]]\nname = \"pg-b\"\nport = {p}\n")).unwrap_or_default()
-        ),
-    )
-    .unwrap();
-    let log = fs::File::create(dir.join(format!("pgfailover-{}.log", addr.port()))).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgfailover"));
+    let duration = |d: &str| humantime::parse_duration(d).expect("a duration");
+    let mut cfg = ProxyToml::new().log_level("info").health_interval(duration(interval)).health_timeout(duration(timeout)).backend("pg-a", primary);
+    if let Some(p) = standby {
+        cfg = cfg.backend("pg-b", p);
+    }
+    if read {
+        cfg = cfg.with_listen_ro();
+    }
+    let cfg = extra(cfg);
+    let mut site = Site::new_in(dir);
+    site.write(&cfg);
+    let mut launch: Launch = site.launch("pgfailover").env("DB_PASSWORD", password);
     if let Some(n) = threads {
-        cmd.env("PGFAILOVER_WORKER_THREADS", n.to_string());
+        launch = launch.env("PGFAILOVER_WORKER_THREADS", n.to_string());
     }
-    let child =
-        cmd.arg("--config").arg(&cfg).env("DB_PASSWORD", password).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().expect("start pgfailover");
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut p = launch.start();
     let ready = if read { "/ready/ro" } else { "/ready" };
-    loop {
-        if http_get(admin, ready).is_some_and(|r| r.starts_with("HTTP/1.1 200") && (!read || r.contains("\"pg-b\""))) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "pgfailover never became ready");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    p.admin_until_blocking(Duration::from_secs(20), ready, |r| r.status == 200 && (!read || r.body.contains("\"pg-b\"")));
     Target {
         name: match (threads, read) {
             (_, true) => "pgfailover-ro".into(),
             (Some(n), _) => format!("pgfailover-t{n}"),
             (None, _) => "pgfailover".into(),
         },
-        addr,
-        pid: Some(child.id()),
-        admin: Some(admin),
-        child: Some(child),
+        addr: if read { cfg.listen_ro().expect("a read-only port") } else { cfg.listen() },
+        pid: Some(p.pid()),
+        admin: Some(cfg.admin()),
+        child: None,
+        pgfailover: Some((p, site)),
     }
 }
 
@@ -153,7 +155,7 @@ pub fn haproxy_named(dir: &Path, backend: u16, name: &str) -> Option<Target> {
     .unwrap();
     let child = Command::new(exe).arg("-db").arg("-f").arg(&cfg).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().ok()?;
     wait_port(addr);
-    Some(Target { name: name.into(), addr, pid: Some(child.id()), admin: None, child: Some(child) })
+    Some(Target { name: name.into(), addr, pid: Some(child.id()), admin: None, child: Some(child), pgfailover: None })
 }
 
 /// PgBouncer in session mode, run as the `postgres` user when we are root (it refuses root).
@@ -203,7 +205,7 @@ pub fn pgbouncer(dir: &Path, backend: u16, password: &str) -> Option<Target> {
         assert!(Instant::now() < deadline, "pgbouncer listens on {addr} but wrote no pidfile");
         std::thread::sleep(Duration::from_millis(20));
     };
-    Some(Target { name: "pgbouncer".into(), addr, pid: Some(pid), admin: None, child: None })
+    Some(Target { name: "pgbouncer".into(), addr, pid: Some(pid), admin: None, child: None, pgfailover: None })
 }
 
 /// User + system CPU seconds of a process so far.
@@ -241,7 +243,7 @@ pub fn floor(kind: &str, backend: u16) -> Option<Target> {
         let _ = child.wait();
         return None;
     }
-    Some(Target { name: format!("{kind}-floor"), addr, pid: Some(child.id()), admin: None, child: Some(child) })
+    Some(Target { name: format!("{kind}-floor"), addr, pid: Some(child.id()), admin: None, child: Some(child), pgfailover: None })
 }
 
 /// pgfailover's failover count from `/failover/status` (a failover during the run would mean
@@ -256,16 +258,5 @@ pub fn last_event(admin: SocketAddr) -> Option<String> {
 }
 
 pub fn get_json(admin: SocketAddr, path: &str) -> Option<serde_json::Value> {
-    let r = http_get(admin, path)?;
-    serde_json::from_str(&r[r.find("\r\n\r\n")? + 4..]).ok()
-}
-
-/// The whole HTTP/1.1 response to `GET path` on pgfailover's admin port.
-pub fn http_get(admin: SocketAddr, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(admin).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).ok()?;
-    let mut r = String::new();
-    s.read_to_string(&mut r).ok()?;
-    Some(r)
+    crate::binary::admin::get(admin, path)?.json()
 }
