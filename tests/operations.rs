@@ -237,16 +237,23 @@ async fn a_second_process_takes_over_without_refusing_a_connection() {
             }
         })
     };
-    // A transaction open on the old process across the takeover, and an idle session that
-    // keeps the old process draining until the primary is killed.
+    // A transaction open on the old process across the takeover (holding a lock until it
+    // commits), and an idle session that keeps the old process draining until the primary
+    // is killed.
     let long = connect(s.listen(), &pw).await;
-    long.batch_execute("create table if not exists across (v int); begin; insert into across values (1)").await.unwrap();
+    long.batch_execute("create table if not exists across (v int); begin; insert into across values (1); select pg_advisory_xact_lock(18)").await.unwrap();
     let idle = connect(s.listen(), &pw).await;
     eventually(LIMIT, "the churn runs", || async { (ok.load(Ordering::SeqCst) >= 20).then_some(()) }).await;
 
-    // A query in flight on the old process while the new one takes over.
+    // A query in flight on the old process while the new one takes over: it waits for the
+    // open transaction's lock, so it runs until that transaction commits, after the takeover.
     let running = connect(s.listen(), &pw).await;
-    let in_flight = tokio::spawn(async move { running.simple_query("select pg_sleep(5)").await.map(|_| ()) });
+    let in_flight = tokio::spawn(async move { running.simple_query("select pg_advisory_xact_lock(18)").await.map(|_| ()) });
+    eventually(LIMIT, "the query waits for the lock on the primary", || async {
+        let waiting = tokio::task::block_in_place(|| c.psql(0, "select count(*) from pg_locks where locktype = 'advisory' and not granted"));
+        (waiting.ok()? == "1").then_some(())
+    })
+    .await;
     let mut new = s.start("new");
     eventually(LIMIT, "the new process serves the admin port", || async { (status(&s).await["config"]["pid"] == new.pid()).then_some(()) }).await;
     assert!(!in_flight.is_finished(), "the query was still running when the new process took over");
@@ -314,7 +321,9 @@ async fn on_sigterm_readiness_drops_while_it_still_accepts_for_the_shutdown_dela
     let c = cluster(1).await;
     let pw = c.options.password.clone();
     let mut s = Site::new();
-    let cfg = config(&s, Duration::from_millis(250)).cluster(&c, 2).shutdown_delay(Duration::from_secs(10));
+    // Long enough for the checks below (they take milliseconds), short enough not to hold a
+    // test slot idle: the process stays up for the whole delay before it exits.
+    let cfg = config(&s, Duration::from_millis(250)).cluster(&c, 2).shutdown_delay(Duration::from_secs(2));
     s.write(&cfg);
     let mut p = s.start("proxy");
     p.ready(LIMIT).await;
