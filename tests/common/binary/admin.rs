@@ -1,11 +1,11 @@
-//! One blocking HTTP/1.1 GET to a process's admin port, and the deadline polls the harness
-//! waits with: a check every [`POLL`] until it holds, a panic naming what did not happen.
+//! One blocking HTTP/1.1 GET to a process's admin port: small enough for the benchmarks'
+//! plain threads and for readiness polls, with no client library in between.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// How often a poll looks again.
+/// How often the harness's polls look again.
 pub const POLL: Duration = Duration::from_millis(20);
 
 /// An admin port's answer.
@@ -40,17 +40,4 @@ pub fn get(addr: SocketAddr, path: &str) -> Option<Reply> {
 pub async fn get_async(addr: SocketAddr, path: &str) -> Option<Reply> {
     let path = path.to_string();
     tokio::task::spawn_blocking(move || get(addr, &path)).await.ok().flatten()
-}
-
-/// Calls `f` until it gives `Some`, sleeping [`POLL`] between calls; panics with `what` (and
-/// whatever `context` says then) after `limit`.
-pub fn poll_blocking<T>(limit: Duration, what: &str, context: impl Fn() -> String, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for: {what}\n{}", context());
-        std::thread::sleep(POLL);
-    }
 }

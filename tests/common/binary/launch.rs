@@ -59,11 +59,13 @@ impl Launch {
     }
 
     pub fn start(self) -> Process {
-        let own = match self.dir {
-            Some(_) => None,
-            None => Some(tempfile::Builder::new().prefix("pgfailover-logs-").tempdir().expect("a directory for the logs")),
+        let (dir, own) = match self.dir {
+            Some(dir) => (dir, None),
+            None => {
+                let own = tempfile::Builder::new().prefix("pgfailover-logs-").tempdir().expect("a directory for the logs");
+                (own.path().to_path_buf(), Some(own))
+            }
         };
-        let dir = self.dir.as_deref().or(own.as_ref().map(|d| d.path())).expect("a log directory").to_path_buf();
         let (stderr, stdout) = (dir.join(format!("{}.log", self.name)), dir.join(format!("{}.out", self.name)));
         // Appending: a successor the process starts inherits both files and writes on.
         let open = |p: &Path| std::fs::OpenOptions::new().create(true).append(true).open(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));

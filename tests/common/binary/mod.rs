@@ -8,7 +8,7 @@
 //!   as systemd passes it, log files.
 //! - [`process`]: the running process ([`Process`]): its log, signals by PID, readiness and
 //!   exit polled with a deadline; killed and reaped when dropped.
-//! - [`admin`]: one blocking HTTP GET to the admin port and the deadline polls built on it.
+//! - [`admin`]: one blocking HTTP GET to the admin port.
 //!
 //! Every path into the library this harness needs is named in this file, so that reshaping
 //! `src/` changes one place here.

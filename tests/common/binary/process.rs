@@ -26,6 +26,7 @@ pub enum Signal {
     Stop,
     /// Thaw after [`Signal::Stop`].
     Cont,
+    /// End it at once (what a dropped [`Process`] gets).
     Kill,
 }
 
@@ -145,18 +146,6 @@ impl Process {
             }
             self.before(deadline, limit, "exits by itself");
             tokio::time::sleep(POLL).await;
-        }
-    }
-
-    /// As [`Process::exit`], blocking the thread.
-    pub fn exit_blocking(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(st) = self.try_exit() {
-                return st;
-            }
-            self.before(deadline, limit, "exits by itself");
-            std::thread::sleep(POLL);
         }
     }
 
