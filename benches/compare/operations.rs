@@ -8,11 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pgfailover::localpg::Cluster;
 use tokio_postgres::NoTls;
 
 use crate::binary::admin::get;
-use crate::binary::{Process, ProxyToml, Signal, Site};
+use crate::binary::{Cluster, Process, ProxyToml, Signal, Site};
 
 /// What one event cost the client.
 pub struct Outcome {

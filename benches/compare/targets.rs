@@ -7,9 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pgfailover::localpg::free_port;
-
-use crate::binary::{Launch, Process, ProxyToml, Site};
+use crate::binary::{free_addr, Launch, Process, ProxyToml, Site};
 
 pub struct Target {
     pub name: String,
@@ -143,7 +141,7 @@ pub fn haproxy(dir: &Path, backend: u16) -> Option<Target> {
 /// HAProxy in front of one server, under another name (e.g. the read-only comparison).
 pub fn haproxy_named(dir: &Path, backend: u16, name: &str) -> Option<Target> {
     let exe = which("haproxy")?;
-    let addr = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
+    let addr = free_addr();
     let cfg = dir.join(format!("haproxy-{}.cfg", addr.port()));
     fs::write(
         &cfg,
@@ -161,7 +159,7 @@ pub fn haproxy_named(dir: &Path, backend: u16, name: &str) -> Option<Target> {
 /// PgBouncer in session mode, run as the `postgres` user when we are root (it refuses root).
 pub fn pgbouncer(dir: &Path, backend: u16, password: &str) -> Option<Target> {
     let exe = which("pgbouncer")?;
-    let port = free_port().unwrap();
+    let port = free_addr().port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let pidfile = dir.join(format!("pgbouncer-{port}.pid"));
     let ini = dir.join(format!("pgbouncer-{port}.ini"));
@@ -230,7 +228,7 @@ pub fn rss_bytes(pid: u32) -> u64 {
 /// child process of this benchmark binary. None when it cannot run here.
 pub fn floor(kind: &str, backend: u16) -> Option<Target> {
     use std::io::{BufRead, BufReader};
-    let addr = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
+    let addr = free_addr();
     let mut child = Command::new(std::env::current_exe().ok()?)
         .args(["floor-proxy", kind, &addr.to_string(), &format!("127.0.0.1:{backend}")])
         .stdin(Stdio::null())
