@@ -20,8 +20,10 @@
 //! - [`localpg`]: real local PostgreSQL clusters for tests, benchmarks and the demo.
 //! - [`localetcd`]: real local etcd members for the coordination tests and benchmarks.
 //! - [`server`]: wires everything into one running proxy, and applies a reload.
-//! - [`takeover`]: restarts without a refused connection — the state lock, the listening
-//!   sockets handed to a new process, systemd socket activation and notifications.
+//! - [`takeover`]: restarts without a refused connection — [`takeover::start`] gets the
+//!   listeners and the state lock (bound afresh, from systemd, or handed over by the running
+//!   process), the handover to the next process, starting that process, systemd's sockets and
+//!   notifications.
 
 pub mod admin;
 pub mod config;

@@ -223,8 +223,7 @@ pub(crate) struct Source {
 /// listeners are bound. SIGHUP reloads the configuration from `source`; SIGUSR2 (or a reload
 /// that adds or removes backends) starts a fresh copy of this binary that takes over.
 pub(crate) fn run_until_signal(cfg: Config, logs: LogHandle, mut source: Option<Source>, ready: impl FnOnce(&pgfailover::server::Proxy)) -> ExitCode {
-    // Captured now: after an upgrade the path names the new binary.
-    let exe = std::env::current_exe().ok().map(|p| PathBuf::from(p.to_string_lossy().trim_end_matches(" (deleted)")));
+    let successor = pgfailover::takeover::Successor::of_this_process();
     let mut builder = match cfg.proxy.worker_threads {
         1 => tokio::runtime::Builder::new_current_thread(),
         0 => tokio::runtime::Builder::new_multi_thread(),
@@ -262,7 +261,7 @@ pub(crate) fn run_until_signal(cfg: Config, logs: LogHandle, mut source: Option<
         early.abort();
         let proxy = match started {
             Ok(p) => p,
-            Err(pgfailover::server::StartError::Stopped) => {
+            Err(pgfailover::server::StartError::Takeover(pgfailover::takeover::TakeoverError::Stopped)) => {
                 tracing::info!("stopped by a signal while waiting to take over; the running process carries on");
                 return ExitCode::SUCCESS;
             }
@@ -274,7 +273,6 @@ pub(crate) fn run_until_signal(cfg: Config, logs: LogHandle, mut source: Option<
         };
         ready(&proxy);
         debug_crash_monitor(&proxy);
-        let successor_running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let code = loop {
             tokio::select! {
                 sig = signals.next() => match sig {
@@ -289,15 +287,13 @@ pub(crate) fn run_until_signal(cfg: Config, logs: LogHandle, mut source: Option<
                             tracing::warn!("SIGHUP: the demo has no configuration file to reload");
                             continue;
                         };
-                        match reload(&proxy, src, file.clone(), &logs).await {
-                            Ok(true) => spawn_successor(exe.as_deref(), "the backends changed", &successor_running),
-                            Ok(false) => {}
-                            Err(()) => {}
+                        if let Ok(true) = reload(&proxy, src, file.clone(), &logs).await {
+                            successor.spawn("the backends changed");
                         }
                     }
                     Sig::Takeover => {
                         if has_state_dir {
-                            spawn_successor(exe.as_deref(), "SIGUSR2", &successor_running);
+                            successor.spawn("SIGUSR2");
                         } else {
                             tracing::error!("SIGUSR2: a takeover needs state_dir (the processes hand over through it); ignored");
                         }
@@ -305,8 +301,7 @@ pub(crate) fn run_until_signal(cfg: Config, logs: LogHandle, mut source: Option<
                 },
                 _ = proxy.handed_over() => {
                     let pid = proxy.successor();
-                    // SAFETY: signal 0 only asks whether the process exists.
-                    if unsafe { libc::kill(pid as libc::pid_t, 0) } != 0 {
+                    if !pgfailover::takeover::alive(pid) {
                         // It died after this process stopped accepting: nobody serves. Exit
                         // non-zero, so the supervisor starts a fresh one.
                         tracing::error!(pid, "the process that took over is gone; exiting with an error so the supervisor restarts the proxy");
@@ -364,41 +359,6 @@ async fn reload(proxy: &pgfailover::server::Proxy, src: &Source, file: Option<St
         Err(e) => {
             refused(e.to_string());
             Err(())
-        }
-    }
-}
-
-/// Starts a fresh copy of this binary with the same arguments; it takes the listening
-/// sockets and the monitor over through the state directory, and this process then drains
-/// and exits. If it fails first, this process carries on.
-fn spawn_successor(exe: Option<&std::path::Path>, why: &str, running: &std::sync::Arc<std::sync::atomic::AtomicBool>) {
-    use std::sync::atomic::Ordering;
-    let Some(exe) = exe else {
-        tracing::error!("cannot find this process's executable; no takeover");
-        return;
-    };
-    // One at a time: a second signal while a new process is starting changes nothing.
-    if running.swap(true, Ordering::SeqCst) {
-        tracing::warn!(why, "a new process is already starting to take over; not starting another");
-        return;
-    }
-    let running = running.clone();
-    let mut cmd = std::process::Command::new(exe);
-    cmd.args(std::env::args_os().skip(1)).stdin(std::process::Stdio::null());
-    match cmd.spawn() {
-        Ok(mut child) => {
-            let pid = child.id();
-            tracing::warn!(pid, exe = %exe.display(), why, "started a new process to take over");
-            std::thread::spawn(move || {
-                if let Ok(status) = child.wait() {
-                    tracing::warn!(pid, %status, "the new process exited");
-                }
-                running.store(false, Ordering::SeqCst);
-            });
-        }
-        Err(e) => {
-            running.store(false, Ordering::SeqCst);
-            tracing::error!(error = %e, exe = %exe.display(), "could not start a new process to take over");
         }
     }
 }
