@@ -24,6 +24,10 @@
 //!   listeners and the state lock (bound afresh, from systemd, or handed over by the running
 //!   process), the handover to the next process, starting that process, systemd's sockets and
 //!   notifications.
+//!
+//! The binary (`src/main.rs`, with its modules under `src/cli/`) parses the command line and
+//! owns what is process-wide: logging, signals, the reload from the configuration file, and
+//! the `status`, `health` and `demo` commands.
 
 pub mod admin;
 pub mod config;
