@@ -28,6 +28,10 @@
 //! The binary (`src/main.rs`, with its modules under `src/cli/`) parses the command line and
 //! owns what is process-wide: logging, signals, the reload from the configuration file, and
 //! the `status`, `health` and `demo` commands.
+//!
+//! No `unsafe` outside `takeover::systemd` (descriptors handed over across an `exec`): system
+//! calls go through `rustix` (and `nix` for the user database).
+#![deny(unsafe_code)]
 
 pub mod admin;
 pub mod config;

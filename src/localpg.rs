@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 mod procs;
 
 pub use procs::Pid;
+use procs::Signal;
 
 /// What went wrong while running a local cluster.
 #[derive(Debug, thiserror::Error)]
@@ -142,7 +143,7 @@ impl Cluster {
     /// standby streams.
     pub fn start(options: ClusterOptions) -> Result<Cluster, LocalPgError> {
         let bin = find_bindir()?;
-        let as_postgres = unsafe { libc::geteuid() } == 0;
+        let as_postgres = procs::is_root();
         let dir = tempfile::Builder::new().prefix("pgfailover-").tempdir()?;
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))?;
         let sock = dir.path().join("sock");
@@ -311,16 +312,16 @@ impl Cluster {
     /// Crash-stops node `i` like a power cut (SIGQUIT = immediate shutdown) and returns once
     /// the postmaster is gone.
     pub fn kill(&self, i: usize) -> Result<(), LocalPgError> {
-        self.signal_and_wait(i, libc::SIGQUIT, Duration::from_secs(10))
+        self.signal_and_wait(i, Signal::QUIT, Duration::from_secs(10))
     }
 
     /// Clean, fast shutdown of node `i` (SIGINT).
     pub fn stop(&self, i: usize) -> Result<(), LocalPgError> {
-        self.signal_and_wait(i, libc::SIGINT, Duration::from_secs(30))
+        self.signal_and_wait(i, Signal::INT, Duration::from_secs(30))
     }
 
     /// Sends `sig` to node `i`'s postmaster (resumed first if hung) and waits until it is gone.
-    fn signal_and_wait(&self, i: usize, sig: libc::c_int, limit: Duration) -> Result<(), LocalPgError> {
+    fn signal_and_wait(&self, i: usize, sig: Signal, limit: Duration) -> Result<(), LocalPgError> {
         let Some(pm) = self.postmaster(i) else { return Ok(()) };
         procs::resume_tree(pm);
         procs::signal(pm, sig);
@@ -354,7 +355,7 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(5));
         };
-        procs::signal(target, libc::SIGKILL);
+        procs::signal(target, Signal::KILL);
         let _ = sleeper.join();
         let deadline = Instant::now() + Duration::from_secs(30);
         while self.psql(i, "select 1").is_err() {
@@ -375,12 +376,12 @@ impl Cluster {
 
     /// Freezes one process (SIGSTOP), e.g. a standby's startup process or a WAL sender.
     pub fn pause_process(&self, pid: Pid) {
-        procs::signal(pid, libc::SIGSTOP);
+        procs::signal(pid, Signal::STOP);
     }
 
     /// Undoes [`pause_process`](Self::pause_process).
     pub fn resume_process(&self, pid: Pid) {
-        procs::signal(pid, libc::SIGCONT);
+        procs::signal(pid, Signal::CONT);
     }
 
     /// Freezes node `i` like a hung host: SIGSTOP to the postmaster and all its children.

@@ -1,6 +1,7 @@
 //! The `pgfailover` binary: parses the command line and dispatches — run the proxy
 //! ([`cli::run`]), validate a configuration (`--check`), run the demo, show the status. Its
 //! modules are under `src/cli/`.
+#![deny(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -133,12 +134,10 @@ fn main() -> ExitCode {
 /// Two descriptors per client: use all the open files the hard limit allows (the default
 /// `proxy.max_client_connections` is derived from it).
 fn raise_open_file_limit() {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit/setrlimit on a struct we own.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let lim = getrlimit(Resource::Nofile);
+    // `None` is unlimited.
+    if lim.current.unwrap_or(u64::MAX) < lim.maximum.unwrap_or(u64::MAX) {
+        let _ = setrlimit(Resource::Nofile, Rlimit { current: lim.maximum, maximum: lim.maximum });
     }
 }
