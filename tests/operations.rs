@@ -96,7 +96,7 @@ impl Proc {
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
         let mut cmd = match systemd_fd {
             None => Command::new(BIN),
-            Some(fd) => pgfailover::takeover::socket_activated(std::path::Path::new(BIN), fd),
+            Some(fd) => pgfailover::testkit::socket_activated(std::path::Path::new(BIN), fd),
         };
         cmd.arg("--config").arg(s.config()).env_remove("RUST_LOG").stdin(Stdio::null()).stdout(file.try_clone().unwrap()).stderr(file);
         let child = cmd.spawn().expect("start pgfailover");

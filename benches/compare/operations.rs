@@ -70,7 +70,7 @@ impl Setup {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("proxy.log")).unwrap();
         let mut cmd = match socket {
             None => Command::new(env!("CARGO_BIN_EXE_pgfailover")),
-            Some(fd) => pgfailover::takeover::socket_activated(std::path::Path::new(env!("CARGO_BIN_EXE_pgfailover")), fd),
+            Some(fd) => pgfailover::testkit::socket_activated(std::path::Path::new(env!("CARGO_BIN_EXE_pgfailover")), fd),
         };
         cmd.arg("--config").arg(self.dir.join("proxy.toml")).env("DB_PASSWORD", pw).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
         Proc(cmd.spawn().expect("start pgfailover"))

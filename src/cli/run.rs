@@ -66,7 +66,8 @@ pub fn until_signal(cfg: Config, logs: LogHandle, mut source: Option<Source>, re
             }
         };
         ready(&proxy);
-        debug_crash_monitor(&proxy);
+        #[cfg(feature = "testkit")]
+        pgfailover::testkit::crash_monitor_from_env(&proxy);
         let code = loop {
             tokio::select! {
                 sig = signals.next() => match sig {
@@ -117,20 +118,4 @@ pub fn until_signal(cfg: Config, logs: LogHandle, mut source: Option<Source>, re
         tracing::info!("stopped");
         code
     })
-}
-
-/// Fault injection for the binary's own tests, in debug builds only:
-/// `PGFAILOVER_DEBUG_CRASH_MONITOR_AFTER=<duration>` makes the health monitor panic.
-fn debug_crash_monitor(proxy: &Proxy) {
-    if !cfg!(debug_assertions) {
-        return;
-    }
-    let Some(after) = std::env::var("PGFAILOVER_DEBUG_CRASH_MONITOR_AFTER").ok().and_then(|v| pgfailover::duration::parse_duration(&v).ok()) else {
-        return;
-    };
-    let monitor = proxy.monitor.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(after).await;
-        monitor.crash_for_test().await;
-    });
 }

@@ -55,6 +55,7 @@ pub fn children(pid: Pid) -> Vec<Pid> {
         .collect()
 }
 
+#[cfg(feature = "testkit")]
 /// A process's title (`/proc/<pid>/cmdline`, which PostgreSQL rewrites to e.g.
 /// "postgres: startup recovering 0000000100000000000000A3").
 pub fn title(pid: Pid) -> Option<String> {
@@ -62,6 +63,7 @@ pub fn title(pid: Pid) -> Option<String> {
     Some(String::from_utf8_lossy(&raw).replace('\0', " ").trim().to_string())
 }
 
+#[cfg(feature = "testkit")]
 /// SIGSTOP the postmaster first (so it forks nothing new), then every child.
 pub fn stop_tree(pm: Pid) {
     signal(pm, Signal::STOP);

@@ -47,6 +47,7 @@ pub use inherited::Inherited;
 pub use lock::{lock_path, StateLock};
 pub use successor::{alive, Successor};
 pub use systemd::sd_notify;
+#[cfg(feature = "testkit")]
 pub use systemd::socket_activated;
 
 /// Why this process could not get its listening sockets or its hold on the state directory.

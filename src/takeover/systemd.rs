@@ -65,6 +65,7 @@ pub fn sd_notify(state: &str) {
 /// A command that starts `program` as systemd starts a socket-activated service with one
 /// socket: `fd` becomes descriptor 3, `LISTEN_FDS=1`, `LISTEN_PID` names the process (a
 /// shell sets it to its own pid, then execs). For tests and benchmarks.
+#[cfg(feature = "testkit")]
 pub fn socket_activated(program: &Path, fd: RawFd) -> std::process::Command {
     use std::os::unix::process::CommandExt;
     let mut sh = std::process::Command::new("/bin/sh");
