@@ -3,6 +3,7 @@
 
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
+/// What a signal asks of the proxy.
 pub enum Sig {
     Stop,
     Reload,

@@ -78,11 +78,13 @@ fn handshake_err(dir: &Path) -> impl FnOnce(io::Error) -> TakeoverError {
 pub struct Listeners {
     /// Client connections (`listen`).
     pub client: TcpListener,
+    /// Where `client` is bound (the status and the log show it; tests connect to it).
     pub client_addr: SocketAddr,
-    /// The read-only port (`listen_ro`), when configured.
+    /// The read-only port (`listen_ro`) and where it is bound, when configured.
     pub read: Option<(TcpListener, SocketAddr)>,
     /// The admin HTTP port (`admin_listen`).
     pub admin: TcpListener,
+    /// Where `admin` is bound.
     pub admin_addr: SocketAddr,
 }
 
@@ -91,6 +93,8 @@ pub struct Listeners {
 pub struct Hold {
     /// The state directory, when configured.
     dir: Option<PathBuf>,
+    /// The state lock once this process has it: at once on a fresh start, after
+    /// [`Hold::lock`] when taking over.
     lock: Option<StateLock>,
     /// The handshake with the process this one takes over from, until it says `RELEASED`.
     previous: Option<UnixStream>,

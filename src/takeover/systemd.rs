@@ -71,12 +71,16 @@ pub fn socket_activated(program: &Path, fd: RawFd) -> std::process::Command {
     let mut sh = std::process::Command::new("/bin/sh");
     sh.arg("-c").arg("LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$@\"").arg(program);
     let place = move || {
-        // SAFETY: fcntl and dup2 are async-signal-safe and touch only this (forked) child's
-        // descriptor table; `fd` is the caller's open socket, inherited by the fork.
         if fd == 3 {
+            // SAFETY: fcntl is async-signal-safe and changes only this forked child's
+            // descriptor 3 (the caller's socket already): it survives the exec.
             unsafe { libc::fcntl(3, libc::F_SETFD, 0) };
-        } else if unsafe { libc::dup2(fd, 3) } < 0 {
-            return Err(io::Error::last_os_error());
+        } else {
+            // SAFETY: dup2 is async-signal-safe and changes only this forked child's
+            // descriptor table; `fd` is the caller's open socket, inherited by the fork.
+            if unsafe { libc::dup2(fd, 3) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
         }
         Ok(())
     };
