@@ -182,12 +182,9 @@ impl CoordinationConfig {
     }
 }
 
-/// This machine's host name (`gethostname`), or "pgfailover".
+/// This machine's host name (`uname`'s node name, as `gethostname` reads it), or "pgfailover".
 pub fn host_name() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname writes at most buf.len() bytes into our buffer.
-    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
-    let name = if ok { String::from_utf8_lossy(&buf[..buf.iter().position(|b| *b == 0).unwrap_or(buf.len())]).into_owned() } else { String::new() };
+    let name = rustix::system::uname().nodename().to_string_lossy().into_owned();
     if name.is_empty() {
         "pgfailover".into()
     } else {
@@ -224,9 +221,8 @@ pub struct ProxyConfig {
 /// The default cap on client connections: 10,000, or fewer when the open-file limit would
 /// not hold them (each client takes two descriptors, plus a few for the proxy itself).
 pub fn default_max_client_connections() -> usize {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit writes into the struct we own.
-    let files = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 { lim.rlim_cur as usize } else { 20_000 };
+    // `None`: unlimited.
+    let files = rustix::process::getrlimit(rustix::process::Resource::Nofile).current.map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
     (files.saturating_sub(100) / 2).clamp(1, 10_000)
 }
 

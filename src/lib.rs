@@ -17,17 +17,29 @@
 //! - [`admin`]: the HTTP side port (status, history, trigger, metrics).
 //! - [`metrics`]: per-instance Prometheus series.
 //! - [`duration`]: human durations ("250ms") and millisecond figures.
-//! - [`localpg`]: real local PostgreSQL clusters for tests, benchmarks and the demo.
-//! - [`localetcd`]: real local etcd members for the coordination tests and benchmarks.
 //! - [`server`]: wires everything into one running proxy, and applies a reload.
-//! - [`takeover`]: restarts without a refused connection — the state lock, the listening
-//!   sockets handed to a new process, systemd socket activation and notifications.
+//! - [`takeover`]: restarts without a refused connection — [`takeover::start`] gets the
+//!   listeners and the state lock (bound afresh, from systemd, or handed over by the running
+//!   process), the handover to the next process, starting that process, systemd's sockets and
+//!   notifications.
+//! - [`localpg`]: real local PostgreSQL clusters. In the release binary for `pgfailover
+//!   demo`; the tests and benchmarks use the same clusters, and with `testkit` the faults they
+//!   inflict on them (crash, hang, freeze).
+//! - `testkit` (feature `testkit`, on for the tests and benchmarks only): a throw-away etcd,
+//!   the socket-activation launcher, crash injection for the binary.
+//!
+//! The binary (`src/main.rs`, with its modules under `src/cli/`) parses the command line and
+//! owns what is process-wide: logging, signals, the reload from the configuration file, and
+//! the `status`, `health` and `demo` commands.
+//!
+//! No `unsafe` outside `takeover::systemd` (descriptors handed over across an `exec`): system
+//! calls go through `rustix` (and `nix` for the user database).
+#![deny(unsafe_code)]
 
 pub mod admin;
 pub mod config;
 pub mod coord;
 pub mod duration;
-pub mod localetcd;
 pub mod localpg;
 pub mod metrics;
 pub mod monitor;
@@ -35,3 +47,5 @@ pub mod proxy;
 pub mod route;
 pub mod server;
 pub mod takeover;
+#[cfg(feature = "testkit")]
+pub mod testkit;

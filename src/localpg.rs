@@ -1,6 +1,8 @@
-//! Real local PostgreSQL clusters for tests, benchmarks and the demo: a primary and N
-//! streaming standbys on free loopback ports, in a temporary directory that is stopped and
-//! deleted on drop (also when a test panics).
+//! Real local PostgreSQL clusters: a primary and N streaming standbys on free loopback
+//! ports, in a temporary directory that is stopped and deleted on drop (also when a test
+//! panics). In the release binary because `pgfailover demo` runs one; the tests and
+//! benchmarks build theirs with it too, and only they (feature `testkit`) get the faults of
+//! `localpg/faults.rs` (stop, restart, crash, freeze, promote).
 //!
 //! Nodes run as the `postgres` OS user when this process is root (`initdb` refuses root).
 //! Clients reach the nodes over TCP with SCRAM (`password`), the harness itself over the
@@ -14,9 +16,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+#[cfg(feature = "testkit")]
+mod faults;
 mod procs;
 
 pub use procs::Pid;
+use procs::Signal;
 
 /// What went wrong while running a local cluster.
 #[derive(Debug, thiserror::Error)]
@@ -142,7 +147,7 @@ impl Cluster {
     /// standby streams.
     pub fn start(options: ClusterOptions) -> Result<Cluster, LocalPgError> {
         let bin = find_bindir()?;
-        let as_postgres = unsafe { libc::geteuid() } == 0;
+        let as_postgres = procs::is_root();
         let dir = tempfile::Builder::new().prefix("pgfailover-").tempdir()?;
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))?;
         let sock = dir.path().join("sock");
@@ -311,98 +316,15 @@ impl Cluster {
     /// Crash-stops node `i` like a power cut (SIGQUIT = immediate shutdown) and returns once
     /// the postmaster is gone.
     pub fn kill(&self, i: usize) -> Result<(), LocalPgError> {
-        self.signal_and_wait(i, libc::SIGQUIT, Duration::from_secs(10))
-    }
-
-    /// Clean, fast shutdown of node `i` (SIGINT).
-    pub fn stop(&self, i: usize) -> Result<(), LocalPgError> {
-        self.signal_and_wait(i, libc::SIGINT, Duration::from_secs(30))
+        self.signal_and_wait(i, Signal::QUIT, Duration::from_secs(10))
     }
 
     /// Sends `sig` to node `i`'s postmaster (resumed first if hung) and waits until it is gone.
-    fn signal_and_wait(&self, i: usize, sig: libc::c_int, limit: Duration) -> Result<(), LocalPgError> {
+    fn signal_and_wait(&self, i: usize, sig: Signal, limit: Duration) -> Result<(), LocalPgError> {
         let Some(pm) = self.postmaster(i) else { return Ok(()) };
         procs::resume_tree(pm);
         procs::signal(pm, sig);
         procs::wait_gone(pm, limit).then_some(()).ok_or_else(|| LocalPgError::Timeout(format!("{} did not stop", self.nodes[i].name)))
-    }
-
-    /// Fast restart of node `i` (`pg_ctl restart -m fast`: clean shutdown, start): the port
-    /// refuses connections meanwhile.
-    pub fn restart(&self, i: usize) -> Result<(), LocalPgError> {
-        let n = &self.nodes[i];
-        self.run(self.tool("pg_ctl").args(["-D", &n.data.to_string_lossy(), "-l", &n.log.to_string_lossy(), "-m", "fast", "-w", "-t", "60", "restart"]))?;
-        Ok(())
-    }
-
-    /// A crash restart of node `i`: one backend is killed with SIGKILL, so the postmaster
-    /// ends every session, reinitialises shared memory and replays WAL (answering 57P03
-    /// meanwhile). Returns once a new session is possible.
-    pub fn crash_restart(&self, i: usize) -> Result<(), LocalPgError> {
-        // A session of our own that sleeps, so the kill lands on a live backend.
-        let mut sleep = self.psql_command(i, "select pg_sleep(30)");
-        let sleeper = std::thread::spawn(move || {
-            let _ = sleep.output();
-        });
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let target = loop {
-            if let Some(p) = self.process(i, "SELECT") {
-                break p;
-            }
-            if Instant::now() > deadline {
-                return Err(LocalPgError::Timeout("the sleeping session did not start".into()));
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
-        procs::signal(target, libc::SIGKILL);
-        let _ = sleeper.join();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.psql(i, "select 1").is_err() {
-            if Instant::now() > deadline {
-                return Err(LocalPgError::Timeout("node did not come back after a crash restart".into()));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Ok(())
-    }
-
-    /// A child process of node `i`'s postmaster whose title contains `title` (e.g.
-    /// "startup", "walsender", "walreceiver").
-    pub fn process(&self, i: usize, title: &str) -> Option<Pid> {
-        let pm = self.postmaster(i)?;
-        procs::children(pm).into_iter().find(|c| procs::title(*c).is_some_and(|t| t.contains(title)))
-    }
-
-    /// Freezes one process (SIGSTOP), e.g. a standby's startup process or a WAL sender.
-    pub fn pause_process(&self, pid: Pid) {
-        procs::signal(pid, libc::SIGSTOP);
-    }
-
-    /// Undoes [`pause_process`](Self::pause_process).
-    pub fn resume_process(&self, pid: Pid) {
-        procs::signal(pid, libc::SIGCONT);
-    }
-
-    /// Freezes node `i` like a hung host: SIGSTOP to the postmaster and all its children.
-    /// Connections stay open but nothing answers.
-    pub fn hang(&self, i: usize) -> Result<(), LocalPgError> {
-        let pm = self.postmaster(i).ok_or_else(|| LocalPgError::Timeout("node is not running".into()))?;
-        procs::stop_tree(pm);
-        Ok(())
-    }
-
-    /// Undoes [`hang`](Self::hang).
-    pub fn resume(&self, i: usize) {
-        if let Some(pm) = self.postmaster(i) {
-            procs::resume_tree(pm);
-        }
-    }
-
-    /// Promotes standby `i` with `pg_ctl promote` and waits until it accepts writes.
-    pub fn promote(&self, i: usize) -> Result<(), LocalPgError> {
-        let n = &self.nodes[i];
-        self.run(self.tool("pg_ctl").args(["-D", &n.data.to_string_lossy(), "-w", "-t", "60", "promote"]))?;
-        Ok(())
     }
 
     /// The postmaster's PID, when node `i` runs.

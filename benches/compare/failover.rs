@@ -12,7 +12,7 @@ use pgfailover::localpg::{Cluster, ClusterOptions};
 use tokio_postgres::NoTls;
 
 use crate::targets;
-use pgfailover::localetcd::Etcd;
+use pgfailover::testkit::etcd::Etcd;
 
 pub struct Trial {
     pub time: Duration,

@@ -307,7 +307,7 @@ fn failover_times(dir: &std::path::Path) {
     println!("(new connection + INSERT every 20 ms; interval 250ms, timeout 500ms, threshold 3)");
     println!("one proxy alone, and three proxies coordinated through etcd (connections to each in turn), interleaved");
     // etcd for the coordinated trials, when installed (Debian: etcd-server).
-    let etcd = pgfailover::localetcd::Etcd::start(1).map_err(|e| println!("coordinated trials skipped: {e}")).ok();
+    let etcd = pgfailover::testkit::etcd::Etcd::start(1).map_err(|e| println!("coordinated trials skipped: {e}")).ok();
     let mut rows: Vec<(&str, usize, Vec<f64>, u64)> = vec![("1 proxy", 1, Vec::new(), 0)];
     if etcd.is_some() {
         rows.push(("3 coordinated proxies", 3, Vec::new(), 0));

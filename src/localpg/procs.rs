@@ -4,18 +4,20 @@ use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+pub use rustix::process::Signal;
+
 pub type Pid = i32;
+
+/// Whether this process runs as root (`initdb` refuses to).
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
 
 /// Gives a path to the `postgres` OS user (we are root; the server must own its files).
 pub fn chown_to_postgres(path: &Path) -> Result<(), String> {
-    let name = std::ffi::CString::new("postgres").expect("no NUL");
-    // SAFETY: getpwnam returns a pointer into static storage or NULL; read at once.
-    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
-    if pw.is_null() {
-        return Err("no such user: postgres (create it with `useradd --system postgres`)".into());
-    }
-    let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
-    std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(|e| format!("chown {}: {e}", path.display()))
+    let missing = || "no such user: postgres (create it with `useradd --system postgres`)".to_string();
+    let pw = nix::unistd::User::from_name("postgres").map_err(|_| missing())?.ok_or_else(missing)?;
+    std::os::unix::fs::chown(path, Some(pw.uid.as_raw()), Some(pw.gid.as_raw())).map_err(|e| format!("chown {}: {e}", path.display()))
 }
 
 /// `(state, ppid)` from `/proc/<pid>/stat`; `None` when the process is gone.
@@ -34,10 +36,11 @@ pub fn alive(pid: Pid) -> bool {
     matches!(stat(pid), Some((s, _)) if s != 'Z' && s != 'X')
 }
 
-pub fn signal(pid: Pid, sig: libc::c_int) {
-    // SAFETY: plain kill(2) on a PID we started (read from the cluster's own postmaster.pid).
-    unsafe {
-        libc::kill(pid, sig);
+/// Sends `sig` to `pid` (one we started: read from the cluster's own `postmaster.pid`);
+/// a process already gone is no error.
+pub fn signal(pid: Pid, sig: Signal) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+        let _ = rustix::process::kill_process(pid, sig);
     }
 }
 
@@ -52,6 +55,7 @@ pub fn children(pid: Pid) -> Vec<Pid> {
         .collect()
 }
 
+#[cfg(feature = "testkit")]
 /// A process's title (`/proc/<pid>/cmdline`, which PostgreSQL rewrites to e.g.
 /// "postgres: startup recovering 0000000100000000000000A3").
 pub fn title(pid: Pid) -> Option<String> {
@@ -59,20 +63,21 @@ pub fn title(pid: Pid) -> Option<String> {
     Some(String::from_utf8_lossy(&raw).replace('\0', " ").trim().to_string())
 }
 
+#[cfg(feature = "testkit")]
 /// SIGSTOP the postmaster first (so it forks nothing new), then every child.
 pub fn stop_tree(pm: Pid) {
-    signal(pm, libc::SIGSTOP);
+    signal(pm, Signal::STOP);
     for c in children(pm) {
-        signal(c, libc::SIGSTOP);
+        signal(c, Signal::STOP);
     }
 }
 
 /// SIGCONT the children, then the postmaster.
 pub fn resume_tree(pm: Pid) {
     for c in children(pm) {
-        signal(c, libc::SIGCONT);
+        signal(c, Signal::CONT);
     }
-    signal(pm, libc::SIGCONT);
+    signal(pm, Signal::CONT);
 }
 
 /// Polls `/proc` until `pid` is gone or a zombie.

@@ -1,8 +1,8 @@
-//! A real etcd for the coordination tests ([`pgfailover::localetcd`]), from async tests.
+//! A real etcd for the coordination tests ([`pgfailover::testkit::etcd`]), from async tests.
 
 use std::time::Duration;
 
-pub use pgfailover::localetcd::Etcd;
+pub use pgfailover::testkit::etcd::Etcd;
 
 /// Starts `n` members off the runtime's workers and waits until they are healthy.
 pub async fn start(n: usize) -> Etcd {

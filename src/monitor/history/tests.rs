@@ -67,9 +67,7 @@ fn a_stalled_disk_never_blocks_push() {
     let dir = tempfile::tempdir().unwrap();
     let mut h = History::open(dir.path()).unwrap();
     let fifo = dir.path().join("history.jsonl");
-    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-    // SAFETY: mkfifo on a path in our own temporary directory.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o600), 0).unwrap();
     let started = Instant::now();
     h.push(ev(EventKind::Fence, "pg-a"));
     h.set_fences(Fences::from([("pg-a".to_string(), fence("x"))]));

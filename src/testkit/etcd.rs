@@ -1,7 +1,7 @@
-//! A throw-away etcd for tests and benchmarks (Debian's `etcd-server`): one or more members
-//! on free loopback ports with temporary data directories. Members can be killed (SIGKILL)
-//! and started again; everything stops and is removed on drop. Blocking calls: run them off
-//! an async runtime's workers.
+//! A throw-away etcd (Debian's `etcd-server`): one or more members on free loopback ports
+//! with temporary data directories. Members can be killed (SIGKILL) and started again;
+//! everything stops and is removed on drop. Blocking calls: run them off an async runtime's
+//! workers.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -47,8 +47,8 @@ pub fn main(overrides: Overrides) -> ExitCode {
     // prints a curl line that uses it.
     let token = cfg.admin_token.clone().unwrap_or_else(|| Secret::new(random_token()));
     cfg.admin_token = Some(token.clone());
-    let logs = crate::init_logging(&cfg);
-    let code = crate::run_until_signal(cfg.clone(), logs, None, |bound| {
+    let logs = super::logging::init(&cfg);
+    let code = super::run::until_signal(cfg.clone(), logs, None, |bound| {
         let a = bound.client_addr;
         println!(
             "\npgfailover demo is running (Ctrl-C stops it and deletes the cluster in {dir}).\n\n\
