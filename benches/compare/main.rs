@@ -6,7 +6,8 @@
 //! Environment: BENCH_ROUNDS (3), BENCH_SECONDS per pgbench run (10), BENCH_COPY_OUT_MB
 //! (1024), BENCH_COPY_IN_MB (512), BENCH_COPY_REPEAT (3: a bulk measurement is the best of
 //! that many back-to-back runs), BENCH_IDLE connections (5000), BENCH_FAILOVER_TRIALS (5),
-//! BENCH_ONLY=throughput,reads,memory,failover,operations (all), BENCH_WORKLOADS=a,b,c,d,e (all),
+//! BENCH_ONLY=throughput,reads,memory,failover,operations (all; `concurrency` is opt-in: see
+//! concurrency.rs), BENCH_WORKLOADS=a,b,c,d,e (all),
 //! BENCH_TARGETS=pgfailover,haproxy,pgbouncer,splice-floor (all that can run here; add
 //! sockmap-floor for the in-kernel reference in floors.rs, opt-in: it needs root and makes
 //! COPY a third slower), BENCH_PGFAILOVER_THREADS=1,0
@@ -17,6 +18,7 @@
 // and stopped the same way in both.
 #[path = "../../tests/common/binary/mod.rs"]
 mod binary;
+mod concurrency;
 mod failover;
 mod floors;
 mod idle;
@@ -69,6 +71,9 @@ fn main() {
     std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     if only.contains("throughput") {
         throughput(dir.path());
+    }
+    if only.contains("concurrency") {
+        concurrency::run(dir.path());
     }
     if only.contains("reads") {
         reads(dir.path());

@@ -68,18 +68,26 @@ pub fn pgfailover(dir: &Path, primary: u16, standby: Option<u16>, password: &str
 
 /// pgfailover with `proxy.worker_threads` set (None: the default).
 pub fn pgfailover_threads(dir: &Path, primary: u16, standby: Option<u16>, password: &str, interval: &str, timeout: &str, threads: Option<usize>) -> Target {
-    pgfailover_with(dir, primary, standby, password, interval, timeout, threads, false, |c| c)
+    pgfailover_with(dir, primary, standby, password, interval, timeout, threads, false, None, |c| c)
+}
+
+/// Another build of pgfailover (`program`, e.g. the commit before a change), named `name`,
+/// configured as [`pgfailover`] configures the one under test.
+pub fn pgfailover_build(dir: &Path, primary: u16, standby: Option<u16>, password: &str, program: &Path, name: &str) -> Target {
+    let mut t = pgfailover_with(dir, primary, standby, password, "1s", "1s", None, false, Some(program), |c| c);
+    t.name = name.into();
+    t
 }
 
 /// pgfailover coordinated with others through etcd (`[coordination]`, this proxy's `name`).
 pub fn pgfailover_coordinated(dir: &Path, primary: u16, standby: u16, password: &str, endpoints: &[String], name: &str, cluster: &str) -> Target {
     let coordinated = |c: ProxyToml| c.coordination(endpoints, cluster, name);
-    pgfailover_with(dir, primary, Some(standby), password, "250ms", "500ms", None, false, coordinated)
+    pgfailover_with(dir, primary, Some(standby), password, "250ms", "500ms", None, false, None, coordinated)
 }
 
 /// pgfailover's read-only port in front of `standby` (the target's address is `listen_ro`).
 pub fn pgfailover_read(dir: &Path, primary: u16, standby: u16, password: &str) -> Target {
-    pgfailover_with(dir, primary, Some(standby), password, "1s", "1s", None, true, |c| c)
+    pgfailover_with(dir, primary, Some(standby), password, "1s", "1s", None, true, None, |c| c)
 }
 
 /// pgfailover through the test harness: its config from [`ProxyToml`] (`extra` adds to
@@ -95,6 +103,7 @@ fn pgfailover_with(
     timeout: &str,
     threads: Option<usize>,
     read: bool,
+    program: Option<&Path>,
     extra: impl FnOnce(ProxyToml) -> ProxyToml,
 ) -> Target {
     let duration = |d: &str| humantime::parse_duration(d).expect("a duration");
@@ -111,6 +120,9 @@ fn pgfailover_with(
     let mut launch: Launch = site.launch("pgfailover").env("DB_PASSWORD", password);
     if let Some(n) = threads {
         launch = launch.env("PGFAILOVER_WORKER_THREADS", n.to_string());
+    }
+    if let Some(program) = program {
+        launch = launch.program(program);
     }
     let mut p = launch.start();
     let ready = if read { "/ready/ro" } else { "/ready" };

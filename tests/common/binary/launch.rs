@@ -23,11 +23,13 @@ pub struct Launch {
     admin: Option<SocketAddr>,
     /// Where the log files go; None: a directory of the process's own.
     dir: Option<PathBuf>,
+    /// Another build of pgfailover (a benchmark's baseline); None: the binary under test.
+    program: Option<PathBuf>,
 }
 
 impl Launch {
     pub fn new(name: &str) -> Launch {
-        Launch { name: name.into(), args: Vec::new(), env: Vec::new(), socket: None, admin: None, dir: None }
+        Launch { name: name.into(), args: Vec::new(), env: Vec::new(), socket: None, admin: None, dir: None, program: None }
     }
 
     pub fn args<A: Into<OsString>>(mut self, args: impl IntoIterator<Item = A>) -> Self {
@@ -52,6 +54,12 @@ impl Launch {
         self
     }
 
+    /// Runs another build of pgfailover instead of the one under test (not with a socket).
+    pub fn program(mut self, path: &Path) -> Self {
+        self.program = Some(path.to_path_buf());
+        self
+    }
+
     /// Writes the log files into `dir`.
     pub fn logs_in(mut self, dir: &Path) -> Self {
         self.dir = Some(dir.to_path_buf());
@@ -69,9 +77,10 @@ impl Launch {
         let (stderr, stdout) = (dir.join(format!("{}.log", self.name)), dir.join(format!("{}.out", self.name)));
         // Appending: a successor the process starts inherits both files and writes on.
         let open = |p: &Path| std::fs::OpenOptions::new().create(true).append(true).open(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        let mut cmd = match self.socket {
-            None => Command::new(BIN),
-            Some(fd) => socket_activated(fd),
+        let mut cmd = match (self.socket, &self.program) {
+            (None, None) => Command::new(BIN),
+            (None, Some(program)) => Command::new(program),
+            (Some(fd), _) => socket_activated(fd),
         };
         hermetic(&mut cmd).args(&self.args).envs(self.env).stdin(Stdio::null()).stdout(open(&stdout)).stderr(open(&stderr));
         let child = cmd.spawn().unwrap_or_else(|e| panic!("start {BIN}: {e}"));

@@ -45,7 +45,7 @@ pub fn free_addr() -> SocketAddr {
 
 /// The launcher that hands `fd` to the binary as systemd hands a socket unit's socket.
 fn socket_activated(fd: std::os::fd::RawFd) -> Command {
-    pgfailover::takeover::socket_activated(std::path::Path::new(BIN), fd)
+    pgfailover::testkit::socket_activated(std::path::Path::new(BIN), fd)
 }
 
 /// Variables the binary reads (configuration layers, log filter, systemd's protocol): the
