@@ -24,6 +24,7 @@
 //!   sockets handed to a new process, systemd socket activation and notifications.
 
 pub mod admin;
+pub mod cluster;
 pub mod config;
 pub mod coord;
 pub mod duration;

@@ -3,7 +3,7 @@
 //!
 //! One `session` at a time holds an etcd lease (renewed every third of its TTL), publishes
 //! this proxy's view under `members/<name>` on it, campaigns for leadership in etcd's
-//! election, and watches the cluster's keys ([`records`]). The monitor learns everything
+//! election, and watches the cluster's keys ([`keys`]; their values are [`crate::cluster`]'s). The monitor learns everything
 //! through [`Event`]s and asks for writes through the [`Coordinator`] handle:
 //!
 //! - only the leader promotes, and only after a transaction that succeeds while its election
@@ -22,10 +22,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::CoordinationConfig;
 
-pub mod records;
+pub mod keys;
 mod session;
 
-pub use records::{FenceRecord, MemberView, PrimaryRecord, Request, Response};
+pub use crate::cluster::{FenceRecord, MemberView, PrimaryRecord, Request, Response};
 
 /// What the coordinator tells the monitor. They come in batches (one etcd read or one watch
 /// response each), to be applied together before anything is re-decided.

@@ -12,7 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::CoordinationConfig;
 
-use super::records::{FenceRecord, KeyKind, Keys, MemberView, PrimaryRecord, Request, Response};
+use crate::cluster::{FenceKind, FenceRecord, MemberView, PrimaryRecord, Request, Response};
+
+use super::keys::{KeyKind, Keys};
 use super::{Cmd, CoordStatus, Event};
 
 /// The coordinator's ends of its channels.
@@ -563,7 +565,7 @@ async fn flush_pending(client: &mut Client, m: &mut Mirror) {
         let key = m.keys.fence(&backend);
         let done = match &op {
             Pending::Put(f) => {
-                if f.fence.kind == crate::monitor::machine::FenceKind::SplitBrain && m.record.as_ref().is_some_and(|r| r.name == backend) {
+                if f.fence.kind == FenceKind::SplitBrain && m.record.as_ref().is_some_and(|r| r.name == backend) {
                     tracing::warn!(%backend, "not sharing a split-brain fence on the recorded primary (decided on a stale view)");
                     Ok(())
                 } else if m.fences.get(&backend) == Some(f) {

@@ -46,6 +46,7 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::cluster::{Fence, FenceKind};
 use crate::config::PromoteMode;
 
 use super::check_error::CheckError;
@@ -60,7 +61,7 @@ mod eligibility;
 mod failover;
 mod reads;
 
-pub use backend::{Backend, Fence, FenceKind, Repoint};
+pub use backend::{Backend, Repoint};
 pub use coordination::Coord;
 pub use reads::ReadStanding;
 

@@ -87,7 +87,7 @@ pub fn spawn(
     tracker: &TaskTracker,
 ) -> MonitorHandle {
     let names: Vec<String> = backends.iter().map(|b| b.name.clone()).collect();
-    let fenced: Vec<(String, super::machine::Fence)> = history.fences().into_iter().filter(|(n, _)| names.contains(n)).collect();
+    let fenced: Vec<(String, crate::cluster::Fence)> = history.fences().into_iter().filter(|(n, _)| names.contains(n)).collect();
     if !fenced.is_empty() {
         let list: Vec<&str> = fenced.iter().map(|(n, _)| n.as_str()).collect();
         tracing::warn!(fenced = %list.join(", "), "restored fences from the state directory");

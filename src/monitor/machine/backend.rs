@@ -2,47 +2,12 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use serde::{Deserialize, Serialize};
-
+use crate::cluster::Fence;
 use crate::duration::as_millis_f64;
 use crate::monitor::check_error::{CheckError, ErrorKind};
 use crate::monitor::observation::Observation;
 
 use super::Now;
-
-/// Why a backend is fenced; decides whether its reappearance as a primary is a split brain.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FenceKind {
-    /// Fenced while unreachable (automatic failover, or restored from the journal): coming
-    /// back writable is a split brain.
-    Unreachable,
-    /// Replaced by a manual failover while alive: still being writable is expected.
-    Superseded,
-    /// Lost a split brain (already counted).
-    SplitBrain,
-    /// Asked to promote, then given up while it did not answer: it may still come back
-    /// promoted, so it is not unfenced when it answers in recovery; only an operator clears it.
-    PromotionAsked,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Fence {
-    pub kind: FenceKind,
-    pub reason: String,
-    /// Set by another coordinated proxy, arrived at this instant: not this proxy's to share
-    /// or to lift by giving a failover up, and only a check begun after it may show the
-    /// backend rebuilt as a standby. Travels with the fence, so it can never outlive it.
-    #[serde(skip)]
-    pub peer: Option<Instant>,
-}
-
-impl Fence {
-    /// A fence this proxy sets itself.
-    pub fn new(kind: FenceKind, reason: String) -> Fence {
-        Fence { kind, reason, peer: None }
-    }
-}
 
 /// The last attempt to point a standby's WAL receiver at the routed primary.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::config::PromoteMode;
 use crate::monitor::event::EventKind;
 
-use super::{Action, Fence, Machine, Now, Trigger};
+use crate::cluster::Fence;
+
+use super::{Action, Machine, Now, Trigger};
 
 /// What coordination tells the machine.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

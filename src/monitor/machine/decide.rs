@@ -5,7 +5,9 @@ use std::cmp::Reverse;
 use crate::config::PromoteMode;
 use crate::monitor::event::EventKind;
 
-use super::{Action, Fence, FenceKind, Machine, Now, State, Step, Trigger};
+use crate::cluster::{Fence, FenceKind};
+
+use super::{Action, Machine, Now, State, Step, Trigger};
 
 impl Machine {
     /// Re-decides everything after an input. Order matters: fences first (they change who

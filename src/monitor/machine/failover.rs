@@ -5,7 +5,9 @@ use crate::config::PromoteMode;
 use crate::monitor::event::EventKind;
 use crate::monitor::operations::{OpError, PromoteError};
 
-use super::{Action, Fence, FenceKind, InFlight, Machine, Now, Outcome, Refusal, Started, Step, Trigger, TriggerRequest};
+use crate::cluster::{Fence, FenceKind};
+
+use super::{Action, InFlight, Machine, Now, Outcome, Refusal, Started, Step, Trigger, TriggerRequest};
 
 impl Machine {
     /// Begins a failover away from `from`: the route is cleared (its sessions are cut, new

@@ -5,9 +5,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use tokio::sync::mpsc;
 
-use crate::coord::{Coordinator, Event as CoordEvent, FenceRecord, MemberView, PrimaryRecord};
+use crate::cluster::{Fence, FenceKind, FenceRecord, MemberView, PrimaryRecord};
+use crate::coord::{Coordinator, Event as CoordEvent};
 use crate::monitor::handle::Command;
-use crate::monitor::machine::{Action, Fence, FenceKind, Machine, Now};
+use crate::monitor::machine::{Action, Machine, Now};
 use crate::monitor::status::Status;
 
 use super::MonitorTask;
