@@ -22,10 +22,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::CoordinationConfig;
 
+mod error;
 pub mod keys;
 mod session;
 
 pub use crate::cluster::{FenceRecord, MemberView, PrimaryRecord, Request, Response};
+pub use error::CoordError;
 
 /// What the coordinator tells the monitor. They come in batches (one etcd read or one watch
 /// response each), to be applied together before anything is re-decided.
@@ -72,17 +74,17 @@ pub(crate) enum Cmd {
         record: PrimaryRecord,
         fences: Vec<(String, FenceRecord)>,
         expect: i64,
-        reply: oneshot::Sender<Result<i64, String>>,
+        reply: oneshot::Sender<Result<i64, CoordError>>,
     },
     /// The fencing token alone: this proxy still leads (before a switchover stops writes).
     Confirm {
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), CoordError>>,
     },
     /// A follower's admin request for the leader; the leader's answer comes back.
     Forward {
         request: Request,
         wait: Duration,
-        reply: oneshot::Sender<Result<Response, String>>,
+        reply: oneshot::Sender<Result<Response, CoordError>>,
     },
     /// The leader's answer to a forwarded request.
     Respond {
@@ -145,26 +147,25 @@ impl Coordinator {
     /// still leads and the record is still the one the decision was made on (mod revision
     /// `expect`, 0 for none). Returns the new record's revision; `Err` says why not, and
     /// nothing may be promoted then.
-    pub async fn record_primary(&self, record: PrimaryRecord, fences: Vec<(String, FenceRecord)>, expect: i64) -> Result<i64, String> {
+    pub async fn record_primary(&self, record: PrimaryRecord, fences: Vec<(String, FenceRecord)>, expect: i64) -> Result<i64, CoordError> {
         self.ask(|reply| Cmd::Record { record, fences, expect, reply }).await
     }
 
     /// Whether this proxy still holds the leadership (its election key), asked of etcd.
-    pub async fn confirm_leadership(&self) -> Result<(), String> {
+    pub async fn confirm_leadership(&self) -> Result<(), CoordError> {
         self.ask(|reply| Cmd::Confirm { reply }).await
     }
 
     /// Hands an admin request to the leader and waits (up to `wait`) for its answer.
-    pub async fn forward(&self, request: Request, wait: Duration) -> Result<Response, String> {
+    pub async fn forward(&self, request: Request, wait: Duration) -> Result<Response, CoordError> {
         self.ask(|reply| Cmd::Forward { request, wait, reply }).await
     }
 
     /// Sends the command `make` builds around a reply channel and waits for the reply.
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Cmd) -> Result<T, String> {
-        const STOPPED: &str = "the coordinator stopped";
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, CoordError>>) -> Cmd) -> Result<T, CoordError> {
         let (reply, rx) = oneshot::channel();
-        self.cmds.send(make(reply)).map_err(|_| STOPPED.to_string())?;
-        rx.await.map_err(|_| STOPPED.to_string())?
+        self.cmds.send(make(reply)).map_err(|_| CoordError::Stopped)?;
+        rx.await.map_err(|_| CoordError::Stopped)?
     }
 
     pub fn respond(&self, id: String, response: Response) {

@@ -6,7 +6,10 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, OpenSslClientConfig, PutOptions, Txn, TxnOp, WatchOptions};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, OpenSslClientConfig, PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
+    WatchOptions,
+};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -15,7 +18,7 @@ use crate::config::CoordinationConfig;
 use crate::cluster::{FenceKind, FenceRecord, MemberView, PrimaryRecord, Request, Response};
 
 use super::keys::{KeyKind, Keys};
-use super::{Cmd, CoordStatus, Event};
+use super::{Cmd, CoordError, CoordStatus, Event};
 
 /// The coordinator's ends of its channels.
 pub(super) struct Channels {
@@ -128,7 +131,7 @@ pub(super) async fn run(cfg: CoordinationConfig, mut ch: Channels, shutdown: Can
                 _ = &mut retry => break,
                 cmd = ch.cmds.recv() => match cmd {
                     None => return,
-                    Some(cmd) => refuse(cmd, "etcd is unreachable", &mut m),
+                    Some(cmd) => refuse(cmd, CoordError::EtcdUnreachable, &mut m),
                 },
             }
         }
@@ -137,16 +140,16 @@ pub(super) async fn run(cfg: CoordinationConfig, mut ch: Channels, shutdown: Can
 
 /// Answers a command that cannot be carried out now. Fence changes are not lost: they wait
 /// for the next session.
-fn refuse(cmd: Cmd, why: &str, m: &mut Mirror) {
+fn refuse(cmd: Cmd, why: CoordError, m: &mut Mirror) {
     match cmd {
         Cmd::Record { reply, .. } => {
-            let _ = reply.send(Err(why.to_string()));
+            let _ = reply.send(Err(why));
         }
         Cmd::Confirm { reply } => {
-            let _ = reply.send(Err(why.to_string()));
+            let _ = reply.send(Err(why));
         }
         Cmd::Forward { reply, .. } => {
-            let _ = reply.send(Err(why.to_string()));
+            let _ = reply.send(Err(why));
         }
         Cmd::PutFence(backend, f) => {
             m.pending.insert(backend, Pending::Put(f));
@@ -239,7 +242,7 @@ async fn session(cfg: &CoordinationConfig, m: &mut Mirror, ch: &mut Channels, sh
         // lease is forgotten only once etcd has revoked it (or it has expired).
         match client.lease_revoke(old).await {
             Ok(_) => m.old_lease = None,
-            Err(err) if err.to_string().contains("not found") => m.old_lease = None,
+            Err(etcd_client::Error::GRpcStatus(status)) if status.code() == tonic::Code::NotFound => m.old_lease = None,
             Err(err) => return Err(format!("revoke the last session's lease: {err}")),
         }
     }
@@ -397,7 +400,7 @@ async fn session(cfg: &CoordinationConfig, m: &mut Mirror, ch: &mut Channels, sh
         // them (or the lease expires): this proxy's view keeps counting toward the quorum
         // while etcd is away for a moment.
         while let Ok(cmd) = ch.cmds.try_recv() {
-            refuse(cmd, "this proxy is stopping", m);
+            refuse(cmd, CoordError::Stopping, m);
         }
         let _ = tokio::time::timeout(third, flush_pending(&mut client, m)).await;
         let _ = tokio::time::timeout(third, client.lease_revoke(lease)).await;
@@ -608,15 +611,18 @@ async fn flush_pending(client: &mut Client, m: &mut Mirror) {
     }
 }
 
-/// Why a fencing-token transaction failed: leadership lost (the session ends) or the record
-/// moved (someone else's decision is on its way through the watch).
-async fn token_failed(client: &mut Client, m: &Mirror, key: &str, rev: i64) -> Result<String, String> {
-    match client.get(key, None).await {
-        Ok(r) if r.kvs().first().is_some_and(|kv| kv.create_revision() == rev) => {
-            Ok("the recorded primary changed meanwhile; deciding again on the new record".into())
-        }
-        Ok(_) => Err("this proxy's leadership ended (its election key is gone)".into()),
-        Err(err) => Err(format!("etcd: {err} (after the transaction of {} failed)", m.name)),
+/// Why a fencing-token transaction failed, from the reads its failure branch made (the
+/// record, then the election key): the leadership was lost (the session ends), or the
+/// record moved (someone else's decision is on its way through the watch).
+fn token_failed(r: &TxnResponse, rev: i64) -> CoordError {
+    let mut reads = r.op_responses().into_iter().filter_map(|op| match op {
+        TxnOpResponse::Get(g) => Some(g.kvs().first().map(|kv| (kv.create_revision(), kv.mod_revision()))),
+        _ => None,
+    });
+    let (record, election) = (reads.next().flatten(), reads.next().flatten());
+    match election {
+        Some((created, _)) if created == rev => CoordError::RecordMoved { revision: record.map(|(_, modified)| modified).unwrap_or(0) },
+        _ => CoordError::LeadershipLost,
     }
 }
 
@@ -625,12 +631,12 @@ async fn handle(cmd: Cmd, client: &mut Client, m: &mut Mirror, lease: i64, deadl
     match cmd {
         cmd @ (Cmd::PutFence(..) | Cmd::DeleteFence(_)) => {
             // Queued as while etcd is away, then written at once.
-            refuse(cmd, "", m);
+            refuse(cmd, CoordError::EtcdUnreachable, m);
             let _ = tokio::time::timeout_at(deadline.into(), flush_pending(client, m)).await;
         }
         Cmd::Record { record, fences, expect, reply } => {
             let Some((key, rev)) = m.leading.clone() else {
-                let _ = reply.send(Err("this proxy does not lead (only the leader promotes)".into()));
+                let _ = reply.send(Err(CoordError::NotLeader));
                 return Ok(());
             };
             // Fences first: a proxy that applies the watch events one by one never sees the
@@ -639,7 +645,8 @@ async fn handle(cmd: Cmd, client: &mut Client, m: &mut Mirror, lease: i64, deadl
             ops.push(TxnOp::put(m.keys.primary(), serde_json::to_vec(&record).unwrap_or_default(), None));
             let txn = Txn::new()
                 .when([Compare::create_revision(key.clone(), CompareOp::Equal, rev), Compare::mod_revision(m.keys.primary(), CompareOp::Equal, expect)])
-                .and_then(ops);
+                .and_then(ops)
+                .or_else([TxnOp::get(m.keys.primary(), None), TxnOp::get(key.clone(), None)]);
             match client.txn(txn).await {
                 Ok(r) if r.succeeded() => {
                     let written = r.header().map(|h| h.revision()).unwrap_or(0);
@@ -648,23 +655,21 @@ async fn handle(cmd: Cmd, client: &mut Client, m: &mut Mirror, lease: i64, deadl
                     }
                     let _ = reply.send(Ok(written));
                 }
-                Ok(_) => match token_failed(client, m, &key, rev).await {
-                    Ok(why) => {
-                        let _ = reply.send(Err(why));
+                Ok(r) => {
+                    let why = token_failed(&r, rev);
+                    let _ = reply.send(Err(why.clone()));
+                    if why == CoordError::LeadershipLost {
+                        return Err(why.to_string());
                     }
-                    Err(why) => {
-                        let _ = reply.send(Err(why.clone()));
-                        return Err(why);
-                    }
-                },
+                }
                 Err(err) => {
-                    let _ = reply.send(Err(format!("etcd: {err}")));
+                    let _ = reply.send(Err(CoordError::etcd(err)));
                 }
             }
         }
         Cmd::Confirm { reply } => {
             let Some((key, rev)) = m.leading.clone() else {
-                let _ = reply.send(Err("this proxy does not lead".into()));
+                let _ = reply.send(Err(CoordError::NotLeader));
                 return Ok(());
             };
             let txn = Txn::new().when([Compare::create_revision(key.clone(), CompareOp::Equal, rev)]);
@@ -673,18 +678,17 @@ async fn handle(cmd: Cmd, client: &mut Client, m: &mut Mirror, lease: i64, deadl
                     let _ = reply.send(Ok(()));
                 }
                 Ok(_) => {
-                    let why = "this proxy's leadership ended (its election key is gone)".to_string();
-                    let _ = reply.send(Err(why.clone()));
-                    return Err(why);
+                    let _ = reply.send(Err(CoordError::LeadershipLost));
+                    return Err(CoordError::LeadershipLost.to_string());
                 }
                 Err(err) => {
-                    let _ = reply.send(Err(format!("etcd: {err}")));
+                    let _ = reply.send(Err(CoordError::etcd(err)));
                 }
             }
         }
         Cmd::Forward { request, wait, reply } => {
             if m.status.leader.is_none() {
-                let _ = reply.send(Err("no proxy leads right now (etcd election)".into()));
+                let _ = reply.send(Err(CoordError::NoLeader));
                 return Ok(());
             }
             let (mut c, keys) = (client.clone(), m.keys.clone());
@@ -705,18 +709,18 @@ async fn handle(cmd: Cmd, client: &mut Client, m: &mut Mirror, lease: i64, deadl
 
 /// A follower's request: written on its lease, answered by the leader under `responses/`,
 /// which this waits for with a watch.
-async fn forward(c: &mut Client, keys: &Keys, request: Request, wait: Duration, lease: i64) -> Result<Response, String> {
+async fn forward(c: &mut Client, keys: &Keys, request: Request, wait: Duration, lease: i64) -> Result<Response, CoordError> {
     let id = request.id.clone();
-    let json = serde_json::to_vec(&request).map_err(|e| e.to_string())?;
+    let json = serde_json::to_vec(&request).unwrap_or_default();
     let answer = async {
-        let mut stream = c.watch(keys.response(&id), None).await.map_err(|e| format!("etcd: {e}"))?;
-        c.put(keys.request(&id), json, Some(PutOptions::new().with_lease(lease))).await.map_err(|e| format!("etcd: {e}"))?;
+        let mut stream = c.watch(keys.response(&id), None).await.map_err(CoordError::etcd)?;
+        c.put(keys.request(&id), json, Some(PutOptions::new().with_lease(lease))).await.map_err(CoordError::etcd)?;
         loop {
-            match stream.message().await.map_err(|e| format!("etcd: {e}"))? {
-                None => return Err("the watch for the leader's answer ended".to_string()),
+            match stream.message().await.map_err(CoordError::etcd)? {
+                None => return Err(CoordError::AnswerLost),
                 Some(resp) => {
                     if let Some(kv) = resp.events().iter().filter(|e| e.event_type() == EventType::Put).find_map(|e| e.kv()) {
-                        return serde_json::from_slice::<Response>(kv.value()).map_err(|e| format!("the leader's answer: {e}"));
+                        return serde_json::from_slice::<Response>(kv.value()).map_err(|e| CoordError::BadAnswer(e.to_string()));
                     }
                 }
             }
@@ -727,6 +731,6 @@ async fn forward(c: &mut Client, keys: &Keys, request: Request, wait: Duration, 
     let _ = c.delete(keys.response(&id), None).await;
     match got {
         Ok(r) => r,
-        Err(_) => Err(format!("the leader did not answer within {}", humantime::format_duration(wait))),
+        Err(_) => Err(CoordError::NoAnswer(wait)),
     }
 }
