@@ -10,6 +10,10 @@
 //! | `requests/<id>` | [`Request`](crate::cluster::Request): an admin request a follower hands to the leader | the follower's |
 //! | `responses/<id>` | [`Response`](crate::cluster::Response): the leader's answer to it | the leader's |
 
+use crate::cluster::{FenceRecord, MemberView, PrimaryRecord, Request};
+
+use super::event::SharedFence;
+
 /// The key names of one cluster.
 #[derive(Clone, Debug)]
 pub struct Keys {
@@ -65,9 +69,81 @@ pub enum KeyKind<'k> {
     Response(&'k str),
 }
 
+/// One key and its value as etcd returned them: the parts decoding reads.
+#[derive(Clone, Copy, Debug)]
+pub struct Kv<'a> {
+    pub key: &'a [u8],
+    pub value: &'a [u8],
+    /// When the key was created (an election key's age).
+    pub create_revision: i64,
+    /// When it was last written (what a compare-and-swap compares).
+    pub mod_revision: i64,
+}
+
+impl<'a> From<&'a etcd_client::KeyValue> for Kv<'a> {
+    fn from(kv: &'a etcd_client::KeyValue) -> Kv<'a> {
+        Kv { key: kv.key(), value: kv.value(), create_revision: kv.create_revision(), mod_revision: kv.mod_revision() }
+    }
+}
+
+/// What one key says, decoded; nothing is judged here.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decoded {
+    /// The recorded primary (`None`: deleted or unreadable) and the key's mod revision (0:
+    /// deleted).
+    Record(Option<PrimaryRecord>, i64),
+    /// A shared fence.
+    Fence(String, SharedFence),
+    /// A proxy's view (`None`: it left).
+    Member(String, Option<MemberView>),
+    /// An election key: its candidate (create revision, name), or `None` once deleted.
+    Election(String, Option<(i64, String)>),
+    /// A follower's request for the leader, by its id.
+    Request(String, Request),
+    /// Nothing this proxy reads: a response, a view it cannot read, a deleted request,
+    /// another key.
+    Nothing,
+}
+
+impl Keys {
+    /// Decodes a key that was written (`deleted` false) or deleted.
+    pub fn decode(&self, kv: Kv<'_>, deleted: bool) -> Decoded {
+        let key = String::from_utf8_lossy(kv.key);
+        match self.parse(&key) {
+            Some(KeyKind::Primary) if deleted => Decoded::Record(None, 0),
+            Some(KeyKind::Primary) => Decoded::Record(serde_json::from_slice(kv.value).ok(), kv.mod_revision),
+            Some(KeyKind::Election(_)) if deleted => Decoded::Election(key.into_owned(), None),
+            Some(KeyKind::Election(_)) => {
+                let candidate = (kv.create_revision, String::from_utf8_lossy(kv.value).into_owned());
+                Decoded::Election(key.to_string(), Some(candidate))
+            }
+            Some(KeyKind::Fence(b)) if deleted => Decoded::Fence(b.to_string(), SharedFence::Lifted),
+            Some(KeyKind::Fence(b)) => match serde_json::from_slice::<FenceRecord>(kv.value) {
+                Ok(fence) => Decoded::Fence(b.to_string(), SharedFence::Set { fence, revision: kv.mod_revision }),
+                Err(_) => Decoded::Fence(b.to_string(), SharedFence::Unreadable),
+            },
+            Some(KeyKind::Member(name)) if deleted => Decoded::Member(name.to_string(), None),
+            Some(KeyKind::Member(name)) => match serde_json::from_slice::<MemberView>(kv.value) {
+                Ok(v) => Decoded::Member(name.to_string(), Some(v)),
+                Err(_) => Decoded::Nothing,
+            },
+            Some(KeyKind::Request(id)) if !deleted => match serde_json::from_slice::<Request>(kv.value) {
+                Ok(r) => Decoded::Request(id.to_string(), r),
+                Err(_) => Decoded::Nothing,
+            },
+            _ => Decoded::Nothing,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::{Fence, FenceKind};
+
+    fn kv<'a>(key: &'a str, value: &'a [u8], create_revision: i64, mod_revision: i64) -> Kv<'a> {
+        Kv { key: key.as_bytes(), value, create_revision, mod_revision }
+    }
 
     #[test]
     fn keys_round_trip() {
@@ -79,5 +155,48 @@ mod tests {
         assert_eq!(k.parse("/pgfailover/main/leader/694d7b"), Some(KeyKind::Election("694d7b")));
         assert_eq!(k.parse("/pgfailover/other/primary"), None);
         assert_eq!(k.parse("/pgfailover/main/what/x"), None);
+    }
+
+    #[test]
+    fn the_record_decodes_with_its_revision() {
+        let k = Keys::new("main");
+        let record = PrimaryRecord { name: "pg-b".into(), timeline: Some(2), system_identifier: Some("7".into()), epoch: 3, by: "p1".into() };
+        let json = serde_json::to_vec(&record).unwrap();
+        assert_eq!(k.decode(kv(&k.primary(), &json, 5, 9), false), Decoded::Record(Some(record), 9));
+        // Unreadable: no record, but the revision a new record must replace.
+        assert_eq!(k.decode(kv(&k.primary(), b"{", 5, 10), false), Decoded::Record(None, 10));
+        assert_eq!(k.decode(kv(&k.primary(), b"", 0, 11), true), Decoded::Record(None, 0));
+    }
+
+    #[test]
+    fn fences_decode_set_lifted_or_unreadable() {
+        let k = Keys::new("main");
+        let fence = FenceRecord { fence: Fence::new(FenceKind::SplitBrain, "split brain".into()), by: "p2".into() };
+        let json = serde_json::to_vec(&fence).unwrap();
+        let key = k.fence("pg-a");
+        assert_eq!(k.decode(kv(&key, &json, 4, 7), false), Decoded::Fence("pg-a".into(), SharedFence::Set { fence, revision: 7 }));
+        assert_eq!(k.decode(kv(&key, b"", 0, 8), true), Decoded::Fence("pg-a".into(), SharedFence::Lifted));
+        assert_eq!(k.decode(kv(&key, br#"{"kind":"from_the_future"}"#, 4, 9), false), Decoded::Fence("pg-a".into(), SharedFence::Unreadable));
+    }
+
+    #[test]
+    fn members_elections_and_requests_decode() {
+        let k = Keys::new("main");
+        let view = MemberView { name: "p2".into(), leader: false, primary: Some("pg-a".into()), down: vec![], backends: Default::default() };
+        let json = serde_json::to_vec(&view).unwrap();
+        assert_eq!(k.decode(kv(&k.member("p2"), &json, 3, 3), false), Decoded::Member("p2".into(), Some(view)));
+        assert_eq!(k.decode(kv(&k.member("p2"), b"", 0, 4), true), Decoded::Member("p2".into(), None));
+        assert_eq!(k.decode(kv(&k.member("p2"), b"garbage", 3, 5), false), Decoded::Nothing, "a view it cannot read is ignored");
+
+        let election = format!("{}/694d7b", k.election());
+        assert_eq!(k.decode(kv(&election, b"p1", 12, 12), false), Decoded::Election(election.clone(), Some((12, "p1".into()))));
+        assert_eq!(k.decode(kv(&election, b"", 0, 13), true), Decoded::Election(election, None));
+
+        let request = Request { id: "ab12".into(), op: "trigger".into(), target: None, force: false, who: "alice".into(), via: "p2".into() };
+        let json = serde_json::to_vec(&request).unwrap();
+        assert_eq!(k.decode(kv(&k.request("ab12"), &json, 20, 20), false), Decoded::Request("ab12".into(), request));
+        assert_eq!(k.decode(kv(&k.request("ab12"), b"", 0, 21), true), Decoded::Nothing);
+        assert_eq!(k.decode(kv(&k.response("ab12"), b"{}", 22, 22), false), Decoded::Nothing);
+        assert_eq!(k.decode(kv("/pgfailover/other/primary", b"{}", 1, 1), false), Decoded::Nothing);
     }
 }

@@ -46,8 +46,7 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::cluster::{Fence, FenceKind};
-use crate::config::PromoteMode;
+use crate::cluster::{Fence, FenceKind, FenceRecord};
 
 use super::check_error::CheckError;
 use super::event::{Event, EventKind};
@@ -60,10 +59,14 @@ mod decide;
 mod eligibility;
 mod failover;
 mod reads;
+mod settings;
+mod sharing;
 
 pub use backend::{Backend, Repoint};
-pub use coordination::Coord;
+pub use coordination::Coordination;
 pub use reads::ReadStanding;
+pub use settings::Settings;
+pub use sharing::Recording;
 
 /// Seed state names; the numeric codes are `failover_state`'s values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -80,49 +83,6 @@ pub enum State {
 impl State {
     pub fn code(self) -> i64 {
         self as i64
-    }
-}
-
-/// The parts of the configuration the decisions depend on.
-#[derive(Clone, Debug)]
-pub struct Settings {
-    pub failure_threshold: u32,
-    pub max_lag_bytes: u64,
-    pub promote: PromoteMode,
-    /// `health.timeout`: no check lasts longer, so a failure that ended this long after an
-    /// instant began after it.
-    pub check_timeout: Duration,
-    /// `health.interval`.
-    pub interval: Duration,
-    /// Re-point standbys at a new primary (`failover.repoint_standbys`, auto mode only).
-    pub repoint_standbys: bool,
-    /// Bound on a switchover's wait for the other standbys to stream from the candidate.
-    pub switchover_wait: Duration,
-    /// `failover.promote_timeout`: a promotion still pending this long after it was asked
-    /// for is asked for again (`pg_promote` is idempotent).
-    pub promote_timeout: Duration,
-    /// `[read]`: which standbys the read-only port may use.
-    pub read: crate::config::ReadConfig,
-}
-
-impl Settings {
-    pub fn from_config(cfg: &crate::config::Config) -> Settings {
-        Settings {
-            failure_threshold: cfg.health.failure_threshold,
-            max_lag_bytes: cfg.failover.max_lag_bytes,
-            promote: cfg.failover.promote,
-            check_timeout: cfg.health.timeout,
-            interval: cfg.health.interval,
-            repoint_standbys: cfg.failover.repoint_standbys,
-            switchover_wait: cfg.failover.trigger_wait,
-            promote_timeout: cfg.failover.promote_timeout,
-            read: cfg.read.clone(),
-        }
-    }
-
-    /// How long the primary must fail without interruption before a standby is promoted.
-    pub fn promote_after(&self) -> Duration {
-        self.interval * self.failure_threshold.saturating_sub(1)
     }
 }
 
@@ -180,6 +140,14 @@ pub enum Action {
     CheckNow(usize),
     /// Record (and log) a history event.
     Record(Event),
+    /// Coordinated: share this proxy's fence through etcd; with `while_record`, only while
+    /// the record key still has that mod revision (the decision rested on that record).
+    ShareFence { backend: String, fence: FenceRecord, while_record: Option<i64> },
+    /// Coordinated: lift a shared fence, if its key still has mod `revision`.
+    LiftFence { backend: String, revision: i64 },
+    /// Coordinated, leading: record this primary (outside a promotion); report with
+    /// [`Machine::record_written`].
+    RecordPrimary { backend: usize, recording: Recording },
     /// A failover finished; its duration feeds the histogram.
     FailoverDone(Duration),
     /// A manual request finished: answer the operator.
@@ -312,7 +280,7 @@ pub struct Machine {
     /// When an [`Action::AllowWrites`] for a leftover was last asked for.
     allow_asked: Option<Instant>,
     /// Coordination through etcd (`None`: this proxy decides alone).
-    pub coord: Option<Coord>,
+    coord: Option<Coordination>,
 }
 
 impl Machine {
@@ -378,7 +346,9 @@ impl Machine {
 
     /// The outcome of an [`Action::Promote`].
     pub fn promoted(&mut self, attempt: u64, i: usize, result: Result<Observation, PromoteError>, now: Now) -> Vec<Action> {
-        let mut acts = Vec::new();
+        // A promotion that ran was recorded first (coordinated): route by that record even
+        // if its watch event is still on its way.
+        let mut acts = if result.is_ok() { self.take_recorded(i, now) } else { Vec::new() };
         let ours = self.in_flight.as_ref().is_some_and(|f| f.attempt == attempt && f.to == Some(i) && matches!(f.step, Step::Promoting { .. }));
         match result {
             Ok(obs) => {
@@ -452,6 +422,17 @@ impl Machine {
         }
         // See the new upstream soon rather than at the next interval.
         acts.push(Action::CheckNow(standby));
+        self.evaluate(now, &mut acts);
+        acts
+    }
+
+    /// A reload's settings (and `failover.quorum`), from the next decision on.
+    pub fn reload(&mut self, settings: Settings, majority: bool, now: Now) -> Vec<Action> {
+        self.settings = settings;
+        if let Some(c) = self.coord.as_mut() {
+            c.majority = majority;
+        }
+        let mut acts = Vec::new();
         self.evaluate(now, &mut acts);
         acts
     }

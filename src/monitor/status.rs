@@ -8,7 +8,10 @@ use serde::Serialize;
 use crate::config::{BackendConfig, PromoteMode};
 
 use super::check_error::ErrorKind;
-use super::machine::{Machine, ReadStanding, State};
+use crate::cluster::{MemberView, PrimaryRecord};
+use crate::coord::Figures;
+
+use super::machine::{Coordination, Machine, ReadStanding, State};
 use super::observation::format_lsn;
 
 fn rfc3339(t: SystemTime) -> String {
@@ -109,11 +112,53 @@ pub struct Status {
     pub failover_in_progress: Option<InFlightStatus>,
     /// Coordination through etcd: mode, leader, members and their views, etcd reachable,
     /// last revision (absent when this proxy decides alone).
-    pub coordination: Option<crate::coord::CoordStatus>,
+    pub coordination: Option<CoordStatus>,
     pub updated_at: String,
     /// Every backend in config order (served by `/failover/health`).
     #[serde(skip)]
     pub backends: Vec<BackendStatus>,
+}
+
+/// What coordination shows (`/failover/status`, metrics): the machine's view of what the
+/// proxies share, and the coordinator's own figures.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CoordStatus {
+    /// `etcd`, the only way to coordinate.
+    pub mode: &'static str,
+    /// This proxy's `coordination.name`.
+    pub name: String,
+    /// `coordination.cluster`.
+    pub cluster: String,
+    /// The leading proxy, when known.
+    pub leader: Option<String>,
+    pub is_leader: bool,
+    pub etcd_reachable: bool,
+    /// The etcd revision of the last change seen.
+    pub last_revision: i64,
+    /// The live proxies' views, by name.
+    pub members: Vec<MemberView>,
+    /// The recorded primary as etcd has it.
+    pub recorded_primary: Option<PrimaryRecord>,
+    /// Failed renewals of this proxy's etcd leases.
+    pub lease_renewal_failures: u64,
+}
+
+impl CoordStatus {
+    pub fn of(view: &Coordination, cluster: &str, figures: Figures) -> CoordStatus {
+        CoordStatus {
+            mode: "etcd",
+            name: view.me().to_string(),
+            cluster: cluster.to_string(),
+            leader: view.leader().map(str::to_string),
+            is_leader: view.is_leader(),
+            etcd_reachable: view.etcd_up(),
+            last_revision: figures.last_revision,
+            members: view.members().values().cloned().collect(),
+            recorded_primary: view.record().cloned(),
+            lease_renewal_failures: figures.lease_renewal_failures,
+        }
+    }
 }
 
 impl Status {

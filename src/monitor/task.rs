@@ -26,11 +26,11 @@ use crate::coord::{Coordinator, Event as CoordEvent};
 mod coordinated;
 
 use super::history::{EventKind, Fences, History, Kept};
-use super::machine::{Action, Coord, Machine, Now, Outcome, Settings};
+use super::machine::{Action, Machine, Now, Outcome, Settings};
 use super::operations::{self, OpError, PromoteError};
 use super::probe::Prober;
 use super::status::Status;
-use coordinated::{next_coord_events, Peers};
+use coordinated::next_coord_events;
 
 /// What the monitor's tasks share to fail closed.
 #[derive(Clone)]
@@ -106,9 +106,8 @@ pub fn spawn(
     }
     if let Some((c, _)) = &coordination {
         // Coordinated from the start: neither routing nor promoting before etcd has spoken.
-        machine.coord = Some(Coord::new(c.name.clone(), cfg.failover.quorum == Quorum::Majority));
+        machine.join(c.name.clone(), cfg.failover.quorum == Quorum::Majority);
     }
-    let peers = Peers::new(&machine);
     let (commands, rx) = mpsc::channel(256);
     let first = Status::build(&machine, &backends, route.current().epoch, &route.current().reason);
     let (status_tx, status) = watch::channel(Arc::new(first));
@@ -151,7 +150,6 @@ pub fn spawn(
         waiting: HashMap::new(),
         life,
         coord: coordination.as_ref().map(|(c, _)| c.clone()),
-        peers,
         probing,
     };
     tracker.spawn(task.run(rx, coordination.map(|(_, e)| e)));
@@ -273,8 +271,6 @@ struct MonitorTask {
     last_accounted: Instant,
     /// Coordination through etcd, when configured.
     coord: Option<Coordinator>,
-    /// What the other proxies say (coordinated only).
-    peers: Peers,
     /// The probers' interval and timeout.
     probing: watch::Sender<(Duration, Duration)>,
     /// Operators waiting for the outcome of their trigger, by attempt.
@@ -363,21 +359,12 @@ impl MonitorTask {
                 }
                 self.machine.observe(i, result, took, now)
             }
-            Command::Promoted { attempt, i, result } => {
-                // A promotion that ran was recorded first (coordinated): route by that record
-                // even if its watch event is still on its way.
-                let mut acts = Vec::new();
-                if self.coord.is_some() && result.is_ok() {
-                    acts = self.machine.coordinate(|c| c.record = Some(i), now);
-                }
-                acts.extend(self.machine.promoted(attempt, i, result, now));
-                acts
-            }
+            Command::Promoted { attempt, i, result } => self.machine.promoted(attempt, i, result, now),
             Command::WritesStopped { attempt, i, result } => self.machine.writes_stopped(attempt, i, result, now),
             Command::Replayed { attempt, i, result } => self.machine.replayed(attempt, i, result, now),
             Command::WritesAllowed { attempt, i, result } => self.machine.writes_allowed(attempt, i, result, now),
             Command::Repointed { standby, primary, result } => self.machine.repointed(standby, primary, result, now),
-            Command::Recorded { i, epoch, rev } => self.recorded(i, epoch, rev, now),
+            Command::Recorded { i, epoch, rev } => self.machine.record_written(i, epoch, rev, now),
             Command::Trigger { req, reply } => {
                 tracing::warn!(who = %req.who, target = req.target.as_deref().unwrap_or("(best standby)"), force = req.force, "manual failover requested");
                 match self.machine.trigger(&req, now) {
@@ -413,12 +400,9 @@ impl MonitorTask {
             }
             Command::Reload { settings, majority, reply } => {
                 self.probing.send_replace((settings.interval, settings.check_timeout));
-                self.machine.settings = settings;
-                if let Some(c) = self.machine.coord.as_mut() {
-                    c.majority = majority;
-                }
+                let acts = self.machine.reload(settings, majority, now);
                 let _ = reply.send(());
-                self.machine.reevaluate(now)
+                acts
             }
             Command::Crash => panic!("fault injection: the health monitor was told to crash"),
         };
@@ -438,7 +422,7 @@ impl MonitorTask {
             h.set_kept(Kept { fences, read_only });
         }
         self.publish();
-        self.sync_coordination();
+        self.share();
         for a in answers {
             self.apply(a);
         }
@@ -486,11 +470,11 @@ impl MonitorTask {
                 let failed = Command::Promoted { attempt, i, result: Err(PromoteError::Pending(TASK_FAILED.into())) };
                 // Coordinated: the fencing-token transaction records the decision first; no
                 // promotion without it.
-                let record = self.promotion_record(i);
+                let gate = self.coord.clone().zip(self.machine.promotion_record(i));
                 self.run_op(
                     async move {
-                        if let Some((coord, record, fences, expect)) = record {
-                            if let Err(why) = coord.record_primary(record, fences, expect).await {
+                        if let Some((coord, r)) = gate {
+                            if let Err(why) = coord.record_primary(r.record, r.fences, r.expect).await {
                                 return Command::Promoted { attempt, i, result: Err(PromoteError::NotAllowed(why)) };
                             }
                         }
@@ -564,6 +548,17 @@ impl MonitorTask {
                     h.push(e);
                 }
             }
+            Action::ShareFence { backend, fence, while_record } => {
+                if let Some(c) = &self.coord {
+                    c.put_fence(backend, fence, while_record);
+                }
+            }
+            Action::LiftFence { backend, revision } => {
+                if let Some(c) = &self.coord {
+                    c.delete_fence(backend, revision);
+                }
+            }
+            Action::RecordPrimary { backend, recording } => self.record_primary(backend, recording),
             Action::FailoverDone(d) => self.metrics.failover_duration.record(d.as_secs_f64()),
             Action::Concluded { attempt, outcome } => {
                 for tx in self.waiting.remove(&attempt).unwrap_or_default() {
@@ -605,7 +600,7 @@ impl MonitorTask {
         self.read_route.set(m.read_route(Instant::now()));
         let r = self.route.current();
         let mut status = Status::build(m, &self.backends, r.epoch, &r.reason);
-        status.coordination = self.coord.as_ref().map(Coordinator::status);
+        status.coordination = self.coordination_status();
         self.coordination_metrics(&status);
         self.status_tx.send_replace(Arc::new(status));
     }

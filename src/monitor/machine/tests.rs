@@ -1,6 +1,7 @@
 use std::time::Duration;
 
 use super::*;
+use crate::config::PromoteMode;
 use crate::monitor::observation::Receiver;
 
 mod coordinated;
