@@ -48,16 +48,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::cluster::{Fence, FenceKind, FenceRecord};
 
-use super::check_error::CheckError;
 use super::event::{Event, EventKind};
-use super::observation::Observation;
-use super::operations::{OpError, PromoteError, Repointed};
 
 mod backend;
 mod coordination;
 mod decide;
 mod eligibility;
 mod failover;
+mod inputs;
 mod reads;
 mod settings;
 mod sharing;
@@ -255,28 +253,36 @@ pub struct Started {
     pub switchover: bool,
 }
 
-/// The whole decision state.
+/// The whole decision state. Only the machine changes it (its inputs are its methods), and
+/// the rest of the proxy reads it through the methods below.
 pub struct Machine {
-    pub settings: Settings,
-    pub backends: Vec<Backend>,
-    pub state: State,
-    /// Where new sessions go, and why nowhere.
-    pub route: Option<usize>,
-    pub route_reason: String,
+    /// The configuration the decisions depend on.
+    settings: Settings,
+    /// Every backend, in config order.
+    backends: Vec<Backend>,
+    /// As last computed, after every input.
+    state: State,
+    /// Where new sessions go (the route's target as decided).
+    route: Option<usize>,
+    /// Why nowhere, while `route` is `None`.
+    route_reason: String,
     /// The target last handed out in an [`Action::Route`].
     published: Option<usize>,
     /// The cluster's system identifier, learned from the first backend that answers.
-    pub system_identifier: Option<u64>,
-    pub in_flight: Option<InFlight>,
+    system_identifier: Option<u64>,
+    /// The failover being carried out, if any.
+    in_flight: Option<InFlight>,
     /// Set by a completed failover, cleared once a standby is eligible again.
     after_failover: bool,
-    pub counters: Counters,
-    pub last_failover_time: Option<SystemTime>,
+    /// What the API and the metrics count.
+    counters: Counters,
+    /// When the last failover completed.
+    last_failover_time: Option<SystemTime>,
     /// Numbers failover attempts.
     attempts: u64,
     /// Backends whose writes a switchover stopped and that are not known to accept them
     /// again (restored after a restart): made writable again once they are the primary.
-    pub read_only_left: std::collections::BTreeSet<usize>,
+    read_only_left: std::collections::BTreeSet<usize>,
     /// When an [`Action::AllowWrites`] for a leftover was last asked for.
     allow_asked: Option<Instant>,
     /// Coordination through etcd (`None`: this proxy decides alone).
@@ -320,133 +326,64 @@ impl Machine {
         }
     }
 
-    /// A check of backend `i` that took `took` finished now.
-    pub fn observe(&mut self, i: usize, result: Result<Observation, CheckError>, took: Duration, now: Now) -> Vec<Action> {
+    /// Each backend's configured `host:port`, in config order: how a standby's upstream
+    /// (`sender_host:sender_port`) is recognised.
+    pub fn with_addresses(mut self, addresses: impl IntoIterator<Item = String>) -> Machine {
+        for (b, a) in self.backends.iter_mut().zip(addresses) {
+            b.address = a;
+        }
+        self
+    }
+
+    /// Backends a switchover left read-only before a restart (from the state directory).
+    pub fn with_read_only(mut self, read_only: impl IntoIterator<Item = usize>) -> Machine {
+        self.read_only_left.extend(read_only);
+        self
+    }
+
+    /// The monitor is dying (a panic): nothing may be routed any more, for `reason`.
+    /// Returns the route's action; nothing else is decided.
+    pub fn stop_routing(&mut self, reason: &str) -> Vec<Action> {
         let mut acts = Vec::new();
-        let threshold = self.settings.failure_threshold;
-        let started = now.mono.checked_sub(took).unwrap_or(now.mono);
-        match result {
-            Ok(obs) => {
-                if self.system_identifier.is_none() {
-                    self.system_identifier = Some(obs.system_identifier);
-                }
-                if self.backends[i].record_success(obs, started, now) {
-                    self.counters.recoveries += 1;
-                    acts.push(self.event(now, EventKind::Recovery, Some(i), None, "health checks succeed again".into(), Trigger::Automatic));
-                }
-            }
-            Err(e) => {
-                self.counters.check_failures += 1;
-                self.backends[i].record_failure(e, started, now, threshold);
-            }
-        }
-        self.evaluate(now, &mut acts);
+        self.set_route(None, reason.to_string(), &mut acts);
         acts
     }
 
-    /// The outcome of an [`Action::Promote`].
-    pub fn promoted(&mut self, attempt: u64, i: usize, result: Result<Observation, PromoteError>, now: Now) -> Vec<Action> {
-        // A promotion that ran was recorded first (coordinated): route by that record even
-        // if its watch event is still on its way.
-        let mut acts = if result.is_ok() { self.take_recorded(i, now) } else { Vec::new() };
-        let ours = self.in_flight.as_ref().is_some_and(|f| f.attempt == attempt && f.to == Some(i) && matches!(f.step, Step::Promoting { .. }));
-        match result {
-            Ok(obs) => {
-                self.backends[i].record_success(obs, now.mono, now);
-            }
-            Err(e) if ours => self.promotion_failed(i, e, now, &mut acts),
-            Err(e) => tracing::debug!(backend = %self.backends[i].name, error = %e, "late promotion result ignored"),
-        }
-        self.evaluate(now, &mut acts);
-        acts
+    pub fn settings(&self) -> &Settings {
+        &self.settings
     }
 
-    /// The outcome of an [`Action::StopWrites`]: the old primary's final WAL position.
-    pub fn writes_stopped(&mut self, attempt: u64, i: usize, result: Result<u64, OpError>, now: Now) -> Vec<Action> {
-        let mut acts = Vec::new();
-        if self.current(attempt, &Step::StoppingWrites) {
-            self.after_stop_writes(i, result, now, &mut acts);
-        }
-        self.evaluate(now, &mut acts);
-        acts
+    /// Every backend, in config order.
+    pub fn backends(&self) -> &[Backend] {
+        &self.backends
     }
 
-    /// The outcome of an [`Action::AwaitReplay`].
-    pub fn replayed(&mut self, attempt: u64, i: usize, result: Result<u64, OpError>, now: Now) -> Vec<Action> {
-        let mut acts = Vec::new();
-        if self.in_flight.as_ref().is_some_and(|f| f.attempt == attempt && matches!(f.step, Step::CatchingUp { .. }) && f.to == Some(i)) {
-            self.after_catch_up(i, result, now, &mut acts);
-        }
-        self.evaluate(now, &mut acts);
-        acts
+    pub fn state(&self) -> State {
+        self.state
     }
 
-    /// The outcome of an [`Action::AllowWrites`]: the undone switchover gives the route back.
-    /// `attempt` 0: a leftover from an interrupted switchover was cleared.
-    pub fn writes_allowed(&mut self, attempt: u64, i: usize, result: Result<(), OpError>, now: Now) -> Vec<Action> {
-        let mut acts = Vec::new();
-        match &result {
-            Ok(()) => {
-                self.read_only_left.remove(&i);
-            }
-            Err(e) => {
-                tracing::error!(backend = %self.backends[i].name, error = %e, "could not make the old primary writable again (ALTER SYSTEM RESET default_transaction_read_only); retrying")
-            }
-        }
-        if self.in_flight.as_ref().is_some_and(|f| f.attempt == attempt && matches!(f.step, Step::Undoing { .. })) {
-            self.finish_undo(now, &mut acts);
-        }
-        self.evaluate(now, &mut acts);
-        acts
+    /// Where new sessions go, as decided.
+    pub fn route(&self) -> Option<usize> {
+        self.route
     }
 
-    /// The outcome of an [`Action::Repoint`].
-    pub fn repointed(&mut self, standby: usize, primary: usize, result: Result<Repointed, OpError>, now: Now) -> Vec<Action> {
-        let mut acts = Vec::new();
-        let (s, p) = (self.backends[standby].name.clone(), self.backends[primary].name.clone());
-        let outcome = match &result {
-            Ok(r) => {
-                let slot = r.slot.as_deref().map(|s| format!(", replication slot {s} ensured on {p}")).unwrap_or_default();
-                let what = if r.changed { "primary_conninfo now names" } else { "primary_conninfo already named" };
-                tracing::info!(standby = %s, primary = %p, changed = r.changed, "re-pointed standby");
-                acts.push(self.event(now, EventKind::Repoint, Some(standby), Some(primary), format!("{what} {p}{slot}"), Trigger::Automatic));
-                Ok(())
-            }
-            Err(e) => {
-                tracing::warn!(standby = %s, primary = %p, error = %e, "could not re-point standby");
-                Err(e.to_string())
-            }
-        };
-        if let Some(r) = self.backends[standby].repoint.as_mut().filter(|r| r.primary == primary) {
-            r.outcome = Some(outcome);
-        }
-        // See the new upstream soon rather than at the next interval.
-        acts.push(Action::CheckNow(standby));
-        self.evaluate(now, &mut acts);
-        acts
+    /// The failover being carried out, if any.
+    pub fn in_flight(&self) -> Option<&InFlight> {
+        self.in_flight.as_ref()
     }
 
-    /// A reload's settings (and `failover.quorum`), from the next decision on.
-    pub fn reload(&mut self, settings: Settings, majority: bool, now: Now) -> Vec<Action> {
-        self.settings = settings;
-        if let Some(c) = self.coord.as_mut() {
-            c.majority = majority;
-        }
-        let mut acts = Vec::new();
-        self.evaluate(now, &mut acts);
-        acts
+    pub fn counters(&self) -> &Counters {
+        &self.counters
     }
 
-    /// Operator clears a fence.
-    pub fn unfence(&mut self, name: &str, who: &str, now: Now) -> Result<Vec<Action>, Refusal> {
-        let i = self.index(name)?;
-        if self.backends[i].fence.is_none() {
-            return Err(Refusal::Conflict(format!("{name} is not fenced")));
-        }
-        self.backends[i].fence = None;
-        let mut acts = vec![self.event(now, EventKind::Unfence, Some(i), None, format!("unfenced by {who}"), Trigger::Manual(who.into()))];
-        self.evaluate(now, &mut acts);
-        Ok(acts)
+    /// When the last failover completed.
+    pub fn last_failover_time(&self) -> Option<SystemTime> {
+        self.last_failover_time
+    }
+
+    /// Backends a switchover left read-only, not yet known to accept writes again.
+    pub fn read_only_left(&self) -> &std::collections::BTreeSet<usize> {
+        &self.read_only_left
     }
 
     fn index(&self, name: &str) -> Result<usize, Refusal> {

@@ -164,26 +164,26 @@ impl CoordStatus {
 impl Status {
     pub fn build(m: &Machine, cfg: &[BackendConfig], epoch: u64, route_reason: &str) -> Status {
         let reads = m.read_standing(std::time::Instant::now());
-        let records: Vec<BackendStatus> = (0..m.backends.len()).map(|i| backend_status(m, cfg, i, &reads[i])).collect();
-        let shown = m.route.unwrap_or(0);
+        let records: Vec<BackendStatus> = (0..m.backends().len()).map(|i| backend_status(m, cfg, i, &reads[i])).collect();
+        let shown = m.route().unwrap_or(0);
         let primary = records[shown].clone();
         let standbys = records.iter().enumerate().filter(|(i, _)| *i != shown).map(|(_, r)| r.clone()).collect();
-        let name = |i: usize| m.backends[i].name.clone();
+        let name = |i: usize| m.backends()[i].name.clone();
         Status {
-            state: m.state,
-            state_code: m.state.code(),
-            current_primary: m.route.map(name),
+            state: m.state(),
+            state_code: m.state().code(),
+            current_primary: m.route().map(name),
             route_epoch: epoch,
-            route_reason: m.route.is_none().then(|| route_reason.to_string()),
-            promote_mode: m.settings.promote,
+            route_reason: m.route().is_none().then(|| route_reason.to_string()),
+            promote_mode: m.settings().promote,
             primary,
             standbys,
-            failover_count: m.counters.failovers,
-            last_failover_time: m.last_failover_time.map(rfc3339),
-            recovery_count: m.counters.recoveries,
-            split_brain_count: m.counters.split_brains,
-            health_check_failures: m.counters.check_failures,
-            failover_in_progress: m.in_flight.as_ref().map(|f| InFlightStatus {
+            failover_count: m.counters().failovers,
+            last_failover_time: m.last_failover_time().map(rfc3339),
+            recovery_count: m.counters().recoveries,
+            split_brain_count: m.counters().split_brains,
+            health_check_failures: m.counters().check_failures,
+            failover_in_progress: m.in_flight().as_ref().map(|f| InFlightStatus {
                 from: f.from.map(name),
                 to: f.to.map(name),
                 reason: f.reason.clone(),
@@ -199,9 +199,9 @@ impl Status {
 }
 
 fn backend_status(m: &Machine, cfg: &[BackendConfig], i: usize, read: &ReadStanding) -> BackendStatus {
-    let b = &m.backends[i];
+    let b = &m.backends()[i];
     let obs = b.obs.as_ref();
-    let is_primary = m.route == Some(i);
+    let is_primary = m.route() == Some(i);
     let why = if is_primary { None } else { m.not_eligible(i) };
     BackendStatus {
         name: b.name.clone(),
@@ -232,12 +232,12 @@ fn backend_status(m: &Machine, cfg: &[BackendConfig], i: usize, read: &ReadStand
         last_error_kind: b.last_error.as_ref().map(|e| e.kind()),
         wal_receiver: obs.and_then(|o| o.receiver.as_ref()).map(|r| r.status.clone()),
         upstream: b.upstream().map(str::to_string),
-        following_primary: match m.route {
+        following_primary: match m.route() {
             Some(w) if w != i && b.in_recovery() => Some(m.following(i, w)),
             _ => None,
         },
         repoint: b.repoint.as_ref().map(|r| RepointStatus {
-            primary: m.backends[r.primary].name.clone(),
+            primary: m.backends()[r.primary].name.clone(),
             result: match &r.outcome {
                 None => "running",
                 Some(Ok(())) => "done",

@@ -92,18 +92,19 @@ pub fn spawn(
         let list: Vec<&str> = fenced.iter().map(|(n, _)| n.as_str()).collect();
         tracing::warn!(fenced = %list.join(", "), "restored fences from the state directory");
     }
-    let settings = Settings::from_config(cfg);
-    let mut machine = Machine::new(settings, &names, &fenced);
-    for name in history.read_only() {
-        if let Some(i) = names.iter().position(|n| *n == name) {
+    let read_only: Vec<usize> = history
+        .read_only()
+        .into_iter()
+        .filter_map(|name| {
+            let i = names.iter().position(|n| *n == name)?;
             tracing::warn!(backend = %name, "restored from the state directory: a switchover left this backend read-only; it is made writable again if it is the primary");
-            machine.read_only_left.insert(i);
-        }
-    }
-    for (b, c) in machine.backends.iter_mut().zip(backends.iter()) {
+            Some(i)
+        })
+        .collect();
+    let mut machine = Machine::new(Settings::from_config(cfg), &names, &fenced)
         // As pg_stat_wal_receiver shows an upstream: sender_host:sender_port.
-        b.address = format!("{}:{}", c.host, c.port);
-    }
+        .with_addresses(backends.iter().map(|c| format!("{}:{}", c.host, c.port)))
+        .with_read_only(read_only);
     if let Some((c, _)) = &coordination {
         // Coordinated from the start: neither routing nor promoting before etcd has spoken.
         machine.join(c.name.clone(), cfg.failover.quorum == Quorum::Majority);
@@ -285,9 +286,10 @@ impl Drop for MonitorTask {
             return;
         }
         tracing::error!(panicking = std::thread::panicking(), "the health monitor ended unexpectedly: failing closed");
-        self.route.set(None, MONITOR_DIED);
+        for a in self.machine.stop_routing(MONITOR_DIED) {
+            self.apply(a);
+        }
         self.read_route.clear(MONITOR_DIED);
-        self.machine.route = None;
         let r = self.route.current();
         let mut status = Status::build(&self.machine, &self.backends, r.epoch, MONITOR_DIED);
         status.route_reason = Some(MONITOR_DIED.into());
@@ -333,13 +335,13 @@ impl MonitorTask {
 
     /// Stopping in the middle of a switchover: the old primary must not stay read-only.
     async fn release_switchover(&self) {
-        let Some(f) = &self.machine.in_flight else { return };
+        let Some(f) = self.machine.in_flight() else { return };
         if !f.switchover || matches!(f.step, super::machine::Step::Promoting { .. }) {
             return;
         }
         let Some(p) = f.from else { return };
         let b = &self.backends[p];
-        match operations::allow_writes(b, self.machine.settings.check_timeout).await {
+        match operations::allow_writes(b, self.machine.settings().check_timeout).await {
             Ok(()) => tracing::warn!(primary = %b.name, "stopping during a switchover: the old primary accepts writes again"),
             Err(e) => {
                 tracing::error!(primary = %b.name, error = %e, "stopping during a switchover: could not make the old primary writable again (ALTER SYSTEM RESET default_transaction_read_only)")
@@ -416,8 +418,8 @@ impl MonitorTask {
             self.apply(a);
         }
         let m = &self.machine;
-        let fences: Fences = m.backends.iter().filter_map(|b| b.fence.clone().map(|f| (b.name.clone(), f))).collect();
-        let read_only = m.read_only_left.iter().map(|i| m.backends[*i].name.clone()).collect();
+        let fences: Fences = m.backends().iter().filter_map(|b| b.fence.clone().map(|f| (b.name.clone(), f))).collect();
+        let read_only = m.read_only_left().iter().map(|i| m.backends()[*i].name.clone()).collect();
         if let Ok(mut h) = self.history.lock() {
             h.set_kept(Kept { fences, read_only });
         }
@@ -448,7 +450,7 @@ impl MonitorTask {
     }
 
     fn apply(&mut self, action: Action) {
-        let s = &self.machine.settings;
+        let s = self.machine.settings();
         let (pt, ct, wait) = (s.promote_timeout, s.check_timeout, s.switchover_wait);
         match action {
             Action::Route { target, reason } => {
@@ -570,7 +572,7 @@ impl MonitorTask {
 
     fn account_no_primary(&mut self) {
         let now = Instant::now();
-        if self.machine.route.is_none() || self.route.current().target.is_none() {
+        if self.machine.route().is_none() || self.route.current().target.is_none() {
             self.metrics.add_no_primary(now - self.last_accounted);
         }
         self.last_accounted = now;
@@ -580,16 +582,16 @@ impl MonitorTask {
         self.account_no_primary();
         let m = &self.machine;
         let x = &self.metrics;
-        x.failover_state.set(m.state.code() as f64);
-        x.failover_total.absolute(m.counters.failovers);
-        x.recoveries_total.absolute(m.counters.recoveries);
-        x.health_check_failures_total.absolute(m.counters.check_failures);
-        x.split_brain_total.absolute(m.counters.split_brains);
-        let routed_healthy = m.route.is_some_and(|t| m.backends[t].healthy);
+        x.failover_state.set(m.state().code() as f64);
+        x.failover_total.absolute(m.counters().failovers);
+        x.recoveries_total.absolute(m.counters().recoveries);
+        x.health_check_failures_total.absolute(m.counters().check_failures);
+        x.split_brain_total.absolute(m.counters().split_brains);
+        let routed_healthy = m.route().is_some_and(|t| m.backends()[t].healthy);
         x.primary_healthy.set(if routed_healthy { 1.0 } else { 0.0 });
-        x.primary_routable.set(if m.route.is_some() { 1.0 } else { 0.0 });
-        x.fenced_backends.set(m.backends.iter().filter(|b| b.fence.is_some()).count() as f64);
-        for (i, b) in m.backends.iter().enumerate() {
+        x.primary_routable.set(if m.route().is_some() { 1.0 } else { 0.0 });
+        x.fenced_backends.set(m.backends().iter().filter(|b| b.fence.is_some()).count() as f64);
+        for (i, b) in m.backends().iter().enumerate() {
             let up = if b.healthy { 1.0 } else { 0.0 };
             x.backend_healthy[i].set(up);
             if i > 0 {

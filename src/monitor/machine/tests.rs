@@ -2,7 +2,10 @@ use std::time::Duration;
 
 use super::*;
 use crate::config::PromoteMode;
+use crate::monitor::check_error::CheckError;
+use crate::monitor::observation::Observation;
 use crate::monitor::observation::Receiver;
+use crate::monitor::operations::{OpError, PromoteError, Repointed};
 
 mod coordinated;
 mod failover;

@@ -83,7 +83,7 @@ impl MonitorTask {
             None => x.coordination_enabled.set(0.0),
         }
         for (i, g) in x.routed_primary.iter().enumerate() {
-            g.set(if self.machine.route == Some(i) { 1.0 } else { 0.0 });
+            g.set(if self.machine.route() == Some(i) { 1.0 } else { 0.0 });
         }
     }
 }
