@@ -117,12 +117,13 @@ pub fn ready_ro(ctx: &AdminContext) -> Reply {
     };
     let r = route.borrow().clone();
     if !r.targets.is_empty() {
-        let names: Vec<String> = r.targets.iter().map(|t| ctx.monitor.status().backends.get(t.backend).map(|b| b.name.clone()).unwrap_or_default()).collect();
+        let names: Vec<String> =
+            r.targets.iter().map(|t| ctx.monitor.status().backends.get(t.backend.index()).map(|b| b.name.clone()).unwrap_or_default()).collect();
         return json(StatusCode::OK, &json!({ "ready": true, "targets": names }));
     }
     match (ctx.live().read_fallback, r.primary) {
         (crate::config::Fallback::Primary, Some(p)) => {
-            let name = ctx.monitor.status().backends.get(p).map(|b| b.name.clone()).unwrap_or_default();
+            let name = ctx.monitor.status().backends.get(p.index()).map(|b| b.name.clone()).unwrap_or_default();
             json(StatusCode::OK, &json!({ "ready": true, "targets": [], "fallback": name, "reason": r.reason.to_string() }))
         }
         _ => {

@@ -46,7 +46,7 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::cluster::{Fence, FenceKind, FenceRecord};
+use crate::cluster::{BackendId, Fence, FenceKind, FenceRecord};
 
 use super::event::{Event, EventKind};
 
@@ -60,7 +60,7 @@ mod reads;
 mod settings;
 mod sharing;
 
-pub use backend::{Backend, Repoint};
+pub use backend::{Backend, Backends, Repoint};
 pub use coordination::Coordination;
 pub use reads::ReadStanding;
 pub use settings::Settings;
@@ -119,23 +119,23 @@ pub enum Outcome {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
     /// Publish a new route (sessions to other backends are cut by the data path).
-    Route { target: Option<usize>, reason: String },
+    Route { target: Option<BackendId>, reason: String },
     /// The route stays empty; publish a new reason for it (held clients, `/ready`).
     RouteReason(String),
     /// Run `pg_promote()` on this backend; report with [`Machine::promoted`].
-    Promote { attempt: u64, backend: usize },
+    Promote { attempt: u64, backend: BackendId },
     /// Switchover: make the primary read-only and end its sessions; report its final WAL
     /// position with [`Machine::writes_stopped`].
-    StopWrites { attempt: u64, backend: usize },
+    StopWrites { attempt: u64, backend: BackendId },
     /// Switchover: wait for the candidate to replay up to `lsn`; report with
     /// [`Machine::replayed`].
-    AwaitReplay { attempt: u64, backend: usize, lsn: u64 },
+    AwaitReplay { attempt: u64, backend: BackendId, lsn: u64 },
     /// Undo a switchover's [`Action::StopWrites`]; report with [`Machine::writes_allowed`].
-    AllowWrites { attempt: u64, backend: usize },
+    AllowWrites { attempt: u64, backend: BackendId },
     /// Point a standby's WAL receiver at the primary; report with [`Machine::repointed`].
-    Repoint { standby: usize, primary: usize },
+    Repoint { standby: BackendId, primary: BackendId },
     /// Check this backend now instead of at its next interval.
-    CheckNow(usize),
+    CheckNow(BackendId),
     /// Record (and log) a history event.
     Record(Event),
     /// Coordinated: share this proxy's fence through etcd; with `while_record`, only while
@@ -145,7 +145,7 @@ pub enum Action {
     LiftFence { backend: String, revision: i64 },
     /// Coordinated, leading: record this primary (outside a promotion); report with
     /// [`Machine::record_written`].
-    RecordPrimary { backend: usize, recording: Recording },
+    RecordPrimary { backend: BackendId, recording: Recording },
     /// A failover finished; its duration feeds the histogram.
     FailoverDone(Duration),
     /// A manual request finished: answer the operator.
@@ -191,12 +191,12 @@ pub enum Step {
 #[derive(Clone, Debug)]
 pub struct InFlight {
     pub attempt: u64,
-    pub from: Option<usize>,
+    pub from: Option<BackendId>,
     /// The old primary's last seen WAL position and timeline.
     pub from_lsn: Option<u64>,
     pub from_timeline: Option<u32>,
     /// The candidate, once chosen.
-    pub to: Option<usize>,
+    pub to: Option<BackendId>,
     pub to_lsn: Option<u64>,
     pub step: Step,
     pub started: Instant,
@@ -207,13 +207,21 @@ pub struct InFlight {
     /// An operator waits for the outcome.
     pub manual: bool,
     /// Candidates that refused promotion in this attempt; not tried again.
-    pub failed: Vec<usize>,
+    pub failed: Vec<BackendId>,
     /// Candidates a promotion request never reached, and when: tried again only after a
     /// check that began later succeeds.
-    pub unreached: Vec<(usize, Instant)>,
-    /// The candidate held back because its answers do not yet show the old primary is the
-    /// one that is down (logged once per candidate).
-    pub held_back: Option<usize>,
+    pub unreached: Vec<(BackendId, Instant)>,
+    /// Why the choice of a candidate waits, as last logged (logged once per reason).
+    pub held_back: Option<HeldBack>,
+}
+
+/// Why a failover's choice of a candidate waits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeldBack {
+    /// Fewer than a majority of the live coordinated proxies see the primary down.
+    Quorum,
+    /// This candidate's answers do not yet show the old primary is the one that is down.
+    Candidate(BackendId),
 }
 
 /// Counters reported by the API and metrics.
@@ -259,15 +267,15 @@ pub struct Machine {
     /// The configuration the decisions depend on.
     settings: Settings,
     /// Every backend, in config order.
-    backends: Vec<Backend>,
+    backends: Backends,
     /// As last computed, after every input.
     state: State,
     /// Where new sessions go (the route's target as decided).
-    route: Option<usize>,
+    route: Option<BackendId>,
     /// Why nowhere, while `route` is `None`.
     route_reason: String,
     /// The target last handed out in an [`Action::Route`].
-    published: Option<usize>,
+    published: Option<BackendId>,
     /// The cluster's system identifier, learned from the first backend that answers.
     system_identifier: Option<u64>,
     /// The failover being carried out, if any.
@@ -282,7 +290,7 @@ pub struct Machine {
     attempts: u64,
     /// Backends whose writes a switchover stopped and that are not known to accept them
     /// again (restored after a restart): made writable again once they are the primary.
-    read_only_left: std::collections::BTreeSet<usize>,
+    read_only_left: std::collections::BTreeSet<BackendId>,
     /// When an [`Action::AllowWrites`] for a leftover was last asked for.
     allow_asked: Option<Instant>,
     /// Coordination through etcd (`None`: this proxy decides alone).
@@ -309,7 +317,7 @@ impl Machine {
             .collect();
         Machine {
             settings,
-            backends,
+            backends: Backends::new(backends),
             state: State::Unknown,
             route: None,
             route_reason: String::new(),
@@ -336,7 +344,7 @@ impl Machine {
     }
 
     /// Backends a switchover left read-only before a restart (from the state directory).
-    pub fn with_read_only(mut self, read_only: impl IntoIterator<Item = usize>) -> Machine {
+    pub fn with_read_only(mut self, read_only: impl IntoIterator<Item = BackendId>) -> Machine {
         self.read_only_left.extend(read_only);
         self
     }
@@ -354,7 +362,7 @@ impl Machine {
     }
 
     /// Every backend, in config order.
-    pub fn backends(&self) -> &[Backend] {
+    pub fn backends(&self) -> &Backends {
         &self.backends
     }
 
@@ -363,7 +371,7 @@ impl Machine {
     }
 
     /// Where new sessions go, as decided.
-    pub fn route(&self) -> Option<usize> {
+    pub fn route(&self) -> Option<BackendId> {
         self.route
     }
 
@@ -382,12 +390,12 @@ impl Machine {
     }
 
     /// Backends a switchover left read-only, not yet known to accept writes again.
-    pub fn read_only_left(&self) -> &std::collections::BTreeSet<usize> {
+    pub fn read_only_left(&self) -> &std::collections::BTreeSet<BackendId> {
         &self.read_only_left
     }
 
-    fn index(&self, name: &str) -> Result<usize, Refusal> {
-        self.backends.iter().position(|b| b.name == name).ok_or_else(|| {
+    fn index(&self, name: &str) -> Result<BackendId, Refusal> {
+        self.backends.find(name).ok_or_else(|| {
             let known: Vec<&str> = self.backends.iter().map(|b| b.name.as_str()).collect();
             Refusal::UnknownBackend(format!("no backend named {name:?} (known: {})", known.join(", ")))
         })
@@ -397,7 +405,7 @@ impl Machine {
         self.in_flight.as_ref().is_some_and(|f| f.attempt == attempt && &f.step == step)
     }
 
-    fn event(&self, now: Now, kind: EventKind, from: Option<usize>, to: Option<usize>, reason: String, trigger: Trigger) -> Action {
+    fn event(&self, now: Now, kind: EventKind, from: Option<BackendId>, to: Option<BackendId>, reason: String, trigger: Trigger) -> Action {
         Action::Record(Event {
             time: humantime::format_rfc3339_millis(now.wall).to_string(),
             kind,

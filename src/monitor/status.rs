@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::config::{BackendConfig, PromoteMode};
 
 use super::check_error::ErrorKind;
-use crate::cluster::{MemberView, PrimaryRecord};
+use crate::cluster::{BackendId, MemberView, PrimaryRecord};
 use crate::coord::Figures;
 
 use super::machine::{Coordination, Machine, ReadStanding, State};
@@ -164,11 +164,11 @@ impl CoordStatus {
 impl Status {
     pub fn build(m: &Machine, cfg: &[BackendConfig], epoch: u64, route_reason: &str) -> Status {
         let reads = m.read_standing(std::time::Instant::now());
-        let records: Vec<BackendStatus> = (0..m.backends().len()).map(|i| backend_status(m, cfg, i, &reads[i])).collect();
-        let shown = m.route().unwrap_or(0);
+        let records: Vec<BackendStatus> = m.backends().ids().zip(&reads).map(|(i, read)| backend_status(m, cfg, i, read)).collect();
+        let shown = m.route().map(BackendId::index).unwrap_or(0);
         let primary = records[shown].clone();
         let standbys = records.iter().enumerate().filter(|(i, _)| *i != shown).map(|(_, r)| r.clone()).collect();
-        let name = |i: usize| m.backends()[i].name.clone();
+        let name = |i: BackendId| m.backends()[i].name.clone();
         Status {
             state: m.state(),
             state_code: m.state().code(),
@@ -183,7 +183,7 @@ impl Status {
             recovery_count: m.counters().recoveries,
             split_brain_count: m.counters().split_brains,
             health_check_failures: m.counters().check_failures,
-            failover_in_progress: m.in_flight().as_ref().map(|f| InFlightStatus {
+            failover_in_progress: m.in_flight().map(|f| InFlightStatus {
                 from: f.from.map(name),
                 to: f.to.map(name),
                 reason: f.reason.clone(),
@@ -198,14 +198,14 @@ impl Status {
     }
 }
 
-fn backend_status(m: &Machine, cfg: &[BackendConfig], i: usize, read: &ReadStanding) -> BackendStatus {
+fn backend_status(m: &Machine, cfg: &[BackendConfig], i: BackendId, read: &ReadStanding) -> BackendStatus {
     let b = &m.backends()[i];
     let obs = b.obs.as_ref();
     let is_primary = m.route() == Some(i);
     let why = if is_primary { None } else { m.not_eligible(i) };
     BackendStatus {
         name: b.name.clone(),
-        address: cfg.get(i).map(BackendConfig::address).unwrap_or_default(),
+        address: cfg.get(i.index()).map(BackendConfig::address).unwrap_or_default(),
         // What it said at its last check; nothing once it is down (a dead old primary is not
         // a "primary" any more).
         role: match obs {

@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cluster::BackendId;
 use crate::config::{BackendConfig, Config, Quorum};
 use crate::metrics::Metrics;
 use crate::route::{ReadRouteWriter, RouteWriter};
@@ -81,7 +82,7 @@ pub fn spawn(
     (route, read_route): (RouteWriter, ReadRouteWriter),
     metrics: Arc<Metrics>,
     history: History,
-    mut passive: mpsc::Receiver<usize>,
+    mut passive: mpsc::Receiver<BackendId>,
     life: Lifeline,
     coordination: Option<(Coordinator, mpsc::Receiver<Vec<CoordEvent>>)>,
     tracker: &TaskTracker,
@@ -92,11 +93,11 @@ pub fn spawn(
         let list: Vec<&str> = fenced.iter().map(|(n, _)| n.as_str()).collect();
         tracing::warn!(fenced = %list.join(", "), "restored fences from the state directory");
     }
-    let read_only: Vec<usize> = history
+    let read_only: Vec<BackendId> = history
         .read_only()
         .into_iter()
         .filter_map(|name| {
-            let i = names.iter().position(|n| *n == name)?;
+            let i = BackendId::new(names.iter().position(|n| *n == name)?);
             tracing::warn!(backend = %name, "restored from the state directory: a switchover left this backend read-only; it is made writable again if it is the primary");
             Some(i)
         })
@@ -116,7 +117,7 @@ pub fn spawn(
 
     let (probing, _) = watch::channel((cfg.health.interval, cfg.health.timeout));
     let mut probe_now = Vec::new();
-    for (i, b) in backends.iter().enumerate() {
+    for (i, b) in BackendId::all(backends.len()).zip(backends.iter()) {
         let (now_tx, now_rx) = mpsc::channel(8);
         probe_now.push(now_tx);
         let p = ProberTask { i, backend: b.clone(), probing: probing.subscribe(), commands: commands.clone(), now_rx, life: life.clone() };
@@ -130,7 +131,7 @@ pub fn spawn(
             tokio::select! {
                 _ = stop.cancelled() => break,
                 i = passive.recv() => match i {
-                    Some(i) => { if let Some(p) = forward.get(i) { let _ = p.try_send(None); } }
+                    Some(i) => { if let Some(p) = forward.get(i.index()) { let _ = p.try_send(None); } }
                     None => break,
                 },
             }
@@ -158,7 +159,8 @@ pub fn spawn(
 }
 
 struct ProberTask {
-    i: usize,
+    /// The backend it checks.
+    i: BackendId,
     backend: BackendConfig,
     /// `health.interval` and `health.timeout`, as a reload leaves them.
     probing: watch::Receiver<(Duration, Duration)>,
@@ -340,7 +342,7 @@ impl MonitorTask {
             return;
         }
         let Some(p) = f.from else { return };
-        let b = &self.backends[p];
+        let b = &self.backends[p.index()];
         match operations::allow_writes(b, self.machine.settings().check_timeout).await {
             Ok(()) => tracing::warn!(primary = %b.name, "stopping during a switchover: the old primary accepts writes again"),
             Err(e) => {
@@ -353,7 +355,7 @@ impl MonitorTask {
         let now = Now::current();
         let acts = match cmd {
             Command::Observed { i, result, took } => {
-                if let Some(h) = self.metrics.health_check_duration.get(i) {
+                if let Some(h) = self.metrics.health_check_duration.get(i.index()) {
                     h.record(took.as_secs_f64());
                 }
                 if let Err(e) = &result {
@@ -458,7 +460,7 @@ impl MonitorTask {
                 if self.route.set(target, &reason) {
                     match target {
                         Some(t) => {
-                            tracing::info!(primary = %self.backends[t].name, epoch = self.route.current().epoch, "route: new sessions go to the primary")
+                            tracing::info!(primary = %self.backends[t.index()].name, epoch = self.route.current().epoch, "route: new sessions go to the primary")
                         }
                         None => tracing::warn!(%reason, "route: no primary; new sessions are held"),
                     }
@@ -468,7 +470,7 @@ impl MonitorTask {
                 self.route.set(None, &reason);
             }
             Action::Promote { attempt, backend: i } => {
-                let b = self.backends[i].clone();
+                let b = self.backends[i.index()].clone();
                 let failed = Command::Promoted { attempt, i, result: Err(PromoteError::Pending(TASK_FAILED.into())) };
                 // Coordinated: the fencing-token transaction records the decision first; no
                 // promotion without it.
@@ -486,7 +488,7 @@ impl MonitorTask {
                 );
             }
             Action::StopWrites { attempt, backend: i } => {
-                let b = self.backends[i].clone();
+                let b = self.backends[i.index()].clone();
                 let failed = Command::WritesStopped { attempt, i, result: Err(task_failed()) };
                 // Coordinated: only while this proxy still holds the leadership.
                 let coord = self.coord.clone();
@@ -503,12 +505,12 @@ impl MonitorTask {
                 );
             }
             Action::AwaitReplay { attempt, backend: i, lsn } => {
-                let b = self.backends[i].clone();
+                let b = self.backends[i.index()].clone();
                 let failed = Command::Replayed { attempt, i, result: Err(task_failed()) };
                 self.run_op(async move { Command::Replayed { attempt, i, result: operations::await_replay(&b, lsn, ct, wait).await } }, failed);
             }
             Action::AllowWrites { attempt, backend: i } => {
-                let b = self.backends[i].clone();
+                let b = self.backends[i.index()].clone();
                 let failed = Command::WritesAllowed { attempt, i, result: Err(task_failed()) };
                 self.run_op(
                     async move {
@@ -527,13 +529,13 @@ impl MonitorTask {
                 );
             }
             Action::Repoint { standby, primary } => {
-                let (s, p) = (self.backends[standby].clone(), self.backends[primary].clone());
+                let (s, p) = (self.backends[standby.index()].clone(), self.backends[primary.index()].clone());
                 tracing::info!(standby = %s.name, primary = %p.name, "re-pointing standby at the primary");
                 let failed = Command::Repointed { standby, primary, result: Err(task_failed()) };
                 self.run_op(async move { Command::Repointed { standby, primary, result: operations::repoint(&s, &p, ct).await } }, failed);
             }
             Action::CheckNow(i) => {
-                if let Some(p) = self.probe_now.get(i) {
+                if let Some(p) = self.probe_now.get(i.index()) {
                     let _ = p.try_send(None);
                 }
             }
@@ -591,13 +593,13 @@ impl MonitorTask {
         x.primary_healthy.set(if routed_healthy { 1.0 } else { 0.0 });
         x.primary_routable.set(if m.route().is_some() { 1.0 } else { 0.0 });
         x.fenced_backends.set(m.backends().iter().filter(|b| b.fence.is_some()).count() as f64);
-        for (i, b) in m.backends().iter().enumerate() {
-            let up = if b.healthy { 1.0 } else { 0.0 };
+        for (id, b) in m.backends().with_ids() {
+            let (i, up) = (id.index(), if b.healthy { 1.0 } else { 0.0 });
             x.backend_healthy[i].set(up);
             if i > 0 {
                 x.standby_healthy[i - 1].set(up);
             }
-            x.replication_lag_bytes[i].set(m.lag_bytes(i).unwrap_or(0) as f64);
+            x.replication_lag_bytes[i].set(m.lag_bytes(id).unwrap_or(0) as f64);
         }
         self.read_route.set(m.read_route(Instant::now()));
         let r = self.route.current();

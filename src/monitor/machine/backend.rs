@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::cluster::Fence;
+use crate::cluster::{BackendId, Fence};
 use crate::duration::as_millis_f64;
 use crate::monitor::check_error::{CheckError, ErrorKind};
 use crate::monitor::observation::Observation;
@@ -13,7 +13,8 @@ use super::Now;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Repoint {
     /// The primary it was pointed at.
-    pub primary: usize,
+    pub primary: BackendId,
+    /// When it was asked for: a failed or ignored one is tried again some time later.
     pub at: Instant,
     /// `None` while running; then the outcome (an error text, or done).
     pub outcome: Option<Result<(), String>>,
@@ -214,5 +215,59 @@ impl Backend {
 
     pub fn upstream(&self) -> Option<&str> {
         self.obs.as_ref()?.receiver.as_ref()?.upstream.as_deref()
+    }
+}
+
+/// Every backend, in config order, by [`BackendId`].
+#[derive(Clone, Debug)]
+pub struct Backends(Vec<Backend>);
+
+impl Backends {
+    pub fn new(backends: Vec<Backend>) -> Backends {
+        Backends(backends)
+    }
+
+    /// Every backend's id, in config order.
+    pub fn ids(&self) -> impl DoubleEndedIterator<Item = BackendId> + Clone {
+        BackendId::all(self.0.len())
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, Backend> {
+        self.0.iter()
+    }
+
+    pub fn iter_mut(&mut self) -> std::slice::IterMut<'_, Backend> {
+        self.0.iter_mut()
+    }
+
+    /// Every backend with its id, in config order.
+    pub fn with_ids(&self) -> impl Iterator<Item = (BackendId, &Backend)> {
+        self.ids().zip(self.0.iter())
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The backend configured under `name`.
+    pub fn find(&self, name: &str) -> Option<BackendId> {
+        self.0.iter().position(|b| b.name == name).map(BackendId::new)
+    }
+}
+
+impl std::ops::Index<BackendId> for Backends {
+    type Output = Backend;
+    fn index(&self, i: BackendId) -> &Backend {
+        &self.0[i.index()]
+    }
+}
+
+impl std::ops::IndexMut<BackendId> for Backends {
+    fn index_mut(&mut self, i: BackendId) -> &mut Backend {
+        &mut self.0[i.index()]
     }
 }

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
-use crate::cluster::{Fence, FenceRecord, MemberView, PrimaryRecord};
+use crate::cluster::{BackendId, Fence, FenceRecord, MemberView, PrimaryRecord};
 use crate::config::PromoteMode;
 
 use super::Machine;
@@ -39,7 +39,7 @@ pub struct Coordination {
     /// The recorded primary as one of this proxy's backends: the only one routed, once there
     /// is a record. Ahead of `record` right after this proxy wrote one (its watch event may
     /// still be on its way).
-    pub(super) recorded: Option<usize>,
+    pub(super) recorded: Option<BackendId>,
     /// A recorded primary that is none of this proxy's backends (a misconfiguration):
     /// nothing is routed and nothing recorded over it.
     pub(super) record_foreign: Option<String>,
@@ -114,7 +114,7 @@ impl Machine {
 
     /// Backend `i` may be routed as far as coordination goes: it is the recorded primary, or
     /// nothing is recorded yet.
-    pub(super) fn recorded(&self, i: usize) -> bool {
+    pub(super) fn recorded(&self, i: BackendId) -> bool {
         match &self.coord {
             None => true,
             Some(c) if c.record_foreign.is_some() => false,
@@ -123,7 +123,7 @@ impl Machine {
     }
 
     /// Backend `i` is the recorded primary and etcd answers (the record is current).
-    pub(super) fn record_current(&self, i: usize) -> bool {
+    pub(super) fn record_current(&self, i: BackendId) -> bool {
         self.coord.as_ref().is_some_and(|c| c.etcd_up && c.recorded == Some(i))
     }
 
@@ -174,7 +174,7 @@ impl Machine {
     /// route to: nothing is recorded yet (a new cluster: the routed primary), or the recorded
     /// backend is a healthy standby (a promotion that was refused and undone) while exactly
     /// one unfenced server of the cluster is primary. `None` while a failover runs.
-    pub fn record_wanted(&self) -> Option<usize> {
+    pub fn record_wanted(&self) -> Option<BackendId> {
         let c = self.coord.as_ref()?;
         if !(c.is_leader && c.etcd_up && c.settled) || c.record_foreign.is_some() || self.in_flight.is_some() {
             return None;
@@ -182,7 +182,7 @@ impl Machine {
         match c.recorded {
             None => self.route,
             Some(r) if self.backends[r].fresh() && self.backends[r].in_recovery() && self.route.is_none() => {
-                let mut primaries = (0..self.backends.len()).filter(|i| {
+                let mut primaries = self.backends.ids().filter(|i| {
                     let b = &self.backends[*i];
                     *i != r && b.fresh() && b.claims_primary() && b.fence.is_none() && self.same_cluster(*i)
                 });

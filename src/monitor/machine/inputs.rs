@@ -3,6 +3,7 @@
 //! unfence, a reload. Each records the input, re-decides everything, and returns the
 //! [`Action`]s to carry out.
 
+use crate::cluster::BackendId;
 use std::time::Duration;
 
 use crate::monitor::check_error::CheckError;
@@ -14,7 +15,7 @@ use super::{Action, Machine, Now, Refusal, Settings, Step, Trigger};
 
 impl Machine {
     /// A check of backend `i` that took `took` finished now.
-    pub fn observe(&mut self, i: usize, result: Result<Observation, CheckError>, took: Duration, now: Now) -> Vec<Action> {
+    pub fn observe(&mut self, i: BackendId, result: Result<Observation, CheckError>, took: Duration, now: Now) -> Vec<Action> {
         let mut acts = Vec::new();
         let threshold = self.settings.failure_threshold;
         let started = now.mono.checked_sub(took).unwrap_or(now.mono);
@@ -38,7 +39,7 @@ impl Machine {
     }
 
     /// The outcome of an [`Action::Promote`].
-    pub fn promoted(&mut self, attempt: u64, i: usize, result: Result<Observation, PromoteError>, now: Now) -> Vec<Action> {
+    pub fn promoted(&mut self, attempt: u64, i: BackendId, result: Result<Observation, PromoteError>, now: Now) -> Vec<Action> {
         // A promotion that ran was recorded first (coordinated): route by that record even
         // if its watch event is still on its way.
         let mut acts = if result.is_ok() { self.take_recorded(i, now) } else { Vec::new() };
@@ -55,7 +56,7 @@ impl Machine {
     }
 
     /// The outcome of an [`Action::StopWrites`]: the old primary's final WAL position.
-    pub fn writes_stopped(&mut self, attempt: u64, i: usize, result: Result<u64, OpError>, now: Now) -> Vec<Action> {
+    pub fn writes_stopped(&mut self, attempt: u64, i: BackendId, result: Result<u64, OpError>, now: Now) -> Vec<Action> {
         let mut acts = Vec::new();
         if self.current(attempt, &Step::StoppingWrites) {
             self.after_stop_writes(i, result, now, &mut acts);
@@ -65,7 +66,7 @@ impl Machine {
     }
 
     /// The outcome of an [`Action::AwaitReplay`].
-    pub fn replayed(&mut self, attempt: u64, i: usize, result: Result<u64, OpError>, now: Now) -> Vec<Action> {
+    pub fn replayed(&mut self, attempt: u64, i: BackendId, result: Result<u64, OpError>, now: Now) -> Vec<Action> {
         let mut acts = Vec::new();
         if self.in_flight.as_ref().is_some_and(|f| f.attempt == attempt && matches!(f.step, Step::CatchingUp { .. }) && f.to == Some(i)) {
             self.after_catch_up(i, result, now, &mut acts);
@@ -76,7 +77,7 @@ impl Machine {
 
     /// The outcome of an [`Action::AllowWrites`]: the undone switchover gives the route back.
     /// `attempt` 0: a leftover from an interrupted switchover was cleared.
-    pub fn writes_allowed(&mut self, attempt: u64, i: usize, result: Result<(), OpError>, now: Now) -> Vec<Action> {
+    pub fn writes_allowed(&mut self, attempt: u64, i: BackendId, result: Result<(), OpError>, now: Now) -> Vec<Action> {
         let mut acts = Vec::new();
         match &result {
             Ok(()) => {
@@ -94,7 +95,7 @@ impl Machine {
     }
 
     /// The outcome of an [`Action::Repoint`].
-    pub fn repointed(&mut self, standby: usize, primary: usize, result: Result<Repointed, OpError>, now: Now) -> Vec<Action> {
+    pub fn repointed(&mut self, standby: BackendId, primary: BackendId, result: Result<Repointed, OpError>, now: Now) -> Vec<Action> {
         let mut acts = Vec::new();
         let (s, p) = (self.backends[standby].name.clone(), self.backends[primary].name.clone());
         let outcome = match &result {

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::cluster::{Fence, FenceKind, FenceRecord, MemberView, PrimaryRecord};
+use crate::cluster::{BackendId, Fence, FenceKind, FenceRecord, MemberView, PrimaryRecord};
 use crate::coord::{Event, SharedFence, Snapshot, UNREADABLE};
 use crate::monitor::event::EventKind;
 
@@ -130,7 +130,7 @@ impl Machine {
 
     /// The recorded primary changed (or is gone), at mod revision `rev`.
     fn take_record(&mut self, record: Option<PrimaryRecord>, rev: i64) {
-        let index = record.as_ref().and_then(|r| self.backends.iter().position(|b| b.name == r.name));
+        let index = record.as_ref().and_then(|r| self.backends.find(&r.name));
         let foreign = record.as_ref().filter(|_| index.is_none()).map(|r| r.name.clone());
         if foreign.is_some() {
             tracing::error!(record = ?record, "the recorded primary is none of this proxy's backends: every proxy must name the backends alike");
@@ -173,7 +173,7 @@ impl Machine {
                 None => c.fences.remove(&backend),
             };
         }
-        let Some(i) = self.backends.iter().position(|b| b.name == backend) else { return false };
+        let Some(i) = self.backends.find(&backend) else { return false };
         let by = fence.as_ref().map(|f| f.by.clone()).unwrap_or_else(|| "another proxy".into());
         acts.extend(self.peer_fence(i, fence.map(|f| f.fence), &by, now));
         touched.push(backend);
@@ -219,7 +219,7 @@ impl Machine {
     fn after_first_read(&mut self, now: Now, acts: &mut Vec<Action>) {
         let Some(c) = self.coord.as_mut() else { return };
         let restored = c.restored.take().unwrap_or_default();
-        for i in 0..self.backends.len() {
+        for i in self.backends.ids() {
             let (name, Some(f)) = (self.backends[i].name.clone(), self.backends[i].fence.clone()) else { continue };
             let Some(c) = self.coord.as_ref() else { return };
             if c.fences.contains_key(&name) || f.peer.is_some() {
@@ -237,7 +237,7 @@ impl Machine {
     /// Lifts backend `i`'s fence for `reason` (a fence restored from disk that the shared
     /// fences do not have, or a split-brain fence on the recorded primary). Returns the
     /// history event; the caller re-decides.
-    fn lift_fence(&mut self, i: usize, reason: String, now: Now) -> Vec<Action> {
+    fn lift_fence(&mut self, i: BackendId, reason: String, now: Now) -> Vec<Action> {
         if self.backends[i].fence.take().is_none() {
             return Vec::new();
         }
@@ -246,7 +246,7 @@ impl Machine {
 
     /// Another proxy set (`Some`) or lifted (`None`) a shared fence on backend `i`. Returns
     /// the history events; the caller re-decides.
-    fn peer_fence(&mut self, i: usize, fence: Option<Fence>, by: &str, now: Now) -> Vec<Action> {
+    fn peer_fence(&mut self, i: BackendId, fence: Option<Fence>, by: &str, now: Now) -> Vec<Action> {
         let mut acts = Vec::new();
         match fence {
             Some(f) if self.backends[i].fence.is_none() => {
@@ -272,7 +272,7 @@ impl Machine {
     pub fn share(&mut self, now: Now) -> Vec<Action> {
         let Some(c) = self.coord.as_mut() else { return Vec::new() };
         let mut acts = Vec::new();
-        for b in &self.backends {
+        for b in self.backends.iter() {
             let before = c.known.insert(b.name.clone(), b.fence.clone());
             if before.as_ref() == Some(&b.fence) {
                 continue;
@@ -306,7 +306,7 @@ impl Machine {
     /// The outcome of an [`Action::RecordPrimary`] for backend `i` (the new record's revision,
     /// `None` when it was not written): route by it at once (its watch event may still be on
     /// its way); after a failure the next input after [`RECORD_RETRY`] tries again.
-    pub fn record_written(&mut self, i: usize, epoch: u64, rev: Option<i64>, now: Now) -> Vec<Action> {
+    pub fn record_written(&mut self, i: BackendId, epoch: u64, rev: Option<i64>, now: Now) -> Vec<Action> {
         let Some(c) = self.coord.as_mut() else { return Vec::new() };
         c.bootstrapping = false;
         let Some(rev) = rev else {
@@ -320,7 +320,7 @@ impl Machine {
     }
 
     /// This proxy recorded backend `i` itself: it is routed by that record at once.
-    pub(super) fn take_recorded(&mut self, i: usize, now: Now) -> Vec<Action> {
+    pub(super) fn take_recorded(&mut self, i: BackendId, now: Now) -> Vec<Action> {
         let mut acts = Vec::new();
         match self.coord.as_mut() {
             Some(c) if c.recorded != Some(i) => c.recorded = Some(i),
@@ -330,7 +330,7 @@ impl Machine {
         acts
     }
 
-    fn record_for(&self, c: &Coordination, i: usize) -> PrimaryRecord {
+    fn record_for(&self, c: &Coordination, i: BackendId) -> PrimaryRecord {
         let b = &self.backends[i];
         PrimaryRecord {
             name: b.name.clone(),
@@ -343,7 +343,7 @@ impl Machine {
 
     /// The record (and the old primary's fence) to write before promoting backend `i`, when
     /// coordinated: no promotion without it.
-    pub fn promotion_record(&self, i: usize) -> Option<Recording> {
+    pub fn promotion_record(&self, i: BackendId) -> Option<Recording> {
         let c = self.coord.as_ref()?;
         let fences = self
             .in_flight

@@ -4,6 +4,7 @@
 
 use tokio::sync::mpsc;
 
+use crate::cluster::BackendId;
 use crate::coord::Event as CoordEvent;
 use crate::monitor::handle::Command;
 use crate::monitor::machine::{Now, Recording};
@@ -42,7 +43,7 @@ impl MonitorTask {
     }
 
     /// Writes a record outside a promotion, and reports how it went.
-    pub(super) fn record_primary(&self, i: usize, recording: Recording) {
+    pub(super) fn record_primary(&self, i: BackendId, recording: Recording) {
         let Some(coord) = self.coord.clone() else { return };
         let epoch = recording.record.epoch;
         let failed = Command::Recorded { i, epoch, rev: None };
@@ -82,7 +83,7 @@ impl MonitorTask {
             }
             None => x.coordination_enabled.set(0.0),
         }
-        for (i, g) in x.routed_primary.iter().enumerate() {
+        for (i, g) in BackendId::all(x.routed_primary.len()).zip(&x.routed_primary) {
             g.set(if self.machine.route() == Some(i) { 1.0 } else { 0.0 });
         }
     }

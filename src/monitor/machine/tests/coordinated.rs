@@ -62,7 +62,7 @@ fn a_follower_never_promotes_and_follows_the_leaders_record() {
     assert_eq!(m.route, None, "pg-b is primary but not recorded");
     news(&mut m, &mut c, vec![Event::Record(Some(record("pg-c")), 11)]);
     see(&mut m, &mut c, 2, primary(4898, 2));
-    assert_eq!(m.route, Some(2));
+    assert_eq!(m.route, Some(b(2)));
     assert_eq!(kinds(&news(&mut m, &mut c, vec![leadership("third", false)])), []);
 }
 
@@ -150,17 +150,17 @@ fn a_fence_set_by_another_proxy_is_kept_and_lifted_with_it() {
     let f = Fence::new(FenceKind::SplitBrain, "split brain".into());
     let acts = news(&mut m, &mut c, vec![shared("pg-b", f, "p2", 20)]);
     assert_eq!(kinds(&acts), [EventKind::Fence], "the last check (before the fence) does not lift it");
-    assert!(m.backends[1].fence.as_ref().unwrap().reason.starts_with("fenced by p2: split brain"));
-    assert!(!m.eligible(1), "a fenced standby is not a candidate");
+    assert!(m.backends[b(1)].fence.as_ref().unwrap().reason.starts_with("fenced by p2: split brain"));
+    assert!(!m.eligible(b(1)), "a fenced standby is not a candidate");
     assert!(m.share(c.tick()).is_empty(), "a peer's fence is never shared back");
     let acts = news(&mut m, &mut c, vec![Event::Fence { backend: "pg-b".into(), fence: SharedFence::Lifted }]);
     assert_eq!(kinds(&acts), [EventKind::Unfence]);
-    assert!(m.backends[1].fence.is_none());
+    assert!(m.backends[b(1)].fence.is_none());
     // A check begun after the fence that finds it rebuilt as a standby lifts it here (and so,
     // through etcd, everywhere: only the fence's revision is lifted).
     let f = Fence::new(FenceKind::Unreachable, "old primary".into());
     news(&mut m, &mut c, vec![shared("pg-c", f, "p2", 21)]);
-    let acts = m.observe(2, Ok(standby(4800, 1)), Duration::ZERO, c.tick());
+    let acts = m.observe(b(2), Ok(standby(4800, 1)), Duration::ZERO, c.tick());
     assert_eq!(kinds(&acts), [EventKind::Unfence]);
     assert_eq!(m.share(c.tick()), [Action::LiftFence { backend: "pg-c".into(), revision: 21 }]);
 }
@@ -170,21 +170,21 @@ fn the_leader_re_records_only_when_the_record_names_no_routable_primary() {
     let (mut m, mut c) = coordinated(2, true);
     assert_eq!(m.record_wanted(), None, "pg-a recorded and routed");
     news(&mut m, &mut c, vec![Event::Record(None, 0)]);
-    assert_eq!(m.record_wanted(), Some(0), "a new cluster: record the routed primary");
+    assert_eq!(m.record_wanted(), Some(b(0)), "a new cluster: record the routed primary");
     news(&mut m, &mut c, vec![Event::Record(Some(record("pg-a")), 12)]);
     // A switchover recorded pg-b, then pg-b refused the promotion and it was undone.
     let (started, _) = m.trigger(&TriggerRequest { target: None, force: false, who: "alice".into() }, c.tick()).unwrap();
-    m.writes_stopped(started.attempt, 0, Ok(5000), c.tick());
-    m.replayed(started.attempt, 1, Ok(5000), c.tick());
+    m.writes_stopped(started.attempt, b(0), Ok(5000), c.tick());
+    m.replayed(started.attempt, b(1), Ok(5000), c.tick());
     news(&mut m, &mut c, vec![Event::Record(Some(record("pg-b")), 13)]);
     assert_eq!(m.record_wanted(), None, "not while the switchover runs");
     let denied = PromoteError::Refused(CheckError::Server { code: "42501".into(), message: "permission denied for function pg_promote".into() });
-    m.promoted(started.attempt, 1, Err(denied), c.tick());
-    m.writes_allowed(started.attempt, 0, Ok(()), c.tick());
+    m.promoted(started.attempt, b(1), Err(denied), c.tick());
+    m.writes_allowed(started.attempt, b(0), Ok(()), c.tick());
     see(&mut m, &mut c, 1, standby(5000, 1));
     see(&mut m, &mut c, 0, primary(5000, 1));
     assert_eq!(m.route, None, "pg-a is not recorded");
-    assert_eq!(m.record_wanted(), Some(0), "the leader records pg-a again");
+    assert_eq!(m.record_wanted(), Some(b(0)), "the leader records pg-a again");
     let acts = news(&mut m, &mut c, vec![Event::Record(Some(record("pg-a")), 14)]);
     assert_eq!(routes(&acts), [Some(0)]);
     // A follower never records.
@@ -198,18 +198,18 @@ fn the_leader_writes_the_record_it_wants_once_and_again_after_a_failure() {
     let (mut m, mut c) = coordinated(2, true);
     news(&mut m, &mut c, vec![Event::Record(None, 0)]);
     let acts = m.share(c.tick());
-    let [Action::RecordPrimary { backend: 0, recording }] = acts.as_slice() else { panic!("{acts:?}") };
+    let [Action::RecordPrimary { backend: PG_A, recording }] = acts.as_slice() else { panic!("{acts:?}") };
     assert_eq!((recording.record.name.as_str(), recording.record.epoch, recording.expect), ("pg-a", 2, 0), "the next epoch, replacing no record");
     assert!(m.share(c.tick()).is_empty(), "one at a time");
-    m.record_written(0, 2, None, c.tick());
+    m.record_written(b(0), 2, None, c.tick());
     assert!(m.share(c.tick()).is_empty(), "not again at once after a failure");
     for _ in 0..10 {
         c.tick();
     }
-    assert!(matches!(m.share(c.tick()).as_slice(), [Action::RecordPrimary { backend: 0, .. }]), "again a second later");
-    m.record_written(0, 2, Some(30), c.tick());
+    assert!(matches!(m.share(c.tick()).as_slice(), [Action::RecordPrimary { backend: PG_A, .. }]), "again a second later");
+    m.record_written(b(0), 2, Some(30), c.tick());
     assert!(m.share(c.tick()).is_empty());
-    assert_eq!(m.route, Some(0));
+    assert_eq!(m.route, Some(b(0)));
 }
 
 #[test]
@@ -218,7 +218,7 @@ fn split_brain_fences_are_shared_only_while_the_record_they_were_decided_on_stan
     // condition that the record is still the one at revision 10.
     let (mut m, mut c) = coordinated(2, false);
     see(&mut m, &mut c, 1, primary(4900, 1));
-    assert_eq!(m.backends[1].fence.as_ref().unwrap().kind, FenceKind::SplitBrain);
+    assert_eq!(m.backends[b(1)].fence.as_ref().unwrap().kind, FenceKind::SplitBrain);
     let acts = m.share(c.tick());
     let [Action::ShareFence { backend, fence, while_record: Some(10) }] = acts.as_slice() else { panic!("{acts:?}") };
     assert_eq!((backend.as_str(), fence.by.as_str()), ("pg-b", "me"));
@@ -226,7 +226,7 @@ fn split_brain_fences_are_shared_only_while_the_record_they_were_decided_on_stan
     // lifted, never shared, and pg-a (writable beside the record) is the one fenced now.
     let acts = news(&mut m, &mut c, vec![Event::Record(Some(record("pg-b")), 11), Event::FenceRefused { backend: "pg-b".into() }]);
     assert_eq!(kinds(&acts).first(), Some(&EventKind::Unfence), "{acts:?}");
-    assert!(m.backends[1].fence.is_none());
+    assert!(m.backends[b(1)].fence.is_none());
     let acts = m.share(c.tick());
     assert!(matches!(acts.as_slice(), [Action::ShareFence { backend, while_record: Some(11), .. }] if backend == "pg-a"), "{acts:?}");
 
@@ -243,7 +243,7 @@ fn split_brain_fences_are_shared_only_while_the_record_they_were_decided_on_stan
     news(&mut m, &mut c, vec![Event::Record(Some(record("pg-b")), 11)]);
     see(&mut m, &mut c, 0, primary(5001, 1));
     see(&mut m, &mut c, 1, primary(4900, 1));
-    assert_eq!(m.backends[1].fence.as_ref().map(|f| f.kind), Some(FenceKind::SplitBrain), "the record is not current without etcd");
+    assert_eq!(m.backends[b(1)].fence.as_ref().map(|f| f.kind), Some(FenceKind::SplitBrain), "the record is not current without etcd");
     assert!(m.share(c.tick()).is_empty());
 }
 
@@ -258,17 +258,17 @@ fn the_first_read_lifts_what_etcd_does_not_have_and_keeps_what_it_cannot_read() 
     assert!(m.share(c.tick()).is_empty(), "a fence restored from disk is not shared");
     let acts = news(&mut m, &mut c, vec![Event::EtcdUp(true), loaded("pg-a")]);
     assert_eq!(kinds(&acts), [EventKind::Unfence]);
-    assert!(m.backends[1].fence.is_none());
+    assert!(m.backends[b(1)].fence.is_none());
 
     // A session later: pg-c's fence is gone from etcd (lifted while this proxy was away), and
     // pg-a's key cannot be read any more (it keeps the fence it had, and is never lifted
     // from here).
     news(&mut m, &mut c, vec![shared("pg-c", fence.clone(), "p2", 20), shared("pg-a", fence.clone(), "p2", 21)]);
-    assert!(m.backends[0].fence.is_some() && m.backends[2].fence.is_some());
+    assert!(m.backends[b(0)].fence.is_some() && m.backends[b(2)].fence.is_some());
     let mut snapshot = Snapshot { record: Some(record("pg-a")), record_revision: 10, ..Default::default() };
     snapshot.fences.insert("pg-a".into(), SharedFence::Unreadable);
     let acts = news(&mut m, &mut c, vec![Event::EtcdUp(true), Event::Loaded(snapshot)]);
     assert_eq!(kinds(&acts), [EventKind::Unfence], "pg-c's");
-    assert!(m.backends[0].fence.is_some() && m.backends[2].fence.is_none());
+    assert!(m.backends[b(0)].fence.is_some() && m.backends[b(2)].fence.is_none());
     assert_eq!(m.coordination().unwrap().fence_revs.get("pg-a"), Some(&UNREADABLE));
 }
