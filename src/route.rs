@@ -1,8 +1,9 @@
 //! The route: the one backend new client connections go to, plus an epoch; and the read
 //! route, the backends the read-only port may use.
 //!
-//! Only the monitor writes it (through [`RouteWriter`]); sessions and the listener read a
-//! `watch` and clone the small value out, never holding a borrow across an `.await`.
+//! Only the monitor writes it (through [`RouteWriter`]), as the machine's route actions say;
+//! sessions and the listener read a `watch` and clone the small value out, never holding a
+//! borrow across an `.await`. Backends are named by [`BackendId`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +32,7 @@ impl Route {
 /// The writing end; the monitor owns the only one.
 #[derive(Debug)]
 pub struct RouteWriter {
+    /// Every reader's receiver hangs off it.
     tx: watch::Sender<Route>,
 }
 
@@ -94,6 +96,7 @@ pub struct ReadRoute {
 /// The writing end of the [`ReadRoute`]; the monitor owns it.
 #[derive(Debug)]
 pub struct ReadRouteWriter {
+    /// Every reader's receiver hangs off it.
     tx: watch::Sender<ReadRoute>,
 }
 

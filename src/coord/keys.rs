@@ -4,11 +4,14 @@
 //! | key | value | lease |
 //! |---|---|---|
 //! | `leader/<lease>` | the election (etcd's v3election): the oldest key is the leader; value = its name | the leader's |
-//! | `primary` | [`PrimaryRecord`](crate::cluster::PrimaryRecord): the one primary every proxy routes to | none |
-//! | `fences/<backend>` | [`FenceRecord`](crate::cluster::FenceRecord): a backend no proxy may route to | none |
-//! | `members/<name>` | [`MemberView`](crate::cluster::MemberView): a proxy's own view of the backends | the proxy's |
-//! | `requests/<id>` | [`Request`](crate::cluster::Request): an admin request a follower hands to the leader | the follower's |
+//! | `primary` | [`PrimaryRecord`]: the one primary every proxy routes to | none |
+//! | `fences/<backend>` | [`FenceRecord`]: a backend no proxy may route to | none |
+//! | `members/<name>` | [`MemberView`]: a proxy's own view of the backends | the proxy's |
+//! | `requests/<id>` | [`Request`]: an admin request a follower hands to the leader | the follower's |
 //! | `responses/<id>` | [`Response`](crate::cluster::Response): the leader's answer to it | the leader's |
+//!
+//! [`Keys::decode`] turns a key and its value into what it says ([`Decoded`]): pure, and
+//! unit-tested below. Judging what it means is the machine's.
 
 use crate::cluster::{FenceRecord, MemberView, PrimaryRecord, Request};
 
@@ -17,6 +20,7 @@ use super::event::SharedFence;
 /// The key names of one cluster.
 #[derive(Clone, Debug)]
 pub struct Keys {
+    /// `/pgfailover/<cluster>/`: every key of the cluster starts with it.
     pub prefix: String,
 }
 
@@ -72,7 +76,9 @@ pub enum KeyKind<'k> {
 /// One key and its value as etcd returned them: the parts decoding reads.
 #[derive(Clone, Copy, Debug)]
 pub struct Kv<'a> {
+    /// The whole key, prefix included.
     pub key: &'a [u8],
+    /// Its value (JSON, or an election candidate's name).
     pub value: &'a [u8],
     /// When the key was created (an election key's age).
     pub create_revision: i64,

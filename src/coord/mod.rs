@@ -38,7 +38,7 @@ mod event;
 mod fences;
 mod forward;
 mod gate;
-pub mod keys;
+mod keys;
 mod lease;
 mod session;
 

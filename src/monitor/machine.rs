@@ -2,9 +2,21 @@
 //!
 //! Inputs: check results ([`Machine::observe`]), outcomes of the operations it asked for
 //! ([`Machine::promoted`], [`Machine::writes_stopped`], [`Machine::replayed`],
-//! [`Machine::writes_allowed`], [`Machine::repointed`]) and operator commands
-//! ([`Machine::trigger`], [`Machine::unfence`]). Output: [`Action`]s the monitor carries out.
-//! The machine is the only writer of the route.
+//! [`Machine::writes_allowed`], [`Machine::repointed`], [`Machine::record_written`]),
+//! operator commands ([`Machine::trigger`], [`Machine::unfence`]), a reload
+//! ([`Machine::reload`]) and, when coordinated, etcd's news ([`Machine::coordinated`]).
+//! Output: [`Action`]s the monitor carries out, including what this proxy shares with the
+//! others ([`Machine::share`]). Backends are named by [`BackendId`].
+//!
+//! The machine owns its state: its fields are private, the rest of the proxy reads them
+//! through methods, and the route is written only from its [`Action::Route`] and
+//! [`Action::RouteReason`]. When coordinated it also keeps the one copy of what the proxies
+//! share through etcd ([`Coordination`]) and makes every decision about it: who may
+//! promote, what is recorded, which fence is shared and on what condition. Files: `inputs`
+//! (the inputs above), `decide` (route, split brain, state), `failover` (a failover's steps
+//! and the trigger), `eligibility` and `reads` (which standby may take over, or serve
+//! reads), `coordination` (the shared view and its rules), `sharing` (etcd's news in, this
+//! proxy's fences, view and records out), `backend`, `settings`.
 //!
 //! A failover ([`InFlight`]) moves through [`Step`]s:
 //! - **Detect fast.** The routed primary reaches `failure_threshold` consecutive *down*
@@ -155,7 +167,9 @@ pub enum Action {
 /// The time of an input: monotonic for durations, wall clock for what people read.
 #[derive(Clone, Copy, Debug)]
 pub struct Now {
+    /// For durations and the order of checks.
     pub mono: Instant,
+    /// For the history and the status.
     pub wall: SystemTime,
 }
 
@@ -190,17 +204,25 @@ pub enum Step {
 /// A failover being carried out (or waiting for a candidate).
 #[derive(Clone, Debug)]
 pub struct InFlight {
+    /// Ties the outcomes of the operations it asked for to it (late ones are ignored).
     pub attempt: u64,
+    /// The lost (or switched-over) primary; `None` when none was known (start-up).
     pub from: Option<BackendId>,
     /// The old primary's last seen WAL position and timeline.
     pub from_lsn: Option<u64>,
+    /// Its timeline: standbys on it may still be candidates.
     pub from_timeline: Option<u32>,
     /// The candidate, once chosen.
     pub to: Option<BackendId>,
+    /// The candidate's WAL position when chosen: the data-loss window's far end.
     pub to_lsn: Option<u64>,
+    /// Where it stands.
     pub step: Step,
+    /// When it began: its duration feeds the histogram.
     pub started: Instant,
+    /// Who asked for it.
     pub trigger: Trigger,
+    /// Why, for people (the history, the route's reason).
     pub reason: String,
     /// A planned switchover (writes stopped first, nothing lost).
     pub switchover: bool,
@@ -227,9 +249,13 @@ pub enum HeldBack {
 /// Counters reported by the API and metrics.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
+    /// Completed failovers (automatic and manual).
     pub failovers: u64,
+    /// Backends that answered again after being marked down.
     pub recoveries: u64,
+    /// Failed health checks, all backends.
     pub check_failures: u64,
+    /// Split brains resolved by fencing one side.
     pub split_brains: u64,
 }
 
@@ -249,15 +275,18 @@ pub struct TriggerRequest {
     pub target: Option<String>,
     /// Promote at once, without stopping writes on a healthy primary first.
     pub force: bool,
+    /// The caller, for the history.
     pub who: String,
 }
 
 /// A trigger that was accepted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Started {
+    /// The failover attempt: its outcome is concluded under this number.
     pub attempt: u64,
     /// The standby being promoted.
     pub to: String,
+    /// A switchover (writes stopped first), not an immediate promotion.
     pub switchover: bool,
 }
 

@@ -132,7 +132,9 @@ pub struct CoordStatus {
     pub cluster: String,
     /// The leading proxy, when known.
     pub leader: Option<String>,
+    /// This proxy leads.
     pub is_leader: bool,
+    /// etcd answers this proxy.
     pub etcd_reachable: bool,
     /// The etcd revision of the last change seen.
     pub last_revision: i64,

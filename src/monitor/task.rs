@@ -1,6 +1,8 @@
-//! The monitor task: feeds check results, operation outcomes and commands into the
-//! [`Machine`], carries out its actions, keeps metrics and the published [`Status`] current.
-//! It owns the route writer.
+//! The monitor task: feeds check results, operation outcomes, commands and etcd's news into
+//! the [`Machine`], carries out its actions, keeps metrics and the published [`Status`]
+//! current. It holds the route writer, and writes it only as the machine's actions say.
+//! Its probers are `prober`'s; its side of coordination is `coordinated`'s; failing closed
+//! is `lifeline`'s.
 //!
 //! It fails closed: if the monitor or a prober ends while the proxy is not stopping (a
 //! panic), the route is cleared, the status says so (`/ready` answers 503) and the `fatal`
@@ -132,17 +134,25 @@ pub fn spawn(
 }
 
 struct MonitorTask {
+    /// The decisions; the only source of the route.
     machine: Machine,
+    /// The route's writing end: written only from the machine's route actions.
     route: RouteWriter,
     /// The read-only port's targets, recomputed at every publish.
     read_route: ReadRouteWriter,
+    /// The backends' configuration, by [`BackendId`] index: what the operations connect to.
     backends: Arc<[BackendConfig]>,
+    /// Where figures go after every input.
     metrics: Arc<Metrics>,
+    /// The history, shared with the admin port (a std mutex: short sections only).
     history: Arc<Mutex<History>>,
+    /// The published status (`/failover/status`).
     status_tx: watch::Sender<Arc<Status>>,
     /// For operation tasks to report back.
     commands: mpsc::Sender<Command>,
+    /// Asks a prober to check now, by [`BackendId`] index.
     probe_now: Arc<[mpsc::Sender<CheckNow>]>,
+    /// Where operations run (a takeover waits for them).
     tracker: TaskTracker,
     /// Up to when time without a primary has been added to the metric.
     last_accounted: Instant,
@@ -152,6 +162,7 @@ struct MonitorTask {
     probing: watch::Sender<(Duration, Duration)>,
     /// Operators waiting for the outcome of their trigger, by attempt.
     waiting: HashMap<u64, Vec<oneshot::Sender<Outcome>>>,
+    /// Stopping, or failing closed.
     life: Lifeline,
 }
 

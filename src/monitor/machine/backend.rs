@@ -23,6 +23,7 @@ pub struct Repoint {
 /// Health and facts of one backend.
 #[derive(Clone, Debug)]
 pub struct Backend {
+    /// Its configured name: how people, the history and the other proxies name it.
     pub name: String,
     /// `host:port` as configured, to recognise it as another standby's upstream.
     pub address: String,
@@ -37,13 +38,17 @@ pub struct Backend {
     pub failure_count: u32,
     /// Consecutive failed checks that say the server may be gone.
     pub down_count: u32,
+    /// When its latest check ended.
     pub last_check: Option<SystemTime>,
+    /// How long its latest successful check took.
     pub response_time_ms: Option<f64>,
     /// First failure of the current run of failures.
     pub down_since: Option<SystemTime>,
     /// The last successful observation (stale while checks fail).
     pub obs: Option<Observation>,
+    /// Why its latest check failed (`None` once one succeeds).
     pub last_error: Option<CheckError>,
+    /// Set: no session may be routed to it.
     pub fence: Option<Fence>,
     /// WAL position of the last check that found it in recovery: what a promoted standby
     /// had received, for the data-loss window of a failover.
@@ -53,8 +58,11 @@ pub struct Backend {
     /// down failure ended, when it last answered again after such a run, and when its
     /// latest successful check began.
     pub failing_since: Option<Instant>,
+    /// See `failing_since`.
     pub failed_at: Option<Instant>,
+    /// See `failing_since`.
     pub back_at: Option<Instant>,
+    /// See `failing_since`.
     pub success_started: Option<Instant>,
     /// The timeline it last streamed on (a standby's WAL receiver), kept while the receiver
     /// is down: a standby's timeline only grows.
@@ -64,6 +72,7 @@ pub struct Backend {
     /// A standby with received WAL it has not replayed, since (as the checks saw it): its
     /// replay delay when the server cannot say (no commit replayed since it started).
     pub behind_since: Option<Instant>,
+    /// The last attempt to point it at the routed primary.
     pub repoint: Option<Repoint>,
     /// Set when it was promoted: its first WAL position as a primary (its new timeline began
     /// at or before it). A standby still on the old timeline with more WAL than this has

@@ -8,8 +8,11 @@ use crate::config::PromoteMode;
 /// The parts of the configuration the decisions depend on.
 #[derive(Clone, Debug)]
 pub struct Settings {
+    /// `health.failure_threshold`: consecutive *down* failures that mark a backend down.
     pub failure_threshold: u32,
+    /// `failover.max_lag_bytes`: a standby further behind is not eligible.
     pub max_lag_bytes: u64,
+    /// `failover.promote`: whether this proxy promotes at all.
     pub promote: PromoteMode,
     /// `health.timeout`: no check lasts longer, so a failure that ended this long after an
     /// instant began after it.

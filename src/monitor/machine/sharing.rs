@@ -305,7 +305,7 @@ impl Machine {
 
     /// The outcome of an [`Action::RecordPrimary`] for backend `i` (the new record's revision,
     /// `None` when it was not written): route by it at once (its watch event may still be on
-    /// its way); after a failure the next input after [`RECORD_RETRY`] tries again.
+    /// its way); after a failure the next input a second later tries again.
     pub fn record_written(&mut self, i: BackendId, epoch: u64, rev: Option<i64>, now: Now) -> Vec<Action> {
         let Some(c) = self.coord.as_mut() else { return Vec::new() };
         c.bootstrapping = false;
