@@ -10,10 +10,13 @@
 //!   retried until a server accepts the client), [`proxy::wire`] (startup packets, a server's
 //!   first answer, the 57P03 `ErrorResponse`), [`proxy::socket`] (socket options, bounded
 //!   connects), [`proxy::DataPath`] (what every session shares).
-//! - [`monitor`]: health checks, the pure failover state machine, the operations it runs
-//!   (promote, switchover, re-point), history and the published status.
-//! - [`coord`]: several proxies agreeing through etcd (leader, recorded primary, shared
-//!   fences, members' views, forwarded admin requests).
+//! - [`monitor`]: health checks, the pure failover state machine (which owns its state and
+//!   makes every decision, coordinated ones included), the operations it runs (promote,
+//!   switchover, re-point), history and the published status.
+//! - [`coord`]: several proxies agreeing through etcd, as a transport only: etcd's keys
+//!   decoded into events for the machine, and the writes it asks for (leader election,
+//!   recorded primary, shared fences, members' views, forwarded admin requests).
+//! - [`cluster`]: the words both share: backend ids, fences, the records kept in etcd.
 //! - [`admin`]: the HTTP side port (status, history, trigger, metrics).
 //! - [`metrics`]: per-instance Prometheus series.
 //! - [`duration`]: human durations ("250ms") and millisecond figures.
@@ -37,6 +40,7 @@
 #![deny(unsafe_code)]
 
 pub mod admin;
+pub mod cluster;
 pub mod config;
 pub mod coord;
 pub mod duration;

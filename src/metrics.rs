@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
+use crate::cluster::BackendId;
+
 /// The `kind` label values of `pgfailover_health_check_errors_total` (the monitor's
 /// `ErrorKind` names).
 pub const CHECK_ERROR_KINDS: [&str; 3] = ["down", "misconfigured", "overloaded"];
@@ -205,9 +207,9 @@ impl Metrics {
     }
 
     /// Counts a failed health check of `backend` by kind (one of [`CHECK_ERROR_KINDS`]).
-    pub fn check_error(&self, backend: usize, kind: &str) {
+    pub fn check_error(&self, backend: BackendId, kind: &str) {
         let k = CHECK_ERROR_KINDS.iter().position(|x| *x == kind).unwrap_or(0);
-        if let Some(c) = self.health_check_errors.get(backend).and_then(|v| v.get(k)) {
+        if let Some(c) = self.health_check_errors.get(backend.index()).and_then(|v| v.get(k)) {
             c.increment(1);
         }
     }
@@ -233,13 +235,13 @@ impl Metrics {
     }
 
     /// Open read sessions on `backend` now.
-    pub fn read_sessions(&self, backend: usize) -> u64 {
-        self.read_sessions.get(backend).map(|a| a.load(Ordering::Relaxed)).unwrap_or(0)
+    pub fn read_sessions(&self, backend: BackendId) -> u64 {
+        self.read_sessions.get(backend.index()).map(|a| a.load(Ordering::Relaxed)).unwrap_or(0)
     }
 
     /// Tracks one read session on `backend`; the guard ends it.
-    pub fn read_session_started(&self, backend: usize) -> ReadGuard<'_> {
-        if let Some(a) = self.read_sessions.get(backend) {
+    pub fn read_session_started(&self, backend: BackendId) -> ReadGuard<'_> {
+        if let Some(a) = self.read_sessions.get(backend.index()) {
             a.fetch_add(1, Ordering::Relaxed);
         }
         ReadGuard(self, backend)
@@ -254,8 +256,8 @@ impl Metrics {
         self.stats.active.load(Ordering::Relaxed) as usize
     }
 
-    pub fn connect_error(&self, backend: usize) {
-        if let Some(c) = self.backend_connect_errors.get(backend) {
+    pub fn connect_error(&self, backend: BackendId) {
+        if let Some(c) = self.backend_connect_errors.get(backend.index()) {
             c.increment(1);
         }
         self.stats.connect_errors.fetch_add(1, Ordering::Relaxed);
@@ -321,11 +323,11 @@ impl Metrics {
 }
 
 /// Ends a read session's count on its backend.
-pub struct ReadGuard<'a>(&'a Metrics, usize);
+pub struct ReadGuard<'a>(&'a Metrics, BackendId);
 
 impl Drop for ReadGuard<'_> {
     fn drop(&mut self) {
-        if let Some(a) = self.0.read_sessions.get(self.1) {
+        if let Some(a) = self.0.read_sessions.get(self.1.index()) {
             a.fetch_sub(1, Ordering::Relaxed);
         }
     }

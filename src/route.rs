@@ -1,21 +1,24 @@
 //! The route: the one backend new client connections go to, plus an epoch; and the read
 //! route, the backends the read-only port may use.
 //!
-//! Only the monitor writes it (through [`RouteWriter`]); sessions and the listener read a
-//! `watch` and clone the small value out, never holding a borrow across an `.await`.
+//! Only the monitor writes it (through [`RouteWriter`]), as the machine's route actions say;
+//! sessions and the listener read a `watch` and clone the small value out, never holding a
+//! borrow across an `.await`. Backends are named by [`BackendId`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::cluster::BackendId;
+
 /// Where new sessions go right now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Route {
     /// Increases on every change, so a reader can tell "moved" from "same".
     pub epoch: u64,
-    /// Index (config order) of the routable primary, or `None` while no backend is routable.
-    pub target: Option<usize>,
+    /// The routable primary, or `None` while no backend is routable.
+    pub target: Option<BackendId>,
     /// Why there is no target, shown to refused clients and operators.
     pub reason: Arc<str>,
 }
@@ -29,6 +32,7 @@ impl Route {
 /// The writing end; the monitor owns the only one.
 #[derive(Debug)]
 pub struct RouteWriter {
+    /// Every reader's receiver hangs off it.
     tx: watch::Sender<Route>,
 }
 
@@ -48,7 +52,7 @@ impl RouteWriter {
 
     /// Points new sessions at `target` (or nowhere). Publishes, and bumps the epoch, only
     /// when something changed; returns whether it did.
-    pub fn set(&self, target: Option<usize>, reason: &str) -> bool {
+    pub fn set(&self, target: Option<BackendId>, reason: &str) -> bool {
         self.tx.send_if_modified(|r| {
             if r.target == target && (target.is_some() || &*r.reason == reason) {
                 return false;
@@ -64,7 +68,8 @@ impl RouteWriter {
 /// One standby (or the primary, with `include_primary`) that may take new read sessions.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ReadTarget {
-    pub backend: usize,
+    /// The backend.
+    pub backend: BackendId,
     /// WAL bytes its replay is behind the primary's last seen position.
     pub lag_bytes: u64,
     /// Its replay delay (see [`crate::config::ReadConfig::max_lag`]).
@@ -80,10 +85,10 @@ pub struct ReadRoute {
     /// Backends within the configured `[read]` bounds, with their lag, in config order.
     pub targets: Vec<ReadTarget>,
     /// The routed primary: the fallback when no standby qualifies.
-    pub primary: Option<usize>,
+    pub primary: Option<BackendId>,
     /// Backends whose open read sessions may stay (answering, not fenced); a read session
     /// on any other is cut.
-    pub live: Vec<usize>,
+    pub live: Vec<BackendId>,
     /// Why no standby qualifies, when none does.
     pub reason: Arc<str>,
 }
@@ -91,6 +96,7 @@ pub struct ReadRoute {
 /// The writing end of the [`ReadRoute`]; the monitor owns it.
 #[derive(Debug)]
 pub struct ReadRouteWriter {
+    /// Every reader's receiver hangs off it.
     tx: watch::Sender<ReadRoute>,
 }
 
@@ -126,7 +132,7 @@ impl ReadRouteWriter {
 }
 
 /// Resolves when the route no longer names `backend` (checked at once, then on every change).
-pub async fn left(route: &mut watch::Receiver<Route>, backend: usize) {
+pub async fn left(route: &mut watch::Receiver<Route>, backend: BackendId) {
     loop {
         if route.borrow_and_update().target != Some(backend) {
             return;
@@ -144,17 +150,18 @@ mod tests {
 
     #[test]
     fn epoch_moves_only_on_change() {
+        let (a, b) = (BackendId::new(0), BackendId::new(1));
         let w = RouteWriter::new("starting");
         let rx = w.subscribe();
         assert_eq!(rx.borrow().epoch, 0);
-        assert!(w.set(Some(0), ""));
+        assert!(w.set(Some(a), ""));
         assert_eq!(rx.borrow().epoch, 1);
-        assert!(!w.set(Some(0), "other text"));
+        assert!(!w.set(Some(a), "other text"));
         assert!(w.set(None, "primary down"));
         assert_eq!(rx.borrow().epoch, 2);
         assert_eq!(&*rx.borrow().reason, "primary down");
-        assert!(w.set(Some(1), ""));
-        assert_eq!(w.current().target, Some(1));
+        assert!(w.set(Some(b), ""));
+        assert_eq!(w.current().target, Some(b));
         assert_eq!(w.current().epoch, 3);
     }
 }

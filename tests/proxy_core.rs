@@ -9,11 +9,15 @@ use bytes::Bytes;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+use pgfailover::cluster::BackendId;
 use postgres_openssl::MakeTlsConnector;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, NoTls};
 
 const SECS_10: Duration = Duration::from_secs(10);
+/// The harness's backends, in config order.
+const PG_A: BackendId = BackendId::new(0);
+const PG_B: BackendId = BackendId::new(1);
 
 /// A TLS connector for clients of the harness servers' self-signed certificates.
 fn tls_trusting_any_certificate() -> MakeTlsConnector {
@@ -26,7 +30,7 @@ fn tls_trusting_any_certificate() -> MakeTlsConnector {
 async fn simple_extended_and_pipelined_queries() {
     let c = cluster(0).await;
     let p = data_path(backends(&c), SECS_10).await;
-    p.route.set(Some(0), "");
+    p.route.set(Some(PG_A), "");
     let client = connect(p.addr, &c.options.password).await;
     let rows = client.simple_query("select 1 as one; select 'two'").await.unwrap();
     let values: Vec<String> = rows
@@ -59,7 +63,7 @@ async fn simple_extended_and_pipelined_queries() {
 async fn copy_out_and_in_of_50mb_match_direct() {
     let c = cluster(0).await;
     let p = data_path(backends(&c), SECS_10).await;
-    p.route.set(Some(0), "");
+    p.route.set(Some(PG_A), "");
     let pw = &c.options.password;
     let via = connect(p.addr, pw).await;
     let direct = connect(node_addr(&c, 0), pw).await;
@@ -106,7 +110,7 @@ async fn copy_out_and_in_of_50mb_match_direct() {
 async fn listen_notify_passes_through() {
     let c = cluster(0).await;
     let p = data_path(backends(&c), SECS_10).await;
-    p.route.set(Some(0), "");
+    p.route.set(Some(PG_A), "");
     let pw = &c.options.password;
     let (listener, mut conn) = tokio_postgres::connect(&conn_str(p.addr, pw), NoTls).await.unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -129,7 +133,7 @@ async fn listen_notify_passes_through() {
 async fn cancel_request_cancels_a_running_query() {
     let c = cluster(0).await;
     let p = data_path(backends(&c), SECS_10).await;
-    p.route.set(Some(0), "");
+    p.route.set(Some(PG_A), "");
     let pw = c.options.password.clone();
     let client = connect(p.addr, &pw).await;
     let token = client.cancel_token();
@@ -153,7 +157,7 @@ async fn cancel_request_cancels_a_running_query() {
 async fn tls_passes_through_to_the_server() {
     let c = cluster_with(pgfailover::localpg::ClusterOptions { standbys: 0, ssl: true, ..Default::default() }).await;
     let p = data_path(backends(&c), SECS_10).await;
-    p.route.set(Some(0), "");
+    p.route.set(Some(PG_A), "");
     let tls = tls_trusting_any_certificate();
     let conn = format!("{} sslmode=require", conn_str(p.addr, &c.options.password));
     let (client, connection) = tokio_postgres::connect(&conn, tls).await.expect("TLS through the proxy");
@@ -169,7 +173,7 @@ async fn tls_passes_through_to_the_server() {
 async fn scram_password_auth_works_and_wrong_password_fails() {
     let c = cluster(0).await;
     let p = data_path(backends(&c), SECS_10).await;
-    p.route.set(Some(0), "");
+    p.route.set(Some(PG_A), "");
     let client = connect(p.addr, &c.options.password).await;
     let scram: bool = client.query_one("select rolpassword like 'SCRAM-SHA-256$%' from pg_authid where rolname = 'postgres'", &[]).await.unwrap().get(0);
     assert!(scram, "the harness stores a SCRAM verifier");
@@ -181,7 +185,7 @@ async fn scram_password_auth_works_and_wrong_password_fails() {
 async fn two_hundred_concurrent_sessions() {
     let c = cluster(0).await;
     let p = data_path(backends(&c), SECS_10).await;
-    p.route.set(Some(0), "");
+    p.route.set(Some(PG_A), "");
     let pw = c.options.password.clone();
     let tasks: Vec<_> = (0..200i32)
         .map(|i| {
@@ -212,7 +216,7 @@ async fn two_hundred_concurrent_sessions() {
 async fn route_change_closes_sessions_to_the_old_backend() {
     let c = cluster(1).await;
     let p = data_path(backends(&c), SECS_10).await;
-    p.route.set(Some(0), "");
+    p.route.set(Some(PG_A), "");
     let pw = &c.options.password;
     let mut old = Vec::new();
     for _ in 0..3 {
@@ -221,7 +225,7 @@ async fn route_change_closes_sessions_to_the_old_backend() {
     for client in &old {
         assert!(!client.query_one("select pg_is_in_recovery()", &[]).await.unwrap().get::<_, bool>(0));
     }
-    p.route.set(Some(1), "");
+    p.route.set(Some(PG_B), "");
     for client in &old {
         eventually(SECS_10, "old session to be closed", || async { client.is_closed().then_some(()) }).await;
         assert!(client.simple_query("select 1").await.is_err());
@@ -247,14 +251,14 @@ async fn refused_with_57p03_when_no_route_or_backend_down() {
 
     // Routed, but the backend is down: the client still gets a proper error (after an SSL
     // negotiation answered with N), and the monitor hears about it.
-    p.route.set(Some(0), "");
+    p.route.set(Some(PG_A), "");
     c.kill(0).unwrap();
     let tls = tls_trusting_any_certificate();
     let conn = format!("{} sslmode=prefer", conn_str(p.addr, &pw));
     let Err(err) = tokio_postgres::connect(&conn, tls).await else { panic!("refused") };
     assert_eq!(err.code(), Some(&SqlState::CANNOT_CONNECT_NOW), "{err}");
     assert!(err.as_db_error().unwrap().message().contains("could not connect to primary pg-a"), "{err}");
-    assert_eq!(p.passive.recv().await, Some(0), "passive signal names the failed backend");
+    assert_eq!(p.passive.recv().await, Some(PG_A), "passive signal names the failed backend");
     assert!(pgfailover::metrics::Stats::get(&p.metrics.stats.refused) >= 2);
     assert!(p.metrics.render().contains("pgfailover_client_connections_refused_total 2"));
 }
@@ -268,7 +272,7 @@ async fn held_connection_is_spliced_when_a_route_appears() {
     let pending = tokio::spawn(async move { try_connect(addr, &pw).await });
     eventually(SECS_10, "the client to be held", || async { (pgfailover::metrics::Stats::get(&p.metrics.stats.held) == 1).then_some(()) }).await;
     assert!(!pending.is_finished());
-    p.route.set(Some(0), "");
+    p.route.set(Some(PG_A), "");
     let client = pending.await.unwrap().expect("held client connects once a route appears");
     assert_eq!(client.query_one("select 41 + 1", &[]).await.unwrap().get::<_, i32>(0), 42);
 }
@@ -286,7 +290,7 @@ async fn garbage_from_a_client_does_not_hurt_others() {
         let mut buf = Vec::new();
         let _ = tokio::time::timeout(SECS_10, s.read_to_end(&mut buf)).await.expect("closed in time");
     }
-    p.route.set(Some(0), "");
+    p.route.set(Some(PG_A), "");
     // Routed: a direct-TLS ClientHello goes to the server unjudged, and it closes it.
     for junk in [&b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"[..]] {
         let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
@@ -308,7 +312,7 @@ async fn impossible_startup_lengths_are_closed_at_once() {
     let p = data_path(backends(&c), Duration::from_secs(5)).await;
     for routed in [false, true] {
         if routed {
-            p.route.set(Some(0), "");
+            p.route.set(Some(PG_A), "");
         }
         for junk in [&b"hello\n"[..], b"GET / HTTP/1.1\r\n\r\n", b"\0\0\0\x04"] {
             let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
@@ -337,7 +341,7 @@ async fn a_silent_client_is_closed_at_the_startup_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let c = cluster(0).await;
     let p = data_path_with(backends(&c), Duration::from_secs(5), |pc| pc.startup_timeout = Duration::from_millis(300)).await;
-    p.route.set(Some(0), "");
+    p.route.set(Some(PG_A), "");
     for partial in [&b""[..], b"\0\0\0\x50\0\x03"] {
         let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
         s.write_all(partial).await.unwrap();
@@ -354,7 +358,7 @@ async fn a_silent_client_is_closed_at_the_startup_timeout() {
 async fn the_connection_cap_answers_53300() {
     let c = cluster(0).await;
     let p = data_path_with(backends(&c), Duration::from_secs(5), |pc| pc.max_client_connections = 3).await;
-    p.route.set(Some(0), "");
+    p.route.set(Some(PG_A), "");
     let pw = &c.options.password;
     let mut open = Vec::new();
     for _ in 0..3 {
@@ -389,14 +393,14 @@ async fn a_server_refusing_sessions_is_retried_not_passed_on() {
     assert_eq!(direct.code(), Some(&SqlState::CANNOT_CONNECT_NOW), "{direct}");
 
     let mut p = data_path(backends(&c), Duration::from_millis(1500)).await;
-    p.route.set(Some(1), "");
+    p.route.set(Some(PG_B), "");
     // Nothing takes the client in time: the proxy's own error, naming the server's reason.
     let err = try_connect(p.addr, &pw).await.expect_err("refused after the hold");
     assert_eq!(err.code(), Some(&SqlState::CANNOT_CONNECT_NOW), "{err}");
     let msg = err.as_db_error().unwrap().message();
     assert!(msg.starts_with("no primary database is available: pg-b refused the session"), "{msg}");
     assert!(msg.contains("not accepting connections"), "{msg}");
-    assert_eq!(p.passive.recv().await, Some(1), "the monitor is told to check pg-b now");
+    assert_eq!(p.passive.recv().await, Some(PG_B), "the monitor is told to check pg-b now");
     assert!(pgfailover::metrics::Stats::get(&p.metrics.stats.held) >= 1);
 
     // The route moves while a client is held: it lands on the new target. It asked for TLS
@@ -410,7 +414,7 @@ async fn a_server_refusing_sessions_is_retried_not_passed_on() {
         Ok::<_, tokio_postgres::Error>(client)
     });
     eventually(SECS_10, "the client to be held", || async { (pgfailover::metrics::Stats::get(&p.metrics.stats.held) > held_before).then_some(()) }).await;
-    p.route.set(Some(0), "");
+    p.route.set(Some(PG_A), "");
     let client = pending.await.unwrap().expect("the held client is taken by pg-a");
     assert_eq!(server_port(&client).await, c.nodes[0].port as i32);
     assert_eq!(client.query_one("select 41 + 1", &[]).await.unwrap().get::<_, i32>(0), 42);
@@ -424,7 +428,7 @@ async fn a_server_refusing_sessions_is_retried_not_passed_on() {
 async fn shutdown_ends_a_session_whose_server_never_answers_the_startup() {
     let c = cluster(0).await;
     let p = data_path(backends(&c), SECS_10).await;
-    p.route.set(Some(0), "");
+    p.route.set(Some(PG_A), "");
     c.hang(0).unwrap();
     let (addr, pw) = (p.addr, c.options.password.clone());
     let pending = tokio::spawn(async move { try_connect(addr, &pw).await });

@@ -117,12 +117,13 @@ pub fn ready_ro(ctx: &AdminContext) -> Reply {
     };
     let r = route.borrow().clone();
     if !r.targets.is_empty() {
-        let names: Vec<String> = r.targets.iter().map(|t| ctx.monitor.status().backends.get(t.backend).map(|b| b.name.clone()).unwrap_or_default()).collect();
+        let names: Vec<String> =
+            r.targets.iter().map(|t| ctx.monitor.status().backends.get(t.backend.index()).map(|b| b.name.clone()).unwrap_or_default()).collect();
         return json(StatusCode::OK, &json!({ "ready": true, "targets": names }));
     }
     match (ctx.live().read_fallback, r.primary) {
         (crate::config::Fallback::Primary, Some(p)) => {
-            let name = ctx.monitor.status().backends.get(p).map(|b| b.name.clone()).unwrap_or_default();
+            let name = ctx.monitor.status().backends.get(p.index()).map(|b| b.name.clone()).unwrap_or_default();
             json(StatusCode::OK, &json!({ "ready": true, "targets": [], "fallback": name, "reason": r.reason.to_string() }))
         }
         _ => {
@@ -161,9 +162,10 @@ pub async fn post(req: Request<Incoming>, path: &str, ctx: &AdminContext, peer: 
     reply
 }
 
-/// Coordinated, and another proxy leads: triggers and unfences are the leader's.
+/// Coordinated, and another proxy leads (as the monitor's view of etcd has it): triggers and
+/// unfences are the leader's.
 fn follower(ctx: &AdminContext) -> bool {
-    ctx.coord.as_ref().is_some_and(|c| !c.status().is_leader)
+    ctx.coord.is_some() && !ctx.monitor.status().coordination.as_ref().is_some_and(|c| c.is_leader)
 }
 
 /// Hands a trigger or an unfence to the leading proxy and answers with its answer.
@@ -171,7 +173,7 @@ async fn forward(ctx: &AdminContext, path: &str, body: TargetBody, caller: &str)
     let Some(coord) = &ctx.coord else { return error(StatusCode::CONFLICT, "not coordinated") };
     let mut id = [0u8; 8];
     let _ = openssl::rand::rand_bytes(&mut id);
-    let request = crate::coord::Request {
+    let request = crate::cluster::Request {
         id: id.iter().map(|b| format!("{b:02x}")).collect(),
         op: if path == "/failover/trigger" { "trigger" } else { "unfence" }.into(),
         target: body.target,
@@ -189,7 +191,7 @@ async fn forward(ctx: &AdminContext, path: &str, body: TargetBody, caller: &str)
 }
 
 /// Carries out a request another proxy handed to this one (the leader).
-pub async fn execute(ctx: &AdminContext, req: &crate::coord::Request) -> Reply {
+pub async fn execute(ctx: &AdminContext, req: &crate::cluster::Request) -> Reply {
     let who = format!("{} via {}", req.who, req.via);
     let body = TargetBody { target: req.target.clone(), force: req.force };
     match req.op.as_str() {

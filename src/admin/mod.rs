@@ -110,7 +110,7 @@ impl AdminContext {
 /// Carries out the requests other proxies handed to this one (it leads) and answers them
 /// with the status and body its own port would give.
 pub async fn serve_forwarded(
-    mut requests: tokio::sync::mpsc::Receiver<crate::coord::Request>,
+    mut requests: tokio::sync::mpsc::Receiver<crate::cluster::Request>,
     coord: crate::coord::Coordinator,
     ctx: Arc<AdminContext>,
     shutdown: CancellationToken,
@@ -127,7 +127,7 @@ pub async fn serve_forwarded(
             let status = reply.status().as_u16();
             let bytes = http_body_util::BodyExt::collect(reply.into_body()).await.map(|b| b.to_bytes()).unwrap_or_default();
             let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
-            coord.respond(req.id.clone(), crate::coord::Response { status, body });
+            coord.respond(req.id.clone(), crate::cluster::Response { status, body });
         });
     }
 }

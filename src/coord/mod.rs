@@ -1,10 +1,19 @@
 //! Several proxies, one decision: coordination through etcd v3 (an existing, proven store;
 //! never a consensus of our own).
 //!
-//! One `session` at a time holds an etcd lease (renewed every third of its TTL), publishes
-//! this proxy's view under `members/<name>` on it, campaigns for leadership in etcd's
-//! election, and watches the cluster's keys ([`records`]). The monitor learns everything
-//! through [`Event`]s and asks for writes through the [`Coordinator`] handle:
+//! This module is the transport: it turns etcd's keys into [`Event`]s for the monitor and
+//! carries out the writes the monitor asks for through the [`Coordinator`] handle. It decides
+//! nothing: who may promote, which fence is shared and on what condition, and what the record
+//! says are the machine's (`monitor::machine`), which keeps the one copy of what the proxies
+//! share. Revisions travel inside the events and the requests, so a write can be made
+//! conditional on what the decision saw.
+//!
+//! One `session` at a time holds an etcd lease (kept alive by `lease`, renewed every third
+//! of its TTL), publishes this proxy's view under `members/<name>` on it, campaigns for
+//! leadership in etcd's election (`election`), and watches the cluster's keys (`keys`, which
+//! also decodes them; their values are [`crate::cluster`]'s). `connection` says how etcd is
+//! reached, `fences` queues and writes fence changes, `gate` holds the fencing-token
+//! transactions, and `forward` hands admin requests from a follower to the leader.
 //!
 //! - only the leader promotes, and only after a transaction that succeeds while its election
 //!   key still exists with its create revision (a fencing token) and that records the new
@@ -13,82 +22,53 @@
 //! - a leader that cannot renew its lease steps down before the lease can expire; without
 //!   etcd nobody promotes.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cluster::{FenceRecord, MemberView, PrimaryRecord, Request, Response};
 use crate::config::CoordinationConfig;
 
-pub mod records;
+mod connection;
+mod election;
+mod error;
+mod event;
+mod fences;
+mod forward;
+mod gate;
+mod keys;
+mod lease;
 mod session;
 
-pub use records::{FenceRecord, MemberView, PrimaryRecord, Request, Response};
+pub use error::CoordError;
+pub use event::{Event, SharedFence, Snapshot};
+pub use fences::UNREADABLE;
 
-/// What the coordinator tells the monitor. They come in batches (one etcd read or one watch
-/// response each), to be applied together before anything is re-decided.
-#[derive(Clone, Debug)]
-pub enum Event {
-    /// etcd answers (or not).
-    EtcdUp(bool),
-    /// Who leads now (`None`: nobody known), and whether it is this proxy.
-    Leadership { leader: Option<String>, is_leader: bool },
-    /// The recorded primary changed (or is gone), and the key's mod revision (0: none): a new
-    /// record replaces exactly this one.
-    Record(Option<PrimaryRecord>, i64),
-    /// A shared fence was set (`Some`) or lifted (`None`).
-    Fence { backend: String, fence: Option<FenceRecord> },
-    /// The live proxies' views changed.
-    Members(BTreeMap<String, MemberView>),
-    /// The end of a session's first read: every shared key is known now (fences missing
-    /// from etcd are not shared any more).
-    Loaded,
-}
-
-/// What the coordinator shows (`/failover/status`, metrics).
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CoordStatus {
-    pub mode: &'static str,
-    pub name: String,
-    pub cluster: String,
-    pub leader: Option<String>,
-    pub is_leader: bool,
-    pub etcd_reachable: bool,
+/// What the transport itself counts, for the status: facts of this proxy's sessions, not
+/// anything the proxies share.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Figures {
     /// The etcd revision of the last change seen.
     pub last_revision: i64,
-    pub members: Vec<MemberView>,
-    pub recorded_primary: Option<PrimaryRecord>,
+    /// Failed renewals of this proxy's leases, all sessions.
     pub lease_renewal_failures: u64,
 }
 
 pub(crate) enum Cmd {
-    PutFence(String, FenceRecord),
-    DeleteFence(String),
+    /// Share a fence; with `while_record`, only while the record key has that mod revision.
+    PutFence { backend: String, fence: FenceRecord, while_record: Option<i64> },
+    /// Lift a shared fence if its key still has mod `revision` (see [`UNREADABLE`]).
+    DeleteFence { backend: String, revision: i64 },
     /// The fencing-token transaction before a promotion.
-    Record {
-        record: PrimaryRecord,
-        fences: Vec<(String, FenceRecord)>,
-        expect: i64,
-        reply: oneshot::Sender<Result<i64, String>>,
-    },
+    Record { record: PrimaryRecord, fences: Vec<(String, FenceRecord)>, expect: i64, reply: oneshot::Sender<Result<i64, CoordError>> },
     /// The fencing token alone: this proxy still leads (before a switchover stops writes).
-    Confirm {
-        reply: oneshot::Sender<Result<(), String>>,
-    },
+    Confirm { reply: oneshot::Sender<Result<(), CoordError>> },
     /// A follower's admin request for the leader; the leader's answer comes back.
-    Forward {
-        request: Request,
-        wait: Duration,
-        reply: oneshot::Sender<Result<Response, String>>,
-    },
+    Forward { request: Request, wait: Duration, reply: oneshot::Sender<Result<Response, CoordError>> },
     /// The leader's answer to a forwarded request.
-    Respond {
-        id: String,
-        response: Response,
-    },
+    Respond { id: String, response: Response },
 }
 
 /// How the monitor and the admin port talk to the coordinator. Cheap to clone.
@@ -98,8 +78,12 @@ pub struct Coordinator {
     cmds: mpsc::UnboundedSender<Cmd>,
     /// This proxy's view: only the latest matters.
     view: std::sync::Arc<watch::Sender<Option<MemberView>>>,
-    status: watch::Receiver<CoordStatus>,
+    /// The sessions' figures, as the transport last counted them.
+    figures: watch::Receiver<Figures>,
+    /// This proxy's `coordination.name`.
     pub name: String,
+    /// `coordination.cluster`: the prefix of its keys.
+    pub cluster: String,
 }
 
 impl Coordinator {
@@ -114,23 +98,25 @@ impl Coordinator {
     ) -> Coordinator {
         let (cmds, rx) = mpsc::unbounded_channel();
         let (view, view_rx) = watch::channel(None);
-        let first = CoordStatus { mode: "etcd", name: cfg.name.clone(), cluster: cfg.cluster.clone(), ..Default::default() };
-        let (status_tx, status) = watch::channel(first);
-        let name = cfg.name.clone();
-        tracker.spawn(session::run(cfg, session::Channels { events, requests, cmds: rx, view: view_rx, status: status_tx }, shutdown));
-        Coordinator { cmds, view: std::sync::Arc::new(view), status, name }
+        let (figures_tx, figures) = watch::channel(Figures::default());
+        let (name, cluster) = (cfg.name.clone(), cfg.cluster.clone());
+        tracker.spawn(session::run(cfg, session::Channels { events, requests, cmds: rx, view: view_rx, figures: figures_tx }, shutdown));
+        Coordinator { cmds, view: std::sync::Arc::new(view), figures, name, cluster }
     }
 
-    pub fn status(&self) -> CoordStatus {
-        self.status.borrow().clone()
+    pub fn figures(&self) -> Figures {
+        self.figures.borrow().clone()
     }
 
-    pub fn put_fence(&self, backend: String, fence: FenceRecord) {
-        let _ = self.cmds.send(Cmd::PutFence(backend, fence));
+    /// Shares `fence` on `backend`; with `while_record`, only while the record key still has
+    /// that mod revision (else [`Event::FenceRefused`] comes back, with the new record).
+    pub fn put_fence(&self, backend: String, fence: FenceRecord, while_record: Option<i64>) {
+        let _ = self.cmds.send(Cmd::PutFence { backend, fence, while_record });
     }
 
-    pub fn delete_fence(&self, backend: String) {
-        let _ = self.cmds.send(Cmd::DeleteFence(backend));
+    /// Lifts the shared fence on `backend` if its key still has mod `revision`.
+    pub fn delete_fence(&self, backend: String, revision: i64) {
+        let _ = self.cmds.send(Cmd::DeleteFence { backend, revision });
     }
 
     pub fn publish_view(&self, view: MemberView) {
@@ -145,26 +131,25 @@ impl Coordinator {
     /// still leads and the record is still the one the decision was made on (mod revision
     /// `expect`, 0 for none). Returns the new record's revision; `Err` says why not, and
     /// nothing may be promoted then.
-    pub async fn record_primary(&self, record: PrimaryRecord, fences: Vec<(String, FenceRecord)>, expect: i64) -> Result<i64, String> {
+    pub async fn record_primary(&self, record: PrimaryRecord, fences: Vec<(String, FenceRecord)>, expect: i64) -> Result<i64, CoordError> {
         self.ask(|reply| Cmd::Record { record, fences, expect, reply }).await
     }
 
     /// Whether this proxy still holds the leadership (its election key), asked of etcd.
-    pub async fn confirm_leadership(&self) -> Result<(), String> {
+    pub async fn confirm_leadership(&self) -> Result<(), CoordError> {
         self.ask(|reply| Cmd::Confirm { reply }).await
     }
 
     /// Hands an admin request to the leader and waits (up to `wait`) for its answer.
-    pub async fn forward(&self, request: Request, wait: Duration) -> Result<Response, String> {
+    pub async fn forward(&self, request: Request, wait: Duration) -> Result<Response, CoordError> {
         self.ask(|reply| Cmd::Forward { request, wait, reply }).await
     }
 
     /// Sends the command `make` builds around a reply channel and waits for the reply.
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Cmd) -> Result<T, String> {
-        const STOPPED: &str = "the coordinator stopped";
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, CoordError>>) -> Cmd) -> Result<T, CoordError> {
         let (reply, rx) = oneshot::channel();
-        self.cmds.send(make(reply)).map_err(|_| STOPPED.to_string())?;
-        rx.await.map_err(|_| STOPPED.to_string())?
+        self.cmds.send(make(reply)).map_err(|_| CoordError::Stopped)?;
+        rx.await.map_err(|_| CoordError::Stopped)?
     }
 
     pub fn respond(&self, id: String, response: Response) {

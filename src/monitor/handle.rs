@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::cluster::BackendId;
+
 use super::check_error::CheckError;
 use super::history::{Event, History};
 use super::machine::{Outcome, Refusal, Started, TriggerRequest};
@@ -17,38 +19,38 @@ pub(super) type CheckNow = Option<oneshot::Sender<()>>;
 
 pub(super) enum Command {
     Observed {
-        i: usize,
+        i: BackendId,
         result: Result<Observation, CheckError>,
         took: Duration,
     },
     Promoted {
         attempt: u64,
-        i: usize,
+        i: BackendId,
         result: Result<Observation, PromoteError>,
     },
     WritesStopped {
         attempt: u64,
-        i: usize,
+        i: BackendId,
         result: Result<u64, OpError>,
     },
     Replayed {
         attempt: u64,
-        i: usize,
+        i: BackendId,
         result: Result<u64, OpError>,
     },
     WritesAllowed {
         attempt: u64,
-        i: usize,
+        i: BackendId,
         result: Result<(), OpError>,
     },
     Repointed {
-        standby: usize,
-        primary: usize,
+        standby: BackendId,
+        primary: BackendId,
         result: Result<Repointed, OpError>,
     },
     /// The leader's record of a primary (outside a promotion) was written, or not.
     Recorded {
-        i: usize,
+        i: BackendId,
         epoch: u64,
         /// The new record's revision; `None` when it was not written.
         rev: Option<i64>,

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::machine::{Fence, FenceKind};
+use crate::cluster::{Fence, FenceKind};
 
 mod journal;
 

@@ -2,9 +2,21 @@
 //!
 //! Inputs: check results ([`Machine::observe`]), outcomes of the operations it asked for
 //! ([`Machine::promoted`], [`Machine::writes_stopped`], [`Machine::replayed`],
-//! [`Machine::writes_allowed`], [`Machine::repointed`]) and operator commands
-//! ([`Machine::trigger`], [`Machine::unfence`]). Output: [`Action`]s the monitor carries out.
-//! The machine is the only writer of the route.
+//! [`Machine::writes_allowed`], [`Machine::repointed`], [`Machine::record_written`]),
+//! operator commands ([`Machine::trigger`], [`Machine::unfence`]), a reload
+//! ([`Machine::reload`]) and, when coordinated, etcd's news ([`Machine::coordinated`]).
+//! Output: [`Action`]s the monitor carries out, including what this proxy shares with the
+//! others ([`Machine::share`]). Backends are named by [`BackendId`].
+//!
+//! The machine owns its state: its fields are private, the rest of the proxy reads them
+//! through methods, and the route is written only from its [`Action::Route`] and
+//! [`Action::RouteReason`]. When coordinated it also keeps the one copy of what the proxies
+//! share through etcd ([`Coordination`]) and makes every decision about it: who may
+//! promote, what is recorded, which fence is shared and on what condition. Files: `inputs`
+//! (the inputs above), `decide` (route, split brain, state), `failover` (a failover's steps
+//! and the trigger), `eligibility` and `reads` (which standby may take over, or serve
+//! reads), `coordination` (the shared view and its rules), `sharing` (etcd's news in, this
+//! proxy's fences, view and records out), `backend`, `settings`.
 //!
 //! A failover ([`InFlight`]) moves through [`Step`]s:
 //! - **Detect fast.** The routed primary reaches `failure_threshold` consecutive *down*
@@ -46,23 +58,25 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::config::PromoteMode;
+use crate::cluster::{BackendId, Fence, FenceKind, FenceRecord};
 
-use super::check_error::CheckError;
 use super::event::{Event, EventKind};
-use super::observation::Observation;
-use super::operations::{OpError, PromoteError, Repointed};
 
 mod backend;
 mod coordination;
 mod decide;
 mod eligibility;
 mod failover;
+mod inputs;
 mod reads;
+mod settings;
+mod sharing;
 
-pub use backend::{Backend, Fence, FenceKind, Repoint};
-pub use coordination::Coord;
+pub use backend::{Backend, Backends, Repoint};
+pub use coordination::Coordination;
 pub use reads::ReadStanding;
+pub use settings::Settings;
+pub use sharing::Recording;
 
 /// Seed state names; the numeric codes are `failover_state`'s values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -79,49 +93,6 @@ pub enum State {
 impl State {
     pub fn code(self) -> i64 {
         self as i64
-    }
-}
-
-/// The parts of the configuration the decisions depend on.
-#[derive(Clone, Debug)]
-pub struct Settings {
-    pub failure_threshold: u32,
-    pub max_lag_bytes: u64,
-    pub promote: PromoteMode,
-    /// `health.timeout`: no check lasts longer, so a failure that ended this long after an
-    /// instant began after it.
-    pub check_timeout: Duration,
-    /// `health.interval`.
-    pub interval: Duration,
-    /// Re-point standbys at a new primary (`failover.repoint_standbys`, auto mode only).
-    pub repoint_standbys: bool,
-    /// Bound on a switchover's wait for the other standbys to stream from the candidate.
-    pub switchover_wait: Duration,
-    /// `failover.promote_timeout`: a promotion still pending this long after it was asked
-    /// for is asked for again (`pg_promote` is idempotent).
-    pub promote_timeout: Duration,
-    /// `[read]`: which standbys the read-only port may use.
-    pub read: crate::config::ReadConfig,
-}
-
-impl Settings {
-    pub fn from_config(cfg: &crate::config::Config) -> Settings {
-        Settings {
-            failure_threshold: cfg.health.failure_threshold,
-            max_lag_bytes: cfg.failover.max_lag_bytes,
-            promote: cfg.failover.promote,
-            check_timeout: cfg.health.timeout,
-            interval: cfg.health.interval,
-            repoint_standbys: cfg.failover.repoint_standbys,
-            switchover_wait: cfg.failover.trigger_wait,
-            promote_timeout: cfg.failover.promote_timeout,
-            read: cfg.read.clone(),
-        }
-    }
-
-    /// How long the primary must fail without interruption before a standby is promoted.
-    pub fn promote_after(&self) -> Duration {
-        self.interval * self.failure_threshold.saturating_sub(1)
     }
 }
 
@@ -160,25 +131,33 @@ pub enum Outcome {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
     /// Publish a new route (sessions to other backends are cut by the data path).
-    Route { target: Option<usize>, reason: String },
+    Route { target: Option<BackendId>, reason: String },
     /// The route stays empty; publish a new reason for it (held clients, `/ready`).
     RouteReason(String),
     /// Run `pg_promote()` on this backend; report with [`Machine::promoted`].
-    Promote { attempt: u64, backend: usize },
+    Promote { attempt: u64, backend: BackendId },
     /// Switchover: make the primary read-only and end its sessions; report its final WAL
     /// position with [`Machine::writes_stopped`].
-    StopWrites { attempt: u64, backend: usize },
+    StopWrites { attempt: u64, backend: BackendId },
     /// Switchover: wait for the candidate to replay up to `lsn`; report with
     /// [`Machine::replayed`].
-    AwaitReplay { attempt: u64, backend: usize, lsn: u64 },
+    AwaitReplay { attempt: u64, backend: BackendId, lsn: u64 },
     /// Undo a switchover's [`Action::StopWrites`]; report with [`Machine::writes_allowed`].
-    AllowWrites { attempt: u64, backend: usize },
+    AllowWrites { attempt: u64, backend: BackendId },
     /// Point a standby's WAL receiver at the primary; report with [`Machine::repointed`].
-    Repoint { standby: usize, primary: usize },
+    Repoint { standby: BackendId, primary: BackendId },
     /// Check this backend now instead of at its next interval.
-    CheckNow(usize),
+    CheckNow(BackendId),
     /// Record (and log) a history event.
     Record(Event),
+    /// Coordinated: share this proxy's fence through etcd; with `while_record`, only while
+    /// the record key still has that mod revision (the decision rested on that record).
+    ShareFence { backend: String, fence: FenceRecord, while_record: Option<i64> },
+    /// Coordinated: lift a shared fence, if its key still has mod `revision`.
+    LiftFence { backend: String, revision: i64 },
+    /// Coordinated, leading: record this primary (outside a promotion); report with
+    /// [`Machine::record_written`].
+    RecordPrimary { backend: BackendId, recording: Recording },
     /// A failover finished; its duration feeds the histogram.
     FailoverDone(Duration),
     /// A manual request finished: answer the operator.
@@ -188,7 +167,9 @@ pub enum Action {
 /// The time of an input: monotonic for durations, wall clock for what people read.
 #[derive(Clone, Copy, Debug)]
 pub struct Now {
+    /// For durations and the order of checks.
     pub mono: Instant,
+    /// For the history and the status.
     pub wall: SystemTime,
 }
 
@@ -223,38 +204,58 @@ pub enum Step {
 /// A failover being carried out (or waiting for a candidate).
 #[derive(Clone, Debug)]
 pub struct InFlight {
+    /// Ties the outcomes of the operations it asked for to it (late ones are ignored).
     pub attempt: u64,
-    pub from: Option<usize>,
+    /// The lost (or switched-over) primary; `None` when none was known (start-up).
+    pub from: Option<BackendId>,
     /// The old primary's last seen WAL position and timeline.
     pub from_lsn: Option<u64>,
+    /// Its timeline: standbys on it may still be candidates.
     pub from_timeline: Option<u32>,
     /// The candidate, once chosen.
-    pub to: Option<usize>,
+    pub to: Option<BackendId>,
+    /// The candidate's WAL position when chosen: the data-loss window's far end.
     pub to_lsn: Option<u64>,
+    /// Where it stands.
     pub step: Step,
+    /// When it began: its duration feeds the histogram.
     pub started: Instant,
+    /// Who asked for it.
     pub trigger: Trigger,
+    /// Why, for people (the history, the route's reason).
     pub reason: String,
     /// A planned switchover (writes stopped first, nothing lost).
     pub switchover: bool,
     /// An operator waits for the outcome.
     pub manual: bool,
     /// Candidates that refused promotion in this attempt; not tried again.
-    pub failed: Vec<usize>,
+    pub failed: Vec<BackendId>,
     /// Candidates a promotion request never reached, and when: tried again only after a
     /// check that began later succeeds.
-    pub unreached: Vec<(usize, Instant)>,
-    /// The candidate held back because its answers do not yet show the old primary is the
-    /// one that is down (logged once per candidate).
-    pub held_back: Option<usize>,
+    pub unreached: Vec<(BackendId, Instant)>,
+    /// Why the choice of a candidate waits, as last logged (logged once per reason).
+    pub held_back: Option<HeldBack>,
+}
+
+/// Why a failover's choice of a candidate waits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeldBack {
+    /// Fewer than a majority of the live coordinated proxies see the primary down.
+    Quorum,
+    /// This candidate's answers do not yet show the old primary is the one that is down.
+    Candidate(BackendId),
 }
 
 /// Counters reported by the API and metrics.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
+    /// Completed failovers (automatic and manual).
     pub failovers: u64,
+    /// Backends that answered again after being marked down.
     pub recoveries: u64,
+    /// Failed health checks, all backends.
     pub check_failures: u64,
+    /// Split brains resolved by fencing one side.
     pub split_brains: u64,
 }
 
@@ -274,44 +275,55 @@ pub struct TriggerRequest {
     pub target: Option<String>,
     /// Promote at once, without stopping writes on a healthy primary first.
     pub force: bool,
+    /// The caller, for the history.
     pub who: String,
 }
 
 /// A trigger that was accepted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Started {
+    /// The failover attempt: its outcome is concluded under this number.
     pub attempt: u64,
     /// The standby being promoted.
     pub to: String,
+    /// A switchover (writes stopped first), not an immediate promotion.
     pub switchover: bool,
 }
 
-/// The whole decision state.
+/// The whole decision state. Only the machine changes it (its inputs are its methods), and
+/// the rest of the proxy reads it through the methods below.
 pub struct Machine {
-    pub settings: Settings,
-    pub backends: Vec<Backend>,
-    pub state: State,
-    /// Where new sessions go, and why nowhere.
-    pub route: Option<usize>,
-    pub route_reason: String,
+    /// The configuration the decisions depend on.
+    settings: Settings,
+    /// Every backend, in config order.
+    backends: Backends,
+    /// As last computed, after every input.
+    state: State,
+    /// Where new sessions go (the route's target as decided).
+    route: Option<BackendId>,
+    /// Why nowhere, while `route` is `None`.
+    route_reason: String,
     /// The target last handed out in an [`Action::Route`].
-    published: Option<usize>,
+    published: Option<BackendId>,
     /// The cluster's system identifier, learned from the first backend that answers.
-    pub system_identifier: Option<u64>,
-    pub in_flight: Option<InFlight>,
+    system_identifier: Option<u64>,
+    /// The failover being carried out, if any.
+    in_flight: Option<InFlight>,
     /// Set by a completed failover, cleared once a standby is eligible again.
     after_failover: bool,
-    pub counters: Counters,
-    pub last_failover_time: Option<SystemTime>,
+    /// What the API and the metrics count.
+    counters: Counters,
+    /// When the last failover completed.
+    last_failover_time: Option<SystemTime>,
     /// Numbers failover attempts.
     attempts: u64,
     /// Backends whose writes a switchover stopped and that are not known to accept them
     /// again (restored after a restart): made writable again once they are the primary.
-    pub read_only_left: std::collections::BTreeSet<usize>,
+    read_only_left: std::collections::BTreeSet<BackendId>,
     /// When an [`Action::AllowWrites`] for a leftover was last asked for.
     allow_asked: Option<Instant>,
     /// Coordination through etcd (`None`: this proxy decides alone).
-    pub coord: Option<Coord>,
+    coord: Option<Coordination>,
 }
 
 impl Machine {
@@ -334,7 +346,7 @@ impl Machine {
             .collect();
         Machine {
             settings,
-            backends,
+            backends: Backends::new(backends),
             state: State::Unknown,
             route: None,
             route_reason: String::new(),
@@ -351,124 +363,68 @@ impl Machine {
         }
     }
 
-    /// A check of backend `i` that took `took` finished now.
-    pub fn observe(&mut self, i: usize, result: Result<Observation, CheckError>, took: Duration, now: Now) -> Vec<Action> {
-        let mut acts = Vec::new();
-        let threshold = self.settings.failure_threshold;
-        let started = now.mono.checked_sub(took).unwrap_or(now.mono);
-        match result {
-            Ok(obs) => {
-                if self.system_identifier.is_none() {
-                    self.system_identifier = Some(obs.system_identifier);
-                }
-                if self.backends[i].record_success(obs, started, now) {
-                    self.counters.recoveries += 1;
-                    acts.push(self.event(now, EventKind::Recovery, Some(i), None, "health checks succeed again".into(), Trigger::Automatic));
-                }
-            }
-            Err(e) => {
-                self.counters.check_failures += 1;
-                self.backends[i].record_failure(e, started, now, threshold);
-            }
+    /// Each backend's configured `host:port`, in config order: how a standby's upstream
+    /// (`sender_host:sender_port`) is recognised.
+    pub fn with_addresses(mut self, addresses: impl IntoIterator<Item = String>) -> Machine {
+        for (b, a) in self.backends.iter_mut().zip(addresses) {
+            b.address = a;
         }
-        self.evaluate(now, &mut acts);
+        self
+    }
+
+    /// Backends a switchover left read-only before a restart (from the state directory).
+    pub fn with_read_only(mut self, read_only: impl IntoIterator<Item = BackendId>) -> Machine {
+        self.read_only_left.extend(read_only);
+        self
+    }
+
+    /// The monitor is dying (a panic): nothing may be routed any more, for `reason`.
+    /// Returns the route's action; nothing else is decided.
+    pub fn stop_routing(&mut self, reason: &str) -> Vec<Action> {
+        let mut acts = Vec::new();
+        self.set_route(None, reason.to_string(), &mut acts);
         acts
     }
 
-    /// The outcome of an [`Action::Promote`].
-    pub fn promoted(&mut self, attempt: u64, i: usize, result: Result<Observation, PromoteError>, now: Now) -> Vec<Action> {
-        let mut acts = Vec::new();
-        let ours = self.in_flight.as_ref().is_some_and(|f| f.attempt == attempt && f.to == Some(i) && matches!(f.step, Step::Promoting { .. }));
-        match result {
-            Ok(obs) => {
-                self.backends[i].record_success(obs, now.mono, now);
-            }
-            Err(e) if ours => self.promotion_failed(i, e, now, &mut acts),
-            Err(e) => tracing::debug!(backend = %self.backends[i].name, error = %e, "late promotion result ignored"),
-        }
-        self.evaluate(now, &mut acts);
-        acts
+    pub fn settings(&self) -> &Settings {
+        &self.settings
     }
 
-    /// The outcome of an [`Action::StopWrites`]: the old primary's final WAL position.
-    pub fn writes_stopped(&mut self, attempt: u64, i: usize, result: Result<u64, OpError>, now: Now) -> Vec<Action> {
-        let mut acts = Vec::new();
-        if self.current(attempt, &Step::StoppingWrites) {
-            self.after_stop_writes(i, result, now, &mut acts);
-        }
-        self.evaluate(now, &mut acts);
-        acts
+    /// Every backend, in config order.
+    pub fn backends(&self) -> &Backends {
+        &self.backends
     }
 
-    /// The outcome of an [`Action::AwaitReplay`].
-    pub fn replayed(&mut self, attempt: u64, i: usize, result: Result<u64, OpError>, now: Now) -> Vec<Action> {
-        let mut acts = Vec::new();
-        if self.in_flight.as_ref().is_some_and(|f| f.attempt == attempt && matches!(f.step, Step::CatchingUp { .. }) && f.to == Some(i)) {
-            self.after_catch_up(i, result, now, &mut acts);
-        }
-        self.evaluate(now, &mut acts);
-        acts
+    pub fn state(&self) -> State {
+        self.state
     }
 
-    /// The outcome of an [`Action::AllowWrites`]: the undone switchover gives the route back.
-    /// `attempt` 0: a leftover from an interrupted switchover was cleared.
-    pub fn writes_allowed(&mut self, attempt: u64, i: usize, result: Result<(), OpError>, now: Now) -> Vec<Action> {
-        let mut acts = Vec::new();
-        match &result {
-            Ok(()) => {
-                self.read_only_left.remove(&i);
-            }
-            Err(e) => {
-                tracing::error!(backend = %self.backends[i].name, error = %e, "could not make the old primary writable again (ALTER SYSTEM RESET default_transaction_read_only); retrying")
-            }
-        }
-        if self.in_flight.as_ref().is_some_and(|f| f.attempt == attempt && matches!(f.step, Step::Undoing { .. })) {
-            self.finish_undo(now, &mut acts);
-        }
-        self.evaluate(now, &mut acts);
-        acts
+    /// Where new sessions go, as decided.
+    pub fn route(&self) -> Option<BackendId> {
+        self.route
     }
 
-    /// The outcome of an [`Action::Repoint`].
-    pub fn repointed(&mut self, standby: usize, primary: usize, result: Result<Repointed, OpError>, now: Now) -> Vec<Action> {
-        let mut acts = Vec::new();
-        let (s, p) = (self.backends[standby].name.clone(), self.backends[primary].name.clone());
-        let outcome = match &result {
-            Ok(r) => {
-                let slot = r.slot.as_deref().map(|s| format!(", replication slot {s} ensured on {p}")).unwrap_or_default();
-                let what = if r.changed { "primary_conninfo now names" } else { "primary_conninfo already named" };
-                tracing::info!(standby = %s, primary = %p, changed = r.changed, "re-pointed standby");
-                acts.push(self.event(now, EventKind::Repoint, Some(standby), Some(primary), format!("{what} {p}{slot}"), Trigger::Automatic));
-                Ok(())
-            }
-            Err(e) => {
-                tracing::warn!(standby = %s, primary = %p, error = %e, "could not re-point standby");
-                Err(e.to_string())
-            }
-        };
-        if let Some(r) = self.backends[standby].repoint.as_mut().filter(|r| r.primary == primary) {
-            r.outcome = Some(outcome);
-        }
-        // See the new upstream soon rather than at the next interval.
-        acts.push(Action::CheckNow(standby));
-        self.evaluate(now, &mut acts);
-        acts
+    /// The failover being carried out, if any.
+    pub fn in_flight(&self) -> Option<&InFlight> {
+        self.in_flight.as_ref()
     }
 
-    /// Operator clears a fence.
-    pub fn unfence(&mut self, name: &str, who: &str, now: Now) -> Result<Vec<Action>, Refusal> {
-        let i = self.index(name)?;
-        if self.backends[i].fence.is_none() {
-            return Err(Refusal::Conflict(format!("{name} is not fenced")));
-        }
-        self.backends[i].fence = None;
-        let mut acts = vec![self.event(now, EventKind::Unfence, Some(i), None, format!("unfenced by {who}"), Trigger::Manual(who.into()))];
-        self.evaluate(now, &mut acts);
-        Ok(acts)
+    pub fn counters(&self) -> &Counters {
+        &self.counters
     }
 
-    fn index(&self, name: &str) -> Result<usize, Refusal> {
-        self.backends.iter().position(|b| b.name == name).ok_or_else(|| {
+    /// When the last failover completed.
+    pub fn last_failover_time(&self) -> Option<SystemTime> {
+        self.last_failover_time
+    }
+
+    /// Backends a switchover left read-only, not yet known to accept writes again.
+    pub fn read_only_left(&self) -> &std::collections::BTreeSet<BackendId> {
+        &self.read_only_left
+    }
+
+    fn index(&self, name: &str) -> Result<BackendId, Refusal> {
+        self.backends.find(name).ok_or_else(|| {
             let known: Vec<&str> = self.backends.iter().map(|b| b.name.as_str()).collect();
             Refusal::UnknownBackend(format!("no backend named {name:?} (known: {})", known.join(", ")))
         })
@@ -478,7 +434,7 @@ impl Machine {
         self.in_flight.as_ref().is_some_and(|f| f.attempt == attempt && &f.step == step)
     }
 
-    fn event(&self, now: Now, kind: EventKind, from: Option<usize>, to: Option<usize>, reason: String, trigger: Trigger) -> Action {
+    fn event(&self, now: Now, kind: EventKind, from: Option<BackendId>, to: Option<BackendId>, reason: String, trigger: Trigger) -> Action {
         Action::Record(Event {
             time: humantime::format_rfc3339_millis(now.wall).to_string(),
             kind,

@@ -1,6 +1,8 @@
-//! The health monitor: [`probe`]rs observe every backend, the pure [`machine`] decides, and
-//! the monitor [`task`] carries out its actions (route, promotion, switchover, re-pointing
-//! standbys, history, metrics) and publishes the [`status`] the admin API serves.
+//! The health monitor: [`probe`]rs observe every backend, the pure [`machine`] decides (and,
+//! when coordinated, keeps the one copy of what the proxies share through etcd and decides
+//! about it too), and the monitor [`task`] carries out its actions (route, promotion,
+//! switchover, re-pointing standbys, history, metrics, the coordinator's writes) and
+//! publishes the [`status`] the admin API serves. The task decides nothing itself.
 
 pub mod check_error;
 pub mod conninfo;

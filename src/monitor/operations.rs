@@ -34,7 +34,7 @@ pub enum OpError {
     /// Coordination did not allow it (this proxy no longer leads): nothing was asked of the
     /// server.
     #[error("not allowed: {0}")]
-    NotAllowed(String),
+    NotAllowed(crate::coord::CoordError),
 }
 
 /// How a promotion request ended, when it did not end with a primary.
@@ -49,7 +49,7 @@ pub enum PromoteError {
     /// Coordination did not allow it (this proxy no longer leads, etcd is unreachable):
     /// nothing was asked of the server.
     #[error("not allowed: {0}")]
-    NotAllowed(String),
+    NotAllowed(crate::coord::CoordError),
     /// Asked, but not finished in time: the promotion may still complete.
     #[error("{0}")]
     Pending(String),

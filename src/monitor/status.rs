@@ -8,7 +8,10 @@ use serde::Serialize;
 use crate::config::{BackendConfig, PromoteMode};
 
 use super::check_error::ErrorKind;
-use super::machine::{Machine, ReadStanding, State};
+use crate::cluster::{BackendId, MemberView, PrimaryRecord};
+use crate::coord::Figures;
+
+use super::machine::{Coordination, Machine, ReadStanding, State};
 use super::observation::format_lsn;
 
 fn rfc3339(t: SystemTime) -> String {
@@ -109,36 +112,80 @@ pub struct Status {
     pub failover_in_progress: Option<InFlightStatus>,
     /// Coordination through etcd: mode, leader, members and their views, etcd reachable,
     /// last revision (absent when this proxy decides alone).
-    pub coordination: Option<crate::coord::CoordStatus>,
+    pub coordination: Option<CoordStatus>,
     pub updated_at: String,
     /// Every backend in config order (served by `/failover/health`).
     #[serde(skip)]
     pub backends: Vec<BackendStatus>,
 }
 
+/// What coordination shows (`/failover/status`, metrics): the machine's view of what the
+/// proxies share, and the coordinator's own figures.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CoordStatus {
+    /// `etcd`, the only way to coordinate.
+    pub mode: &'static str,
+    /// This proxy's `coordination.name`.
+    pub name: String,
+    /// `coordination.cluster`.
+    pub cluster: String,
+    /// The leading proxy, when known.
+    pub leader: Option<String>,
+    /// This proxy leads.
+    pub is_leader: bool,
+    /// etcd answers this proxy.
+    pub etcd_reachable: bool,
+    /// The etcd revision of the last change seen.
+    pub last_revision: i64,
+    /// The live proxies' views, by name.
+    pub members: Vec<MemberView>,
+    /// The recorded primary as etcd has it.
+    pub recorded_primary: Option<PrimaryRecord>,
+    /// Failed renewals of this proxy's etcd leases.
+    pub lease_renewal_failures: u64,
+}
+
+impl CoordStatus {
+    pub fn of(view: &Coordination, cluster: &str, figures: Figures) -> CoordStatus {
+        CoordStatus {
+            mode: "etcd",
+            name: view.me().to_string(),
+            cluster: cluster.to_string(),
+            leader: view.leader().map(str::to_string),
+            is_leader: view.is_leader(),
+            etcd_reachable: view.etcd_up(),
+            last_revision: figures.last_revision,
+            members: view.members().values().cloned().collect(),
+            recorded_primary: view.record().cloned(),
+            lease_renewal_failures: figures.lease_renewal_failures,
+        }
+    }
+}
+
 impl Status {
     pub fn build(m: &Machine, cfg: &[BackendConfig], epoch: u64, route_reason: &str) -> Status {
         let reads = m.read_standing(std::time::Instant::now());
-        let records: Vec<BackendStatus> = (0..m.backends.len()).map(|i| backend_status(m, cfg, i, &reads[i])).collect();
-        let shown = m.route.unwrap_or(0);
+        let records: Vec<BackendStatus> = m.backends().ids().zip(&reads).map(|(i, read)| backend_status(m, cfg, i, read)).collect();
+        let shown = m.route().map(BackendId::index).unwrap_or(0);
         let primary = records[shown].clone();
         let standbys = records.iter().enumerate().filter(|(i, _)| *i != shown).map(|(_, r)| r.clone()).collect();
-        let name = |i: usize| m.backends[i].name.clone();
+        let name = |i: BackendId| m.backends()[i].name.clone();
         Status {
-            state: m.state,
-            state_code: m.state.code(),
-            current_primary: m.route.map(name),
+            state: m.state(),
+            state_code: m.state().code(),
+            current_primary: m.route().map(name),
             route_epoch: epoch,
-            route_reason: m.route.is_none().then(|| route_reason.to_string()),
-            promote_mode: m.settings.promote,
+            route_reason: m.route().is_none().then(|| route_reason.to_string()),
+            promote_mode: m.settings().promote,
             primary,
             standbys,
-            failover_count: m.counters.failovers,
-            last_failover_time: m.last_failover_time.map(rfc3339),
-            recovery_count: m.counters.recoveries,
-            split_brain_count: m.counters.split_brains,
-            health_check_failures: m.counters.check_failures,
-            failover_in_progress: m.in_flight.as_ref().map(|f| InFlightStatus {
+            failover_count: m.counters().failovers,
+            last_failover_time: m.last_failover_time().map(rfc3339),
+            recovery_count: m.counters().recoveries,
+            split_brain_count: m.counters().split_brains,
+            health_check_failures: m.counters().check_failures,
+            failover_in_progress: m.in_flight().map(|f| InFlightStatus {
                 from: f.from.map(name),
                 to: f.to.map(name),
                 reason: f.reason.clone(),
@@ -153,14 +200,14 @@ impl Status {
     }
 }
 
-fn backend_status(m: &Machine, cfg: &[BackendConfig], i: usize, read: &ReadStanding) -> BackendStatus {
-    let b = &m.backends[i];
+fn backend_status(m: &Machine, cfg: &[BackendConfig], i: BackendId, read: &ReadStanding) -> BackendStatus {
+    let b = &m.backends()[i];
     let obs = b.obs.as_ref();
-    let is_primary = m.route == Some(i);
+    let is_primary = m.route() == Some(i);
     let why = if is_primary { None } else { m.not_eligible(i) };
     BackendStatus {
         name: b.name.clone(),
-        address: cfg.get(i).map(BackendConfig::address).unwrap_or_default(),
+        address: cfg.get(i.index()).map(BackendConfig::address).unwrap_or_default(),
         // What it said at its last check; nothing once it is down (a dead old primary is not
         // a "primary" any more).
         role: match obs {
@@ -187,12 +234,12 @@ fn backend_status(m: &Machine, cfg: &[BackendConfig], i: usize, read: &ReadStand
         last_error_kind: b.last_error.as_ref().map(|e| e.kind()),
         wal_receiver: obs.and_then(|o| o.receiver.as_ref()).map(|r| r.status.clone()),
         upstream: b.upstream().map(str::to_string),
-        following_primary: match m.route {
+        following_primary: match m.route() {
             Some(w) if w != i && b.in_recovery() => Some(m.following(i, w)),
             _ => None,
         },
         repoint: b.repoint.as_ref().map(|r| RepointStatus {
-            primary: m.backends[r.primary].name.clone(),
+            primary: m.backends()[r.primary].name.clone(),
             result: match &r.outcome {
                 None => "running",
                 Some(Ok(())) => "done",

@@ -1,6 +1,8 @@
-//! The monitor task: feeds check results, operation outcomes and commands into the
-//! [`Machine`], carries out its actions, keeps metrics and the published [`Status`] current.
-//! It owns the route writer.
+//! The monitor task: feeds check results, operation outcomes, commands and etcd's news into
+//! the [`Machine`], carries out its actions, keeps metrics and the published [`Status`]
+//! current. It holds the route writer, and writes it only as the machine's actions say.
+//! Its probers are `prober`'s; its side of coordination is `coordinated`'s; failing closed
+//! is `lifeline`'s.
 //!
 //! It fails closed: if the monitor or a prober ends while the proxy is not stopping (a
 //! panic), the route is cleared, the status says so (`/ready` answers 503) and the `fatal`
@@ -12,9 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cluster::BackendId;
 use crate::config::{BackendConfig, Config, Quorum};
 use crate::metrics::Metrics;
 use crate::route::{ReadRouteWriter, RouteWriter};
@@ -24,43 +26,17 @@ use super::handle::{CheckNow, Command, MonitorHandle, Triggered};
 use crate::coord::{Coordinator, Event as CoordEvent};
 
 mod coordinated;
+mod lifeline;
+mod prober;
+
+pub use lifeline::Lifeline;
 
 use super::history::{EventKind, Fences, History, Kept};
-use super::machine::{Action, Coord, Machine, Now, Outcome, Settings};
+use super::machine::{Action, Machine, Now, Outcome, Settings};
 use super::operations::{self, OpError, PromoteError};
-use super::probe::Prober;
 use super::status::Status;
-use coordinated::{next_coord_events, Peers};
-
-/// What the monitor's tasks share to fail closed.
-#[derive(Clone)]
-pub struct Lifeline {
-    /// The proxy is stopping: tasks ending now is expected.
-    pub shutdown: CancellationToken,
-    /// Cancelled when a monitor task died unexpectedly.
-    pub fatal: CancellationToken,
-}
-
-impl Lifeline {
-    /// A guard that, when dropped while the proxy is not stopping, declares the monitor dead.
-    fn guard(&self, what: &'static str) -> DeathWatch {
-        DeathWatch { life: self.clone(), what }
-    }
-}
-
-struct DeathWatch {
-    life: Lifeline,
-    what: &'static str,
-}
-
-impl Drop for DeathWatch {
-    fn drop(&mut self) {
-        if !self.life.shutdown.is_cancelled() && !self.life.fatal.is_cancelled() {
-            tracing::error!(task = self.what, panicking = std::thread::panicking(), "a health-monitor task ended unexpectedly: failing closed");
-            self.life.fatal.cancel();
-        }
-    }
-}
+use coordinated::next_coord_events;
+use prober::ProberTask;
 
 /// What an operation that panicked reports (a bug; the step is treated as failed).
 const TASK_FAILED: &str = "the operation's task failed unexpectedly";
@@ -81,34 +57,34 @@ pub fn spawn(
     (route, read_route): (RouteWriter, ReadRouteWriter),
     metrics: Arc<Metrics>,
     history: History,
-    mut passive: mpsc::Receiver<usize>,
+    mut passive: mpsc::Receiver<BackendId>,
     life: Lifeline,
     coordination: Option<(Coordinator, mpsc::Receiver<Vec<CoordEvent>>)>,
     tracker: &TaskTracker,
 ) -> MonitorHandle {
     let names: Vec<String> = backends.iter().map(|b| b.name.clone()).collect();
-    let fenced: Vec<(String, super::machine::Fence)> = history.fences().into_iter().filter(|(n, _)| names.contains(n)).collect();
+    let fenced: Vec<(String, crate::cluster::Fence)> = history.fences().into_iter().filter(|(n, _)| names.contains(n)).collect();
     if !fenced.is_empty() {
         let list: Vec<&str> = fenced.iter().map(|(n, _)| n.as_str()).collect();
         tracing::warn!(fenced = %list.join(", "), "restored fences from the state directory");
     }
-    let settings = Settings::from_config(cfg);
-    let mut machine = Machine::new(settings, &names, &fenced);
-    for name in history.read_only() {
-        if let Some(i) = names.iter().position(|n| *n == name) {
+    let read_only: Vec<BackendId> = history
+        .read_only()
+        .into_iter()
+        .filter_map(|name| {
+            let i = BackendId::new(names.iter().position(|n| *n == name)?);
             tracing::warn!(backend = %name, "restored from the state directory: a switchover left this backend read-only; it is made writable again if it is the primary");
-            machine.read_only_left.insert(i);
-        }
-    }
-    for (b, c) in machine.backends.iter_mut().zip(backends.iter()) {
+            Some(i)
+        })
+        .collect();
+    let mut machine = Machine::new(Settings::from_config(cfg), &names, &fenced)
         // As pg_stat_wal_receiver shows an upstream: sender_host:sender_port.
-        b.address = format!("{}:{}", c.host, c.port);
-    }
+        .with_addresses(backends.iter().map(|c| format!("{}:{}", c.host, c.port)))
+        .with_read_only(read_only);
     if let Some((c, _)) = &coordination {
         // Coordinated from the start: neither routing nor promoting before etcd has spoken.
-        machine.coord = Some(Coord::new(c.name.clone(), cfg.failover.quorum == Quorum::Majority));
+        machine.join(c.name.clone(), cfg.failover.quorum == Quorum::Majority);
     }
-    let peers = Peers::new(&machine);
     let (commands, rx) = mpsc::channel(256);
     let first = Status::build(&machine, &backends, route.current().epoch, &route.current().reason);
     let (status_tx, status) = watch::channel(Arc::new(first));
@@ -116,7 +92,7 @@ pub fn spawn(
 
     let (probing, _) = watch::channel((cfg.health.interval, cfg.health.timeout));
     let mut probe_now = Vec::new();
-    for (i, b) in backends.iter().enumerate() {
+    for (i, b) in BackendId::all(backends.len()).zip(backends.iter()) {
         let (now_tx, now_rx) = mpsc::channel(8);
         probe_now.push(now_tx);
         let p = ProberTask { i, backend: b.clone(), probing: probing.subscribe(), commands: commands.clone(), now_rx, life: life.clone() };
@@ -130,7 +106,7 @@ pub fn spawn(
             tokio::select! {
                 _ = stop.cancelled() => break,
                 i = passive.recv() => match i {
-                    Some(i) => { if let Some(p) = forward.get(i) { let _ = p.try_send(None); } }
+                    Some(i) => { if let Some(p) = forward.get(i.index()) { let _ = p.try_send(None); } }
                     None => break,
                 },
             }
@@ -151,134 +127,42 @@ pub fn spawn(
         waiting: HashMap::new(),
         life,
         coord: coordination.as_ref().map(|(c, _)| c.clone()),
-        peers,
         probing,
     };
     tracker.spawn(task.run(rx, coordination.map(|(_, e)| e)));
     MonitorHandle { commands, status, history, probe_now }
 }
 
-struct ProberTask {
-    i: usize,
-    backend: BackendConfig,
-    /// `health.interval` and `health.timeout`, as a reload leaves them.
-    probing: watch::Receiver<(Duration, Duration)>,
-    commands: mpsc::Sender<Command>,
-    now_rx: mpsc::Receiver<CheckNow>,
-    life: Lifeline,
-}
-
-impl ProberTask {
-    async fn run(mut self) {
-        let _watch = self.life.guard("prober");
-        let (broken_tx, mut broken_rx) = mpsc::channel(1);
-        let timeout = self.probing.borrow().1;
-        let mut prober = Prober::new(self.backend.clone(), timeout, Some(broken_tx));
-        let mut acks: Vec<oneshot::Sender<()>> = Vec::new();
-        let mut failing = FailureLog::default();
-        loop {
-            let started = Instant::now();
-            let result = tokio::select! {
-                r = prober.check() => r,
-                _ = self.life.shutdown.cancelled() => return,
-            };
-            let took = started.elapsed();
-            let failed = result.is_err();
-            failing.note(&self.backend.name, result.as_ref().err(), took);
-            if self.commands.send(Command::Observed { i: self.i, result, took }).await.is_err() {
-                return;
-            }
-            for ack in acks.drain(..) {
-                let _ = ack.send(());
-            }
-            // As a reload left them (seen here, or by the wait below).
-            let (interval, timeout) = *self.probing.borrow_and_update();
-            prober.set_timeout(timeout);
-            // After a failure the next check comes sooner, so a crash reaches the threshold
-            // in a fraction of the interval; a timed-out check already waited its share.
-            let fast = (interval / 4).clamp(Duration::from_millis(10), interval);
-            let delay = if failed { fast.saturating_sub(took) } else { interval };
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                // A reload's new interval takes effect at once.
-                _ = self.probing.changed() => {}
-                req = self.now_rx.recv() => match req {
-                    Some(ack) => acks.extend(ack),
-                    None => return,
-                },
-                _ = broken_rx.recv() => {}
-                _ = self.life.shutdown.cancelled() => return,
-            }
-            while let Ok(more) = self.now_rx.try_recv() {
-                acks.extend(more);
-            }
-        }
-    }
-}
-
-/// Logs a backend's failing checks for people: the first failure, then at most once a
-/// minute while it keeps failing, then its return. (Every failure is counted in the metrics
-/// and shown in `/failover/health`; every one is logged at debug.)
-#[derive(Default)]
-struct FailureLog {
-    /// When the current run of failures began, how many so far, and when last logged.
-    run: Option<(Instant, u64, Instant)>,
-}
-
-/// How often a backend that stays down is logged again.
-const FAILURE_LOG_EVERY: Duration = Duration::from_secs(60);
-
-impl FailureLog {
-    fn note(&mut self, backend: &str, error: Option<&CheckError>, took: Duration) {
-        let now = Instant::now();
-        match (error, self.run.as_mut()) {
-            (Some(e), None) => {
-                tracing::info!(backend, error = %e, kind = e.kind().as_str(), took_ms = took.as_millis() as u64, "health check failed");
-                self.run = Some((now, 1, now));
-            }
-            (Some(e), Some((since, count, logged))) => {
-                *count += 1;
-                if now.duration_since(*logged) >= FAILURE_LOG_EVERY {
-                    let secs = now.duration_since(*since).as_secs();
-                    tracing::info!(backend, error = %e, kind = e.kind().as_str(), failed_checks = *count, failing_for_s = secs, "health checks still failing");
-                    *logged = now;
-                } else {
-                    tracing::debug!(backend, error = %e, kind = e.kind().as_str(), took_ms = took.as_millis() as u64, "health check failed");
-                }
-            }
-            (None, Some((since, count, _))) => {
-                let ms = now.duration_since(*since).as_millis() as u64;
-                tracing::info!(backend, failed_checks = *count, failing_for_ms = ms, "health checks succeed again");
-                self.run = None;
-            }
-            (None, None) => {}
-        }
-    }
-}
-
 struct MonitorTask {
+    /// The decisions; the only source of the route.
     machine: Machine,
+    /// The route's writing end: written only from the machine's route actions.
     route: RouteWriter,
     /// The read-only port's targets, recomputed at every publish.
     read_route: ReadRouteWriter,
+    /// The backends' configuration, by [`BackendId`] index: what the operations connect to.
     backends: Arc<[BackendConfig]>,
+    /// Where figures go after every input.
     metrics: Arc<Metrics>,
+    /// The history, shared with the admin port (a std mutex: short sections only).
     history: Arc<Mutex<History>>,
+    /// The published status (`/failover/status`).
     status_tx: watch::Sender<Arc<Status>>,
     /// For operation tasks to report back.
     commands: mpsc::Sender<Command>,
+    /// Asks a prober to check now, by [`BackendId`] index.
     probe_now: Arc<[mpsc::Sender<CheckNow>]>,
+    /// Where operations run (a takeover waits for them).
     tracker: TaskTracker,
     /// Up to when time without a primary has been added to the metric.
     last_accounted: Instant,
     /// Coordination through etcd, when configured.
     coord: Option<Coordinator>,
-    /// What the other proxies say (coordinated only).
-    peers: Peers,
     /// The probers' interval and timeout.
     probing: watch::Sender<(Duration, Duration)>,
     /// Operators waiting for the outcome of their trigger, by attempt.
     waiting: HashMap<u64, Vec<oneshot::Sender<Outcome>>>,
+    /// Stopping, or failing closed.
     life: Lifeline,
 }
 
@@ -289,9 +173,10 @@ impl Drop for MonitorTask {
             return;
         }
         tracing::error!(panicking = std::thread::panicking(), "the health monitor ended unexpectedly: failing closed");
-        self.route.set(None, MONITOR_DIED);
+        for a in self.machine.stop_routing(MONITOR_DIED) {
+            self.apply(a);
+        }
         self.read_route.clear(MONITOR_DIED);
-        self.machine.route = None;
         let r = self.route.current();
         let mut status = Status::build(&self.machine, &self.backends, r.epoch, MONITOR_DIED);
         status.route_reason = Some(MONITOR_DIED.into());
@@ -337,13 +222,13 @@ impl MonitorTask {
 
     /// Stopping in the middle of a switchover: the old primary must not stay read-only.
     async fn release_switchover(&self) {
-        let Some(f) = &self.machine.in_flight else { return };
+        let Some(f) = self.machine.in_flight() else { return };
         if !f.switchover || matches!(f.step, super::machine::Step::Promoting { .. }) {
             return;
         }
         let Some(p) = f.from else { return };
-        let b = &self.backends[p];
-        match operations::allow_writes(b, self.machine.settings.check_timeout).await {
+        let b = &self.backends[p.index()];
+        match operations::allow_writes(b, self.machine.settings().check_timeout).await {
             Ok(()) => tracing::warn!(primary = %b.name, "stopping during a switchover: the old primary accepts writes again"),
             Err(e) => {
                 tracing::error!(primary = %b.name, error = %e, "stopping during a switchover: could not make the old primary writable again (ALTER SYSTEM RESET default_transaction_read_only)")
@@ -355,7 +240,7 @@ impl MonitorTask {
         let now = Now::current();
         let acts = match cmd {
             Command::Observed { i, result, took } => {
-                if let Some(h) = self.metrics.health_check_duration.get(i) {
+                if let Some(h) = self.metrics.health_check_duration.get(i.index()) {
                     h.record(took.as_secs_f64());
                 }
                 if let Err(e) = &result {
@@ -363,21 +248,12 @@ impl MonitorTask {
                 }
                 self.machine.observe(i, result, took, now)
             }
-            Command::Promoted { attempt, i, result } => {
-                // A promotion that ran was recorded first (coordinated): route by that record
-                // even if its watch event is still on its way.
-                let mut acts = Vec::new();
-                if self.coord.is_some() && result.is_ok() {
-                    acts = self.machine.coordinate(|c| c.record = Some(i), now);
-                }
-                acts.extend(self.machine.promoted(attempt, i, result, now));
-                acts
-            }
+            Command::Promoted { attempt, i, result } => self.machine.promoted(attempt, i, result, now),
             Command::WritesStopped { attempt, i, result } => self.machine.writes_stopped(attempt, i, result, now),
             Command::Replayed { attempt, i, result } => self.machine.replayed(attempt, i, result, now),
             Command::WritesAllowed { attempt, i, result } => self.machine.writes_allowed(attempt, i, result, now),
             Command::Repointed { standby, primary, result } => self.machine.repointed(standby, primary, result, now),
-            Command::Recorded { i, epoch, rev } => self.recorded(i, epoch, rev, now),
+            Command::Recorded { i, epoch, rev } => self.machine.record_written(i, epoch, rev, now),
             Command::Trigger { req, reply } => {
                 tracing::warn!(who = %req.who, target = req.target.as_deref().unwrap_or("(best standby)"), force = req.force, "manual failover requested");
                 match self.machine.trigger(&req, now) {
@@ -413,12 +289,9 @@ impl MonitorTask {
             }
             Command::Reload { settings, majority, reply } => {
                 self.probing.send_replace((settings.interval, settings.check_timeout));
-                self.machine.settings = settings;
-                if let Some(c) = self.machine.coord.as_mut() {
-                    c.majority = majority;
-                }
+                let acts = self.machine.reload(settings, majority, now);
                 let _ = reply.send(());
-                self.machine.reevaluate(now)
+                acts
             }
             Command::Crash => panic!("fault injection: the health monitor was told to crash"),
         };
@@ -432,13 +305,13 @@ impl MonitorTask {
             self.apply(a);
         }
         let m = &self.machine;
-        let fences: Fences = m.backends.iter().filter_map(|b| b.fence.clone().map(|f| (b.name.clone(), f))).collect();
-        let read_only = m.read_only_left.iter().map(|i| m.backends[*i].name.clone()).collect();
+        let fences: Fences = m.backends().iter().filter_map(|b| b.fence.clone().map(|f| (b.name.clone(), f))).collect();
+        let read_only = m.read_only_left().iter().map(|i| m.backends()[*i].name.clone()).collect();
         if let Ok(mut h) = self.history.lock() {
             h.set_kept(Kept { fences, read_only });
         }
         self.publish();
-        self.sync_coordination();
+        self.share();
         for a in answers {
             self.apply(a);
         }
@@ -464,7 +337,7 @@ impl MonitorTask {
     }
 
     fn apply(&mut self, action: Action) {
-        let s = &self.machine.settings;
+        let s = self.machine.settings();
         let (pt, ct, wait) = (s.promote_timeout, s.check_timeout, s.switchover_wait);
         match action {
             Action::Route { target, reason } => {
@@ -472,7 +345,7 @@ impl MonitorTask {
                 if self.route.set(target, &reason) {
                     match target {
                         Some(t) => {
-                            tracing::info!(primary = %self.backends[t].name, epoch = self.route.current().epoch, "route: new sessions go to the primary")
+                            tracing::info!(primary = %self.backends[t.index()].name, epoch = self.route.current().epoch, "route: new sessions go to the primary")
                         }
                         None => tracing::warn!(%reason, "route: no primary; new sessions are held"),
                     }
@@ -482,15 +355,15 @@ impl MonitorTask {
                 self.route.set(None, &reason);
             }
             Action::Promote { attempt, backend: i } => {
-                let b = self.backends[i].clone();
+                let b = self.backends[i.index()].clone();
                 let failed = Command::Promoted { attempt, i, result: Err(PromoteError::Pending(TASK_FAILED.into())) };
                 // Coordinated: the fencing-token transaction records the decision first; no
                 // promotion without it.
-                let record = self.promotion_record(i);
+                let gate = self.coord.clone().zip(self.machine.promotion_record(i));
                 self.run_op(
                     async move {
-                        if let Some((coord, record, fences, expect)) = record {
-                            if let Err(why) = coord.record_primary(record, fences, expect).await {
+                        if let Some((coord, r)) = gate {
+                            if let Err(why) = coord.record_primary(r.record, r.fences, r.expect).await {
                                 return Command::Promoted { attempt, i, result: Err(PromoteError::NotAllowed(why)) };
                             }
                         }
@@ -500,7 +373,7 @@ impl MonitorTask {
                 );
             }
             Action::StopWrites { attempt, backend: i } => {
-                let b = self.backends[i].clone();
+                let b = self.backends[i.index()].clone();
                 let failed = Command::WritesStopped { attempt, i, result: Err(task_failed()) };
                 // Coordinated: only while this proxy still holds the leadership.
                 let coord = self.coord.clone();
@@ -517,12 +390,12 @@ impl MonitorTask {
                 );
             }
             Action::AwaitReplay { attempt, backend: i, lsn } => {
-                let b = self.backends[i].clone();
+                let b = self.backends[i.index()].clone();
                 let failed = Command::Replayed { attempt, i, result: Err(task_failed()) };
                 self.run_op(async move { Command::Replayed { attempt, i, result: operations::await_replay(&b, lsn, ct, wait).await } }, failed);
             }
             Action::AllowWrites { attempt, backend: i } => {
-                let b = self.backends[i].clone();
+                let b = self.backends[i.index()].clone();
                 let failed = Command::WritesAllowed { attempt, i, result: Err(task_failed()) };
                 self.run_op(
                     async move {
@@ -541,13 +414,13 @@ impl MonitorTask {
                 );
             }
             Action::Repoint { standby, primary } => {
-                let (s, p) = (self.backends[standby].clone(), self.backends[primary].clone());
+                let (s, p) = (self.backends[standby.index()].clone(), self.backends[primary.index()].clone());
                 tracing::info!(standby = %s.name, primary = %p.name, "re-pointing standby at the primary");
                 let failed = Command::Repointed { standby, primary, result: Err(task_failed()) };
                 self.run_op(async move { Command::Repointed { standby, primary, result: operations::repoint(&s, &p, ct).await } }, failed);
             }
             Action::CheckNow(i) => {
-                if let Some(p) = self.probe_now.get(i) {
+                if let Some(p) = self.probe_now.get(i.index()) {
                     let _ = p.try_send(None);
                 }
             }
@@ -564,6 +437,17 @@ impl MonitorTask {
                     h.push(e);
                 }
             }
+            Action::ShareFence { backend, fence, while_record } => {
+                if let Some(c) = &self.coord {
+                    c.put_fence(backend, fence, while_record);
+                }
+            }
+            Action::LiftFence { backend, revision } => {
+                if let Some(c) = &self.coord {
+                    c.delete_fence(backend, revision);
+                }
+            }
+            Action::RecordPrimary { backend, recording } => self.record_primary(backend, recording),
             Action::FailoverDone(d) => self.metrics.failover_duration.record(d.as_secs_f64()),
             Action::Concluded { attempt, outcome } => {
                 for tx in self.waiting.remove(&attempt).unwrap_or_default() {
@@ -575,7 +459,7 @@ impl MonitorTask {
 
     fn account_no_primary(&mut self) {
         let now = Instant::now();
-        if self.machine.route.is_none() || self.route.current().target.is_none() {
+        if self.machine.route().is_none() || self.route.current().target.is_none() {
             self.metrics.add_no_primary(now - self.last_accounted);
         }
         self.last_accounted = now;
@@ -585,27 +469,27 @@ impl MonitorTask {
         self.account_no_primary();
         let m = &self.machine;
         let x = &self.metrics;
-        x.failover_state.set(m.state.code() as f64);
-        x.failover_total.absolute(m.counters.failovers);
-        x.recoveries_total.absolute(m.counters.recoveries);
-        x.health_check_failures_total.absolute(m.counters.check_failures);
-        x.split_brain_total.absolute(m.counters.split_brains);
-        let routed_healthy = m.route.is_some_and(|t| m.backends[t].healthy);
+        x.failover_state.set(m.state().code() as f64);
+        x.failover_total.absolute(m.counters().failovers);
+        x.recoveries_total.absolute(m.counters().recoveries);
+        x.health_check_failures_total.absolute(m.counters().check_failures);
+        x.split_brain_total.absolute(m.counters().split_brains);
+        let routed_healthy = m.route().is_some_and(|t| m.backends()[t].healthy);
         x.primary_healthy.set(if routed_healthy { 1.0 } else { 0.0 });
-        x.primary_routable.set(if m.route.is_some() { 1.0 } else { 0.0 });
-        x.fenced_backends.set(m.backends.iter().filter(|b| b.fence.is_some()).count() as f64);
-        for (i, b) in m.backends.iter().enumerate() {
-            let up = if b.healthy { 1.0 } else { 0.0 };
+        x.primary_routable.set(if m.route().is_some() { 1.0 } else { 0.0 });
+        x.fenced_backends.set(m.backends().iter().filter(|b| b.fence.is_some()).count() as f64);
+        for (id, b) in m.backends().with_ids() {
+            let (i, up) = (id.index(), if b.healthy { 1.0 } else { 0.0 });
             x.backend_healthy[i].set(up);
             if i > 0 {
                 x.standby_healthy[i - 1].set(up);
             }
-            x.replication_lag_bytes[i].set(m.lag_bytes(i).unwrap_or(0) as f64);
+            x.replication_lag_bytes[i].set(m.lag_bytes(id).unwrap_or(0) as f64);
         }
         self.read_route.set(m.read_route(Instant::now()));
         let r = self.route.current();
         let mut status = Status::build(m, &self.backends, r.epoch, &r.reason);
-        status.coordination = self.coord.as_ref().map(Coordinator::status);
+        status.coordination = self.coordination_status();
         self.coordination_metrics(&status);
         self.status_tx.send_replace(Arc::new(status));
     }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
+use crate::cluster::BackendId;
 use crate::config::{BackendConfig, ProxyConfig, ReadConfig};
 use crate::metrics::Metrics;
 use crate::route::{ReadRoute, Route};
@@ -44,8 +45,8 @@ pub struct DataPath {
     /// The current settings (replaced by a reload).
     pub knobs: watch::Sender<Arc<Knobs>>,
     pub metrics: Arc<Metrics>,
-    /// Passive health signal: a backend index whose connect just failed.
-    pub connect_failed: mpsc::Sender<usize>,
+    /// Passive health signal: a backend whose connect just failed.
+    pub connect_failed: mpsc::Sender<BackendId>,
     /// Where read-only sessions may go.
     pub read_route: watch::Receiver<ReadRoute>,
     /// The next turn of `balance = "round_robin"`.
@@ -53,6 +54,11 @@ pub struct DataPath {
 }
 
 impl DataPath {
+    /// The configuration of backend `id`.
+    pub fn backend(&self, id: BackendId) -> &BackendConfig {
+        &self.backends[id.index()]
+    }
+
     /// The settings as they are now.
     pub fn knobs(&self) -> Arc<Knobs> {
         self.knobs.borrow().clone()

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::cluster::BackendId;
 use crate::config::{Balance, Fallback};
 use crate::route::{ReadRoute, Route};
 
@@ -29,7 +30,7 @@ pub struct Bound {
 /// The outcome of a pick.
 pub enum Pick {
     /// Try this backend.
-    Backend(usize),
+    Backend(BackendId),
     /// Nothing now; hold the client (up to the hold timeout) for this reason.
     Wait(String),
     /// Refuse at once with this reason (read port, `fallback = "refuse"`).
@@ -62,7 +63,7 @@ impl Placement {
     }
 
     /// Whether `backend` (picked before the client's bound was known) still fits it.
-    pub fn fits(&self, backend: usize) -> bool {
+    pub fn fits(&self, backend: BackendId) -> bool {
         match self {
             Placement::Primary(route) => route.borrow().target == Some(backend),
             Placement::Read { route, bound } => {
@@ -87,7 +88,7 @@ impl Placement {
             Placement::Read { route, bound } => {
                 let read = &dp.knobs().read;
                 let r = route.borrow_and_update();
-                let fits: Vec<usize> = r.targets.iter().filter(|t| within(t, bound)).map(|t| t.backend).collect();
+                let fits: Vec<BackendId> = r.targets.iter().filter(|t| within(t, bound)).map(|t| t.backend).collect();
                 if !fits.is_empty() {
                     let chosen = match read.balance {
                         Balance::LeastConnections => fits.iter().copied().min_by_key(|b| (dp.metrics.read_sessions(*b), *b)),
@@ -115,7 +116,7 @@ impl Placement {
     }
 
     /// Whether `backend` is the primary this read session fell back to.
-    pub fn is_fallback(&self, backend: usize) -> bool {
+    pub fn is_fallback(&self, backend: BackendId) -> bool {
         match self {
             Placement::Primary(_) => false,
             Placement::Read { route, bound } => {
@@ -139,7 +140,7 @@ impl Placement {
 
     /// Resolves when a session on `backend` must be cut: the main port when the route
     /// leaves it; the read port when the backend is lost or fenced.
-    pub async fn left(&mut self, backend: usize) {
+    pub async fn left(&mut self, backend: BackendId) {
         match self {
             Placement::Primary(route) => crate::route::left(route, backend).await,
             Placement::Read { route, .. } => loop {

@@ -85,7 +85,7 @@ pub async fn serve(mut client: TcpStream, dp: Arc<DataPath>, port: Port, stoppin
     };
     m.session_closed(reason);
     if reason == CloseReason::RouteChanged {
-        tracing::debug!(backend = %dp.backends[backend].name, "session cut: route moved away");
+        tracing::debug!(backend = %dp.backend(backend).name, "session cut: route moved away");
     }
 }
 

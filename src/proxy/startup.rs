@@ -31,6 +31,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::BackendId;
+
 use super::datapath::DataPath;
 use super::placement::{Bound, Pick, Placement};
 use super::socket;
@@ -53,7 +55,7 @@ pub enum Failed {
 /// A server that has accepted the client, and its index in config order.
 pub struct Opened {
     pub server: TcpStream,
-    pub backend: usize,
+    pub backend: BackendId,
 }
 
 /// Reads the client's startup packets and finds them a server, retrying while servers are
@@ -80,7 +82,7 @@ pub async fn open(client: &mut TcpStream, dp: &DataPath, place: &mut Placement, 
     let mut hold = Hold { deadline: Instant::now() + knobs.hold_timeout, counted: false, last_error: None, wait_first: false };
     // A connected server to use next: the early connect, or one already asked about
     // encryption (it said N) that the StartupMessage goes to.
-    let mut asked: Option<(TcpStream, usize)> = early;
+    let mut asked: Option<(TcpStream, BackendId)> = early;
     // The client's own freshness bound, read once from its StartupMessage.
     let mut bound_read = false;
     loop {
@@ -104,7 +106,7 @@ pub async fn open(client: &mut TcpStream, dp: &DataPath, place: &mut Placement, 
                 Err(reason) => return Err(Failed::Refused { reason, pending: Some(packet) }),
             },
         };
-        let name = &dp.backends[backend].name;
+        let name = &dp.backend(backend).name;
         match &packet {
             Packet::Invalid(len) => return Err(Failed::Invalid(*len)),
             Packet::Opaque(bytes) | Packet::Untyped { code: CANCEL_REQUEST, bytes } => {
@@ -181,7 +183,7 @@ fn client_bound(startup: &[u8]) -> Result<Option<Bound>, String> {
 async fn cancel_everywhere(dp: &DataPath, request: &[u8]) {
     let live = dp.read_route.borrow().live.clone();
     let sends = live.into_iter().map(|b| async move {
-        if let Ok(mut s) = socket::connect(&dp.backends[b], &dp.knobs().proxy).await {
+        if let Ok(mut s) = socket::connect(dp.backend(b), &dp.knobs().proxy).await {
             if s.write_all(request).await.is_ok() {
                 dp.metrics.add_bytes(true, request.len() as u64);
                 // The server closes the connection once it has read the request.
@@ -194,9 +196,9 @@ async fn cancel_everywhere(dp: &DataPath, request: &[u8]) {
 }
 
 /// A connection to where the placement points now, if anywhere and it accepts.
-async fn early_connect(dp: &DataPath, place: &mut Placement) -> Option<(TcpStream, usize)> {
+async fn early_connect(dp: &DataPath, place: &mut Placement) -> Option<(TcpStream, BackendId)> {
     let Pick::Backend(target) = place.pick(dp) else { return None };
-    socket::connect(&dp.backends[target], &dp.knobs().proxy).await.ok().map(|s| (s, target))
+    socket::connect(dp.backend(target), &dp.knobs().proxy).await.ok().map(|s| (s, target))
 }
 
 /// The client's next startup packet, before `deadline`; `None` if it went away or was late.
@@ -214,7 +216,7 @@ async fn send(server: &mut TcpStream, bytes: &[u8], dp: &DataPath) -> std::io::R
 }
 
 /// Passes the server's first answer to the client: the session is opened.
-async fn forward(client: &mut TcpStream, first: Vec<u8>, server: TcpStream, backend: usize, dp: &DataPath) -> Result<Opened, Failed> {
+async fn forward(client: &mut TcpStream, first: Vec<u8>, server: TcpStream, backend: BackendId, dp: &DataPath) -> Result<Opened, Failed> {
     if client.write_all(&first).await.is_err() {
         return Err(Failed::Abandoned);
     }
@@ -233,7 +235,7 @@ enum Answer {
 }
 
 /// Sends a startup packet and waits for the server's first answer ([`awaiting`]).
-async fn ask(server: &mut TcpStream, bytes: &[u8], exact: usize, dp: &DataPath, place: &Placement, backend: usize) -> Answer {
+async fn ask(server: &mut TcpStream, bytes: &[u8], exact: usize, dp: &DataPath, place: &Placement, backend: BackendId) -> Answer {
     match send(server, bytes, dp).await {
         Ok(()) => awaiting(server, exact, place, backend).await,
         Err(e) => Answer::Lost(e.to_string()),
@@ -246,7 +248,7 @@ async fn ask(server: &mut TcpStream, bytes: &[u8], exact: usize, dp: &DataPath, 
 /// of its own: while the monitor still routes to this server it is alive, if slow, and a
 /// slow answer beats a refusal. A proxy that starts stopping lets the answer come (the
 /// session then drains like any other); the end of the drain period ends the wait.
-async fn awaiting(server: &mut TcpStream, exact: usize, place: &Placement, backend: usize) -> Answer {
+async fn awaiting(server: &mut TcpStream, exact: usize, place: &Placement, backend: BackendId) -> Answer {
     let read = async {
         let mut buf = Vec::with_capacity(if exact > 0 { exact } else { 512 });
         loop {
@@ -280,10 +282,10 @@ struct Hold {
 impl Hold {
     /// Records a failed attempt on `backend` and makes the monitor check it now (passive
     /// detection).
-    fn failed(&mut self, dp: &DataPath, backend: usize, why: String) {
+    fn failed(&mut self, dp: &DataPath, backend: BackendId, why: String) {
         dp.metrics.connect_error(backend);
         let _ = dp.connect_failed.try_send(backend);
-        tracing::debug!(backend = %dp.backends[backend].name, %why, "held client: server failed, retrying");
+        tracing::debug!(backend = %dp.backend(backend).name, %why, "held client: server failed, retrying");
         self.last_error = Some(why);
         self.wait_first = true;
     }
@@ -296,7 +298,7 @@ impl Hold {
 
     /// Waits (up to the hold deadline) for a backend to place the client on and connects to
     /// it, retrying while it refuses. On failure returns the text for the client's 57P03.
-    async fn connect(&mut self, dp: &DataPath, place: &mut Placement, stopping: &CancellationToken) -> Result<(TcpStream, usize), String> {
+    async fn connect(&mut self, dp: &DataPath, place: &mut Placement, stopping: &CancellationToken) -> Result<(TcpStream, BackendId), String> {
         loop {
             if std::mem::take(&mut self.wait_first) {
                 self.count(dp);
@@ -307,7 +309,7 @@ impl Hold {
             }
             let why = match place.pick(dp) {
                 Pick::Backend(target) => {
-                    let backend = &dp.backends[target];
+                    let backend = dp.backend(target);
                     match socket::connect(backend, &dp.knobs().proxy).await {
                         Ok(server) => return Ok((server, target)),
                         Err(e) => {

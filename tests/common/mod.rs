@@ -51,7 +51,7 @@ pub struct TestProxy {
     /// The read route (this data path serves only the main port).
     pub read_route: pgfailover::route::ReadRouteWriter,
     pub metrics: Arc<Metrics>,
-    pub passive: mpsc::Receiver<usize>,
+    pub passive: mpsc::Receiver<pgfailover::cluster::BackendId>,
     pub shutdown: CancellationToken,
     pub task: JoinHandle<()>,
 }

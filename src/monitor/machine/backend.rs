@@ -2,53 +2,19 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use serde::{Deserialize, Serialize};
-
+use crate::cluster::{BackendId, Fence};
 use crate::duration::as_millis_f64;
 use crate::monitor::check_error::{CheckError, ErrorKind};
 use crate::monitor::observation::Observation;
 
 use super::Now;
 
-/// Why a backend is fenced; decides whether its reappearance as a primary is a split brain.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FenceKind {
-    /// Fenced while unreachable (automatic failover, or restored from the journal): coming
-    /// back writable is a split brain.
-    Unreachable,
-    /// Replaced by a manual failover while alive: still being writable is expected.
-    Superseded,
-    /// Lost a split brain (already counted).
-    SplitBrain,
-    /// Asked to promote, then given up while it did not answer: it may still come back
-    /// promoted, so it is not unfenced when it answers in recovery; only an operator clears it.
-    PromotionAsked,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Fence {
-    pub kind: FenceKind,
-    pub reason: String,
-    /// Set by another coordinated proxy, arrived at this instant: not this proxy's to share
-    /// or to lift by giving a failover up, and only a check begun after it may show the
-    /// backend rebuilt as a standby. Travels with the fence, so it can never outlive it.
-    #[serde(skip)]
-    pub peer: Option<Instant>,
-}
-
-impl Fence {
-    /// A fence this proxy sets itself.
-    pub fn new(kind: FenceKind, reason: String) -> Fence {
-        Fence { kind, reason, peer: None }
-    }
-}
-
 /// The last attempt to point a standby's WAL receiver at the routed primary.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Repoint {
     /// The primary it was pointed at.
-    pub primary: usize,
+    pub primary: BackendId,
+    /// When it was asked for: a failed or ignored one is tried again some time later.
     pub at: Instant,
     /// `None` while running; then the outcome (an error text, or done).
     pub outcome: Option<Result<(), String>>,
@@ -57,6 +23,7 @@ pub struct Repoint {
 /// Health and facts of one backend.
 #[derive(Clone, Debug)]
 pub struct Backend {
+    /// Its configured name: how people, the history and the other proxies name it.
     pub name: String,
     /// `host:port` as configured, to recognise it as another standby's upstream.
     pub address: String,
@@ -71,13 +38,17 @@ pub struct Backend {
     pub failure_count: u32,
     /// Consecutive failed checks that say the server may be gone.
     pub down_count: u32,
+    /// When its latest check ended.
     pub last_check: Option<SystemTime>,
+    /// How long its latest successful check took.
     pub response_time_ms: Option<f64>,
     /// First failure of the current run of failures.
     pub down_since: Option<SystemTime>,
     /// The last successful observation (stale while checks fail).
     pub obs: Option<Observation>,
+    /// Why its latest check failed (`None` once one succeeds).
     pub last_error: Option<CheckError>,
+    /// Set: no session may be routed to it.
     pub fence: Option<Fence>,
     /// WAL position of the last check that found it in recovery: what a promoted standby
     /// had received, for the data-loss window of a failover.
@@ -87,8 +58,11 @@ pub struct Backend {
     /// down failure ended, when it last answered again after such a run, and when its
     /// latest successful check began.
     pub failing_since: Option<Instant>,
+    /// See `failing_since`.
     pub failed_at: Option<Instant>,
+    /// See `failing_since`.
     pub back_at: Option<Instant>,
+    /// See `failing_since`.
     pub success_started: Option<Instant>,
     /// The timeline it last streamed on (a standby's WAL receiver), kept while the receiver
     /// is down: a standby's timeline only grows.
@@ -98,6 +72,7 @@ pub struct Backend {
     /// A standby with received WAL it has not replayed, since (as the checks saw it): its
     /// replay delay when the server cannot say (no commit replayed since it started).
     pub behind_since: Option<Instant>,
+    /// The last attempt to point it at the routed primary.
     pub repoint: Option<Repoint>,
     /// Set when it was promoted: its first WAL position as a primary (its new timeline began
     /// at or before it). A standby still on the old timeline with more WAL than this has
@@ -249,5 +224,59 @@ impl Backend {
 
     pub fn upstream(&self) -> Option<&str> {
         self.obs.as_ref()?.receiver.as_ref()?.upstream.as_deref()
+    }
+}
+
+/// Every backend, in config order, by [`BackendId`].
+#[derive(Clone, Debug)]
+pub struct Backends(Vec<Backend>);
+
+impl Backends {
+    pub fn new(backends: Vec<Backend>) -> Backends {
+        Backends(backends)
+    }
+
+    /// Every backend's id, in config order.
+    pub fn ids(&self) -> impl DoubleEndedIterator<Item = BackendId> + Clone {
+        BackendId::all(self.0.len())
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, Backend> {
+        self.0.iter()
+    }
+
+    pub fn iter_mut(&mut self) -> std::slice::IterMut<'_, Backend> {
+        self.0.iter_mut()
+    }
+
+    /// Every backend with its id, in config order.
+    pub fn with_ids(&self) -> impl Iterator<Item = (BackendId, &Backend)> {
+        self.ids().zip(self.0.iter())
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The backend configured under `name`.
+    pub fn find(&self, name: &str) -> Option<BackendId> {
+        self.0.iter().position(|b| b.name == name).map(BackendId::new)
+    }
+}
+
+impl std::ops::Index<BackendId> for Backends {
+    type Output = Backend;
+    fn index(&self, i: BackendId) -> &Backend {
+        &self.0[i.index()]
+    }
+}
+
+impl std::ops::IndexMut<BackendId> for Backends {
+    fn index_mut(&mut self, i: BackendId) -> &mut Backend {
+        &mut self.0[i.index()]
     }
 }

@@ -5,7 +5,9 @@ use std::cmp::Reverse;
 use crate::config::PromoteMode;
 use crate::monitor::event::EventKind;
 
-use super::{Action, Fence, FenceKind, Machine, Now, State, Step, Trigger};
+use crate::cluster::{BackendId, Fence, FenceKind};
+
+use super::{Action, Machine, Now, State, Step, Trigger};
 
 impl Machine {
     /// Re-decides everything after an input. Order matters: fences first (they change who
@@ -125,30 +127,31 @@ impl Machine {
 
     /// The current route target may stay: healthy (below the failure threshold), primary,
     /// of this cluster, not fenced.
-    pub(super) fn keepable(&self, t: usize) -> bool {
+    pub(super) fn keepable(&self, t: BackendId) -> bool {
         let b = &self.backends[t];
         b.claims_primary() && self.same_cluster(t) && b.fence.is_none() && self.recorded(t)
     }
 
     /// May become the route target now: as keepable, and its latest check succeeded.
-    pub(super) fn is_claimant(&self, i: usize) -> bool {
+    pub(super) fn is_claimant(&self, i: BackendId) -> bool {
         self.backends[i].fresh() && self.keepable(i)
     }
 
     /// The primary to route to: highest timeline, then the current target, then most WAL,
     /// then config order.
-    pub(super) fn best_claimant(&self) -> Option<usize> {
-        (0..self.backends.len())
+    pub(super) fn best_claimant(&self) -> Option<BackendId> {
+        self.backends
+            .ids()
             .filter(|i| self.is_claimant(*i))
             .max_by_key(|i| (self.backends[*i].timeline(), self.route == Some(*i), self.backends[*i].lsn(), Reverse(*i)))
     }
 
     /// The eligible standby with the most WAL (ties: config order), skipping `excluding`.
-    pub(super) fn best_eligible(&self, excluding: &[usize]) -> Option<usize> {
-        (0..self.backends.len()).filter(|i| !excluding.contains(i) && self.eligible(*i)).max_by_key(|i| (self.backends[*i].lsn(), Reverse(*i)))
+    pub(super) fn best_eligible(&self, excluding: &[BackendId]) -> Option<BackendId> {
+        self.backends.ids().filter(|i| !excluding.contains(i) && self.eligible(*i)).max_by_key(|i| (self.backends[*i].lsn(), Reverse(*i)))
     }
 
-    fn lost_reason(&self, t: usize) -> String {
+    fn lost_reason(&self, t: BackendId) -> String {
         let b = &self.backends[t];
         if let Some(f) = &b.fence {
             format!("primary {} was fenced: {}", b.name, f.reason)
@@ -178,7 +181,7 @@ impl Machine {
     }
 
     /// Publishes the route when its target or (while empty) its reason changed.
-    pub(super) fn set_route(&mut self, target: Option<usize>, reason: String, acts: &mut Vec<Action>) {
+    pub(super) fn set_route(&mut self, target: Option<BackendId>, reason: String, acts: &mut Vec<Action>) {
         self.route = target;
         if self.published != target {
             self.published = target;
@@ -222,8 +225,7 @@ impl Machine {
         }
         let each: Vec<String> = self
             .backends
-            .iter()
-            .enumerate()
+            .with_ids()
             .map(|(i, b)| {
                 let what = if let Some(f) = &b.fence {
                     format!("fenced ({})", f.reason)
@@ -245,8 +247,8 @@ impl Machine {
     /// Two writable servers: route to the higher timeline, fence the other. A backend
     /// fenced while unreachable that comes back writable is a split brain too.
     fn resolve_split_brain(&mut self, now: Now, acts: &mut Vec<Action>) {
-        let claimants: Vec<usize> =
-            (0..self.backends.len()).filter(|i| self.backends[*i].fresh() && self.backends[*i].claims_primary() && self.same_cluster(*i)).collect();
+        let claimants: Vec<BackendId> =
+            self.backends.ids().filter(|i| self.backends[*i].fresh() && self.backends[*i].claims_primary() && self.same_cluster(*i)).collect();
         if claimants.len() < 2 {
             return;
         }
@@ -286,7 +288,7 @@ impl Machine {
 
     /// A fenced backend that reports in recovery was rebuilt as a standby: unfence it.
     fn auto_unfence(&mut self, now: Now, acts: &mut Vec<Action>) {
-        for i in 0..self.backends.len() {
+        for i in self.backends.ids() {
             let b = &self.backends[i];
             let may_still_promote = matches!(b.fence, Some(Fence { kind: FenceKind::PromotionAsked, .. }));
             let seen_since = b.fence.as_ref().and_then(|f| f.peer).is_none_or(|f| b.success_started.is_some_and(|s| s > f));
@@ -309,7 +311,7 @@ impl Machine {
         if self.backends.iter().any(|b| b.problem().is_some()) {
             return State::Degraded;
         }
-        let standbys: Vec<usize> = (0..self.backends.len()).filter(|i| *i != route).collect();
+        let standbys: Vec<BackendId> = self.backends.ids().filter(|i| *i != route).collect();
         if standbys.iter().any(|i| self.eligible(*i)) {
             State::Healthy
         } else if standbys.iter().any(|i| {

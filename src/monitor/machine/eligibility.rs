@@ -1,6 +1,7 @@
 //! Which standby could take over: lag, timelines, whom it follows, and re-pointing the ones
 //! left behind by a failover.
 
+use crate::cluster::BackendId;
 use std::time::Duration;
 
 use crate::monitor::observation::format_lsn;
@@ -13,7 +14,7 @@ const REPOINT_RETRY: Duration = Duration::from_secs(10);
 /// The primary a standby must follow to be eligible.
 enum Reference {
     /// The routed primary.
-    Routed(usize),
+    Routed(BackendId),
     /// During a failover: the lost primary's timeline.
     Lost(u32),
     /// Nothing known (start-up).
@@ -21,7 +22,7 @@ enum Reference {
 }
 
 impl Machine {
-    pub(super) fn same_cluster(&self, i: usize) -> bool {
+    pub(super) fn same_cluster(&self, i: BackendId) -> bool {
         self.backends[i].obs.as_ref().map(|o| o.system_identifier) == self.system_identifier
     }
 
@@ -34,7 +35,7 @@ impl Machine {
     }
 
     /// Replication lag of backend `i` in bytes behind the reference primary position.
-    pub fn lag_bytes(&self, i: usize) -> Option<u64> {
+    pub fn lag_bytes(&self, i: BackendId) -> Option<u64> {
         let b = &self.backends[i];
         let obs = b.obs.as_ref().filter(|o| o.in_recovery)?;
         Some(self.reference_lsn()?.saturating_sub(obs.lsn()?))
@@ -46,7 +47,9 @@ impl Machine {
         let from = self.in_flight.as_ref().and_then(|f| f.from_lsn);
         match self.route {
             Some(w) => self.backends[w].lsn(),
-            None => (0..self.backends.len())
+            None => self
+                .backends
+                .ids()
                 .filter(|i| self.backends[*i].fence.is_none() && self.same_cluster(*i))
                 .filter_map(|i| self.backends[i].lsn())
                 .chain(from)
@@ -56,20 +59,19 @@ impl Machine {
 
     /// Standby `s` streams from the routed primary `w`: in recovery, a WAL receiver
     /// streaming on `w`'s timeline, and not from a fenced backend.
-    pub fn following(&self, s: usize, w: usize) -> bool {
+    pub fn following(&self, s: BackendId, w: BackendId) -> bool {
         let b = &self.backends[s];
         b.in_recovery() && b.streaming() && b.timeline() == self.backends[w].timeline() && self.fenced_upstream(s).is_none()
     }
 
     /// The fenced backend `s` streams from, if its upstream address names one.
-    fn fenced_upstream(&self, s: usize) -> Option<usize> {
+    fn fenced_upstream(&self, s: BackendId) -> Option<BackendId> {
         let up = self.backends[s].upstream()?;
-        (0..self.backends.len())
-            .find(|i| *i != s && self.backends[*i].fence.is_some() && !self.backends[*i].address.is_empty() && self.backends[*i].address == up)
+        self.backends.ids().find(|i| *i != s && self.backends[*i].fence.is_some() && !self.backends[*i].address.is_empty() && self.backends[*i].address == up)
     }
 
     /// Whether backend `i` could be promoted now; `None` = eligible, else why not.
-    pub fn not_eligible(&self, i: usize) -> Option<String> {
+    pub fn not_eligible(&self, i: BackendId) -> Option<String> {
         let b = &self.backends[i];
         if let Some(e) = b.problem() {
             return Some(format!("checks fail ({}): {e}", e.kind().as_str()));
@@ -103,7 +105,7 @@ impl Machine {
 
     /// Why standby `s` does not follow the routed primary `w`, with what the proxy did
     /// about it.
-    fn not_following(&self, s: usize, w: usize) -> String {
+    fn not_following(&self, s: BackendId, w: BackendId) -> String {
         let (b, p) = (&self.backends[s], &self.backends[w]);
         let mut why = if let Some(f) = self.fenced_upstream(s) {
             format!("streams from {}, which is fenced", self.backends[f].name)
@@ -136,12 +138,14 @@ impl Machine {
         why
     }
 
-    pub fn eligible(&self, i: usize) -> bool {
+    pub fn eligible(&self, i: BackendId) -> bool {
         self.not_eligible(i).is_none()
     }
 
     pub(super) fn eligibility_report(&self) -> String {
-        let parts: Vec<String> = (0..self.backends.len())
+        let parts: Vec<String> = self
+            .backends
+            .ids()
             .filter(|i| Some(*i) != self.route && self.in_flight.as_ref().and_then(|f| f.from) != Some(*i))
             .map(|i| format!("{}: {}", self.backends[i].name, self.not_eligible(i).unwrap_or_else(|| "eligible".into())))
             .collect();
@@ -164,12 +168,12 @@ impl Machine {
         // Only a primary known to be the only one is followed: every backend checked, no
         // other writable server of the cluster answering.
         let all_checked = self.backends.iter().all(|b| b.last_check.is_some());
-        let another = (0..self.backends.len()).any(|i| i != w && self.backends[i].fresh() && self.backends[i].claims_primary() && self.same_cluster(i));
+        let another = self.backends.ids().any(|i| i != w && self.backends[i].fresh() && self.backends[i].claims_primary() && self.same_cluster(i));
         if !all_checked || another {
             return;
         }
         let stalled_after = self.settings.interval * 3;
-        for s in (0..self.backends.len()).filter(|s| *s != w) {
+        for s in self.backends.ids().filter(|s| *s != w) {
             let b = &self.backends[s];
             if !(b.fresh() && b.healthy && b.in_recovery() && self.same_cluster(s) && b.fence.is_none()) || self.following(s, w) {
                 continue;

@@ -5,13 +5,15 @@ use crate::config::PromoteMode;
 use crate::monitor::event::EventKind;
 use crate::monitor::operations::{OpError, PromoteError};
 
-use super::{Action, Fence, FenceKind, InFlight, Machine, Now, Outcome, Refusal, Started, Step, Trigger, TriggerRequest};
+use crate::cluster::{BackendId, Fence, FenceKind};
+
+use super::{Action, HeldBack, InFlight, Machine, Now, Outcome, Refusal, Started, Step, Trigger, TriggerRequest};
 
 impl Machine {
     /// Begins a failover away from `from`: the route is cleared (its sessions are cut, new
     /// clients held). Nothing is fenced or promoted yet; the standbys are checked at once so
     /// their positions are read after the primary was lost.
-    pub(super) fn start(&mut self, from: Option<usize>, reason: String, trigger: Trigger, now: Now, acts: &mut Vec<Action>) -> u64 {
+    pub(super) fn start(&mut self, from: Option<BackendId>, reason: String, trigger: Trigger, now: Now, acts: &mut Vec<Action>) -> u64 {
         self.attempts += 1;
         let manual = matches!(trigger, Trigger::Manual(_));
         let from_lsn = from.and_then(|i| self.backends[i].lsn());
@@ -36,7 +38,7 @@ impl Machine {
         });
         // Published (once, with its reason) at the end of the evaluation.
         self.route = None;
-        for i in (0..self.backends.len()).filter(|i| Some(*i) != from) {
+        for i in self.backends.ids().filter(|i| Some(*i) != from) {
             acts.push(Action::CheckNow(i));
         }
         self.attempts
@@ -65,7 +67,7 @@ impl Machine {
         let Some(since) = self.in_flight.as_ref().and_then(|f| f.from).and_then(|p| self.backends[p].failing_since) else { return true };
         // Every eligible standby, answering or not: one whose latest check failed may hold
         // the most WAL, so the choice waits for its answer (or for it to be marked down).
-        (0..self.backends.len()).filter(|i| self.eligible(*i)).all(|i| self.backends[i].fresh() && self.backends[i].success_started.is_some_and(|s| s >= since))
+        self.backends.ids().filter(|i| self.eligible(*i)).all(|i| self.backends[i].fresh() && self.backends[i].success_started.is_some_and(|s| s >= since))
     }
 
     /// Picks the standby to promote, if one may be promoted now.
@@ -77,10 +79,10 @@ impl Machine {
         // operator's trigger is a decision of its own).
         let manual = self.in_flight.as_ref().is_some_and(|f| f.manual);
         if let Some(veto) = self.quorum_veto().filter(|_| !manual) {
-            if self.in_flight.as_ref().is_some_and(|f| f.held_back != Some(usize::MAX)) {
+            if self.in_flight.as_ref().is_some_and(|f| f.held_back != Some(HeldBack::Quorum)) {
                 tracing::warn!(%veto, "failover waits for the other proxies to agree");
                 if let Some(f) = self.in_flight.as_mut() {
-                    f.held_back = Some(usize::MAX);
+                    f.held_back = Some(HeldBack::Quorum);
                 }
             }
             return;
@@ -92,13 +94,13 @@ impl Machine {
         let Some(c) = self.best_eligible(&excluded) else { return };
         if self.corroborated(from, c) {
             self.begin_promotion(c, now, acts);
-        } else if f.held_back != Some(c) {
+        } else if f.held_back != Some(HeldBack::Candidate(c)) {
             tracing::warn!(
                 standby = %self.backends[c].name,
                 "failover waits: the standby stopped answering during the primary's outage too, or its latest check failed; promoting it once it answers and the old primary then fails a whole check"
             );
             if let Some(f) = self.in_flight.as_mut() {
-                f.held_back = Some(c);
+                f.held_back = Some(HeldBack::Candidate(c));
             }
         }
     }
@@ -108,7 +110,7 @@ impl Machine {
     /// outage, both may have been stalled by something they share (the host, the network,
     /// this proxy), and `from` must fail a whole check that began after `c` answered again:
     /// one that ended a check timeout or more after it.
-    fn corroborated(&self, from: Option<usize>, c: usize) -> bool {
+    fn corroborated(&self, from: Option<BackendId>, c: BackendId) -> bool {
         let cand = &self.backends[c];
         if !cand.fresh() {
             return false;
@@ -125,7 +127,7 @@ impl Machine {
 
     /// The lost primary answers again as itself (same cluster and timeline, writable) while
     /// no promotion is pending, and it is not fenced for another reason than this failover.
-    pub(super) fn came_back(&self, p: usize) -> bool {
+    pub(super) fn came_back(&self, p: BackendId) -> bool {
         let Some(f) = &self.in_flight else { return false };
         let b = &self.backends[p];
         // A fence another coordinated proxy set is not this failover's to lift.
@@ -136,7 +138,7 @@ impl Machine {
 
     /// Gives the route back to `p`, the old primary: nothing was promoted, so nothing else
     /// can be primary (a split brain would still be resolved by timeline).
-    pub(super) fn abandon(&mut self, p: usize, now: Now, acts: &mut Vec<Action>) {
+    pub(super) fn abandon(&mut self, p: BackendId, now: Now, acts: &mut Vec<Action>) {
         let Some(f) = self.in_flight.take() else { return };
         let reason = format!("{} answers again as the primary before any standby was promoted: failover abandoned ({})", self.backends[p].name, f.reason);
         tracing::warn!(primary = %self.backends[p].name, %reason, "failover abandoned");
@@ -151,7 +153,7 @@ impl Machine {
 
     /// Asks for `c`'s promotion: from here the attempt is committed to it. The old primary
     /// is fenced first, so its reappearance as a writable server is a split brain.
-    pub(super) fn begin_promotion(&mut self, c: usize, now: Now, acts: &mut Vec<Action>) {
+    pub(super) fn begin_promotion(&mut self, c: BackendId, now: Now, acts: &mut Vec<Action>) {
         let lsn = self.backends[c].lsn();
         let Some(f) = self.in_flight.as_mut() else { return };
         f.to = Some(c);
@@ -166,7 +168,7 @@ impl Machine {
     }
 
     /// Fences the old primary (unless demoted or fenced already).
-    fn fence_old(&mut self, p: usize, trigger: &Trigger, reason: &str, now: Now, acts: &mut Vec<Action>) {
+    fn fence_old(&mut self, p: BackendId, trigger: &Trigger, reason: &str, now: Now, acts: &mut Vec<Action>) {
         let b = &self.backends[p];
         let demoted = b.fresh() && b.in_recovery();
         if b.fence.is_some() || demoted {
@@ -178,7 +180,7 @@ impl Machine {
     }
 
     /// The failover is done: route to `w`, count and record it.
-    pub(super) fn complete(&mut self, w: usize, now: Now, acts: &mut Vec<Action>) {
+    pub(super) fn complete(&mut self, w: BackendId, now: Now, acts: &mut Vec<Action>) {
         let Some(f) = self.in_flight.as_ref() else { return };
         let (trigger, reason) = (f.trigger.clone(), f.reason.clone());
         if let Some(p) = f.from.filter(|p| *p != w) {
@@ -225,7 +227,7 @@ impl Machine {
     /// A promotion request did not produce a primary. Pending: keep waiting (committed).
     /// Not sent or refused: nothing was promoted, so another candidate may be tried (a
     /// switchover is undone instead).
-    pub(super) fn promotion_failed(&mut self, c: usize, e: PromoteError, now: Now, acts: &mut Vec<Action>) {
+    pub(super) fn promotion_failed(&mut self, c: BackendId, e: PromoteError, now: Now, acts: &mut Vec<Action>) {
         let name = self.backends[c].name.clone();
         if let PromoteError::Pending(why) = &e {
             tracing::warn!(standby = %name, %why, "promotion not finished yet; the route stays empty until it reports primary");
@@ -261,7 +263,7 @@ impl Machine {
 
     /// A candidate asked to promote stayed down past the threshold: it is fenced (it may
     /// come back promoted) and the attempt goes on without it.
-    pub(super) fn give_up(&mut self, c: usize, now: Now, acts: &mut Vec<Action>) {
+    pub(super) fn give_up(&mut self, c: BackendId, now: Now, acts: &mut Vec<Action>) {
         let name = self.backends[c].name.clone();
         let reason = format!("{name} stopped answering after its promotion was asked for; fenced, as it may come back promoted (an operator unfences it)");
         self.backends[c].fence = Some(Fence::new(FenceKind::PromotionAsked, reason.clone()));
@@ -280,7 +282,7 @@ impl Machine {
 
     /// The candidate lost a split brain after promoting (another primary on a higher
     /// timeline): the attempt goes on without it.
-    pub(super) fn drop_candidate(&mut self, c: usize, now: Now, acts: &mut Vec<Action>) {
+    pub(super) fn drop_candidate(&mut self, c: BackendId, now: Now, acts: &mut Vec<Action>) {
         let Some(f) = self.in_flight.as_mut() else { return };
         f.to = None;
         f.step = Step::Waiting;
@@ -347,7 +349,7 @@ impl Machine {
     }
 
     /// The trigger's candidate: the named one if eligible, else the best eligible.
-    fn pick(&self, target: Option<&str>) -> Result<usize, Refusal> {
+    fn pick(&self, target: Option<&str>) -> Result<BackendId, Refusal> {
         match target {
             Some(name) => {
                 let i = self.index(name)?;
@@ -360,7 +362,7 @@ impl Machine {
                 }
             }
             None => {
-                let excluded: Vec<usize> = self.in_flight.as_ref().map(|f| f.failed.clone()).unwrap_or_default();
+                let excluded: Vec<BackendId> = self.in_flight.as_ref().map(|f| f.failed.clone()).unwrap_or_default();
                 self.best_eligible(&excluded).ok_or_else(|| Refusal::Conflict(format!("no standby is eligible for promotion: {}", self.eligibility_report())))
             }
         }
@@ -368,7 +370,7 @@ impl Machine {
 
     /// Switchover: the old primary refuses writes and its final position is known, or
     /// stopping failed (then everything is undone).
-    pub(super) fn after_stop_writes(&mut self, p: usize, result: Result<u64, OpError>, now: Now, acts: &mut Vec<Action>) {
+    pub(super) fn after_stop_writes(&mut self, p: BackendId, result: Result<u64, OpError>, now: Now, acts: &mut Vec<Action>) {
         let name = self.backends[p].name.clone();
         match result {
             Ok(lsn) => {
@@ -387,7 +389,7 @@ impl Machine {
 
     /// Switchover: the candidate replayed everything the old primary wrote (promote it),
     /// or could not in time (undo).
-    pub(super) fn after_catch_up(&mut self, c: usize, result: Result<u64, OpError>, now: Now, acts: &mut Vec<Action>) {
+    pub(super) fn after_catch_up(&mut self, c: BackendId, result: Result<u64, OpError>, now: Now, acts: &mut Vec<Action>) {
         match result {
             Ok(_) => {
                 let others = self.cascade_candidates(c);
@@ -413,9 +415,10 @@ impl Machine {
 
     /// Standbys (other than the candidate) that should stream from the candidate before it
     /// is promoted.
-    pub(super) fn cascade_candidates(&self, c: usize) -> Vec<usize> {
+    pub(super) fn cascade_candidates(&self, c: BackendId) -> Vec<BackendId> {
         let from = self.in_flight.as_ref().and_then(|f| f.from);
-        (0..self.backends.len())
+        self.backends
+            .ids()
             .filter(|s| *s != c && Some(*s) != from)
             .filter(|s| {
                 let b = &self.backends[*s];
@@ -427,9 +430,9 @@ impl Machine {
     /// Switchover: promotes the candidate once every other standby streams from it (or its
     /// re-point failed, or the wait is over: it may then need rebuilding, which its status
     /// will say).
-    pub(super) fn after_cascade(&mut self, c: usize, since: std::time::Instant, now: Now, acts: &mut Vec<Action>) {
+    pub(super) fn after_cascade(&mut self, c: BackendId, since: std::time::Instant, now: Now, acts: &mut Vec<Action>) {
         let addr = self.backends[c].address.clone();
-        let pending: Vec<usize> = self
+        let pending: Vec<BackendId> = self
             .cascade_candidates(c)
             .into_iter()
             .filter(|s| {

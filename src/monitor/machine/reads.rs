@@ -8,6 +8,7 @@
 //! on the lost primary's timeline keep serving, their delay counted from the moment the
 //! primary was lost, until they are too far behind.
 
+use crate::cluster::BackendId;
 use std::time::{Duration, Instant};
 
 use crate::route::{ReadRoute, ReadTarget};
@@ -24,10 +25,10 @@ pub enum ReadStanding {
 impl Machine {
     /// Every backend's standing, in config order.
     pub fn read_standing(&self, now: Instant) -> Vec<ReadStanding> {
-        (0..self.backends.len()).map(|i| self.read_standing_of(i, now)).collect()
+        self.backends.ids().map(|i| self.read_standing_of(i, now)).collect()
     }
 
-    fn read_standing_of(&self, i: usize, now: Instant) -> ReadStanding {
+    fn read_standing_of(&self, i: BackendId, now: Instant) -> ReadStanding {
         let r = &self.settings.read;
         let b = &self.backends[i];
         let not = |why: String| ReadStanding::Not(why);
@@ -96,19 +97,21 @@ impl Machine {
     /// The read route to publish (its epoch is set by the writer).
     pub fn read_route(&self, now: Instant) -> ReadRoute {
         let standing = self.read_standing(now);
-        let targets: Vec<ReadTarget> = standing
-            .iter()
-            .enumerate()
+        let targets: Vec<ReadTarget> = self
+            .backends
+            .ids()
+            .zip(&standing)
             .filter_map(|(i, s)| match s {
                 ReadStanding::Serves { lag_bytes, lag } => Some(ReadTarget { backend: i, lag_bytes: *lag_bytes, lag: *lag }),
                 ReadStanding::Not(_) => None,
             })
             .collect();
-        let live = (0..self.backends.len()).filter(|i| self.backends[*i].healthy && self.backends[*i].fence.is_none()).collect();
+        let live = self.backends.ids().filter(|i| self.backends[*i].healthy && self.backends[*i].fence.is_none()).collect();
         let reason = if targets.is_empty() {
-            let each: Vec<String> = standing
-                .iter()
-                .enumerate()
+            let each: Vec<String> = self
+                .backends
+                .ids()
+                .zip(&standing)
                 .filter_map(|(i, s)| match s {
                     ReadStanding::Not(why) => Some(format!("{}: {why}", self.backends[i].name)),
                     ReadStanding::Serves { .. } => None,

@@ -1,7 +1,11 @@
 use std::time::Duration;
 
 use super::*;
+use crate::config::PromoteMode;
+use crate::monitor::check_error::CheckError;
+use crate::monitor::observation::Observation;
 use crate::monitor::observation::Receiver;
+use crate::monitor::operations::{OpError, PromoteError, Repointed};
 
 mod coordinated;
 mod failover;
@@ -76,12 +80,22 @@ impl Clock {
     }
 }
 
-fn routes(acts: &[Action]) -> Vec<Option<usize>> {
-    acts.iter().filter_map(|a| if let Action::Route { target, .. } = a { Some(*target) } else { None }).collect()
+/// `pg-a`, the configured primary (for patterns).
+const PG_A: BackendId = BackendId::new(0);
+
+/// Backend `i` in config order (`pg-a` is 0).
+fn b(i: usize) -> BackendId {
+    BackendId::new(i)
 }
 
+/// The targets of the routes published, by index.
+fn routes(acts: &[Action]) -> Vec<Option<usize>> {
+    acts.iter().filter_map(|a| if let Action::Route { target, .. } = a { Some(target.map(BackendId::index)) } else { None }).collect()
+}
+
+/// The backends whose promotion was asked for, by index.
 fn promotes(acts: &[Action]) -> Vec<usize> {
-    acts.iter().filter_map(|a| if let Action::Promote { backend, .. } = a { Some(*backend) } else { None }).collect()
+    acts.iter().filter_map(|a| if let Action::Promote { backend, .. } = a { Some(backend.index()) } else { None }).collect()
 }
 
 fn attempt_of(acts: &[Action]) -> u64 {
@@ -109,7 +123,7 @@ fn concluded(acts: &[Action]) -> Option<Outcome> {
 }
 
 fn see(m: &mut Machine, c: &mut Clock, i: usize, obs: Observation) -> Vec<Action> {
-    m.observe(i, Ok(obs), Duration::ZERO, c.tick())
+    m.observe(b(i), Ok(obs), Duration::ZERO, c.tick())
 }
 
 fn refused() -> CheckError {
@@ -123,7 +137,7 @@ fn fail(m: &mut Machine, c: &mut Clock, i: usize, times: u32) -> Vec<Action> {
 fn fail_with(m: &mut Machine, c: &mut Clock, i: usize, times: u32, e: impl Fn() -> CheckError) -> Vec<Action> {
     let mut all = Vec::new();
     for _ in 0..times {
-        all.extend(m.observe(i, Err(e()), Duration::ZERO, c.tick()));
+        all.extend(m.observe(b(i), Err(e()), Duration::ZERO, c.tick()));
     }
     all
 }
@@ -170,9 +184,9 @@ fn lost(n: usize) -> (Machine, Clock, Vec<Action>) {
 #[test]
 fn starts_healthy_degraded_or_unknown() {
     let (m, _) = running(2, PromoteMode::Auto);
-    assert_eq!((m.state, m.route), (State::Healthy, Some(0)));
-    assert_eq!(m.lag_bytes(1), Some(101));
-    assert!(m.eligible(1) && !m.eligible(0));
+    assert_eq!((m.state, m.route), (State::Healthy, Some(b(0))));
+    assert_eq!(m.lag_bytes(b(1)), Some(101));
+    assert!(m.eligible(b(1)) && !m.eligible(b(0)));
 
     let (m, _) = running(1, PromoteMode::Auto);
     assert_eq!(m.state, State::Degraded, "primary only");
@@ -190,7 +204,7 @@ fn foreign_cluster_is_never_eligible() {
     let mut o = standby(4999, 1);
     o.system_identifier = 42;
     see(&mut m, &mut c, 1, o.clone());
-    assert!(m.not_eligible(1).unwrap().contains("another cluster"));
+    assert!(m.not_eligible(b(1)).unwrap().contains("another cluster"));
     assert!(promotes(&lose_primary(&mut m, &mut c, &[(1, o)])).is_empty());
 }
 
@@ -211,7 +225,7 @@ fn restart_routes_to_the_real_primary_not_the_configured_one() {
     let mut acts = see(&mut m, &mut c, 2, standby(300, 2));
     acts.extend(see(&mut m, &mut c, 1, primary(300, 2)));
     assert_eq!(routes(&acts), [Some(1)]);
-    assert_eq!(m.backends[0].fence.as_ref().unwrap().kind, FenceKind::SplitBrain);
+    assert_eq!(m.backends[b(0)].fence.as_ref().unwrap().kind, FenceKind::SplitBrain);
     assert!(!acts.iter().any(|a| matches!(a, Action::Repoint { .. })), "{acts:?}");
     assert_eq!(m.counters.failovers, 0, "not a failover, just the truth");
     assert_eq!(m.state, State::Healthy);
@@ -232,7 +246,7 @@ fn restart_routes_to_the_real_primary_not_the_configured_one() {
     see(&mut m, &mut c, 1, standby(100, 1));
     assert_eq!(m.route, None);
     assert_eq!(m.state, State::Degraded);
-    assert!(m.backends[0].fence.as_ref().unwrap().reason.contains("before restart"));
+    assert!(m.backends[b(0)].fence.as_ref().unwrap().reason.contains("before restart"));
 }
 
 #[test]
@@ -245,7 +259,7 @@ fn never_mode_follows_an_external_promotion() {
     let acts = see(&mut m, &mut c, 1, primary(4900, 2));
     assert_eq!(routes(&acts), [Some(1)]);
     assert_eq!(m.state, State::FailoverComplete);
-    assert!(m.backends[0].fence.is_some(), "the lost primary is fenced when another is followed");
+    assert!(m.backends[b(0)].fence.is_some(), "the lost primary is fenced when another is followed");
     assert_eq!(events(&acts).last().unwrap().trigger, "automatic");
     assert_eq!(m.counters.failovers, 1);
     assert!(!acts.iter().any(|a| matches!(a, Action::Repoint { .. })), "never mode leaves the standbys to their manager");
@@ -257,15 +271,15 @@ fn external_promotion_while_old_primary_alive_is_a_split_brain_won_by_higher_tim
     let acts = see(&mut m, &mut c, 1, primary(4900, 2));
     assert_eq!(m.counters.split_brains, 1);
     assert!(events(&acts).iter().any(|e| e.kind == EventKind::SplitBrain && e.from.as_deref() == Some("pg-a")));
-    assert_eq!(m.backends[0].fence.as_ref().unwrap().kind, FenceKind::SplitBrain);
-    assert_eq!(m.route, Some(1));
+    assert_eq!(m.backends[b(0)].fence.as_ref().unwrap().kind, FenceKind::SplitBrain);
+    assert_eq!(m.route, Some(b(1)));
     assert_eq!(m.counters.failovers, 1);
     assert!(events(&acts).iter().any(|e| e.kind == EventKind::Failover && e.trigger == "external"));
     // Later checks of the same pair count nothing new.
     see(&mut m, &mut c, 0, primary(5001, 1));
     see(&mut m, &mut c, 1, primary(4950, 2));
     assert_eq!(m.counters.split_brains, 1);
-    assert_eq!(m.route, Some(1));
+    assert_eq!(m.route, Some(b(1)));
 }
 
 #[test]
@@ -274,7 +288,7 @@ fn demoted_primary_moves_the_route_to_the_new_one() {
     // An external manager demotes pg-a, then promotes pg-b.
     let acts = see(&mut m, &mut c, 0, standby(5000, 1));
     assert_eq!(routes(&acts), [None]);
-    assert!(m.backends[0].fence.is_none(), "a demoted server needs no fence");
+    assert!(m.backends[b(0)].fence.is_none(), "a demoted server needs no fence");
     let acts = see(&mut m, &mut c, 1, primary(5000, 2));
     assert_eq!(routes(&acts), [Some(1)]);
     assert_eq!(m.counters.split_brains, 0);

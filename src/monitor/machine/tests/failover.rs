@@ -9,9 +9,9 @@ fn sessions_are_cut_at_the_threshold_but_promotion_waits_for_the_confirmation() 
     assert!(routes(&acts).is_empty(), "two failures are below the threshold: keep routing");
     let acts = fail(&mut m, &mut c, 0, 1);
     assert_eq!(routes(&acts), [None], "third failure clears the route (cuts sessions, holds clients)");
-    assert!(acts.contains(&Action::CheckNow(1)), "the standby's position is read again at once");
+    assert!(acts.contains(&Action::CheckNow(b(1))), "the standby's position is read again at once");
     assert!(promotes(&acts).is_empty(), "down only 200ms");
-    assert!(m.backends[0].fence.is_none(), "nothing fenced while confirming");
+    assert!(m.backends[b(0)].fence.is_none(), "nothing fenced while confirming");
     assert_eq!(m.phase(), "confirming");
     assert!(m.route_reason.contains("stays down for 500ms"), "{}", m.route_reason);
     // Down 500ms, but the standby's latest position predates the outage: read it first.
@@ -20,10 +20,10 @@ fn sessions_are_cut_at_the_threshold_but_promotion_waits_for_the_confirmation() 
     let acts = see(&mut m, &mut c, 1, standby(4950, 1));
     assert_eq!(promotes(&acts), [1]);
     assert_eq!(m.state, State::FailoverInProgress);
-    assert_eq!(m.backends[0].fence.as_ref().unwrap().kind, FenceKind::Unreachable);
+    assert_eq!(m.backends[b(0)].fence.as_ref().unwrap().kind, FenceKind::Unreachable);
     assert_eq!(kinds(&acts), [EventKind::Fence]);
 
-    let acts = m.promoted(attempt_of(&acts), 1, Ok(primary(4950, 2)), c.tick());
+    let acts = m.promoted(attempt_of(&acts), b(1), Ok(primary(4950, 2)), c.tick());
     assert_eq!(routes(&acts), [Some(1)]);
     assert_eq!(m.state, State::FailoverComplete);
     assert_eq!(m.counters.failovers, 1);
@@ -47,7 +47,7 @@ fn a_blip_shorter_than_the_confirmation_is_not_a_failover() {
         let acts = see(&mut m, &mut c, 0, primary(5000, 1));
         assert_eq!(routes(&acts), [Some(0)], "held clients go to the same primary");
         assert_eq!(kinds(&acts), [EventKind::Recovery], "no fence, no unfence, no failover");
-        assert!(m.in_flight.is_none() && m.backends[0].fence.is_none());
+        assert!(m.in_flight.is_none() && m.backends[b(0)].fence.is_none());
         assert_eq!((m.counters.failovers, m.state), (0, State::Healthy));
     }
 }
@@ -66,7 +66,7 @@ fn picks_the_standby_with_most_wal_at_the_end_and_skips_laggards() {
 
     let (mut m, mut c) = running(2, PromoteMode::Auto);
     see(&mut m, &mut c, 1, standby(3000, 1));
-    assert!(m.not_eligible(1).unwrap().contains("exceeds max_lag_bytes"));
+    assert!(m.not_eligible(b(1)).unwrap().contains("exceeds max_lag_bytes"));
     assert_eq!(m.state, State::RecoveryInProgress, "standby catching up");
     let acts = lose_primary(&mut m, &mut c, &[(1, standby(3000, 1))]);
     assert!(promotes(&acts).is_empty(), "a standby beyond max_lag_bytes is never promoted");
@@ -111,7 +111,7 @@ fn a_stall_of_both_servers_is_not_a_failover() {
     let acts = see(&mut m, &mut c, 0, primary(5000, 1));
     assert_eq!(routes(&acts), [Some(0)]);
     assert!(promotes(&acts).is_empty());
-    assert!(m.backends[0].fence.is_none() && m.in_flight.is_none());
+    assert!(m.backends[b(0)].fence.is_none() && m.in_flight.is_none());
     assert_eq!(kinds(&acts), [EventKind::Recovery]);
     assert_eq!((m.counters.failovers, m.state), (0, State::Healthy));
 }
@@ -133,7 +133,7 @@ fn after_a_stall_of_both_a_primary_still_failing_is_failed_over() {
     // 300 ms after the standby's answer: a whole check of the primary failed since.
     let acts = fail(&mut m, &mut c, 0, 1);
     assert_eq!(promotes(&acts), [1]);
-    let acts = m.promoted(attempt_of(&acts), 1, Ok(primary(4900, 2)), c.tick());
+    let acts = m.promoted(attempt_of(&acts), b(1), Ok(primary(4900, 2)), c.tick());
     assert_eq!(routes(&acts), [Some(1)]);
     assert_eq!(m.counters.failovers, 1);
 }
@@ -146,7 +146,7 @@ fn a_standby_whose_last_check_failed_waits_for_its_next_answer() {
     fail(&mut m, &mut c, 1, 1);
     c.0.mono += Duration::from_secs(5);
     let acts = fail(&mut m, &mut c, 0, 8);
-    assert!(m.eligible(1), "one failure is below the threshold");
+    assert!(m.eligible(b(1)), "one failure is below the threshold");
     assert!(promotes(&acts).is_empty());
     assert_eq!(m.state, State::Degraded);
     // Its failure was long before the primary's outage: promoted as soon as it answers.
@@ -164,7 +164,7 @@ fn a_primary_back_before_anything_was_promoted_takes_the_route_back() {
     assert_eq!((m.state, m.route), (State::Unknown, None));
     let acts = see(&mut m, &mut c, 0, primary(5000, 1));
     assert_eq!(routes(&acts), [Some(0)]);
-    assert!(m.backends[0].fence.is_none() && m.in_flight.is_none());
+    assert!(m.backends[b(0)].fence.is_none() && m.in_flight.is_none());
     assert_eq!((m.state, m.counters.failovers), (State::Degraded, 0));
 }
 
@@ -173,7 +173,7 @@ fn a_refused_promotion_is_recorded_and_the_next_candidate_tried() {
     let (mut m, mut c, acts) = lost(3);
     assert_eq!(promotes(&acts), [1]);
     let denied = PromoteError::Refused(CheckError::Server { code: "42501".into(), message: "permission denied for function pg_promote".into() });
-    let acts = m.promoted(attempt_of(&acts), 1, Err(denied), c.tick());
+    let acts = m.promoted(attempt_of(&acts), b(1), Err(denied), c.tick());
     assert_eq!(kinds(&acts), [EventKind::FailoverFailed]);
     assert_eq!(promotes(&acts), [2]);
     assert_eq!(m.state, State::FailoverInProgress);
@@ -185,7 +185,7 @@ fn a_refused_promotion_is_recorded_and_the_next_candidate_tried() {
 fn an_unsent_promotion_is_retried_after_a_fresh_check() {
     let (mut m, mut c, acts) = lost(2);
     let attempt = attempt_of(&acts);
-    let acts = m.promoted(attempt, 1, Err(PromoteError::NotSent(refused())), c.tick());
+    let acts = m.promoted(attempt, b(1), Err(PromoteError::NotSent(refused())), c.tick());
     assert!(promotes(&acts).is_empty());
     assert_eq!(m.in_flight.as_ref().unwrap().to, None);
     assert_eq!(promotes(&see(&mut m, &mut c, 1, standby(4899, 1))), [1]);
@@ -198,7 +198,7 @@ fn an_unsent_promotion_is_retried_after_a_fresh_check() {
 fn a_promotion_once_asked_for_is_committed() {
     let (mut m, mut c, acts) = lost(3);
     let attempt = attempt_of(&acts);
-    let acts = m.promoted(attempt, 1, Err(PromoteError::Pending("pg_promote did not finish within 1s".into())), c.tick());
+    let acts = m.promoted(attempt, b(1), Err(PromoteError::Pending("pg_promote did not finish within 1s".into())), c.tick());
     assert!(routes(&acts).is_empty() && promotes(&acts).is_empty());
     assert_eq!((m.route, m.phase()), (None, "promoting"));
     // The old primary comes back writable meanwhile: no route for it.
@@ -213,7 +213,7 @@ fn a_promotion_once_asked_for_is_committed() {
     let acts = see(&mut m, &mut c, 1, primary(4899, 2));
     assert_eq!(routes(&acts), [Some(1)]);
     assert_eq!(m.counters.failovers, 1);
-    assert_eq!(m.backends[0].fence.as_ref().unwrap().kind, FenceKind::SplitBrain);
+    assert_eq!(m.backends[b(0)].fence.as_ref().unwrap().kind, FenceKind::SplitBrain);
 }
 
 /// A candidate that stops answering after its promotion was asked for is given up once it
@@ -221,22 +221,22 @@ fn a_promotion_once_asked_for_is_committed() {
 #[test]
 fn a_candidate_down_past_the_threshold_is_given_up_and_fenced() {
     let (mut m, mut c, acts) = lost(3);
-    m.promoted(attempt_of(&acts), 1, Err(PromoteError::Pending("timed out".into())), c.tick());
+    m.promoted(attempt_of(&acts), b(1), Err(PromoteError::Pending("timed out".into())), c.tick());
     assert!(promotes(&fail(&mut m, &mut c, 1, 2)).is_empty(), "below the threshold: still waiting");
     let acts = fail(&mut m, &mut c, 1, 1);
-    assert_eq!(m.backends[1].fence.as_ref().unwrap().kind, FenceKind::PromotionAsked);
+    assert_eq!(m.backends[b(1)].fence.as_ref().unwrap().kind, FenceKind::PromotionAsked);
     assert!(kinds(&acts).contains(&EventKind::FailoverFailed));
     assert_eq!(promotes(&acts), [2]);
     // Answering in recovery does not clear that fence: it may still finish promoting.
     see(&mut m, &mut c, 1, standby(4899, 1));
-    assert!(m.backends[1].fence.is_some());
-    let acts = m.promoted(attempt_of(&acts), 2, Ok(primary(4898, 2)), c.tick());
+    assert!(m.backends[b(1)].fence.is_some());
+    let acts = m.promoted(attempt_of(&acts), b(2), Ok(primary(4898, 2)), c.tick());
     assert_eq!(routes(&acts), [Some(2)]);
     // pg-b finishes its promotion after all: fenced, never routed.
     see(&mut m, &mut c, 1, primary(4899, 2));
-    assert_eq!(m.route, Some(2));
+    assert_eq!(m.route, Some(b(2)));
     assert_eq!(m.counters.split_brains, 1);
-    assert_eq!(m.backends[1].fence.as_ref().unwrap().kind, FenceKind::SplitBrain);
+    assert_eq!(m.backends[b(1)].fence.as_ref().unwrap().kind, FenceKind::SplitBrain);
 }
 
 #[test]
@@ -244,9 +244,9 @@ fn late_results_of_an_earlier_attempt_are_ignored() {
     let (mut m, mut c, acts) = lost(3);
     let old = attempt_of(&acts);
     let denied = PromoteError::Refused(CheckError::Server { code: "42501".into(), message: "no".into() });
-    m.promoted(old + 7, 1, Err(denied.clone()), c.tick());
-    assert_eq!(m.in_flight.as_ref().unwrap().to, Some(1), "a result for another attempt changes nothing");
-    let acts = m.replayed(old, 1, Ok(1), c.tick());
+    m.promoted(old + 7, b(1), Err(denied.clone()), c.tick());
+    assert_eq!(m.in_flight.as_ref().unwrap().to, Some(b(1)), "a result for another attempt changes nothing");
+    let acts = m.replayed(old, b(1), Ok(1), c.tick());
     assert!(acts.iter().all(|a| !matches!(a, Action::Promote { .. })));
 }
 
@@ -256,7 +256,7 @@ fn late_results_of_an_earlier_attempt_are_ignored() {
 fn a_pending_promotion_is_asked_for_again() {
     let (mut m, mut c, acts) = lost(2);
     let attempt = attempt_of(&acts);
-    m.promoted(attempt, 1, Err(PromoteError::Pending("the connection broke while promoting".into())), c.tick());
+    m.promoted(attempt, b(1), Err(PromoteError::Pending("the connection broke while promoting".into())), c.tick());
     let mut acts = Vec::new();
     for _ in 0..12 {
         acts.extend(see(&mut m, &mut c, 1, standby(4899, 1)));
@@ -271,11 +271,11 @@ fn a_pending_promotion_is_asked_for_again() {
 fn a_candidate_that_loses_a_split_brain_while_promoting_is_dropped() {
     let (mut m, mut c, acts) = lost(3);
     let attempt = attempt_of(&acts);
-    m.promoted(attempt, 1, Err(PromoteError::Pending("timed out".into())), c.tick());
+    m.promoted(attempt, b(1), Err(PromoteError::Pending("timed out".into())), c.tick());
     see(&mut m, &mut c, 2, primary(4898, 3));
     assert_eq!(m.route, None, "pg-b may still finish: nothing is routed meanwhile");
     let acts = see(&mut m, &mut c, 1, primary(4899, 2));
-    assert_eq!(m.route, Some(2));
+    assert_eq!(m.route, Some(b(2)));
     assert!(m.in_flight.is_none());
     assert!(kinds(&acts).contains(&EventKind::SplitBrain));
 }

@@ -20,10 +20,10 @@ fn misconfigured_and_overloaded_checks_never_fail_over() {
         let (mut m, mut c) = running(2, PromoteMode::Auto);
         let acts = fail_with(&mut m, &mut c, 0, 10, e);
         assert!(routes(&acts).is_empty() && promotes(&acts).is_empty(), "{acts:?}");
-        assert_eq!((m.route, m.state), (Some(0), State::Degraded), "the primary keeps its role; the state says something is wrong");
-        assert_eq!(m.backends[0].problem().map(|e| e.kind()), Some(e().kind()));
-        assert_eq!(m.backends[0].failure_count, 10);
-        assert!(m.backends[0].healthy);
+        assert_eq!((m.route, m.state), (Some(b(0)), State::Degraded), "the primary keeps its role; the state says something is wrong");
+        assert_eq!(m.backends[b(0)].problem().map(|e| e.kind()), Some(e().kind()));
+        assert_eq!(m.backends[b(0)].failure_count, 10);
+        assert!(m.backends[b(0)].healthy);
         // A down failure between them does not add up with earlier ones: the server answered.
         let acts = fail(&mut m, &mut c, 0, 2);
         assert!(routes(&acts).is_empty());
@@ -52,44 +52,44 @@ fn a_switchover_stops_writes_waits_for_the_catch_up_and_loses_nothing() {
     let (started, acts) = trigger(&mut m, &mut c, None, false).unwrap();
     assert_eq!((started.to.as_str(), started.switchover), ("pg-b", true));
     assert_eq!(routes(&acts), [None], "sessions cut, new ones held");
-    assert!(acts.contains(&Action::StopWrites { attempt: started.attempt, backend: 0 }));
+    assert!(acts.contains(&Action::StopWrites { attempt: started.attempt, backend: PG_A }));
     assert!(promotes(&acts).is_empty());
     assert_eq!((m.phase(), m.state), ("stopping_writes", State::FailoverInProgress));
     // The primary stays writable and answering throughout: no split brain, no give-back.
     assert!(routes(&see(&mut m, &mut c, 0, primary(5200, 1))).is_empty());
-    let acts = m.writes_stopped(started.attempt, 0, Ok(5300), c.tick());
-    assert!(acts.contains(&Action::AwaitReplay { attempt: started.attempt, backend: 1, lsn: 5300 }));
+    let acts = m.writes_stopped(started.attempt, b(0), Ok(5300), c.tick());
+    assert!(acts.contains(&Action::AwaitReplay { attempt: started.attempt, backend: b(1), lsn: 5300 }));
     assert_eq!(m.phase(), "catching_up");
-    let acts = m.replayed(started.attempt, 1, Ok(5300), c.tick());
+    let acts = m.replayed(started.attempt, b(1), Ok(5300), c.tick());
     assert_eq!(promotes(&acts), [1]);
-    assert_eq!(m.backends[0].fence.as_ref().unwrap().kind, FenceKind::Superseded);
-    let acts = m.promoted(started.attempt, 1, Ok(primary(5300, 2)), c.tick());
+    assert_eq!(m.backends[b(0)].fence.as_ref().unwrap().kind, FenceKind::Superseded);
+    let acts = m.promoted(started.attempt, b(1), Ok(primary(5300, 2)), c.tick());
     assert_eq!(routes(&acts), [Some(1)]);
     let ev = events(&acts).pop().unwrap();
     assert_eq!((ev.kind, ev.trigger.as_str(), ev.wal_distance_bytes), (EventKind::Failover, "manual:alice", Some(0)));
     assert_eq!(concluded(&acts), Some(Outcome::Completed { to: "pg-b".into() }));
     see(&mut m, &mut c, 0, primary(5300, 1));
-    assert_eq!((m.counters.split_brains, m.route), (0, Some(1)), "superseded on purpose: not a split brain");
+    assert_eq!((m.counters.split_brains, m.route), (0, Some(b(1))), "superseded on purpose: not a split brain");
 }
 
 #[test]
 fn a_switchover_whose_standby_cannot_catch_up_is_undone() {
     let (mut m, mut c) = running(2, PromoteMode::Auto);
     let (started, _) = trigger(&mut m, &mut c, Some("pg-b"), false).unwrap();
-    m.writes_stopped(started.attempt, 0, Ok(9000), c.tick());
+    m.writes_stopped(started.attempt, b(0), Ok(9000), c.tick());
     let behind = OpError::Behind { replayed: Some(4900), target: 9000, within: Duration::from_secs(15) };
-    let acts = m.replayed(started.attempt, 1, Err(behind), c.tick());
-    assert!(acts.contains(&Action::AllowWrites { attempt: started.attempt, backend: 0 }));
+    let acts = m.replayed(started.attempt, b(1), Err(behind), c.tick());
+    assert!(acts.contains(&Action::AllowWrites { attempt: started.attempt, backend: PG_A }));
     assert!(routes(&acts).is_empty(), "the route waits until the old primary accepts writes again");
     assert!(promotes(&acts).is_empty());
-    let acts = m.writes_allowed(started.attempt, 0, Ok(()), c.tick());
+    let acts = m.writes_allowed(started.attempt, b(0), Ok(()), c.tick());
     assert_eq!(routes(&acts), [Some(0)]);
     assert_eq!(kinds(&acts), [EventKind::SwitchoverAborted]);
     match concluded(&acts) {
         Some(Outcome::Aborted(why)) => assert!(why.contains("did not catch up") && why.contains("pg-a stays primary"), "{why}"),
         other => panic!("{other:?}"),
     }
-    assert!(m.backends[0].fence.is_none() && m.in_flight.is_none());
+    assert!(m.backends[b(0)].fence.is_none() && m.in_flight.is_none());
     assert_eq!((m.counters.failovers, m.state), (0, State::Healthy));
 }
 
@@ -98,23 +98,23 @@ fn a_switchover_step_refused_by_a_server_is_undone_and_reported() {
     let (mut m, mut c) = running(2, PromoteMode::Auto);
     let (started, _) = trigger(&mut m, &mut c, None, false).unwrap();
     let denied = OpError::Check(CheckError::Server { code: "42501".into(), message: "permission denied to set parameter".into() });
-    let acts = m.writes_stopped(started.attempt, 0, Err(denied), c.tick());
-    assert!(acts.contains(&Action::AllowWrites { attempt: started.attempt, backend: 0 }));
-    let acts = m.writes_allowed(started.attempt, 0, Ok(()), c.tick());
+    let acts = m.writes_stopped(started.attempt, b(0), Err(denied), c.tick());
+    assert!(acts.contains(&Action::AllowWrites { attempt: started.attempt, backend: PG_A }));
+    let acts = m.writes_allowed(started.attempt, b(0), Ok(()), c.tick());
     assert!(matches!(concluded(&acts), Some(Outcome::Failed(why)) if why.contains("permission denied")));
-    assert_eq!(m.route, Some(0));
+    assert_eq!(m.route, Some(b(0)));
 
     // Refused at the promotion itself: the old primary (already fenced) is unfenced again.
     let (mut m, mut c) = running(2, PromoteMode::Auto);
     let (started, _) = trigger(&mut m, &mut c, None, false).unwrap();
-    m.writes_stopped(started.attempt, 0, Ok(5000), c.tick());
-    m.replayed(started.attempt, 1, Ok(5000), c.tick());
+    m.writes_stopped(started.attempt, b(0), Ok(5000), c.tick());
+    m.replayed(started.attempt, b(1), Ok(5000), c.tick());
     let denied = PromoteError::Refused(CheckError::Server { code: "42501".into(), message: "permission denied for function pg_promote".into() });
-    let acts = m.promoted(started.attempt, 1, Err(denied), c.tick());
-    assert!(acts.contains(&Action::AllowWrites { attempt: started.attempt, backend: 0 }));
-    let acts = m.writes_allowed(started.attempt, 0, Ok(()), c.tick());
+    let acts = m.promoted(started.attempt, b(1), Err(denied), c.tick());
+    assert!(acts.contains(&Action::AllowWrites { attempt: started.attempt, backend: PG_A }));
+    let acts = m.writes_allowed(started.attempt, b(0), Ok(()), c.tick());
     assert_eq!(routes(&acts), [Some(0)]);
-    assert!(m.backends[0].fence.is_none());
+    assert!(m.backends[b(0)].fence.is_none());
     assert!(matches!(concluded(&acts), Some(Outcome::Failed(_))));
 }
 
@@ -124,13 +124,13 @@ fn force_promotes_at_once_and_hurries_a_confirming_failover() {
     let (started, acts) = trigger(&mut m, &mut c, Some("pg-b"), true).unwrap();
     assert!(!started.switchover);
     assert_eq!(promotes(&acts), [1]);
-    assert_eq!(m.backends[0].fence.as_ref().unwrap().kind, FenceKind::Superseded);
+    assert_eq!(m.backends[b(0)].fence.as_ref().unwrap().kind, FenceKind::Superseded);
     // A force whose promotion never reached the standby: the old primary is still there
     // and gets the route back.
-    let acts = m.promoted(started.attempt, 1, Err(PromoteError::NotSent(CheckError::Timeout(Duration::from_millis(250)))), c.tick());
+    let acts = m.promoted(started.attempt, b(1), Err(PromoteError::NotSent(CheckError::Timeout(Duration::from_millis(250)))), c.tick());
     assert!(matches!(concluded(&acts), Some(Outcome::Failed(_))));
     assert_eq!(routes(&acts), [Some(0)]);
-    assert!(m.backends[0].fence.is_none() && m.in_flight.is_none());
+    assert!(m.backends[b(0)].fence.is_none() && m.in_flight.is_none());
 
     let (mut m, mut c) = running(2, PromoteMode::Auto);
     fail(&mut m, &mut c, 0, 3);
@@ -138,7 +138,7 @@ fn force_promotes_at_once_and_hurries_a_confirming_failover() {
     assert!(matches!(trigger(&mut m, &mut c, None, false), Err(Refusal::Conflict(e)) if e.contains("force")));
     let (started, acts) = trigger(&mut m, &mut c, None, true).unwrap();
     assert_eq!(promotes(&acts), [1]);
-    let acts = m.promoted(started.attempt, 1, Ok(primary(4900, 2)), c.tick());
+    let acts = m.promoted(started.attempt, b(1), Ok(primary(4900, 2)), c.tick());
     assert_eq!(concluded(&acts), Some(Outcome::Completed { to: "pg-b".into() }));
     assert_eq!(events(&acts).pop().unwrap().trigger, "manual:alice");
 }
@@ -164,34 +164,34 @@ fn manual_trigger_rules() {
 #[test]
 fn old_primary_returning_writable_stays_fenced_no_failback() {
     let (mut m, mut c, acts) = lost(2);
-    m.promoted(attempt_of(&acts), 1, Ok(primary(4899, 2)), c.tick());
+    m.promoted(attempt_of(&acts), b(1), Ok(primary(4899, 2)), c.tick());
     let acts = see(&mut m, &mut c, 0, primary(5000, 1));
     assert!(routes(&acts).is_empty(), "never fails back");
-    assert_eq!(m.route, Some(1));
+    assert_eq!(m.route, Some(b(1)));
     assert_eq!(m.counters.split_brains, 1);
     assert_eq!(m.counters.recoveries, 1);
-    assert!(m.backends[0].fence.is_some());
+    assert!(m.backends[b(0)].fence.is_some());
     // Even when unfenced by an operator it loses on timeline.
     let acts = m.unfence("pg-a", "ops", c.tick()).unwrap();
     assert_eq!(events(&acts)[0].kind, EventKind::Unfence);
-    assert_eq!(m.route, Some(1));
-    assert!(m.backends[0].fence.is_some(), "fenced again at once by the split-brain guard");
+    assert_eq!(m.route, Some(b(1)));
+    assert!(m.backends[b(0)].fence.is_some(), "fenced again at once by the split-brain guard");
     assert_eq!(m.counters.split_brains, 2);
 }
 
 #[test]
 fn rebuilt_old_primary_is_unfenced_and_state_returns_to_healthy() {
     let (mut m, mut c, acts) = lost(2);
-    m.promoted(attempt_of(&acts), 1, Ok(primary(9000, 2)), c.tick());
+    m.promoted(attempt_of(&acts), b(1), Ok(primary(9000, 2)), c.tick());
     assert_eq!(m.state, State::FailoverComplete);
     // Rebuilt as a standby of pg-b, still far behind: unfenced, catching up.
     let acts = see(&mut m, &mut c, 0, standby(1000, 2));
     assert!(kinds(&acts).contains(&EventKind::Unfence));
-    assert!(m.backends[0].fence.is_none());
+    assert!(m.backends[b(0)].fence.is_none());
     assert_eq!(m.state, State::RecoveryInProgress);
     see(&mut m, &mut c, 0, standby(8990, 2));
     assert_eq!(m.state, State::Healthy);
-    assert_eq!(m.route, Some(1), "still no failback");
+    assert_eq!(m.route, Some(b(1)), "still no failback");
 }
 
 /// Primary and two standbys: after pg-b is promoted, pg-c (still on timeline 1, streaming
@@ -201,25 +201,25 @@ fn rebuilt_old_primary_is_unfenced_and_state_returns_to_healthy() {
 fn a_standby_left_on_the_old_timeline_is_repointed_and_never_promoted_meanwhile() {
     let (mut m, mut c, acts) = lost(3);
     assert_eq!(promotes(&acts), [1]);
-    let acts = m.promoted(attempt_of(&acts), 1, Ok(primary(4899, 2)), c.tick());
+    let acts = m.promoted(attempt_of(&acts), b(1), Ok(primary(4899, 2)), c.tick());
     assert_eq!(routes(&acts), [Some(1)]);
-    assert!(acts.contains(&Action::Repoint { standby: 2, primary: 1 }), "{acts:?}");
+    assert!(acts.contains(&Action::Repoint { standby: b(2), primary: b(1) }), "{acts:?}");
     let acts = see(&mut m, &mut c, 2, stranded(4898, 1));
     assert!(!acts.iter().any(|a| matches!(a, Action::Repoint { .. })), "not again right away");
-    let why = m.not_eligible(2).unwrap();
+    let why = m.not_eligible(b(2)).unwrap();
     assert!(why.contains("timeline 1") && why.contains("re-pointing it at pg-b"), "{why}");
     assert_eq!(m.state, State::FailoverComplete, "no standby can take over yet");
-    m.repointed(2, 1, Ok(Repointed { slot: Some("slot_2".into()), changed: true }), c.tick());
-    assert!(m.not_eligible(2).unwrap().contains("waiting for it to stream"));
+    m.repointed(b(2), b(1), Ok(Repointed { slot: Some("slot_2".into()), changed: true }), c.tick());
+    assert!(m.not_eligible(b(2)).unwrap().contains("waiting for it to stream"));
     // pg-b dies before pg-c follows it: pg-c is not promoted (it would lose pg-b's writes).
     let acts = lose_primary_b(&mut m, &mut c);
     assert!(promotes(&acts).is_empty(), "{acts:?}");
-    assert!(m.not_eligible(2).unwrap().contains("lost primary was on timeline 2"));
+    assert!(m.not_eligible(b(2)).unwrap().contains("lost primary was on timeline 2"));
     // pg-b comes back; pg-c follows it on timeline 2: eligible, healthy.
     see(&mut m, &mut c, 1, primary(5100, 2));
-    assert_eq!(m.route, Some(1));
+    assert_eq!(m.route, Some(b(1)));
     see(&mut m, &mut c, 2, standby(5100, 2));
-    assert!(m.eligible(2));
+    assert!(m.eligible(b(2)));
     assert_eq!(m.state, State::Healthy);
 }
 
@@ -233,10 +233,10 @@ fn lose_primary_b(m: &mut Machine, c: &mut Clock) -> Vec<Action> {
 #[test]
 fn a_diverged_standby_is_named_as_such() {
     let (mut m, mut c, acts) = lost(3);
-    m.promoted(attempt_of(&acts), 1, Ok(primary(4899, 2)), c.tick());
+    m.promoted(attempt_of(&acts), b(1), Ok(primary(4899, 2)), c.tick());
     // pg-c had received more of pg-a's WAL than pg-b when pg-b was promoted.
     see(&mut m, &mut c, 2, stranded(4990, 1));
-    let why = m.not_eligible(2).unwrap();
+    let why = m.not_eligible(b(2)).unwrap();
     assert!(why.contains("diverged"), "{why}");
 }
 
@@ -244,7 +244,7 @@ fn a_diverged_standby_is_named_as_such() {
 fn a_standby_without_a_wal_receiver_is_not_eligible_and_is_repointed_after_a_while() {
     let (mut m, mut c) = running(2, PromoteMode::Auto);
     let acts = see(&mut m, &mut c, 1, stranded(4900, 1));
-    assert!(m.not_eligible(1).unwrap().contains("no WAL receiver"));
+    assert!(m.not_eligible(b(1)).unwrap().contains("no WAL receiver"));
     assert_eq!(m.state, State::Degraded);
     assert!(!acts.iter().any(|a| matches!(a, Action::Repoint { .. })), "a receiver restarting is given three intervals");
     see(&mut m, &mut c, 1, stranded(4900, 1));
@@ -254,8 +254,8 @@ fn a_standby_without_a_wal_receiver_is_not_eligible_and_is_repointed_after_a_whi
     }
     assert_eq!(acts.iter().filter(|a| matches!(a, Action::Repoint { .. })).count(), 1);
     let err = OpError::Conninfo(crate::monitor::conninfo::ConninfoError::Empty);
-    m.repointed(1, 0, Err(err), c.tick());
-    assert!(m.not_eligible(1).unwrap().contains("re-pointing it at pg-a failed: primary_conninfo is empty"));
+    m.repointed(b(1), b(0), Err(err), c.tick());
+    assert!(m.not_eligible(b(1)).unwrap().contains("re-pointing it at pg-a failed: primary_conninfo is empty"));
 }
 
 /// A switchover with a second standby: before the candidate is promoted, the other standby
@@ -268,13 +268,13 @@ fn a_switchover_cascades_the_other_standbys_from_the_candidate_first() {
         b.address = format!("127.0.0.1:{}", 5432 + i);
     }
     let (started, _) = trigger(&mut m, &mut c, Some("pg-b"), false).unwrap();
-    m.writes_stopped(started.attempt, 0, Ok(5000), c.tick());
-    let acts = m.replayed(started.attempt, 1, Ok(5000), c.tick());
-    assert!(acts.contains(&Action::Repoint { standby: 2, primary: 1 }), "{acts:?}");
+    m.writes_stopped(started.attempt, b(0), Ok(5000), c.tick());
+    let acts = m.replayed(started.attempt, b(1), Ok(5000), c.tick());
+    assert!(acts.contains(&Action::Repoint { standby: b(2), primary: b(1) }), "{acts:?}");
     assert!(promotes(&acts).is_empty());
     assert_eq!(m.phase(), "cascading");
-    let acts = m.repointed(2, 1, Ok(Repointed { slot: None, changed: true }), c.tick());
-    assert!(acts.contains(&Action::CheckNow(2)));
+    let acts = m.repointed(b(2), b(1), Ok(Repointed { slot: None, changed: true }), c.tick());
+    assert!(acts.contains(&Action::CheckNow(b(2))));
     assert!(promotes(&acts).is_empty(), "still streaming from pg-a");
     let mut cascaded = standby(5000, 1);
     cascaded.receiver = Some(Receiver { status: "streaming".into(), timeline: Some(1), upstream: Some("127.0.0.1:5433".into()) });
@@ -284,8 +284,8 @@ fn a_switchover_cascades_the_other_standbys_from_the_candidate_first() {
     // A standby that never switches does not hold the switchover forever.
     let (mut m, mut c) = running(3, PromoteMode::Auto);
     let (started, _) = trigger(&mut m, &mut c, Some("pg-b"), false).unwrap();
-    m.writes_stopped(started.attempt, 0, Ok(5000), c.tick());
-    m.replayed(started.attempt, 1, Ok(5000), c.tick());
+    m.writes_stopped(started.attempt, b(0), Ok(5000), c.tick());
+    m.replayed(started.attempt, b(1), Ok(5000), c.tick());
     let mut acts = Vec::new();
     for _ in 0..25 {
         acts.extend(see(&mut m, &mut c, 2, standby(5000, 1)));
@@ -302,7 +302,7 @@ fn a_trigger_on_a_routed_primary_is_a_switchover_even_after_a_failed_check() {
         fail_with(&mut m, &mut c, 0, 1, e);
         let (started, acts) = trigger(&mut m, &mut c, None, false).unwrap();
         assert!(started.switchover);
-        assert!(acts.iter().any(|a| matches!(a, Action::StopWrites { backend: 0, .. })));
+        assert!(acts.iter().any(|a| matches!(a, Action::StopWrites { backend: PG_A, .. })));
         assert!(promotes(&acts).is_empty());
     }
 }
@@ -329,19 +329,19 @@ fn nothing_is_promoted_at_start_up_while_a_backend_s_role_is_unknown() {
 fn a_primary_left_read_only_by_a_switchover_is_made_writable_again() {
     let (mut m, mut c) = running(2, PromoteMode::Auto);
     let (started, _) = trigger(&mut m, &mut c, None, false).unwrap();
-    m.writes_stopped(started.attempt, 0, Ok(9000), c.tick());
+    m.writes_stopped(started.attempt, b(0), Ok(9000), c.tick());
     let behind = OpError::Behind { replayed: Some(4900), target: 9000, within: Duration::from_secs(1) };
-    m.replayed(started.attempt, 1, Err(behind), c.tick());
-    let acts = m.writes_allowed(started.attempt, 0, Err(OpError::Check(CheckError::Timeout(Duration::from_millis(250)))), c.tick());
+    m.replayed(started.attempt, b(1), Err(behind), c.tick());
+    let acts = m.writes_allowed(started.attempt, b(0), Err(OpError::Check(CheckError::Timeout(Duration::from_millis(250)))), c.tick());
     assert_eq!(routes(&acts), [Some(0)]);
-    assert!(acts.contains(&Action::AllowWrites { attempt: 0, backend: 0 }), "{acts:?}");
-    assert!(m.read_only_left.contains(&0));
+    assert!(acts.contains(&Action::AllowWrites { attempt: 0, backend: PG_A }), "{acts:?}");
+    assert!(m.read_only_left.contains(&b(0)));
     let mut later = Vec::new();
     for _ in 0..25 {
         later.extend(see(&mut m, &mut c, 0, primary(5000, 1)));
     }
     assert_eq!(later.iter().filter(|a| matches!(a, Action::AllowWrites { .. })).count(), 1, "asked again after 2s");
-    m.writes_allowed(0, 0, Ok(()), c.tick());
+    m.writes_allowed(0, b(0), Ok(()), c.tick());
     assert!(m.read_only_left.is_empty());
     assert!(!see(&mut m, &mut c, 0, primary(5000, 1)).iter().any(|a| matches!(a, Action::AllowWrites { .. })));
 }
