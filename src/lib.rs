@@ -3,6 +3,12 @@
 //!
 //! Module map:
 //! - [`config`]: defaults < `proxy.toml` < environment < flags, strict validation.
+//! - [`live`]: the configuration in force, and the one way it reaches the running parts: a
+//!   `watch` of it that the server publishes a reload to. The data path reads it when a
+//!   session needs a setting, the probers and the monitor wake on its change (the monitor's
+//!   status says which configuration it decides with, so a reload can wait for it), and the
+//!   admin port derives its settings from it per request. Nothing keeps a copy of a
+//!   reloadable setting.
 //! - [`route`]: the one value sessions read (target backend + epoch), written by the monitor,
 //!   and its helpers.
 //! - [`proxy`]: the data path — [`proxy::listener`] (accept, shutdown drain),
@@ -20,7 +26,8 @@
 //! - [`admin`]: the HTTP side port (status, history, trigger, metrics).
 //! - [`metrics`]: per-instance Prometheus series.
 //! - [`duration`]: human durations ("250ms") and millisecond figures.
-//! - [`server`]: wires everything into one running proxy, and applies a reload.
+//! - [`server`]: wires everything into one running proxy, and applies a reload (what needs a
+//!   restart is kept as it runs, the rest is published through [`live`]).
 //! - [`takeover`]: restarts without a refused connection — [`takeover::start`] gets the
 //!   listeners and the state lock (bound afresh, from systemd, or handed over by the running
 //!   process), the handover to the next process, starting that process, systemd's sockets and
@@ -44,6 +51,7 @@ pub mod cluster;
 pub mod config;
 pub mod coord;
 pub mod duration;
+pub mod live;
 pub mod localpg;
 pub mod metrics;
 pub mod monitor;

@@ -5,21 +5,18 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::{self, AdminContext, AdminLive};
+use crate::admin::{self, AdminContext};
 use crate::config::Config;
 use crate::coord::Coordinator;
+use crate::live::{LiveWriter, Loaded};
 use crate::metrics::Metrics;
 use crate::monitor::{self, history::History, MonitorHandle};
-use crate::proxy::{
-    self,
-    datapath::{Knobs, Port},
-    DataPath,
-};
+use crate::proxy::{self, datapath::Port, DataPath};
 use crate::route::{ReadRouteWriter, RouteWriter};
 use crate::takeover::{self, HandedOver, Inherited, TakeoverError};
 
@@ -71,8 +68,8 @@ pub struct Proxy {
     /// Whether (and to whom) another process took over the listeners and the monitor.
     handed_over: HandedOver,
     done: Option<JoinHandle<()>>,
-    config: std::sync::Mutex<Config>,
-    dp: Arc<DataPath>,
+    /// The configuration in force, published to every part (see [`crate::live`]).
+    live: LiveWriter,
     admin: Arc<AdminContext>,
 }
 
@@ -80,21 +77,6 @@ impl Drop for Proxy {
     /// Dropping the handle stops the proxy (sessions drain as on SIGTERM).
     fn drop(&mut self) {
         self.shutdown.cancel();
-    }
-}
-
-/// The configuration's digest: SHA-256 of its debug form, which leaves every secret out.
-pub fn digest(cfg: &Config) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(format!("{cfg:?}").as_bytes()).iter().take(8).map(|b| format!("{b:02x}")).collect()
-}
-
-fn config_info(cfg: &Config, file: Option<String>) -> admin::ConfigInfo {
-    admin::ConfigInfo {
-        loaded_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-        digest: digest(cfg),
-        file,
-        pid: std::process::id(),
     }
 }
 
@@ -122,10 +104,11 @@ impl Proxy {
         let route = RouteWriter::new("waiting for the first health checks");
         let read_route = ReadRouteWriter::default();
         let (connect_failed, passive) = mpsc::channel(64);
+        let live = LiveWriter::new(Loaded::now(cfg.clone(), file));
         let dp = Arc::new(DataPath {
             backends: backends.clone(),
             route: route.subscribe(),
-            knobs: watch::Sender::new(Arc::new(Knobs::of(&cfg))),
+            config: live.subscribe(),
             metrics: metrics.clone(),
             connect_failed,
             read_route: read_route.subscribe(),
@@ -142,8 +125,9 @@ impl Proxy {
         let stop = shutdown.clone();
         let mut ports = vec![(client, Port::Primary)];
         ports.extend(read.map(|l| (l, Port::Read)));
-        let dp2 = dp.clone();
-        let data_path = tokio::spawn(async move { proxy::listener::run_ports(ports, dp2, stop).await });
+        // The read-only port's route, for the admin port's `/ready/ro`.
+        let reads = cfg.listen_ro.map(|_| dp.read_route.clone());
+        let data_path = tokio::spawn(proxy::listener::run_ports(ports, dp, stop));
 
         hold.lock().await?;
 
@@ -152,7 +136,6 @@ impl Proxy {
             None => History::in_memory(),
         };
         let life = monitor::Lifeline { shutdown: shutdown.clone(), fatal: fatal.clone() };
-        let reads = cfg.listen_ro.map(|_| dp.read_route.clone());
         let (coordination, forwarded) = match &cfg.coordination {
             Some(c) => {
                 let (events, events_rx) = mpsc::channel(256);
@@ -163,14 +146,14 @@ impl Proxy {
             None => (None, None),
         };
         let coord = coordination.as_ref().map(|(c, _)| c.clone());
-        let monitor = monitor::spawn(&cfg, backends, (route, read_route), metrics.clone(), history, passive, life, coordination, &monitor_tasks);
+        let monitor = monitor::spawn(live.subscribe(), backends, (route, read_route), metrics.clone(), history, passive, life, coordination, &monitor_tasks);
         let admin_ctx = Arc::new(AdminContext {
             monitor: monitor.clone(),
             metrics: metrics.clone(),
             started: std::time::Instant::now(),
             reads,
             coord: coord.clone(),
-            live: std::sync::RwLock::new(AdminLive::new(&cfg, config_info(&cfg, file))),
+            config: live.subscribe(),
             stopping: Default::default(),
         });
         if let (Some(rx), Some(coord)) = (forwarded, coord) {
@@ -191,20 +174,7 @@ impl Proxy {
             tasks.wait().await;
             monitor_tasks.wait().await;
         });
-        Ok(Proxy {
-            client_addr,
-            read_addr,
-            admin_addr,
-            monitor,
-            metrics,
-            shutdown,
-            fatal,
-            handed_over,
-            done: Some(done),
-            config: std::sync::Mutex::new(cfg),
-            dp,
-            admin: admin_ctx,
-        })
+        Ok(Proxy { client_addr, read_addr, admin_addr, monitor, metrics, shutdown, fatal, handed_over, done: Some(done), live, admin: admin_ctx })
     }
 
     /// Resolves if the health monitor dies (a bug): the route is already cleared and the
@@ -228,7 +198,7 @@ impl Proxy {
     /// accepting for `proxy.shutdown_delay` while load balancers take this process out.
     pub async fn announce_shutdown(&self) {
         self.admin.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
-        let delay = self.dp.knobs().proxy.shutdown_delay;
+        let delay = self.live.current().proxy.shutdown_delay;
         if !delay.is_zero() {
             tracing::info!(delay = %humantime::format_duration(delay), "shutting down: /ready answers 503; still accepting for proxy.shutdown_delay");
             tokio::time::sleep(delay).await;
@@ -250,7 +220,7 @@ impl Proxy {
     /// Applies a new, valid configuration: what can change live changes now; new or removed
     /// backends need a takeover by a fresh process ([`Reloaded::handover`]).
     pub async fn reload(&self, new: Config, file: Option<String>) -> Result<Reloaded, ReloadError> {
-        let old = self.config.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let old = self.live.current().config.clone();
         let mut out = Reloaded::default();
         if old.backends() != new.backends() {
             if new.state_dir.is_none() || old.state_dir != new.state_dir {
@@ -282,10 +252,14 @@ impl Proxy {
         keep(&old.coordination, &mut new.coordination, "[coordination]", &mut out);
         keep(&old.proxy.worker_threads, &mut new.proxy.worker_threads, "proxy.worker_threads", &mut out);
         out.logging = old.log_level != new.log_level || old.log_format != new.log_format;
-        self.dp.knobs.send_replace(Arc::new(Knobs::of(&new)));
-        self.monitor.reload(&new).await;
-        *self.admin.live.write().unwrap_or_else(|e| e.into_inner()) = AdminLive::new(&new, config_info(&new, file));
-        *self.config.lock().unwrap_or_else(|e| e.into_inner()) = new;
+        let next = Loaded::now(new, file);
+        let digest = next.info.digest.clone();
+        self.live.publish(next);
+        // The data path and the admin port read it from now on; the monitor applies it in
+        // its own time, and the reload is reported done once it has.
+        if !self.monitor.applied(&digest, std::time::Duration::from_secs(5)).await {
+            tracing::warn!("the health monitor has not applied the reloaded configuration yet");
+        }
         Ok(out)
     }
 }

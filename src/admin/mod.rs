@@ -55,13 +55,14 @@ pub struct AdminContext {
     pub reads: Option<tokio::sync::watch::Receiver<crate::route::ReadRoute>>,
     /// Coordination: a follower hands triggers and unfences to the leader.
     pub coord: Option<crate::coord::Coordinator>,
-    /// What a reload can change.
-    pub live: std::sync::RwLock<AdminLive>,
+    /// The configuration in force (a reload replaces it).
+    pub config: crate::live::LiveConfig,
     /// Set on SIGTERM: `/ready` and `/ready/ro` answer 503 from then on.
     pub stopping: std::sync::atomic::AtomicBool,
 }
 
-/// The admin port's settings from the configuration in force.
+/// The admin port's settings, derived from the configuration in force when a request
+/// needs them.
 #[derive(Clone, Debug)]
 pub struct AdminLive {
     /// `None` disables the POST endpoints (403).
@@ -74,36 +75,27 @@ pub struct AdminLive {
     pub forward_wait: Duration,
     pub read_fallback: crate::config::Fallback,
     /// When the configuration in force was loaded, and its digest.
-    pub config: ConfigInfo,
+    pub config: crate::live::LoadInfo,
 }
 
 impl AdminLive {
-    pub fn new(cfg: &crate::config::Config, config: ConfigInfo) -> AdminLive {
+    pub fn new(loaded: &crate::live::Loaded) -> AdminLive {
+        let cfg = &loaded.config;
         AdminLive {
             token: cfg.admin_token.clone(),
             trigger_wait: cfg.failover.trigger_wait,
             check_wait: cfg.health.timeout * 2,
             forward_wait: cfg.failover.trigger_wait * 2 + cfg.failover.promote_timeout + Duration::from_secs(5),
             read_fallback: cfg.read.fallback,
-            config,
+            config: loaded.info.clone(),
         }
     }
 }
 
-/// What `/failover/status` says of the configuration in force (no secret: the digest is
-/// computed with every secret left out).
-#[derive(Clone, Debug, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ConfigInfo {
-    pub loaded_at: String,
-    pub digest: String,
-    pub file: Option<String>,
-    pub pid: u32,
-}
-
 impl AdminContext {
+    /// The settings in force now.
     pub fn live(&self) -> AdminLive {
-        self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
+        AdminLive::new(&self.config.borrow())
     }
 }
 

@@ -33,7 +33,7 @@ pub async fn reload(proxy: &Proxy, src: &Source, file: Option<String>, logs: &Lo
             return false;
         }
     };
-    let digest = pgfailover::server::digest(&cfg);
+    let digest = pgfailover::live::digest(&cfg);
     let log_cfg = cfg.clone();
     match proxy.reload(cfg, file).await {
         Ok(r) => {

@@ -66,13 +66,8 @@ pub(super) enum Command {
     },
     /// Answered after every earlier command was handled.
     Sync(oneshot::Sender<()>),
-    /// A reload: new settings from the next decision and the next check on.
-    Reload {
-        settings: super::machine::Settings,
-        majority: bool,
-        reply: oneshot::Sender<()>,
-    },
     /// Fault injection for tests: the monitor task panics.
+    #[cfg(feature = "testkit")]
     Crash,
 }
 
@@ -127,17 +122,17 @@ impl MonitorHandle {
     /// Fault injection for tests: makes the monitor task panic, to show the proxy fails
     /// closed. Nothing outside the process can reach it.
     #[doc(hidden)]
+    #[cfg(feature = "testkit")]
     pub async fn crash_for_test(&self) {
         let _ = self.commands.send(Command::Crash).await;
     }
 
-    /// Applies a reloaded configuration's `[health]`, `[failover]` and `[read]` settings;
-    /// returns once the monitor has them.
-    pub async fn reload(&self, cfg: &crate::config::Config) -> bool {
-        let (reply, rx) = oneshot::channel();
-        let settings = super::machine::Settings::from_config(cfg);
-        let majority = cfg.failover.quorum == crate::config::Quorum::Majority;
-        self.commands.send(Command::Reload { settings, majority, reply }).await.is_ok() && rx.await.is_ok()
+    /// Waits (up to `limit`) until the monitor decides with the configuration of `digest`
+    /// (see [`crate::live`]); false if it did not in time.
+    pub async fn applied(&self, digest: &str, limit: Duration) -> bool {
+        let mut status = self.status.clone();
+        let seen = tokio::time::timeout(limit, status.wait_for(|s| s.config_digest == digest)).await;
+        matches!(seen, Ok(Ok(_)))
     }
 
     /// Waits (blocking, up to `limit`) until every history event is on disk; false if not.

@@ -117,6 +117,9 @@ pub struct Status {
     /// Every backend in config order (served by `/failover/health`).
     #[serde(skip)]
     pub backends: Vec<BackendStatus>,
+    /// The digest of the configuration the monitor decides with ([`crate::live`]).
+    #[serde(skip)]
+    pub config_digest: String,
 }
 
 /// What coordination shows (`/failover/status`, metrics): the machine's view of what the
@@ -196,6 +199,7 @@ impl Status {
             coordination: None,
             updated_at: rfc3339(SystemTime::now()),
             backends: records,
+            config_digest: String::new(),
         }
     }
 }

@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::cluster::BackendId;
 use crate::config::{BackendConfig, Config, Quorum};
+use crate::live::LiveConfig;
 use crate::metrics::Metrics;
 use crate::route::{ReadRouteWriter, RouteWriter};
 
@@ -52,7 +53,7 @@ pub const MONITOR_DIED: &str = "the health monitor stopped unexpectedly; the pro
 // The pieces `server` wires together, passed once: a struct for one call site adds nothing.
 #[allow(clippy::too_many_arguments)]
 pub fn spawn(
-    cfg: &Config,
+    config: LiveConfig,
     backends: Arc<[BackendConfig]>,
     (route, read_route): (RouteWriter, ReadRouteWriter),
     metrics: Arc<Metrics>,
@@ -62,6 +63,8 @@ pub fn spawn(
     coordination: Option<(Coordinator, mpsc::Receiver<Vec<CoordEvent>>)>,
     tracker: &TaskTracker,
 ) -> MonitorHandle {
+    let loaded = config.borrow().clone();
+    let cfg: &Config = &loaded;
     let names: Vec<String> = backends.iter().map(|b| b.name.clone()).collect();
     let fenced: Vec<(String, crate::cluster::Fence)> = history.fences().into_iter().filter(|(n, _)| names.contains(n)).collect();
     if !fenced.is_empty() {
@@ -90,12 +93,11 @@ pub fn spawn(
     let (status_tx, status) = watch::channel(Arc::new(first));
     let history = Arc::new(Mutex::new(history));
 
-    let (probing, _) = watch::channel((cfg.health.interval, cfg.health.timeout));
     let mut probe_now = Vec::new();
     for (i, b) in BackendId::all(backends.len()).zip(backends.iter()) {
         let (now_tx, now_rx) = mpsc::channel(8);
         probe_now.push(now_tx);
-        let p = ProberTask { i, backend: b.clone(), probing: probing.subscribe(), commands: commands.clone(), now_rx, life: life.clone() };
+        let p = ProberTask { i, backend: b.clone(), config: config.clone(), commands: commands.clone(), now_rx, life: life.clone() };
         tracker.spawn(p.run());
     }
     let probe_now: Arc<[_]> = probe_now.into();
@@ -127,7 +129,8 @@ pub fn spawn(
         waiting: HashMap::new(),
         life,
         coord: coordination.as_ref().map(|(c, _)| c.clone()),
-        probing,
+        applied: loaded.info.digest.clone(),
+        config,
     };
     tracker.spawn(task.run(rx, coordination.map(|(_, e)| e)));
     MonitorHandle { commands, status, history, probe_now }
@@ -158,8 +161,12 @@ struct MonitorTask {
     last_accounted: Instant,
     /// Coordination through etcd, when configured.
     coord: Option<Coordinator>,
-    /// The probers' interval and timeout.
-    probing: watch::Sender<(Duration, Duration)>,
+    /// The configuration in force: a reload's `[health]`, `[failover]` and `[read]` reach
+    /// the machine from here.
+    config: LiveConfig,
+    /// The digest of the configuration the machine decides with (in the status, so a
+    /// reload can wait for it).
+    applied: String,
     /// Operators waiting for the outcome of their trigger, by attempt.
     waiting: HashMap<u64, Vec<oneshot::Sender<Outcome>>>,
     /// Stopping, or failing closed.
@@ -204,6 +211,7 @@ impl MonitorTask {
                     return;
                 }
                 _ = tick.tick() => {}
+                r = self.config.changed() => if r.is_ok() { self.reconfigure() },
                 cmd = rx.recv() => match cmd {
                     Some(cmd) => { self.handle(cmd); continue; }
                     None => break,
@@ -234,6 +242,16 @@ impl MonitorTask {
                 tracing::error!(primary = %b.name, error = %e, "stopping during a switchover: could not make the old primary writable again (ALTER SYSTEM RESET default_transaction_read_only)")
             }
         }
+    }
+
+    /// A reload put a new configuration in force: the machine decides with its settings
+    /// from now on (the probers read theirs themselves).
+    fn reconfigure(&mut self) {
+        let loaded = self.config.borrow_and_update().clone();
+        let majority = loaded.failover.quorum == Quorum::Majority;
+        let acts = self.machine.reload(Settings::from_config(&loaded), majority, Now::current());
+        self.applied = loaded.info.digest.clone();
+        self.apply_all(acts);
     }
 
     fn handle(&mut self, cmd: Command) {
@@ -287,12 +305,7 @@ impl MonitorTask {
                 let _ = reply.send(());
                 Vec::new()
             }
-            Command::Reload { settings, majority, reply } => {
-                self.probing.send_replace((settings.interval, settings.check_timeout));
-                let acts = self.machine.reload(settings, majority, now);
-                let _ = reply.send(());
-                acts
-            }
+            #[cfg(feature = "testkit")]
             Command::Crash => panic!("fault injection: the health monitor was told to crash"),
         };
         self.apply_all(acts);
@@ -490,6 +503,7 @@ impl MonitorTask {
         let r = self.route.current();
         let mut status = Status::build(m, &self.backends, r.epoch, &r.reason);
         status.coordination = self.coordination_status();
+        status.config_digest = self.applied.clone();
         self.coordination_metrics(&status);
         self.status_tx.send_replace(Arc::new(status));
     }

@@ -2,12 +2,13 @@
 
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
+use crate::live::{LiveConfig, Loaded};
+
 use crate::cluster::BackendId;
-use crate::config::{BackendConfig, ProxyConfig, ReadConfig};
+use crate::config::BackendConfig;
 use crate::metrics::Metrics;
 use crate::route::{ReadRoute, Route};
 
@@ -20,30 +21,15 @@ pub enum Port {
     Read,
 }
 
-/// The data path's settings a reload can change (`[proxy]`, `failover.hold_timeout`,
-/// `[read]`): each session reads them as it needs them.
-#[derive(Clone, Debug)]
-pub struct Knobs {
-    pub proxy: ProxyConfig,
-    /// How long a new client waits for a routable primary before it is refused.
-    pub hold_timeout: Duration,
-    pub read: ReadConfig,
-}
-
-impl Knobs {
-    pub fn of(cfg: &crate::config::Config) -> Knobs {
-        Knobs { proxy: cfg.proxy.clone(), hold_timeout: cfg.failover.hold_timeout, read: cfg.read.clone() }
-    }
-}
-
 /// What every session needs; shared read-only behind an `Arc`.
 pub struct DataPath {
     /// Backends in config order; the route names them by index.
     pub backends: Arc<[BackendConfig]>,
     /// The current route; sessions clone this receiver.
     pub route: watch::Receiver<Route>,
-    /// The current settings (replaced by a reload).
-    pub knobs: watch::Sender<Arc<Knobs>>,
+    /// The configuration in force (a reload replaces it): `[proxy]`, `[read]` and
+    /// `failover.hold_timeout` are read from it when a session needs them.
+    pub config: LiveConfig,
     pub metrics: Arc<Metrics>,
     /// Passive health signal: a backend whose connect just failed.
     pub connect_failed: mpsc::Sender<BackendId>,
@@ -59,8 +45,8 @@ impl DataPath {
         &self.backends[id.index()]
     }
 
-    /// The settings as they are now.
-    pub fn knobs(&self) -> Arc<Knobs> {
-        self.knobs.borrow().clone()
+    /// The configuration in force now.
+    pub fn config(&self) -> Arc<Loaded> {
+        self.config.borrow().clone()
     }
 }

@@ -32,9 +32,9 @@ pub async fn run_ports(listeners: Vec<(TcpListener, Port)>, dp: Arc<DataPath>, s
     sessions.close();
     let open = sessions.len();
     if open > 0 {
-        tracing::info!(sessions = open, grace = %humantime::format_duration(dp.knobs().proxy.shutdown_grace), "draining client sessions");
+        tracing::info!(sessions = open, grace = %humantime::format_duration(dp.config().proxy.shutdown_grace), "draining client sessions");
     }
-    if tokio::time::timeout(dp.knobs().proxy.shutdown_grace, sessions.wait()).await.is_err() {
+    if tokio::time::timeout(dp.config().proxy.shutdown_grace, sessions.wait()).await.is_err() {
         tracing::info!(sessions = sessions.len(), "grace period over; closing remaining sessions");
         kill.cancel();
         sessions.wait().await;
@@ -50,7 +50,7 @@ async fn accept(listener: TcpListener, port: Port, dp: Arc<DataPath>, sessions: 
             accepted = listener.accept() => match accepted {
                 Ok((client, _peer)) => {
                     backoff = Duration::from_millis(5);
-                    if dp.metrics.active_sessions() >= dp.knobs().proxy.max_client_connections {
+                    if dp.metrics.active_sessions() >= dp.config().proxy.max_client_connections {
                         sessions.spawn(session::refuse_over_limit(client, dp.clone()));
                         continue;
                     }

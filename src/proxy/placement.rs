@@ -45,8 +45,8 @@ impl Placement {
 
     /// The read-only port's placement, with the configured bounds.
     pub fn read(dp: &DataPath) -> Placement {
-        let knobs = dp.knobs();
-        let bound = Bound { max_lag_bytes: knobs.read.max_lag_bytes, max_lag: knobs.read.max_lag };
+        let cfg = dp.config();
+        let bound = Bound { max_lag_bytes: cfg.read.max_lag_bytes, max_lag: cfg.read.max_lag };
         Placement::Read { route: dp.read_route.clone(), bound }
     }
 
@@ -86,7 +86,7 @@ impl Placement {
                 }
             }
             Placement::Read { route, bound } => {
-                let read = &dp.knobs().read;
+                let read = &dp.config().read;
                 let r = route.borrow_and_update();
                 let fits: Vec<BackendId> = r.targets.iter().filter(|t| within(t, bound)).map(|t| t.backend).collect();
                 if !fits.is_empty() {

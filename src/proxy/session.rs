@@ -26,8 +26,8 @@ pub async fn serve(mut client: TcpStream, dp: Arc<DataPath>, port: Port, stoppin
     m.accepted();
     let _active = m.session_started();
     // The settings in force when the client came: one read per session.
-    let knobs = dp.knobs();
-    if let Err(e) = socket::tune(&client, &knobs.proxy) {
+    let cfg = dp.config();
+    if let Err(e) = socket::tune(&client, &cfg.proxy) {
         tracing::debug!(error = %e, "client socket options");
     }
     let mut place = match port {
@@ -59,13 +59,13 @@ pub async fn serve(mut client: TcpStream, dp: Arc<DataPath>, port: Port, stoppin
             } else {
                 m.refused();
             }
-            let deadline = tokio::time::Instant::now() + knobs.proxy.startup_timeout;
+            let deadline = tokio::time::Instant::now() + cfg.proxy.startup_timeout;
             let outcome = wire::refuse(&mut client, pending, wire::SQLSTATE_CANNOT_CONNECT_NOW, &reason, deadline).await;
             tracing::info!(%reason, outcome = outcome.as_str(), "client refused");
             return;
         }
         Err(Failed::BadSetting { reason, pending }) => {
-            let deadline = tokio::time::Instant::now() + knobs.proxy.startup_timeout;
+            let deadline = tokio::time::Instant::now() + cfg.proxy.startup_timeout;
             let outcome = wire::refuse(&mut client, pending, wire::SQLSTATE_INVALID_PARAMETER_VALUE, &reason, deadline).await;
             tracing::info!(%reason, outcome = outcome.as_str(), "client refused: bad pgfailover setting");
             return;
@@ -93,8 +93,8 @@ pub async fn serve(mut client: TcpStream, dp: Arc<DataPath>, port: Port, stoppin
 /// `max_connections`: a FATAL 53300 in answer to its StartupMessage.
 pub async fn refuse_over_limit(mut client: TcpStream, dp: Arc<DataPath>) {
     dp.metrics.over_limit();
-    let deadline = tokio::time::Instant::now() + dp.knobs().proxy.startup_timeout;
-    let message = format!("sorry, too many clients already (pgfailover's proxy.max_client_connections is {})", dp.knobs().proxy.max_client_connections);
+    let deadline = tokio::time::Instant::now() + dp.config().proxy.startup_timeout;
+    let message = format!("sorry, too many clients already (pgfailover's proxy.max_client_connections is {})", dp.config().proxy.max_client_connections);
     let outcome = wire::refuse(&mut client, None, wire::SQLSTATE_TOO_MANY_CONNECTIONS, &message, deadline).await;
     tracing::debug!(outcome = outcome.as_str(), "client over the connection limit refused");
 }

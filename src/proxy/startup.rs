@@ -65,8 +65,8 @@ pub async fn open(client: &mut TcpStream, dp: &DataPath, place: &mut Placement, 
     // The connect to the routed server overlaps the client's first packet on the wire, as a
     // plain splice's would; a failed early connect is retried (and reported) by the hold.
     // The client's whole startup (its packets, not the server's answers) is bounded.
-    let knobs = dp.knobs();
-    let deadline = Instant::now() + knobs.proxy.startup_timeout;
+    let cfg = dp.config();
+    let deadline = Instant::now() + cfg.proxy.startup_timeout;
     let (packet, early) = tokio::join!(read_client(client, deadline), early_connect(dp, place));
     let mut packet = match packet {
         Some(Packet::Invalid(len)) => return Err(Failed::Invalid(len)),
@@ -79,7 +79,7 @@ pub async fn open(client: &mut TcpStream, dp: &DataPath, place: &mut Placement, 
         cancel_everywhere(dp, bytes).await;
         return Err(Failed::Abandoned);
     }
-    let mut hold = Hold { deadline: Instant::now() + knobs.hold_timeout, counted: false, last_error: None, wait_first: false };
+    let mut hold = Hold { deadline: Instant::now() + cfg.failover.hold_timeout, counted: false, last_error: None, wait_first: false };
     // A connected server to use next: the early connect, or one already asked about
     // encryption (it said N) that the StartupMessage goes to.
     let mut asked: Option<(TcpStream, BackendId)> = early;
@@ -183,12 +183,12 @@ fn client_bound(startup: &[u8]) -> Result<Option<Bound>, String> {
 async fn cancel_everywhere(dp: &DataPath, request: &[u8]) {
     let live = dp.read_route.borrow().live.clone();
     let sends = live.into_iter().map(|b| async move {
-        if let Ok(mut s) = socket::connect(dp.backend(b), &dp.knobs().proxy).await {
+        if let Ok(mut s) = socket::connect(dp.backend(b), &dp.config().proxy).await {
             if s.write_all(request).await.is_ok() {
                 dp.metrics.add_bytes(true, request.len() as u64);
                 // The server closes the connection once it has read the request.
                 let mut sink = [0u8; 1];
-                let _ = tokio::time::timeout(dp.knobs().proxy.connect_timeout, s.read(&mut sink)).await;
+                let _ = tokio::time::timeout(dp.config().proxy.connect_timeout, s.read(&mut sink)).await;
             }
         }
     });
@@ -198,7 +198,7 @@ async fn cancel_everywhere(dp: &DataPath, request: &[u8]) {
 /// A connection to where the placement points now, if anywhere and it accepts.
 async fn early_connect(dp: &DataPath, place: &mut Placement) -> Option<(TcpStream, BackendId)> {
     let Pick::Backend(target) = place.pick(dp) else { return None };
-    socket::connect(dp.backend(target), &dp.knobs().proxy).await.ok().map(|s| (s, target))
+    socket::connect(dp.backend(target), &dp.config().proxy).await.ok().map(|s| (s, target))
 }
 
 /// The client's next startup packet, before `deadline`; `None` if it went away or was late.
@@ -293,7 +293,7 @@ impl Hold {
     /// The route moved away while the client waited for its server's answer (a failover
     /// began): from here it is held like a new client, however long that answer took.
     fn moved(&mut self, dp: &DataPath) {
-        self.deadline = self.deadline.max(Instant::now() + dp.knobs().hold_timeout);
+        self.deadline = self.deadline.max(Instant::now() + dp.config().failover.hold_timeout);
     }
 
     /// Waits (up to the hold deadline) for a backend to place the client on and connects to
@@ -310,7 +310,7 @@ impl Hold {
             let why = match place.pick(dp) {
                 Pick::Backend(target) => {
                     let backend = dp.backend(target);
-                    match socket::connect(backend, &dp.knobs().proxy).await {
+                    match socket::connect(backend, &dp.config().proxy).await {
                         Ok(server) => return Ok((server, target)),
                         Err(e) => {
                             let role = if place.is_read() { "" } else { "primary " };

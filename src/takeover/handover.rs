@@ -46,9 +46,17 @@ impl Hold {
         let control = match bind_control(dir) {
             Ok(c) => c,
             Err(e) => {
-                // Serving matters more than a later takeover. (The lock goes with `self`: a
-                // new process then starts its own monitor beside this one.)
+                // Serving matters more than a later takeover. The lock stays held until this
+                // process's monitor has stopped, so a new process refuses to start beside it
+                // instead of running a second monitor.
                 tracing::error!(error = %e, path = %handshake::socket_path(dir).display(), "cannot listen for takeovers; a new process will refuse to start beside this one");
+                let lock = self.lock;
+                tasks.spawn(async move {
+                    shutdown.cancelled().await;
+                    monitor_tasks.close();
+                    monitor_tasks.wait().await;
+                    drop(lock);
+                });
                 return handed_over;
             }
         };

@@ -67,13 +67,14 @@ pub async fn data_path_with(backends: Vec<BackendConfig>, hold: Duration, tweak:
     let route = RouteWriter::new("no primary yet");
     let read_route = pgfailover::route::ReadRouteWriter::default();
     let (tx, passive) = mpsc::channel(64);
-    let mut pcfg = Config::default().proxy;
-    pcfg.shutdown_grace = Duration::from_millis(200);
-    tweak(&mut pcfg);
+    let mut cfg = Config::default();
+    cfg.proxy.shutdown_grace = Duration::from_millis(200);
+    cfg.failover.hold_timeout = hold;
+    tweak(&mut cfg.proxy);
     let dp = Arc::new(DataPath {
         backends: backends.into(),
         route: route.subscribe(),
-        knobs: tokio::sync::watch::Sender::new(Arc::new(pgfailover::proxy::datapath::Knobs { proxy: pcfg, hold_timeout: hold, read: Config::default().read })),
+        config: pgfailover::live::LiveWriter::new(pgfailover::live::Loaded::now(cfg, None)).subscribe(),
         metrics: metrics.clone(),
         connect_failed: tx,
         read_route: read_route.subscribe(),

@@ -3,10 +3,11 @@
 
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::cluster::BackendId;
 use crate::config::BackendConfig;
+use crate::live::LiveConfig;
 use crate::monitor::check_error::CheckError;
 use crate::monitor::handle::{CheckNow, Command};
 use crate::monitor::probe::Prober;
@@ -20,8 +21,9 @@ pub(super) struct ProberTask {
     pub(super) i: BackendId,
     /// Its configuration.
     pub(super) backend: BackendConfig,
-    /// `health.interval` and `health.timeout`, as a reload leaves them.
-    pub(super) probing: watch::Receiver<(Duration, Duration)>,
+    /// The configuration in force: `health.interval` and `health.timeout`, as a reload
+    /// leaves them.
+    pub(super) config: LiveConfig,
     /// Where its results go (the monitor task).
     pub(super) commands: mpsc::Sender<Command>,
     /// Requests to check now (an operator's check-health, a passive signal, the machine).
@@ -34,7 +36,7 @@ impl ProberTask {
     pub(super) async fn run(mut self) {
         let _watch = self.life.guard("prober");
         let (broken_tx, mut broken_rx) = mpsc::channel(1);
-        let timeout = self.probing.borrow().1;
+        let timeout = self.config.borrow().health.timeout;
         let mut prober = Prober::new(self.backend.clone(), timeout, Some(broken_tx));
         let mut acks: Vec<oneshot::Sender<()>> = Vec::new();
         let mut failing = FailureLog::default();
@@ -54,7 +56,10 @@ impl ProberTask {
                 let _ = ack.send(());
             }
             // As a reload left them (seen here, or by the wait below).
-            let (interval, timeout) = *self.probing.borrow_and_update();
+            let (interval, timeout) = {
+                let cfg = self.config.borrow_and_update();
+                (cfg.health.interval, cfg.health.timeout)
+            };
             prober.set_timeout(timeout);
             // After a failure the next check comes sooner, so a crash reaches the threshold
             // in a fraction of the interval; a timed-out check already waited its share.
@@ -63,7 +68,7 @@ impl ProberTask {
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 // A reload's new interval takes effect at once.
-                _ = self.probing.changed() => {}
+                _ = self.config.changed() => {}
                 req = self.now_rx.recv() => match req {
                     Some(ack) => acks.extend(ack),
                     None => return,
