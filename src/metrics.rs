@@ -27,16 +27,20 @@ pub enum CloseReason {
     Error,
     /// The client's first bytes were no startup packet (an impossible length).
     InvalidStartup,
+    /// The route moved away from a quiet session's backend: it ended with a FATAL 57P01
+    /// between two statements (nothing of it was running).
+    EndedQuiet,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 6] = [
+    pub const ALL: [CloseReason; 7] = [
         CloseReason::ClientClosed,
         CloseReason::ServerClosed,
         CloseReason::RouteChanged,
         CloseReason::Shutdown,
         CloseReason::Error,
         CloseReason::InvalidStartup,
+        CloseReason::EndedQuiet,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -46,6 +50,7 @@ impl CloseReason {
             CloseReason::Shutdown => "shutdown",
             CloseReason::Error => "error",
             CloseReason::InvalidStartup => "invalid_startup",
+            CloseReason::EndedQuiet => "ended_quiet",
         }
     }
 }

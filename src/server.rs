@@ -113,6 +113,7 @@ impl Proxy {
             connect_failed,
             read_route: read_route.subscribe(),
             read_turn: Default::default(),
+            gate: Default::default(),
         });
         let shutdown = CancellationToken::new();
         let fatal = CancellationToken::new();

@@ -54,6 +54,8 @@ pub struct TestProxy {
     pub passive: mpsc::Receiver<pgfailover::cluster::BackendId>,
     pub shutdown: CancellationToken,
     pub task: JoinHandle<()>,
+    /// The data path itself (its pause gate and session census).
+    pub dp: Arc<DataPath>,
 }
 
 pub async fn data_path(backends: Vec<BackendConfig>, hold: Duration) -> TestProxy {
@@ -79,12 +81,13 @@ pub async fn data_path_with(backends: Vec<BackendConfig>, hold: Duration, tweak:
         connect_failed: tx,
         read_route: read_route.subscribe(),
         read_turn: Default::default(),
+        gate: Default::default(),
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(proxy::run(listener, dp, shutdown.clone()));
-    TestProxy { addr, route, read_route, metrics, passive, shutdown, task }
+    let task = tokio::spawn(proxy::run(listener, dp.clone(), shutdown.clone()));
+    TestProxy { addr, route, read_route, metrics, passive, shutdown, task, dp }
 }
 
 impl Drop for TestProxy {
