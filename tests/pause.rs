@@ -218,12 +218,12 @@ async fn resume_lets_a_hundred_held_sessions_go_on() {
     for (i, client) in clients.into_iter().enumerate() {
         tasks.push(tokio::spawn(async move { client.execute("insert into t values ($1)", &[&(i as i32)]).await.map(|_| ()) }));
     }
-    for i in 50..100 {
+    for i in 50..100i32 {
         let pw = pw.clone();
         let addr = p.addr;
         tasks.push(tokio::spawn(async move {
             let client = try_connect(addr, &pw).await?;
-            client.execute("insert into t values ($1)", &[&(i as i32)]).await.map(|_| ())
+            client.execute("insert into t values ($1)", &[&i]).await.map(|_| ())
         }));
     }
     eventually(SECS_10, "100 held", || async {

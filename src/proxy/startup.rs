@@ -32,10 +32,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::datapath::DataPath;
-use crate::cluster::BackendId;
 use super::placement::{Bound, Pick, Placement};
 use super::socket;
 use super::wire::{self, FirstReply, Packet, CANCEL_REQUEST, GSSENC_REQUEST, PROTOCOL_3, SSL_REQUEST};
+use crate::cluster::BackendId;
 
 /// Why a session could not be opened.
 pub enum Failed {
