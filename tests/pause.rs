@@ -12,7 +12,7 @@ use bytes::Bytes;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use pgfailover::cluster::BackendId;
-use pgfailover::proxy::gate::Scope;
+use pgfailover::cluster::Scope;
 use tokio::time::Instant;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};

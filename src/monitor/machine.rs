@@ -59,12 +59,14 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::cluster::{BackendId, Fence, FenceKind, FenceRecord};
+use crate::cluster::{Census, DrainRecord, Maintenance, PauseAck, PauseRecord, Scope};
 
 use super::event::{Event, EventKind};
 
 mod backend;
 mod coordination;
 mod decide;
+mod drain;
 mod eligibility;
 mod failover;
 mod inputs;
@@ -158,10 +160,33 @@ pub enum Action {
     /// Coordinated, leading: record this primary (outside a promotion); report with
     /// [`Machine::record_written`].
     RecordPrimary { backend: BackendId, recording: Recording },
+    /// Hold (or with `None` stop holding) sessions and new sessions in this scope in the
+    /// data path.
+    Gate(Option<Scope>),
+    /// Count the sessions in `scope` until they are quiet or `until`; report with
+    /// [`Machine::drained`].
+    AwaitDrain { id: DrainId, scope: Scope, until: Instant },
+    /// Coordinated, leading a switchover: share its drain (or with `None`, end it).
+    ShareDrain(Option<DrainRecord>),
+    /// Maintenance mode changed (persist it; `None`: ended).
+    Maintenance(Option<Maintenance>),
+    /// Coordinated: share maintenance mode's end (it ran out).
+    EndSharedMaintenance,
     /// A failover finished; its duration feeds the histogram.
     FailoverDone(Duration),
     /// A manual request finished: answer the operator.
     Concluded { attempt: u64, outcome: Outcome },
+}
+
+/// What an [`Action::AwaitDrain`] counts for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DrainId {
+    /// This proxy's switchover, by attempt.
+    Attempt(u64),
+    /// The leader's switchover as shared in etcd, by its id (this proxy follows).
+    Shared(String),
+    /// The operator's shared pause, by its id.
+    Pause(String),
 }
 
 /// The time of an input: monotonic for durations, wall clock for what people read.
@@ -185,6 +210,12 @@ pub enum Step {
     /// No candidate yet: confirming the primary is down, waiting for an eligible standby, or
     /// (promote = never) for another manager's promotion.
     Waiting,
+    /// Switchover: paused for the old primary; open transactions finish (until `until`).
+    /// `census`: this proxy's sessions on it once they settled or the time ran out.
+    Draining { until: Instant, census: Option<Census> },
+    /// Switchover: no proxy routes to the old primary any more (its sessions end); writes
+    /// are stopped once every coordinated proxy confirmed it, waited for since `since`.
+    Cutting { since: Instant },
     /// Switchover: writes are being stopped on the old primary.
     StoppingWrites,
     /// Switchover: the candidate is replaying up to the old primary's final position.
@@ -324,6 +355,28 @@ pub struct Machine {
     allow_asked: Option<Instant>,
     /// Coordination through etcd (`None`: this proxy decides alone).
     coord: Option<Coordination>,
+    /// The operator's pause (coordinated: as etcd shares it).
+    paused: Option<PauseRecord>,
+    /// Maintenance mode (coordinated: as etcd shares it), and when it ends.
+    maintenance: Option<(Maintenance, SystemTime)>,
+    /// The gate's scope last handed out in an [`Action::Gate`].
+    gate: Option<Scope>,
+    /// This proxy's answers to the shared pause and drain, for its view.
+    acks: Acks,
+}
+
+/// This proxy's answers to what the coordinated proxies share (see [`PauseAck`]), and which
+/// shared drain or pause it already counted for.
+#[derive(Clone, Debug, Default)]
+pub struct Acks {
+    /// To the operator's pause.
+    pub paused: Option<PauseAck>,
+    /// To the leader's drain.
+    pub drain: Option<PauseAck>,
+    /// The shared drain or pause this proxy asked to count for (once each).
+    counting: Vec<String>,
+    /// The drain record this proxy, leading, shared last.
+    shared_drain: Option<DrainRecord>,
 }
 
 impl Machine {
@@ -360,6 +413,10 @@ impl Machine {
             read_only_left: Default::default(),
             allow_asked: None,
             coord: None,
+            paused: None,
+            maintenance: None,
+            gate: None,
+            acks: Acks::default(),
         }
     }
 
@@ -375,6 +432,12 @@ impl Machine {
     /// Backends a switchover left read-only before a restart (from the state directory).
     pub fn with_read_only(mut self, read_only: impl IntoIterator<Item = BackendId>) -> Machine {
         self.read_only_left.extend(read_only);
+        self
+    }
+
+    /// Maintenance mode restored from the state directory (it ends when it ran out).
+    pub fn with_maintenance(mut self, m: Option<Maintenance>) -> Machine {
+        self.maintenance = m.and_then(|m| Some((humantime::parse_rfc3339_weak(&m.until).ok()?, m)).map(|(until, m)| (m, until)));
         self
     }
 

@@ -38,7 +38,7 @@ pub struct DataPath {
     /// The next turn of `balance = "round_robin"`.
     pub read_turn: AtomicUsize,
     /// The pause (held sessions and statements) and the census of open sessions.
-    pub gate: super::gate::Gate,
+    pub gate: Arc<super::gate::Gate>,
 }
 
 impl DataPath {

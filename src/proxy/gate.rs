@@ -19,16 +19,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{watch, Notify};
 
 use super::framing::{Standing, Track};
-use crate::cluster::BackendId;
-
-/// What a pause holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Scope {
-    /// Every session, on every port.
-    Everything,
-    /// Sessions on this backend, and new sessions that would go there.
-    Backend(BackendId),
-}
+use crate::cluster::{BackendId, Census, Scope};
 
 /// Encoded in one word for the data path's check: 0 none, 1 everything, `b + 2` a backend.
 const NONE: usize = 0;
@@ -39,33 +30,6 @@ fn encode(scope: Option<Scope>) -> usize {
         None => NONE,
         Some(Scope::Everything) => EVERYTHING,
         Some(Scope::Backend(b)) => b.index() + 2,
-    }
-}
-
-/// How the open sessions stand, counted at one moment.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Census {
-    /// Open sessions counted (in scope).
-    pub sessions: usize,
-    /// Idle in or out of a held statement.
-    pub quiet: usize,
-    /// In a transaction block.
-    pub in_transaction: usize,
-    /// A statement in flight outside a transaction block (or the startup).
-    pub running: usize,
-    /// Quiet sessions whose next message is held.
-    pub held: usize,
-    /// TLS passthrough (or unreadable) sessions: never waited for.
-    pub opaque: usize,
-    /// New sessions held before they connected.
-    pub held_new: usize,
-}
-
-impl Census {
-    /// Every readable session is quiet.
-    pub fn settled(&self) -> bool {
-        self.in_transaction == 0 && self.running == 0
     }
 }
 
@@ -94,6 +58,8 @@ pub struct Gate {
     sessions: Mutex<Registry>,
     /// New sessions waiting for the pause to end.
     held_new: AtomicUsize,
+    /// Open sessions whose next statement waits for the pause to end.
+    held: AtomicUsize,
 }
 
 impl Default for Gate {
@@ -104,6 +70,7 @@ impl Default for Gate {
             settled: Notify::new(),
             sessions: Mutex::new(Registry::default()),
             held_new: AtomicUsize::new(0),
+            held: AtomicUsize::new(0),
         }
     }
 }
@@ -135,6 +102,15 @@ impl Drop for HeldNew<'_> {
     }
 }
 
+/// An open session's statement counted as held.
+pub struct HeldStatement<'g>(&'g Gate);
+
+impl Drop for HeldStatement<'_> {
+    fn drop(&mut self) {
+        self.0.held.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Gate {
     /// Sets (or with `None` ends) the pause. Held statements and sessions look again.
     pub fn set(&self, scope: Option<Scope>) {
@@ -163,6 +139,17 @@ impl Gate {
     /// Waits until the scope changes.
     pub fn watch(&self) -> watch::Receiver<Option<Scope>> {
         self.changes.subscribe()
+    }
+
+    /// Sessions held now: statements and new sessions.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed) + self.held_new.load(Ordering::Relaxed)
+    }
+
+    /// Counts an open session's statement as held until the guard drops.
+    pub fn hold_statement(&self) -> HeldStatement<'_> {
+        self.held.fetch_add(1, Ordering::Relaxed);
+        HeldStatement(self)
     }
 
     /// Counts a new session as held until the guard drops.

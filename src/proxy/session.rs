@@ -213,6 +213,7 @@ impl Follow<'_> {
                     continue;
                 }
                 self.track.set_held(true);
+                let counted = self.gate.hold_statement();
                 self.gate.went_quiet();
                 while self.gate.holds(self.backend) {
                     if changes.changed().await.is_err() {
@@ -220,6 +221,7 @@ impl Follow<'_> {
                         std::future::pending::<()>().await;
                     }
                 }
+                drop(counted);
                 self.track.set_held(false);
             }
             self.framer.feed(data, self.track);

@@ -284,7 +284,7 @@ struct Hold {
     /// The last server failed us: pause before the next attempt.
     wait_first: bool,
     /// The data path's pause: a held client goes on when it ends.
-    pause: tokio::sync::watch::Receiver<Option<super::gate::Scope>>,
+    pause: tokio::sync::watch::Receiver<Option<crate::cluster::Scope>>,
 }
 
 impl Hold {
