@@ -149,9 +149,20 @@ impl Proxy {
             None => (None, None),
         };
         let coord = coordination.as_ref().map(|(c, _)| c.clone());
-        let monitor =
-            monitor::spawn(live.subscribe(), backends, (route, read_route), metrics.clone(), history, passive, gate, life, coordination, &monitor_tasks);
+        let monitor = monitor::spawn(
+            live.subscribe(),
+            backends,
+            (route, read_route),
+            metrics.clone(),
+            history,
+            passive,
+            gate.clone(),
+            life,
+            coordination,
+            &monitor_tasks,
+        );
         let admin_ctx = Arc::new(AdminContext {
+            gate,
             monitor: monitor.clone(),
             metrics: metrics.clone(),
             started: std::time::Instant::now(),
