@@ -205,3 +205,71 @@ async fn maintenance_mode_rides_out_a_primary_restart() {
         assert_eq!(post(p.admin_addr, "/failover/maintenance", Some(TOKEN), bad).await.status, 400, "{bad}");
     }
 }
+
+/// A health-check role that is no superuser cannot end a superuser's session: the
+/// switchover is undone (502) and says exactly that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_privilege_is_named_as_such() {
+    let c = cluster(1).await;
+    let pw = c.options.password.clone();
+    c.psql(
+        0,
+        &format!(
+            "create role pgf_monitor login replication password '{pw}' in role pg_monitor, pg_signal_backend; \
+             grant execute on function pg_promote(boolean, integer) to pgf_monitor; \
+             grant execute on function pg_reload_conf() to pgf_monitor; \
+             grant alter system on parameter default_transaction_read_only, primary_conninfo to pgf_monitor"
+        ),
+    )
+    .unwrap();
+    let mut cfg = config(&c, Duration::from_secs(1));
+    for b in std::iter::once(&mut cfg.primary).chain(cfg.standbys.iter_mut()) {
+        b.user = "pgf_monitor".into();
+    }
+    cfg.failover.trigger_wait = Duration::from_secs(2);
+    let p = start_proxy(cfg).await;
+    routed(&p, "pg-a").await;
+    // A superuser's session straight to the primary, which the checker may not end.
+    let direct = connect(node_addr(&c, 0), &pw).await;
+    let r = post(p.admin_addr, "/failover/trigger", Some(TOKEN), r#"{"target": "pg-b"}"#).await;
+    assert_eq!(r.status, 502, "{}", r.body);
+    let why = r.json()["error"].as_str().unwrap_or_default().to_string();
+    assert!(why.contains("1 superuser session(s) could not be ended") && why.contains("not a superuser"), "{why}");
+    routed(&p, "pg-a").await;
+    eventually(LIMIT, "pg-a writable again", || async { (c.psql(0, "show default_transaction_read_only").ok()? == "off").then_some(()) }).await;
+    drop(direct);
+}
+
+/// Clients that do not go through a paused proxy and keep reconnecting to the old primary
+/// are named as such when the switchover cannot end their sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_that_keep_reappearing_are_named_as_such() {
+    let c = cluster(1).await;
+    let pw = c.options.password.clone();
+    let mut cfg = config(&c, Duration::from_secs(1));
+    cfg.failover.trigger_wait = Duration::from_secs(2);
+    let p = start_proxy(cfg).await;
+    routed(&p, "pg-a").await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut loops = Vec::new();
+    for _ in 0..4 {
+        let (stop, pw, addr) = (stop.clone(), pw.clone(), node_addr(&c, 0));
+        loops.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(client) = try_connect(addr, &pw).await {
+                    let _ = client.batch_execute("select pg_sleep(0.05)").await;
+                }
+            }
+        }));
+    }
+    let r = post(p.admin_addr, "/failover/trigger", Some(TOKEN), r#"{"target": "pg-b"}"#).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for l in loops {
+        let _ = l.await;
+    }
+    assert_eq!(r.status, 502, "{}", r.body);
+    let why = r.json()["error"].as_str().unwrap_or_default().to_string();
+    assert!(why.contains("kept reappearing faster than they could be ended"), "{why}");
+    assert!(!why.contains("superuser"), "the checker is a superuser: {why}");
+    routed(&p, "pg-a").await;
+}

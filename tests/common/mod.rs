@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 pub mod binary;
 pub mod etcd;
+pub mod proxies;
 pub mod workload;
 
 /// Starts a cluster off the async runtime's worker (it blocks for ~1.5 s).
