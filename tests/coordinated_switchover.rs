@@ -111,7 +111,7 @@ async fn a_follower_that_cannot_confirm_makes_the_leader_undo_before_any_write_s
     let etcd = etcd::start(1).await;
     // A lease that outlives the wait: the frozen proxy stays a live member meanwhile.
     let o = Opts { lease_ttl: Duration::from_secs(30), drain_timeout: Duration::from_secs(1), ..Opts::new(&etcd) };
-    let mut ps = vec![ProxyProc::start(&c, "p1", &o, &[]).await, ProxyProc::start(&c, "p2", &o, &[]).await, ProxyProc::start(&c, "p3", &o, &[]).await];
+    let mut ps = [ProxyProc::start(&c, "p1", &o, &[]).await, ProxyProc::start(&c, "p2", &o, &[]).await, ProxyProc::start(&c, "p3", &o, &[]).await];
     let lead = agreed(&ps.iter().collect::<Vec<_>>(), "pg-a").await;
     let fi = ps.iter().position(|p| p.name != lead).unwrap();
     let frozen = ps[fi].name.clone();

@@ -63,7 +63,8 @@ async fn every_documented_status_is_real() {
     let lonely = start_proxy(proxy_config(&c, |cfg| {
         with_token(cfg);
         let endpoint = format!("http://127.0.0.1:{}", pgfailover::localpg::free_port().unwrap());
-        cfg.coordination = Some(pgfailover::config::CoordinationConfig { etcd_endpoints: vec![endpoint], ..pgfailover::config::CoordinationConfig::with_defaults() });
+        cfg.coordination =
+            Some(pgfailover::config::CoordinationConfig { etcd_endpoints: vec![endpoint], ..pgfailover::config::CoordinationConfig::with_defaults() });
     }))
     .await;
     for (path, body) in [("/failover/pause", "{\"timeout\": \"1s\"}"), ("/failover/resume", ""), ("/failover/maintenance", "{\"enabled\": true}")] {
