@@ -128,6 +128,9 @@ pub struct FailoverConfig {
     /// How long `POST /failover/trigger` waits for a promotion before answering 202; also
     /// the bound on each wait of a switchover (writes stopping, the standby catching up).
     pub trigger_wait: Duration,
+    /// A switchover first pauses and waits this long for open transactions to finish; those
+    /// still open then are cut.
+    pub drain_timeout: Duration,
     /// After a failover, point the other standbys at the new primary (auto mode).
     pub repoint_standbys: bool,
     /// With `[coordination]`: how many live proxies must see the primary down before the
@@ -307,6 +310,7 @@ impl Default for Config {
                 max_lag_bytes: 16 * 1024 * 1024,
                 promote_timeout: Duration::from_secs(10),
                 trigger_wait: Duration::from_secs(15),
+                drain_timeout: Duration::from_secs(5),
                 repoint_standbys: true,
                 quorum: Quorum::Majority,
             },

@@ -27,16 +27,20 @@ pub enum CloseReason {
     Error,
     /// The client's first bytes were no startup packet (an impossible length).
     InvalidStartup,
+    /// The route moved away from a quiet session's backend: it ended with a FATAL 57P01
+    /// between two statements (nothing of it was running).
+    EndedQuiet,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 6] = [
+    pub const ALL: [CloseReason; 7] = [
         CloseReason::ClientClosed,
         CloseReason::ServerClosed,
         CloseReason::RouteChanged,
         CloseReason::Shutdown,
         CloseReason::Error,
         CloseReason::InvalidStartup,
+        CloseReason::EndedQuiet,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -46,6 +50,7 @@ impl CloseReason {
             CloseReason::Shutdown => "shutdown",
             CloseReason::Error => "error",
             CloseReason::InvalidStartup => "invalid_startup",
+            CloseReason::EndedQuiet => "ended_quiet",
         }
     }
 }
@@ -97,6 +102,13 @@ pub struct Metrics {
     /// Per backend: 1 for the one this proxy routes new sessions to.
     pub routed_primary: Vec<Gauge>,
     pub primary_routable: Gauge,
+    /// 1 while the operator's pause holds everything.
+    pub paused: Gauge,
+    /// Sessions held by a pause or a switchover's drain: quiet sessions whose next statement
+    /// waits, and new sessions waiting to connect.
+    pub held_sessions: Gauge,
+    /// 1 while maintenance mode is on.
+    pub maintenance: Gauge,
     /// Microseconds without a routable primary; rendered as a float `_seconds_total`.
     no_primary_micros: AtomicU64,
     /// The data-path figures, read by the JSON API and copied into the Prometheus series
@@ -199,6 +211,9 @@ impl Metrics {
             routed_primary: per_backend("backend").into_iter().map(|l| gauge("pgfailover_routed_primary", "1 for the backend this proxy routes new sessions to.", l)).collect(),
             fenced_backends: gauge("pgfailover_fenced_backends", "Backends currently fenced (no traffic).", vec![]),
             primary_routable: gauge("pgfailover_primary_routable", "1 while new client connections have a primary to go to.", vec![]),
+            paused: gauge("pgfailover_paused", "1 while an operator's pause holds new sessions and quiet sessions' next statements (POST /failover/pause).", vec![]),
+            held_sessions: gauge("pgfailover_held_sessions", "Sessions held by a pause or a switchover's drain: quiet sessions whose next statement waits, and new sessions waiting to connect.", vec![]),
+            maintenance: gauge("pgfailover_maintenance", "1 while maintenance mode is on (no automatic failover or switchover).", vec![]),
             no_primary_micros: AtomicU64::new(0),
             stats: Stats::default(),
             handle: recorder.handle(),

@@ -105,6 +105,8 @@ impl Proxy {
         let read_route = ReadRouteWriter::default();
         let (connect_failed, passive) = mpsc::channel(64);
         let live = LiveWriter::new(Loaded::now(cfg.clone(), file));
+        // The data path's pause: the monitor writes it (from the machine's decisions).
+        let gate = Arc::new(crate::proxy::gate::Gate::default());
         let dp = Arc::new(DataPath {
             backends: backends.clone(),
             route: route.subscribe(),
@@ -113,6 +115,7 @@ impl Proxy {
             connect_failed,
             read_route: read_route.subscribe(),
             read_turn: Default::default(),
+            gate: gate.clone(),
         });
         let shutdown = CancellationToken::new();
         let fatal = CancellationToken::new();
@@ -146,8 +149,20 @@ impl Proxy {
             None => (None, None),
         };
         let coord = coordination.as_ref().map(|(c, _)| c.clone());
-        let monitor = monitor::spawn(live.subscribe(), backends, (route, read_route), metrics.clone(), history, passive, life, coordination, &monitor_tasks);
+        let monitor = monitor::spawn(
+            live.subscribe(),
+            backends,
+            (route, read_route),
+            metrics.clone(),
+            history,
+            passive,
+            gate.clone(),
+            life,
+            coordination,
+            &monitor_tasks,
+        );
         let admin_ctx = Arc::new(AdminContext {
+            gate,
             monitor: monitor.clone(),
             metrics: metrics.clone(),
             started: std::time::Instant::now(),

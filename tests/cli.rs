@@ -127,6 +127,7 @@ fn the_harness_writes_a_config_the_binary_accepts() {
         .failure_threshold(4)
         .promote("never")
         .hold_timeout(Duration::from_secs(7))
+        .drain_timeout(Duration::from_secs(3))
         .quorum("majority")
         .shutdown_grace(Duration::from_millis(1500))
         .shutdown_delay(Duration::from_secs(2))
@@ -137,7 +138,7 @@ fn the_harness_writes_a_config_the_binary_accepts() {
     let out = run(&[std::ffi::OsStr::new("--config"), site.config_path().as_os_str(), std::ffi::OsStr::new("--check")], &[]);
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{text}\n{}", cfg.render());
-    let head = format!("listen {}, admin {}, health every 150ms (timeout 700ms, threshold 4), promote never, hold 7s", cfg.listen(), cfg.admin());
+    let head = format!("listen {}, admin {}, health every 150ms (timeout 700ms, threshold 4), promote never, hold 7s, drain 3s", cfg.listen(), cfg.admin());
     assert!(text.contains(&head), "{head:?} not in {text}");
     assert!(text.contains("primary pg-a at 127.0.0.1:5432") && text.contains("standby pg-b at 127.0.0.1:5434"), "{text}");
 }

@@ -54,10 +54,24 @@ async fn every_documented_status_is_real() {
     // No token configured: POSTs are 403. No read-only port: /ready/ro is 404.
     let open = start_proxy(proxy_config(&c, |_| {})).await;
     assert_eq!(call(&mut seen, open.admin_addr, "GET", "/ready/ro", None, "").await.status, 404);
-    for path in ["/failover/trigger", "/failover/check-health", "/failover/unfence"] {
+    for path in ["/failover/trigger", "/failover/check-health", "/failover/unfence", "/failover/pause", "/failover/resume", "/failover/maintenance"] {
         call(&mut seen, open.admin_addr, "POST", path, Some(TOKEN), "").await;
     }
     drop(open);
+
+    // Coordinated with an etcd nobody runs: what goes through etcd is refused with 503.
+    let lonely = start_proxy(proxy_config(&c, |cfg| {
+        with_token(cfg);
+        let endpoint = format!("http://127.0.0.1:{}", pgfailover::localpg::free_port().unwrap());
+        cfg.coordination =
+            Some(pgfailover::config::CoordinationConfig { etcd_endpoints: vec![endpoint], ..pgfailover::config::CoordinationConfig::with_defaults() });
+    }))
+    .await;
+    for (path, body) in [("/failover/pause", "{\"timeout\": \"1s\"}"), ("/failover/resume", ""), ("/failover/maintenance", "{\"enabled\": true}")] {
+        let r = call(&mut seen, lonely.admin_addr, "POST", path, Some(TOKEN), body).await;
+        assert_eq!(r.status, 503, "{path}: {}", r.body);
+    }
+    drop(lonely);
 
     // trigger_wait of 1ms: a trigger answers 202 while the promotion runs.
     let quick = start_proxy(proxy_config(&c, |cfg| {
@@ -84,9 +98,18 @@ async fn every_documented_status_is_real() {
         assert_eq!(call(&mut seen, a, "GET", path, None, "").await.status, 200, "{path}");
     }
     assert_eq!(call(&mut seen, a, "GET", "/failover/history?limit=0", None, "").await.status, 400);
-    for path in ["/failover/trigger", "/failover/check-health", "/failover/unfence"] {
+    for path in ["/failover/trigger", "/failover/check-health", "/failover/unfence", "/failover/pause", "/failover/resume", "/failover/maintenance"] {
         assert_eq!(call(&mut seen, a, "POST", path, Some("wrong"), "").await.status, 401);
     }
+    // Pause, resume, maintenance: their answers and their bad bodies.
+    let r = call(&mut seen, a, "POST", "/failover/pause", Some(TOKEN), "{\"timeout\": \"2s\"}").await;
+    assert_eq!((r.status, r.json()["paused"].as_bool()), (200, Some(true)), "{}", r.body);
+    assert_eq!(call(&mut seen, a, "POST", "/failover/pause", Some(TOKEN), "{\"timeout\": 3}").await.status, 400);
+    assert_eq!(call(&mut seen, a, "POST", "/failover/resume", Some(TOKEN), "").await.status, 200);
+    assert_eq!(call(&mut seen, a, "POST", "/failover/resume", Some(TOKEN), "{\"now\": true}").await.status, 400);
+    assert_eq!(call(&mut seen, a, "POST", "/failover/maintenance", Some(TOKEN), "{\"enabled\": true, \"reason\": \"openapi\"}").await.status, 200);
+    assert_eq!(call(&mut seen, a, "POST", "/failover/maintenance", Some(TOKEN), "{\"enabled\": false}").await.status, 200);
+    assert_eq!(call(&mut seen, a, "POST", "/failover/maintenance", Some(TOKEN), "{}").await.status, 400);
     assert_eq!(call(&mut seen, a, "POST", "/failover/check-health", Some(TOKEN), "").await.status, 200);
     assert_eq!(call(&mut seen, a, "POST", "/failover/trigger", Some(TOKEN), "{oops").await.status, 400);
     let big = " ".repeat(65 * 1024 + 1);

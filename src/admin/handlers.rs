@@ -140,15 +140,36 @@ pub async fn post(req: Request<Incoming>, path: &str, ctx: &AdminContext, peer: 
         Err(r) => r,
         Ok(()) => match read_body(req).await {
             Err(r) => r,
-            Ok(body) => match path {
-                "/failover/trigger" | "/failover/unfence" if follower(ctx) => forward(ctx, path, body, &caller).await,
-                "/failover/trigger" => trigger(ctx, body, &caller).await,
-                "/failover/check-health" => {
-                    let s = ctx.monitor.check_now(live.check_wait).await;
-                    json(StatusCode::OK, &json!({ "state": s.state, "currentPrimary": s.current_primary, "backends": s.backends }))
-                }
-                "/failover/unfence" => unfence(ctx, body.target, &caller).await,
-                _ => error(StatusCode::NOT_FOUND, "no such endpoint"),
+            Ok(bytes) => match path {
+                "/failover/pause" => match parse(&bytes, super::pause::PAUSE_EXAMPLE) {
+                    Ok(body) => super::pause::pause(ctx, body, &caller).await,
+                    Err(r) => r,
+                },
+                "/failover/resume" => match parse::<Empty>(&bytes, "{}") {
+                    Ok(_) => super::pause::resume(ctx, &caller).await,
+                    Err(r) => r,
+                },
+                "/failover/maintenance" => match parse(&bytes, super::pause::MAINTENANCE_EXAMPLE) {
+                    Ok(Some(body)) => super::pause::maintenance(ctx, body, &caller).await,
+                    Ok(None) => error(StatusCode::BAD_REQUEST, &format!("body required, like {}", super::pause::MAINTENANCE_EXAMPLE)),
+                    Err(r) => r,
+                },
+                _ => match parse::<TargetBody>(&bytes, "{\"target\": \"pg-b\"} or {\"force\": true}") {
+                    Err(r) => r,
+                    Ok(body) => {
+                        let body = body.unwrap_or_default();
+                        match path {
+                            "/failover/trigger" | "/failover/unfence" if follower(ctx) => forward(ctx, path, body, &caller).await,
+                            "/failover/trigger" => trigger(ctx, body, &caller).await,
+                            "/failover/check-health" => {
+                                let s = ctx.monitor.check_now(live.check_wait).await;
+                                json(StatusCode::OK, &json!({ "state": s.state, "currentPrimary": s.current_primary, "backends": s.backends }))
+                            }
+                            "/failover/unfence" => unfence(ctx, body.target, &caller).await,
+                            _ => error(StatusCode::NOT_FOUND, "no such endpoint"),
+                        }
+                    }
+                },
             },
         },
     };
@@ -162,6 +183,11 @@ pub async fn post(req: Request<Incoming>, path: &str, ctx: &AdminContext, peer: 
     reply
 }
 
+/// A body that must be empty or `{}`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Empty {}
+
 /// Coordinated, and another proxy leads (as the monitor's view of etcd has it): triggers and
 /// unfences are the leader's.
 fn follower(ctx: &AdminContext) -> bool {
@@ -171,10 +197,8 @@ fn follower(ctx: &AdminContext) -> bool {
 /// Hands a trigger or an unfence to the leading proxy and answers with its answer.
 async fn forward(ctx: &AdminContext, path: &str, body: TargetBody, caller: &str) -> Reply {
     let Some(coord) = &ctx.coord else { return error(StatusCode::CONFLICT, "not coordinated") };
-    let mut id = [0u8; 8];
-    let _ = openssl::rand::rand_bytes(&mut id);
     let request = crate::cluster::Request {
-        id: id.iter().map(|b| format!("{b:02x}")).collect(),
+        id: random_id(),
         op: if path == "/failover/trigger" { "trigger" } else { "unfence" }.into(),
         target: body.target,
         force: body.force,
@@ -188,6 +212,13 @@ async fn forward(ctx: &AdminContext, path: &str, body: TargetBody, caller: &str)
         }
         Err(why) => error(StatusCode::CONFLICT, &format!("this proxy does not lead, and the request could not be handed to the leader: {why}")),
     }
+}
+
+/// 16 random hex digits: names a request or a pause.
+pub(super) fn random_id() -> String {
+    let mut id = [0u8; 8];
+    let _ = openssl::rand::rand_bytes(&mut id);
+    id.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Carries out a request another proxy handed to this one (the leader).
@@ -210,26 +241,30 @@ struct TargetBody {
     force: bool,
 }
 
-/// Reads an optional `{"target": "name", "force": true}` body: 413 when too large, 400 when
-/// malformed.
-async fn read_body(req: Request<Incoming>) -> Result<TargetBody, Reply> {
+/// Reads a request's body: 413 when too large, 408 when it does not come in time.
+async fn read_body(req: Request<Incoming>) -> Result<bytes::Bytes, Reply> {
     let too_large = || error(StatusCode::PAYLOAD_TOO_LARGE, &format!("request body over {MAX_BODY} bytes"));
     let declared = req.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_BODY as u64) {
         return Err(too_large());
     }
     let collected = tokio::time::timeout(Duration::from_secs(10), Limited::new(req.into_body(), MAX_BODY).collect()).await;
-    let bytes = match collected {
-        Err(_) => return Err(error(StatusCode::REQUEST_TIMEOUT, "request body not received in time")),
-        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return Err(too_large()),
-        Ok(Err(e)) => return Err(error(StatusCode::BAD_REQUEST, &format!("cannot read the body: {e}"))),
-        Ok(Ok(b)) => b.to_bytes(),
-    };
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(TargetBody::default());
+    match collected {
+        Err(_) => Err(error(StatusCode::REQUEST_TIMEOUT, "request body not received in time")),
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
+        Ok(Err(e)) => Err(error(StatusCode::BAD_REQUEST, &format!("cannot read the body: {e}"))),
+        Ok(Ok(b)) => Ok(b.to_bytes()),
     }
-    serde_json::from_slice(&bytes)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("body must be JSON like {{\"target\": \"pg-b\"}} or {{\"force\": true}}: {e}")))
+}
+
+/// An optional JSON body (`None` when empty); 400, naming `example`, when malformed.
+// The error is the reply itself, built once per request: boxing it would gain nothing.
+#[allow(clippy::result_large_err)]
+fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8], example: &str) -> Result<Option<T>, Reply> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(bytes).map(Some).map_err(|e| error(StatusCode::BAD_REQUEST, &format!("body must be JSON like {example}: {e}")))
 }
 
 fn refusal(r: Refusal) -> Reply {
@@ -256,7 +291,7 @@ async fn trigger(ctx: &AdminContext, body: TargetBody, caller: &str) -> Reply {
         // A switchover's own steps are bounded and always answered: no deadline then. An
         // attempt that just ended sends its outcome next: a short grace.
         let wait_until = match status.borrow_and_update().failover_in_progress.as_ref().map(|f| f.phase) {
-            Some("stopping_writes" | "catching_up" | "cascading" | "undoing") => None,
+            Some("draining" | "cutting" | "stopping_writes" | "catching_up" | "cascading" | "undoing") => None,
             Some(_) => Some(deadline),
             None => Some(deadline.max(tokio::time::Instant::now() + Duration::from_secs(5))),
         };

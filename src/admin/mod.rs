@@ -9,6 +9,9 @@
 //! | POST | /failover/trigger | manual failover, body `{"target": "name"}` optional |
 //! | POST | /failover/check-health | run every check now and return the results |
 //! | POST | /failover/unfence | clear a fence, body `{"target": "name"}` |
+//! | POST | /failover/pause | hold new sessions and quiet sessions' next statements; answers once every session is quiet or `{"timeout": "10s"}` ran out |
+//! | POST | /failover/resume | let everything held go on, on the same server |
+//! | POST | /failover/maintenance | `{"enabled": true, "reason": "...", "duration": "30m"}`: no automatic failover or switchover while on |
 //! | GET | /metrics | Prometheus text format |
 //! | GET | /health | liveness: 200 while the process serves |
 //! | GET | /ready | readiness: 200 while a primary is routable, else 503 |
@@ -37,6 +40,7 @@ use crate::monitor::MonitorHandle;
 
 mod auth;
 mod handlers;
+mod pause;
 
 /// Largest request body accepted (413 beyond).
 pub const MAX_BODY: usize = 64 * 1024;
@@ -57,6 +61,9 @@ pub struct AdminContext {
     pub coord: Option<crate::coord::Coordinator>,
     /// The configuration in force (a reload replaces it).
     pub config: crate::live::LiveConfig,
+    /// The data path's pause switch and session census (`/failover/pause` counts with it;
+    /// only the monitor sets it).
+    pub gate: Arc<crate::proxy::gate::Gate>,
     /// Set on SIGTERM: `/ready` and `/ready/ro` answer 503 from then on.
     pub stopping: std::sync::atomic::AtomicBool,
 }
@@ -185,7 +192,7 @@ async fn route(req: Request<Incoming>, ctx: &AdminContext, peer: SocketAddr) -> 
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     let allowed: &str = match path.as_str() {
-        "/failover/trigger" | "/failover/check-health" | "/failover/unfence" => "POST",
+        "/failover/trigger" | "/failover/check-health" | "/failover/unfence" | "/failover/pause" | "/failover/resume" | "/failover/maintenance" => "POST",
         "/failover/status" | "/failover/metrics" | "/failover/health" | "/failover/history" | "/metrics" | "/health" | "/ready" | "/ready/ro" => "GET",
         _ => return error(StatusCode::NOT_FOUND, &format!("no such endpoint: {path}")),
     };

@@ -5,7 +5,7 @@ use pgfailover::config::Config;
 /// One line per backend and the key settings; never a secret.
 pub fn summary(cfg: &Config) -> String {
     let mut s = format!(
-        "configuration OK: listen {}, admin {}, health every {} (timeout {}, threshold {}), promote {}, hold {}, max clients {}",
+        "configuration OK: listen {}, admin {}, health every {} (timeout {}, threshold {}), promote {}, hold {}, drain {}, max clients {}",
         cfg.listen,
         cfg.admin_listen,
         humantime::format_duration(cfg.health.interval),
@@ -13,6 +13,7 @@ pub fn summary(cfg: &Config) -> String {
         cfg.health.failure_threshold,
         cfg.failover.promote,
         humantime::format_duration(cfg.failover.hold_timeout),
+        humantime::format_duration(cfg.failover.drain_timeout),
         cfg.proxy.max_client_connections,
     );
     for (i, b) in cfg.backends().iter().enumerate() {

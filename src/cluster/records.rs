@@ -50,6 +50,12 @@ pub struct MemberView {
     pub down: Vec<String>,
     /// Per backend: what its checks say ("primary", "standby", "down", "unknown").
     pub backends: BTreeMap<String, String>,
+    /// Its answer to the operator's shared pause, once it holds everything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<super::PauseAck>,
+    /// Its answer to a switchover's shared drain: the phase it carried out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<super::PauseAck>,
 }
 
 /// An admin request a follower hands to the leader.

@@ -69,6 +69,8 @@ struct RawFailover {
     promote_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     trigger_wait: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    drain_timeout: Option<Duration>,
     repoint_standbys: Option<bool>,
     quorum: Option<String>,
 }
@@ -210,6 +212,7 @@ pub(super) fn apply_file(cfg: &mut Config, raw: RawFile, label: &str, base: Opti
         set(&mut cfg.failover.max_lag_bytes, f.max_lag_bytes);
         set(&mut cfg.failover.promote_timeout, f.promote_timeout);
         set(&mut cfg.failover.trigger_wait, f.trigger_wait);
+        set(&mut cfg.failover.drain_timeout, f.drain_timeout);
         set(&mut cfg.failover.repoint_standbys, f.repoint_standbys);
         if let Some(q) = f.quorum {
             cfg.failover.quorum = parse_quorum(&q).map_err(|r| ConfigError::invalid(label, "failover.quorum", r))?;

@@ -98,6 +98,9 @@ pub(super) fn apply_env(cfg: &mut Config, env: EnvLookup<'_>) -> Result<(), Conf
     if let Some(v) = env("PGFAILOVER_HOLD_TIMEOUT") {
         cfg.failover.hold_timeout = parse_duration(&v).map_err(|r| bad("PGFAILOVER_HOLD_TIMEOUT", r))?;
     }
+    if let Some(v) = env("PGFAILOVER_DRAIN_TIMEOUT") {
+        cfg.failover.drain_timeout = parse_duration(&v).map_err(|r| bad("PGFAILOVER_DRAIN_TIMEOUT", r))?;
+    }
     if let Some(v) = env("PGFAILOVER_REPOINT_STANDBYS") {
         cfg.failover.repoint_standbys = parse_bool(&v).ok_or_else(|| bad("PGFAILOVER_REPOINT_STANDBYS", format!("{v:?} is not true/false")))?;
     }

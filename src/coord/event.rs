@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::cluster::{FenceRecord, MemberView, PrimaryRecord};
+use crate::cluster::{DrainRecord, FenceRecord, Maintenance, MemberView, PauseRecord, PrimaryRecord};
 
 /// One piece of etcd's news.
 #[derive(Clone, Debug, PartialEq)]
@@ -23,6 +23,12 @@ pub enum Event {
     Fence { backend: String, fence: SharedFence },
     /// A live proxy published its view (`Some`), or left (`None`).
     Member { name: String, view: Option<MemberView> },
+    /// The operator's shared pause was set (`Some`) or lifted.
+    Pause(Option<PauseRecord>),
+    /// The leader's switchover drain changed (or ended).
+    Drain(Option<DrainRecord>),
+    /// Maintenance mode was turned on (`Some`) or off.
+    Maintenance(Option<Maintenance>),
     /// A fence that was to be shared only while the record stayed at the revision its
     /// decision rested on was not: the record had moved (the batch brings the new one).
     FenceRefused { backend: String },
@@ -52,4 +58,10 @@ pub struct Snapshot {
     pub fences: BTreeMap<String, SharedFence>,
     /// The live proxies' views, by name.
     pub members: BTreeMap<String, MemberView>,
+    /// The operator's shared pause, if any.
+    pub pause: Option<PauseRecord>,
+    /// The leader's switchover drain, if any.
+    pub drain: Option<DrainRecord>,
+    /// Maintenance mode, if on.
+    pub maintenance: Option<Maintenance>,
 }

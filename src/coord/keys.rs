@@ -9,11 +9,14 @@
 //! | `members/<name>` | [`MemberView`]: a proxy's own view of the backends | the proxy's |
 //! | `requests/<id>` | [`Request`]: an admin request a follower hands to the leader | the follower's |
 //! | `responses/<id>` | [`Response`](crate::cluster::Response): the leader's answer to it | the leader's |
+//! | `pause` | [`PauseRecord`]: the operator's pause, until a resume deletes it | none |
+//! | `drain` | [`DrainRecord`]: the leader's switchover drain | the leader's |
+//! | `maintenance` | [`Maintenance`]: maintenance mode, until turned off or it runs out | none |
 //!
 //! [`Keys::decode`] turns a key and its value into what it says ([`Decoded`]): pure, and
 //! unit-tested below. Judging what it means is the machine's.
 
-use crate::cluster::{FenceRecord, MemberView, PrimaryRecord, Request};
+use crate::cluster::{DrainRecord, FenceRecord, Maintenance, MemberView, PauseRecord, PrimaryRecord, Request};
 
 use super::event::SharedFence;
 
@@ -46,12 +49,18 @@ impl Keys {
     pub fn response(&self, id: &str) -> String {
         format!("{}responses/{id}", self.prefix)
     }
+    pub fn shared(&self, which: Shared) -> String {
+        format!("{}{}", self.prefix, which.name())
+    }
 
     /// What a key under the prefix names.
     pub fn parse<'k>(&self, key: &'k str) -> Option<KeyKind<'k>> {
         let rest = key.strip_prefix(&self.prefix)?;
         Some(match rest.split_once('/') {
             None if rest == "primary" => KeyKind::Primary,
+            None if rest == "pause" => KeyKind::Shared(Shared::Pause),
+            None if rest == "drain" => KeyKind::Shared(Shared::Drain),
+            None if rest == "maintenance" => KeyKind::Shared(Shared::Maintenance),
             Some(("leader", k)) => KeyKind::Election(k),
             Some(("fences", b)) => KeyKind::Fence(b),
             Some(("members", n)) => KeyKind::Member(n),
@@ -62,10 +71,29 @@ impl Keys {
     }
 }
 
+/// The single keys that hold one shared state each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shared {
+    Pause,
+    Drain,
+    Maintenance,
+}
+
+impl Shared {
+    fn name(self) -> &'static str {
+        match self {
+            Shared::Pause => "pause",
+            Shared::Drain => "drain",
+            Shared::Maintenance => "maintenance",
+        }
+    }
+}
+
 /// The kinds of keys under the prefix.
 #[derive(Debug, PartialEq, Eq)]
 pub enum KeyKind<'k> {
     Primary,
+    Shared(Shared),
     Election(&'k str),
     Fence(&'k str),
     Member(&'k str),
@@ -106,6 +134,12 @@ pub enum Decoded {
     Election(String, Option<(i64, String)>),
     /// A follower's request for the leader, by its id.
     Request(String, Request),
+    /// The operator's pause (`None`: deleted, or unreadable).
+    Pause(Option<PauseRecord>),
+    /// The leader's drain (`None`: deleted, or unreadable).
+    Drain(Option<DrainRecord>),
+    /// Maintenance mode (`None`: deleted, or unreadable).
+    Maintenance(Option<Maintenance>),
     /// Nothing this proxy reads: a response, a view it cannot read, a deleted request,
     /// another key.
     Nothing,
@@ -133,6 +167,14 @@ impl Keys {
                 Ok(v) => Decoded::Member(name.to_string(), Some(v)),
                 Err(_) => Decoded::Nothing,
             },
+            Some(KeyKind::Shared(which)) => {
+                let value = if deleted { &[][..] } else { kv.value };
+                match which {
+                    Shared::Pause => Decoded::Pause(serde_json::from_slice(value).ok()),
+                    Shared::Drain => Decoded::Drain(serde_json::from_slice(value).ok()),
+                    Shared::Maintenance => Decoded::Maintenance(serde_json::from_slice(value).ok()),
+                }
+            }
             Some(KeyKind::Request(id)) if !deleted => match serde_json::from_slice::<Request>(kv.value) {
                 Ok(r) => Decoded::Request(id.to_string(), r),
                 Err(_) => Decoded::Nothing,
@@ -188,7 +230,15 @@ mod tests {
     #[test]
     fn members_elections_and_requests_decode() {
         let k = Keys::new("main");
-        let view = MemberView { name: "p2".into(), leader: false, primary: Some("pg-a".into()), down: vec![], backends: Default::default() };
+        let view = MemberView {
+            name: "p2".into(),
+            leader: false,
+            primary: Some("pg-a".into()),
+            down: vec![],
+            backends: Default::default(),
+            paused: None,
+            drain: None,
+        };
         let json = serde_json::to_vec(&view).unwrap();
         assert_eq!(k.decode(kv(&k.member("p2"), &json, 3, 3), false), Decoded::Member("p2".into(), Some(view)));
         assert_eq!(k.decode(kv(&k.member("p2"), b"", 0, 4), true), Decoded::Member("p2".into(), None));
@@ -204,5 +254,24 @@ mod tests {
         assert_eq!(k.decode(kv(&k.request("ab12"), b"", 0, 21), true), Decoded::Nothing);
         assert_eq!(k.decode(kv(&k.response("ab12"), b"{}", 22, 22), false), Decoded::Nothing);
         assert_eq!(k.decode(kv("/pgfailover/other/primary", b"{}", 1, 1), false), Decoded::Nothing);
+    }
+
+    #[test]
+    fn pause_drain_and_maintenance_decode() {
+        use crate::cluster::DrainPhase;
+        let k = Keys::new("main");
+        assert_eq!(k.parse(&k.shared(Shared::Drain)), Some(KeyKind::Shared(Shared::Drain)));
+        let pause = PauseRecord { id: "x1".into(), by: "alice".into(), since: "2026-12-04T20:00:00Z".into(), timeout_ms: 10_000 };
+        let json = serde_json::to_vec(&pause).unwrap();
+        assert_eq!(k.decode(kv(&k.shared(Shared::Pause), &json, 5, 5), false), Decoded::Pause(Some(pause)));
+        assert_eq!(k.decode(kv(&k.shared(Shared::Pause), b"", 0, 6), true), Decoded::Pause(None));
+        let drain = DrainRecord { id: "p1-3".into(), from: "pg-a".into(), to: "pg-b".into(), phase: DrainPhase::Cut, drain_ms: 5000, by: "p1".into() };
+        let json = serde_json::to_vec(&drain).unwrap();
+        assert!(String::from_utf8_lossy(&json).contains("\"phase\":\"cut\""));
+        assert_eq!(k.decode(kv(&k.shared(Shared::Drain), &json, 7, 7), false), Decoded::Drain(Some(drain)));
+        let m = Maintenance { reason: "minor upgrade".into(), until: "2026-12-04T21:00:00Z".into(), by: "bob".into(), since: "2026-12-04T20:00:00Z".into() };
+        let json = serde_json::to_vec(&m).unwrap();
+        assert_eq!(k.decode(kv(&k.shared(Shared::Maintenance), &json, 8, 8), false), Decoded::Maintenance(Some(m)));
+        assert_eq!(k.decode(kv(&k.shared(Shared::Maintenance), b"{", 8, 9), false), Decoded::Maintenance(None), "unreadable counts as off");
     }
 }

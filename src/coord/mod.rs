@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cluster::{FenceRecord, MemberView, PrimaryRecord, Request, Response};
+use crate::cluster::{DrainRecord, FenceRecord, Maintenance, MemberView, PauseRecord, PrimaryRecord, Request, Response};
 use crate::config::CoordinationConfig;
 
 mod connection;
@@ -69,6 +69,19 @@ pub(crate) enum Cmd {
     Forward { request: Request, wait: Duration, reply: oneshot::Sender<Result<Response, CoordError>> },
     /// The leader's answer to a forwarded request.
     Respond { id: String, response: Response },
+    /// Writes (or deletes) one of the single shared keys.
+    Share { what: SharedWrite, reply: oneshot::Sender<Result<(), CoordError>> },
+}
+
+/// A write of one of the single shared keys (`None`: delete it).
+#[derive(Clone, Debug)]
+pub enum SharedWrite {
+    /// The operator's pause (any proxy may write it).
+    Pause(Option<PauseRecord>),
+    /// The leader's switchover drain, on its lease: it goes with the leader.
+    Drain(Option<DrainRecord>),
+    /// Maintenance mode (any proxy may write it).
+    Maintenance(Option<Maintenance>),
 }
 
 /// How the monitor and the admin port talk to the coordinator. Cheap to clone.
@@ -150,6 +163,11 @@ impl Coordinator {
         let (reply, rx) = oneshot::channel();
         self.cmds.send(make(reply)).map_err(|_| CoordError::Stopped)?;
         rx.await.map_err(|_| CoordError::Stopped)?
+    }
+
+    /// Writes (or deletes) the shared pause, drain or maintenance key.
+    pub async fn share(&self, what: SharedWrite) -> Result<(), CoordError> {
+        self.ask(|reply| Cmd::Share { what, reply }).await
     }
 
     pub fn respond(&self, id: String, response: Response) {

@@ -22,9 +22,9 @@ use crate::config::CoordinationConfig;
 use super::election::Election;
 use super::event::{Event, SharedFence, Snapshot};
 use super::fences::FenceQueue;
-use super::keys::{Decoded, Keys, Kv};
+use super::keys::{Decoded, Keys, Kv, Shared};
 use super::{connection, forward, gate, lease};
-use super::{Cmd, CoordError, Figures};
+use super::{Cmd, CoordError, Figures, SharedWrite};
 
 /// The coordinator's ends of its channels.
 pub(super) struct Channels {
@@ -112,6 +112,9 @@ fn refuse(cmd: Cmd, why: CoordError, link: &mut Link) {
         Cmd::PutFence { backend, fence, while_record } => link.fences.put(backend, fence, while_record),
         Cmd::DeleteFence { backend, revision } => link.fences.delete(backend, revision),
         Cmd::Respond { .. } => {}
+        Cmd::Share { reply, .. } => {
+            let _ = reply.send(Err(why));
+        }
     }
 }
 
@@ -308,6 +311,9 @@ fn load(link: &mut Link, kvs: &[KeyValue]) -> Vec<Event> {
                 }
                 snapshot.fences.insert(backend, fence);
             }
+            Decoded::Pause(p) => snapshot.pause = p,
+            Decoded::Drain(d) => snapshot.drain = d,
+            Decoded::Maintenance(m) => snapshot.maintenance = m,
             _ => {}
         }
     }
@@ -333,7 +339,27 @@ async fn apply(link: &mut Link, kv: &KeyValue, deleted: bool, batch: &mut Vec<Ev
         Decoded::Request(id, request) if link.election.own().is_some() && link.handled.insert(id.clone()) => {
             let _ = requests.send(request).await;
         }
+        Decoded::Pause(p) => batch.push(Event::Pause(p)),
+        Decoded::Drain(d) => batch.push(Event::Drain(d)),
+        Decoded::Maintenance(m) => batch.push(Event::Maintenance(m)),
         _ => {}
+    }
+}
+
+/// Writes or deletes one of the single shared keys (the drain on this session's lease).
+async fn share(client: &mut Client, keys: &Keys, what: SharedWrite, lease: i64) -> Result<(), CoordError> {
+    let (key, value, on_lease) = match &what {
+        SharedWrite::Pause(p) => (keys.shared(Shared::Pause), p.as_ref().map(serde_json::to_vec), false),
+        SharedWrite::Drain(d) => (keys.shared(Shared::Drain), d.as_ref().map(serde_json::to_vec), true),
+        SharedWrite::Maintenance(m) => (keys.shared(Shared::Maintenance), m.as_ref().map(serde_json::to_vec), false),
+    };
+    match value {
+        Some(json) => {
+            let json = json.map_err(|e| CoordError::Etcd(e.to_string()))?;
+            let options = on_lease.then(|| PutOptions::new().with_lease(lease));
+            client.put(key, json, options).await.map(|_| ()).map_err(CoordError::etcd)
+        }
+        None => client.delete(key, None).await.map(|_| ()).map_err(CoordError::etcd),
     }
 }
 
@@ -394,6 +420,9 @@ async fn handle(cmd: Cmd, client: &mut Client, link: &mut Link, lease: i64, dead
             });
         }
         Cmd::Respond { id, response } => forward::respond(client, &link.keys, &id, &response, lease).await,
+        Cmd::Share { what, reply } => {
+            let _ = reply.send(share(client, &link.keys, what, lease).await);
+        }
     }
     Ok(())
 }

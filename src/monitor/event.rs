@@ -1,5 +1,5 @@
 //! What the history records: failovers, recoveries, fences, split brains, switchovers
-//! undone and standbys re-pointed.
+//! undone, standbys re-pointed, pauses and maintenance mode.
 
 use serde::{Deserialize, Serialize};
 
@@ -16,6 +16,14 @@ pub enum EventKind {
     SwitchoverAborted,
     /// A standby was pointed at the new primary.
     Repoint,
+    /// An operator paused the proxies (new sessions and quiet sessions' statements held).
+    Pause,
+    /// The pause ended.
+    Resume,
+    /// Maintenance mode began: no automatic failover or switchover while it lasts.
+    MaintenanceOn,
+    /// Maintenance mode ended (turned off, or ran out).
+    MaintenanceOff,
 }
 
 impl EventKind {
@@ -30,6 +38,10 @@ impl EventKind {
             EventKind::SplitBrain => "split_brain",
             EventKind::SwitchoverAborted => "switchover_aborted",
             EventKind::Repoint => "repoint",
+            EventKind::Pause => "pause",
+            EventKind::Resume => "resume",
+            EventKind::MaintenanceOn => "maintenance_on",
+            EventKind::MaintenanceOff => "maintenance_off",
         }
     }
 }

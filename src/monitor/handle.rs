@@ -66,6 +66,15 @@ pub(super) enum Command {
     },
     /// Answered after every earlier command was handled.
     Sync(oneshot::Sender<()>),
+    /// A count asked for by the machine ([`crate::monitor::machine::Action::AwaitDrain`]).
+    Drained {
+        id: crate::monitor::machine::DrainId,
+        census: crate::cluster::Census,
+    },
+    /// The operator pauses (`Some`) or resumes (not coordinated: etcd carries it then).
+    Pause(Option<crate::cluster::PauseRecord>),
+    /// Maintenance mode on (`Some`) or off (not coordinated: etcd carries it then).
+    Maintenance(Option<crate::cluster::Maintenance>),
     /// Fault injection for tests: the monitor task panics.
     #[cfg(feature = "testkit")]
     Crash,
@@ -125,6 +134,33 @@ impl MonitorHandle {
     #[cfg(feature = "testkit")]
     pub async fn crash_for_test(&self) {
         let _ = self.commands.send(Command::Crash).await;
+    }
+
+    /// The operator pauses (`Some`) or resumes this proxy (decided alone; coordinated, the
+    /// pause goes through etcd). Returns once the status shows it.
+    pub async fn pause(&self, pause: Option<crate::cluster::PauseRecord>) -> bool {
+        let want = pause.is_some();
+        if self.commands.send(Command::Pause(pause)).await.is_err() {
+            return false;
+        }
+        self.status_until(|s| s.paused == want).await
+    }
+
+    /// Maintenance mode on (`Some`) or off for this proxy (decided alone; coordinated, it
+    /// goes through etcd). Returns once the status shows it.
+    pub async fn maintenance(&self, m: Option<crate::cluster::Maintenance>) -> bool {
+        let want = m.is_some();
+        if self.commands.send(Command::Maintenance(m)).await.is_err() {
+            return false;
+        }
+        self.status_until(|s| s.maintenance.enabled == want).await
+    }
+
+    /// Waits (up to 10 s) until the published status satisfies `ok`.
+    pub async fn status_until(&self, ok: impl Fn(&Status) -> bool) -> bool {
+        let mut status = self.status.clone();
+        let seen = tokio::time::timeout(Duration::from_secs(10), status.wait_for(|s| ok(s))).await;
+        matches!(seen, Ok(Ok(_)))
     }
 
     /// Waits (up to `limit`) until the monitor decides with the configuration of `digest`

@@ -36,6 +36,9 @@ pub struct Kept {
     pub fences: Fences,
     #[serde(default)]
     pub read_only: std::collections::BTreeSet<String>,
+    /// Maintenance mode, while on (it must outlive a restart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<crate::cluster::Maintenance>,
 }
 
 /// The event store: memory plus the optional journal.
@@ -93,6 +96,11 @@ impl History {
         self.kept.read_only.clone()
     }
 
+    /// Maintenance mode as restored at start.
+    pub fn maintenance(&self) -> Option<crate::cluster::Maintenance> {
+        self.kept.maintenance.clone()
+    }
+
     /// Records an event: memory now, disk in the background.
     pub fn push(&mut self, e: Event) {
         if let Some(j) = &self.journal {
@@ -106,7 +114,7 @@ impl History {
 
     /// Stores the current fences (in the background) when they changed.
     pub fn set_fences(&mut self, fences: Fences) {
-        let kept = Kept { fences, read_only: self.kept.read_only.clone() };
+        let kept = Kept { fences, read_only: self.kept.read_only.clone(), maintenance: self.kept.maintenance.clone() };
         self.set_kept(kept);
     }
 

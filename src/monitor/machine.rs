@@ -59,14 +59,17 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::cluster::{BackendId, Fence, FenceKind, FenceRecord};
+use crate::cluster::{DrainRecord, Maintenance, PauseAck, PauseRecord, Scope};
 
 use super::event::{Event, EventKind};
 
 mod backend;
 mod coordination;
 mod decide;
+mod drain;
 mod eligibility;
 mod failover;
+mod inflight;
 mod inputs;
 mod reads;
 mod settings;
@@ -74,6 +77,7 @@ mod sharing;
 
 pub use backend::{Backend, Backends, Repoint};
 pub use coordination::Coordination;
+pub use inflight::{Counters, HeldBack, InFlight, Refusal, Started, Step, TriggerRequest};
 pub use reads::ReadStanding;
 pub use settings::Settings;
 pub use sharing::Recording;
@@ -158,10 +162,33 @@ pub enum Action {
     /// Coordinated, leading: record this primary (outside a promotion); report with
     /// [`Machine::record_written`].
     RecordPrimary { backend: BackendId, recording: Recording },
+    /// Hold (or with `None` stop holding) sessions and new sessions in this scope in the
+    /// data path.
+    Gate(Option<Scope>),
+    /// Count the sessions in `scope` until they are quiet or `until`; report with
+    /// [`Machine::drained`].
+    AwaitDrain { id: DrainId, scope: Scope, until: Instant },
+    /// Coordinated, leading a switchover: share its drain (or with `None`, end it).
+    ShareDrain(Option<DrainRecord>),
+    /// Maintenance mode changed (persist it; `None`: ended).
+    Maintenance(Option<Maintenance>),
+    /// Coordinated: share maintenance mode's end (it ran out).
+    EndSharedMaintenance,
     /// A failover finished; its duration feeds the histogram.
     FailoverDone(Duration),
     /// A manual request finished: answer the operator.
     Concluded { attempt: u64, outcome: Outcome },
+}
+
+/// What an [`Action::AwaitDrain`] counts for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DrainId {
+    /// This proxy's switchover, by attempt.
+    Attempt(u64),
+    /// The leader's switchover as shared in etcd, by its id (this proxy follows).
+    Shared(String),
+    /// The operator's shared pause, by its id.
+    Pause(String),
 }
 
 /// The time of an input: monotonic for durations, wall clock for what people read.
@@ -177,117 +204,6 @@ impl Now {
     pub fn current() -> Now {
         Now { mono: Instant::now(), wall: SystemTime::now() }
     }
-}
-
-/// Where a failover stands.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Step {
-    /// No candidate yet: confirming the primary is down, waiting for an eligible standby, or
-    /// (promote = never) for another manager's promotion.
-    Waiting,
-    /// Switchover: writes are being stopped on the old primary.
-    StoppingWrites,
-    /// Switchover: the candidate is replaying up to the old primary's final position.
-    CatchingUp { lsn: u64 },
-    /// Switchover: the other standbys are re-pointed at the candidate (cascading from it),
-    /// so they receive nothing the candidate lacks and follow its promotion; waited for up
-    /// to `switchover_wait` since `since`.
-    Cascading { since: Instant },
-    /// `pg_promote` was asked for on the candidate (last at `asked`; `pending` once the
-    /// request came back unfinished): committed.
-    Promoting { asked: Instant, pending: bool },
-    /// Switchover undone: writes are being allowed again on the old primary, which then
-    /// gets the route back.
-    Undoing { outcome: Outcome },
-}
-
-/// A failover being carried out (or waiting for a candidate).
-#[derive(Clone, Debug)]
-pub struct InFlight {
-    /// Ties the outcomes of the operations it asked for to it (late ones are ignored).
-    pub attempt: u64,
-    /// The lost (or switched-over) primary; `None` when none was known (start-up).
-    pub from: Option<BackendId>,
-    /// The old primary's last seen WAL position and timeline.
-    pub from_lsn: Option<u64>,
-    /// Its timeline: standbys on it may still be candidates.
-    pub from_timeline: Option<u32>,
-    /// The candidate, once chosen.
-    pub to: Option<BackendId>,
-    /// The candidate's WAL position when chosen: the data-loss window's far end.
-    pub to_lsn: Option<u64>,
-    /// Where it stands.
-    pub step: Step,
-    /// When it began: its duration feeds the histogram.
-    pub started: Instant,
-    /// Who asked for it.
-    pub trigger: Trigger,
-    /// Why, for people (the history, the route's reason).
-    pub reason: String,
-    /// A planned switchover (writes stopped first, nothing lost).
-    pub switchover: bool,
-    /// An operator waits for the outcome.
-    pub manual: bool,
-    /// Candidates that refused promotion in this attempt; not tried again.
-    pub failed: Vec<BackendId>,
-    /// Candidates a promotion request never reached, and when: tried again only after a
-    /// check that began later succeeds.
-    pub unreached: Vec<(BackendId, Instant)>,
-    /// Why the choice of a candidate waits, as last logged (logged once per reason).
-    pub held_back: Option<HeldBack>,
-}
-
-/// Why a failover's choice of a candidate waits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HeldBack {
-    /// Fewer than a majority of the live coordinated proxies see the primary down.
-    Quorum,
-    /// This candidate's answers do not yet show the old primary is the one that is down.
-    Candidate(BackendId),
-}
-
-/// Counters reported by the API and metrics.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Counters {
-    /// Completed failovers (automatic and manual).
-    pub failovers: u64,
-    /// Backends that answered again after being marked down.
-    pub recoveries: u64,
-    /// Failed health checks, all backends.
-    pub check_failures: u64,
-    /// Split brains resolved by fencing one side.
-    pub split_brains: u64,
-}
-
-/// Why a manual trigger cannot be carried out (HTTP 409, or 400 for an unknown name).
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
-    #[error("{0}")]
-    Conflict(String),
-    #[error("{0}")]
-    UnknownBackend(String),
-}
-
-/// An operator's `POST /failover/trigger`.
-#[derive(Clone, Debug, Default)]
-pub struct TriggerRequest {
-    /// A backend name; the best eligible standby when absent.
-    pub target: Option<String>,
-    /// Promote at once, without stopping writes on a healthy primary first.
-    pub force: bool,
-    /// The caller, for the history.
-    pub who: String,
-}
-
-/// A trigger that was accepted.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Started {
-    /// The failover attempt: its outcome is concluded under this number.
-    pub attempt: u64,
-    /// The standby being promoted.
-    pub to: String,
-    /// A switchover (writes stopped first), not an immediate promotion.
-    pub switchover: bool,
 }
 
 /// The whole decision state. Only the machine changes it (its inputs are its methods), and
@@ -324,6 +240,28 @@ pub struct Machine {
     allow_asked: Option<Instant>,
     /// Coordination through etcd (`None`: this proxy decides alone).
     coord: Option<Coordination>,
+    /// The operator's pause (coordinated: as etcd shares it).
+    paused: Option<PauseRecord>,
+    /// Maintenance mode (coordinated: as etcd shares it), and when it ends.
+    maintenance: Option<(Maintenance, SystemTime)>,
+    /// The gate's scope last handed out in an [`Action::Gate`].
+    gate: Option<Scope>,
+    /// This proxy's answers to the shared pause and drain, for its view.
+    acks: Acks,
+}
+
+/// This proxy's answers to what the coordinated proxies share (see [`PauseAck`]), and which
+/// shared drain or pause it already counted for.
+#[derive(Clone, Debug, Default)]
+pub struct Acks {
+    /// To the operator's pause.
+    pub paused: Option<PauseAck>,
+    /// To the leader's drain.
+    pub drain: Option<PauseAck>,
+    /// The shared drain or pause this proxy asked to count for (once each).
+    counting: Vec<String>,
+    /// The drain record this proxy, leading, shared last.
+    shared_drain: Option<DrainRecord>,
 }
 
 impl Machine {
@@ -360,6 +298,10 @@ impl Machine {
             read_only_left: Default::default(),
             allow_asked: None,
             coord: None,
+            paused: None,
+            maintenance: None,
+            gate: None,
+            acks: Acks::default(),
         }
     }
 
@@ -375,6 +317,12 @@ impl Machine {
     /// Backends a switchover left read-only before a restart (from the state directory).
     pub fn with_read_only(mut self, read_only: impl IntoIterator<Item = BackendId>) -> Machine {
         self.read_only_left.extend(read_only);
+        self
+    }
+
+    /// Maintenance mode restored from the state directory (it ends when it ran out).
+    pub fn with_maintenance(mut self, m: Option<Maintenance>) -> Machine {
+        self.maintenance = m.and_then(|m| Some((humantime::parse_rfc3339_weak(&m.until).ok()?, m)).map(|(until, m)| (m, until)));
         self
     }
 

@@ -23,9 +23,14 @@ pub const MIN_WAIT: Duration = Duration::from_secs(1);
 pub enum OpError {
     #[error("{0}")]
     Check(#[from] CheckError),
-    /// Switchover: client sessions that could not be ended (they might still write).
-    #[error("{0} client session(s) could not be ended (a checker that is not a superuser cannot end superusers' sessions), so writes cannot be ruled out")]
-    SessionsRemain(u64),
+    /// Switchover: superusers' sessions the checker may not end (it is no superuser); they
+    /// might still write.
+    #[error("{0} superuser session(s) could not be ended: the health-check role is not a superuser, and only a superuser may end them; end them yourself or check as a superuser")]
+    PrivilegeMissing(u64),
+    /// Switchover: sessions kept coming back faster than they could be ended (clients that do
+    /// not go through a paused proxy reconnecting to the old primary).
+    #[error("client sessions kept reappearing faster than they could be ended ({ended} ended, {left} open at the deadline): something other than the paused proxies keeps connecting to the old primary")]
+    SessionsReappeared { ended: u64, left: u64 },
     /// Switchover: the candidate did not replay far enough in time.
     #[error("it replayed WAL only up to {} of {} within {}", .replayed.map(format_lsn).unwrap_or_else(|| "nothing".into()), format_lsn(*.target), humantime::format_duration(*.within))]
     Behind { replayed: Option<u64>, target: u64, within: Duration },
@@ -128,18 +133,20 @@ pub async fn stop_writes(b: &BackendConfig, check_timeout: Duration, bound: Dura
                   AND a.application_name IS DISTINCT FROM 'pgfailover-health'";
     // A role that is not a superuser cannot end superusers' sessions (it would be an
     // error for the whole statement): it ends the others, and those left are reported.
-    let allowed = "AND (NOT COALESCE((SELECT rolsuper FROM pg_roles WHERE oid = a.usesysid), false) \
+    let allowed = "(NOT COALESCE((SELECT rolsuper FROM pg_roles WHERE oid = a.usesysid), false) \
                    OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user))";
+    let mut ended = 0;
     loop {
         // pg_terminate_backend(pid, timeout) waits until the backend has exited, so a commit
         // it was writing is in the WAL before the position is read below.
-        query(&client, check_timeout * 4, &format!("SELECT count(pg_terminate_backend(a.pid, 1000)) {others} {allowed}")).await?;
-        let left = count(&query(&client, check_timeout, &format!("SELECT count(*) {others}")).await?);
+        ended += count(&query(&client, check_timeout * 4, &format!("SELECT count(pg_terminate_backend(a.pid, 1000)) {others} AND {allowed}")).await?);
+        let rows = query(&client, check_timeout, &format!("SELECT count(*), count(*) FILTER (WHERE NOT {allowed}) {others}")).await?;
+        let (left, forbidden) = (count(&rows), first_row(&rows).and_then(|r| r.get(1)).and_then(|v| v.parse().ok()).unwrap_or(0));
         if left == 0 {
             break;
         }
         if Instant::now() >= deadline {
-            return Err(OpError::SessionsRemain(left));
+            return Err(if forbidden > 0 { OpError::PrivilegeMissing(forbidden) } else { OpError::SessionsReappeared { ended, left } });
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

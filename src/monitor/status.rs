@@ -110,6 +110,14 @@ pub struct Status {
     pub split_brain_count: u64,
     pub health_check_failures: u64,
     pub failover_in_progress: Option<InFlightStatus>,
+    /// The operator's pause holds new sessions and quiet sessions' next statements.
+    pub paused: bool,
+    /// Who paused, while paused.
+    pub paused_by: Option<String>,
+    /// Since when (RFC 3339), while paused.
+    pub paused_since: Option<String>,
+    /// Maintenance mode.
+    pub maintenance: MaintenanceStatus,
     /// Coordination through etcd: mode, leader, members and their views, etcd reachable,
     /// last revision (absent when this proxy decides alone).
     pub coordination: Option<CoordStatus>,
@@ -166,6 +174,22 @@ impl CoordStatus {
     }
 }
 
+/// Maintenance mode as `/failover/status` shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MaintenanceStatus {
+    /// On: no automatic failover or switchover.
+    pub enabled: bool,
+    /// Why, as the operator said.
+    pub reason: Option<String>,
+    /// When it ends by itself (RFC 3339).
+    pub until: Option<String>,
+    /// Who turned it on.
+    pub by: Option<String>,
+    /// When it was turned on (RFC 3339).
+    pub since: Option<String>,
+}
+
 impl Status {
     pub fn build(m: &Machine, cfg: &[BackendConfig], epoch: u64, route_reason: &str) -> Status {
         let reads = m.read_standing(std::time::Instant::now());
@@ -196,6 +220,19 @@ impl Status {
                 phase: m.phase(),
                 switchover: f.switchover,
             }),
+            paused: m.paused().is_some(),
+            paused_by: m.paused().map(|p| p.by.clone()),
+            paused_since: m.paused().map(|p| p.since.clone()),
+            maintenance: match m.maintenance() {
+                Some(x) => MaintenanceStatus {
+                    enabled: true,
+                    reason: Some(x.reason.clone()),
+                    until: Some(x.until.clone()),
+                    by: Some(x.by.clone()),
+                    since: Some(x.since.clone()),
+                },
+                None => MaintenanceStatus::default(),
+            },
             coordination: None,
             updated_at: rfc3339(SystemTime::now()),
             backends: records,

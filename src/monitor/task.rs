@@ -20,21 +20,23 @@ use crate::cluster::BackendId;
 use crate::config::{BackendConfig, Config, Quorum};
 use crate::live::LiveConfig;
 use crate::metrics::Metrics;
+use crate::proxy::gate::Gate;
 use crate::route::{ReadRouteWriter, RouteWriter};
 
 use super::check_error::CheckError;
 use super::handle::{CheckNow, Command, MonitorHandle, Triggered};
 use crate::coord::{Coordinator, Event as CoordEvent};
 
+mod actions;
 mod coordinated;
 mod lifeline;
 mod prober;
 
 pub use lifeline::Lifeline;
 
-use super::history::{EventKind, Fences, History, Kept};
+use super::history::{Fences, History, Kept};
 use super::machine::{Action, Machine, Now, Outcome, Settings};
-use super::operations::{self, OpError, PromoteError};
+use super::operations::{self, OpError};
 use super::status::Status;
 use coordinated::next_coord_events;
 use prober::ProberTask;
@@ -59,6 +61,7 @@ pub fn spawn(
     metrics: Arc<Metrics>,
     history: History,
     mut passive: mpsc::Receiver<BackendId>,
+    gate: Arc<Gate>,
     life: Lifeline,
     coordination: Option<(Coordinator, mpsc::Receiver<Vec<CoordEvent>>)>,
     tracker: &TaskTracker,
@@ -83,7 +86,8 @@ pub fn spawn(
     let mut machine = Machine::new(Settings::from_config(cfg), &names, &fenced)
         // As pg_stat_wal_receiver shows an upstream: sender_host:sender_port.
         .with_addresses(backends.iter().map(|c| format!("{}:{}", c.host, c.port)))
-        .with_read_only(read_only);
+        .with_read_only(read_only)
+        .with_maintenance(history.maintenance());
     if let Some((c, _)) = &coordination {
         // Coordinated from the start: neither routing nor promoting before etcd has spoken.
         machine.join(c.name.clone(), cfg.failover.quorum == Quorum::Majority);
@@ -131,6 +135,7 @@ pub fn spawn(
         coord: coordination.as_ref().map(|(c, _)| c.clone()),
         applied: loaded.info.digest.clone(),
         config,
+        gate,
     };
     tracker.spawn(task.run(rx, coordination.map(|(_, e)| e)));
     MonitorHandle { commands, status, history, probe_now }
@@ -167,6 +172,9 @@ struct MonitorTask {
     /// The digest of the configuration the machine decides with (in the status, so a
     /// reload can wait for it).
     applied: String,
+    /// The data path's pause switch and session census: written only from the machine's
+    /// gate actions.
+    gate: Arc<Gate>,
     /// Operators waiting for the outcome of their trigger, by attempt.
     waiting: HashMap<u64, Vec<oneshot::Sender<Outcome>>>,
     /// Stopping, or failing closed.
@@ -301,6 +309,9 @@ impl MonitorTask {
                     Vec::new()
                 }
             },
+            Command::Drained { id, census } => self.machine.drained(id, census, now),
+            Command::Pause(p) => self.machine.set_paused(p, now),
+            Command::Maintenance(m) => self.machine.set_maintenance(m, now),
             Command::Sync(reply) => {
                 let _ = reply.send(());
                 Vec::new()
@@ -320,153 +331,14 @@ impl MonitorTask {
         let m = &self.machine;
         let fences: Fences = m.backends().iter().filter_map(|b| b.fence.clone().map(|f| (b.name.clone(), f))).collect();
         let read_only = m.read_only_left().iter().map(|i| m.backends()[*i].name.clone()).collect();
+        let maintenance = m.maintenance().cloned();
         if let Ok(mut h) = self.history.lock() {
-            h.set_kept(Kept { fences, read_only });
+            h.set_kept(Kept { fences, read_only, maintenance });
         }
         self.publish();
         self.share();
         for a in answers {
             self.apply(a);
-        }
-    }
-
-    /// Runs an operation on its own task and feeds its outcome back as a command; if the
-    /// operation panics, `failed` is fed back instead, so no step waits for ever.
-    fn run_op<F>(&self, op: F, failed: Command)
-    where
-        F: std::future::Future<Output = Command> + Send + 'static,
-    {
-        use futures_util::FutureExt;
-        let tx = self.commands.clone();
-        let stop = self.life.shutdown.clone();
-        self.tracker.spawn(async move {
-            tokio::select! {
-                done = std::panic::AssertUnwindSafe(op).catch_unwind() => {
-                    let _ = tx.send(done.unwrap_or(failed)).await;
-                }
-                _ = stop.cancelled() => {}
-            }
-        });
-    }
-
-    fn apply(&mut self, action: Action) {
-        let s = self.machine.settings();
-        let (pt, ct, wait) = (s.promote_timeout, s.check_timeout, s.switchover_wait);
-        match action {
-            Action::Route { target, reason } => {
-                self.account_no_primary();
-                if self.route.set(target, &reason) {
-                    match target {
-                        Some(t) => {
-                            tracing::info!(primary = %self.backends[t.index()].name, epoch = self.route.current().epoch, "route: new sessions go to the primary")
-                        }
-                        None => tracing::warn!(%reason, "route: no primary; new sessions are held"),
-                    }
-                }
-            }
-            Action::RouteReason(reason) => {
-                self.route.set(None, &reason);
-            }
-            Action::Promote { attempt, backend: i } => {
-                let b = self.backends[i.index()].clone();
-                let failed = Command::Promoted { attempt, i, result: Err(PromoteError::Pending(TASK_FAILED.into())) };
-                // Coordinated: the fencing-token transaction records the decision first; no
-                // promotion without it.
-                let gate = self.coord.clone().zip(self.machine.promotion_record(i));
-                self.run_op(
-                    async move {
-                        if let Some((coord, r)) = gate {
-                            if let Err(why) = coord.record_primary(r.record, r.fences, r.expect).await {
-                                return Command::Promoted { attempt, i, result: Err(PromoteError::NotAllowed(why)) };
-                            }
-                        }
-                        Command::Promoted { attempt, i, result: operations::promote(&b, pt, ct).await }
-                    },
-                    failed,
-                );
-            }
-            Action::StopWrites { attempt, backend: i } => {
-                let b = self.backends[i.index()].clone();
-                let failed = Command::WritesStopped { attempt, i, result: Err(task_failed()) };
-                // Coordinated: only while this proxy still holds the leadership.
-                let coord = self.coord.clone();
-                self.run_op(
-                    async move {
-                        if let Some(c) = coord {
-                            if let Err(why) = c.confirm_leadership().await {
-                                return Command::WritesStopped { attempt, i, result: Err(OpError::NotAllowed(why)) };
-                            }
-                        }
-                        Command::WritesStopped { attempt, i, result: operations::stop_writes(&b, ct, wait).await }
-                    },
-                    failed,
-                );
-            }
-            Action::AwaitReplay { attempt, backend: i, lsn } => {
-                let b = self.backends[i.index()].clone();
-                let failed = Command::Replayed { attempt, i, result: Err(task_failed()) };
-                self.run_op(async move { Command::Replayed { attempt, i, result: operations::await_replay(&b, lsn, ct, wait).await } }, failed);
-            }
-            Action::AllowWrites { attempt, backend: i } => {
-                let b = self.backends[i.index()].clone();
-                let failed = Command::WritesAllowed { attempt, i, result: Err(task_failed()) };
-                self.run_op(
-                    async move {
-                        // The old primary must not stay read-only because of one lost packet.
-                        let mut result = operations::allow_writes(&b, ct).await;
-                        for _ in 0..3 {
-                            if result.is_ok() {
-                                break;
-                            }
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                            result = operations::allow_writes(&b, ct).await;
-                        }
-                        Command::WritesAllowed { attempt, i, result }
-                    },
-                    failed,
-                );
-            }
-            Action::Repoint { standby, primary } => {
-                let (s, p) = (self.backends[standby.index()].clone(), self.backends[primary.index()].clone());
-                tracing::info!(standby = %s.name, primary = %p.name, "re-pointing standby at the primary");
-                let failed = Command::Repointed { standby, primary, result: Err(task_failed()) };
-                self.run_op(async move { Command::Repointed { standby, primary, result: operations::repoint(&s, &p, ct).await } }, failed);
-            }
-            Action::CheckNow(i) => {
-                if let Some(p) = self.probe_now.get(i.index()) {
-                    let _ = p.try_send(None);
-                }
-            }
-            Action::Record(e) => {
-                let from = e.from.as_deref().unwrap_or("-");
-                let to = e.to.as_deref().unwrap_or("-");
-                match e.kind {
-                    EventKind::Recovery | EventKind::Unfence | EventKind::Repoint => {
-                        tracing::info!(kind = e.kind.as_str(), from, to, reason = %e.reason, "history")
-                    }
-                    _ => tracing::warn!(kind = e.kind.as_str(), from, to, reason = %e.reason, trigger = %e.trigger, "history"),
-                }
-                if let Ok(mut h) = self.history.lock() {
-                    h.push(e);
-                }
-            }
-            Action::ShareFence { backend, fence, while_record } => {
-                if let Some(c) = &self.coord {
-                    c.put_fence(backend, fence, while_record);
-                }
-            }
-            Action::LiftFence { backend, revision } => {
-                if let Some(c) = &self.coord {
-                    c.delete_fence(backend, revision);
-                }
-            }
-            Action::RecordPrimary { backend, recording } => self.record_primary(backend, recording),
-            Action::FailoverDone(d) => self.metrics.failover_duration.record(d.as_secs_f64()),
-            Action::Concluded { attempt, outcome } => {
-                for tx in self.waiting.remove(&attempt).unwrap_or_default() {
-                    let _ = tx.send(outcome.clone());
-                }
-            }
         }
     }
 
@@ -491,6 +363,9 @@ impl MonitorTask {
         x.primary_healthy.set(if routed_healthy { 1.0 } else { 0.0 });
         x.primary_routable.set(if m.route().is_some() { 1.0 } else { 0.0 });
         x.fenced_backends.set(m.backends().iter().filter(|b| b.fence.is_some()).count() as f64);
+        x.paused.set(if m.paused().is_some() { 1.0 } else { 0.0 });
+        x.maintenance.set(if m.maintenance().is_some() { 1.0 } else { 0.0 });
+        x.held_sessions.set(self.gate.held() as f64);
         for (id, b) in m.backends().with_ids() {
             let (i, up) = (id.index(), if b.healthy { 1.0 } else { 0.0 });
             x.backend_healthy[i].set(up);

@@ -37,6 +37,8 @@ pub struct DataPath {
     pub read_route: watch::Receiver<ReadRoute>,
     /// The next turn of `balance = "round_robin"`.
     pub read_turn: AtomicUsize,
+    /// The pause (held sessions and statements) and the census of open sessions.
+    pub gate: Arc<super::gate::Gate>,
 }
 
 impl DataPath {

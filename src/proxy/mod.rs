@@ -3,6 +3,8 @@
 //! options and bounded connects ([`socket`]), and the [`DataPath`] every session shares.
 
 pub mod datapath;
+pub mod framing;
+pub mod gate;
 pub mod listener;
 pub mod placement;
 pub mod session;

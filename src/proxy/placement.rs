@@ -154,6 +154,19 @@ impl Placement {
         }
     }
 
+    /// Why the session's server was left, as the route says now.
+    pub fn why_left(&self) -> String {
+        let reason = match self {
+            Placement::Primary(route) => route.borrow().reason.to_string(),
+            Placement::Read { route, .. } => route.borrow().reason.to_string(),
+        };
+        if reason.is_empty() {
+            "another server is the primary now".into()
+        } else {
+            reason
+        }
+    }
+
     /// The text of the 57P03 a refused client gets.
     pub fn refusal(&self, why: &str) -> String {
         match self {

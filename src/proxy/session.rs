@@ -6,13 +6,16 @@ use std::io;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
-use tokio::io::Interest;
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::BackendId;
 use crate::metrics::{CloseReason, Metrics};
 
 use super::datapath::{DataPath, Port};
+use super::framing::{Framer, Side, Track};
+use super::gate::Gate;
 use super::placement::Placement;
 use super::socket;
 use super::startup::{self, Failed};
@@ -42,8 +45,8 @@ pub async fn serve(mut client: TcpStream, dp: Arc<DataPath>, port: Port, stoppin
             return;
         }
     };
-    let (server, backend) = match opened {
-        Ok(opened) => (opened.server, opened.backend),
+    let (server, backend, first) = match opened {
+        Ok(opened) => (opened.server, opened.backend, opened.first),
         Err(Failed::Abandoned) => {
             m.session_closed(CloseReason::ClientClosed);
             return;
@@ -78,14 +81,58 @@ pub async fn serve(mut client: TcpStream, dp: Arc<DataPath>, port: Port, stoppin
         }
         m.read_session_started(backend)
     });
+    // Followed from the server's first answer on, unless encrypted end to end.
+    let mut down = Framer::new(Side::Backend);
+    let track = Arc::new(match &first {
+        Some(first) => {
+            let t = Track::starting();
+            down.feed(first, &t);
+            t
+        }
+        None => Track::opaque(),
+    });
+    let _counted = dp.gate.register(track.clone(), backend);
+    let tracking = Tracking { track: &track, gate: &dp.gate, backend, down };
     let reason = tokio::select! {
-        r = splice(&client, &server, m) => r,
+        r = splice_with(&client, &server, m, Some(tracking)) => r,
         _ = place.left(backend) => CloseReason::RouteChanged,
         _ = kill.cancelled() => CloseReason::Shutdown,
     };
-    m.session_closed(reason);
     if reason == CloseReason::RouteChanged {
-        tracing::debug!(backend = %dp.backend(backend).name, "session cut: route moved away");
+        let ended = end(&mut client, &track, &place, port).await;
+        tracing::debug!(backend = %dp.backend(backend).name, ended = ended.as_str(), "session ended: the route moved away");
+        m.session_closed(ended);
+    } else {
+        m.session_closed(reason);
+    }
+}
+
+/// Ends a session whose server the route left. Where the framing allows, the client gets a
+/// FATAL 57P01 at a message boundary, as from a server shutting down, instead of a bare
+/// close: a quiet session learns that nothing of it was running (its held message, if any,
+/// never reached the server), a busy one that its statement did not finish.
+async fn end(client: &mut TcpStream, track: &Track, place: &Placement, port: Port) -> CloseReason {
+    if track.is_opaque() || !track.client_at_boundary() {
+        return CloseReason::RouteChanged;
+    }
+    let quiet = track.is_quiet();
+    let why = place.why_left();
+    let message = match port {
+        Port::Primary => format!("terminating connection because the primary database changed: {why}"),
+        Port::Read => format!("terminating connection because its read-only server left the read set: {why}"),
+    };
+    let detail = if quiet {
+        "The session was idle: none of its statements was running, and a statement sent meanwhile never reached the server. Reconnect and retry."
+    } else {
+        "A statement or transaction was in progress and did not finish; if it was a COMMIT, its outcome is unknown."
+    };
+    let msg = wire::error_response("FATAL", wire::SQLSTATE_ADMIN_SHUTDOWN, &message, Some(detail));
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), client.write_all(&msg)).await;
+    socket::shutdown_write(client);
+    if quiet {
+        CloseReason::EndedQuiet
+    } else {
+        CloseReason::RouteChanged
     }
 }
 
@@ -100,16 +147,103 @@ pub async fn refuse_over_limit(mut client: TcpStream, dp: Arc<DataPath>) {
 }
 
 /// Copies both directions at once (a pipelining client and a busy server never deadlock),
-/// half-closing each side as its peer finishes. Returns who ended it.
+/// half-closing each side as its peer finishes. Returns who ended it. The framing is not
+/// followed (benchmarks and tests of the plain splice).
 pub async fn splice(client: &TcpStream, server: &TcpStream, m: &Metrics) -> CloseReason {
+    splice_with(client, server, m, None).await
+}
+
+/// What a session whose framing is followed brings to its splice.
+pub struct Tracking<'a> {
+    /// Where the session stands (read by the pause's census).
+    pub track: &'a Track,
+    pub gate: &'a Gate,
+    /// The session's server, in config order: a pause of it holds this session.
+    pub backend: BackendId,
+    /// The server side's framing, already fed the server's first answer.
+    pub down: Framer,
+}
+
+/// [`splice`], following the framing when `tracking` is given: a quiet session's next
+/// message waits while the gate holds its server.
+pub async fn splice_with(client: &TcpStream, server: &TcpStream, m: &Metrics, tracking: Option<Tracking<'_>>) -> CloseReason {
     // Which side reached EOF first: 0 = none yet, else the Direction's tag.
     let first_eof = AtomicU8::new(0);
-    let up = pump(client, server, Direction::Up, m, &first_eof);
-    let down = pump(server, client, Direction::Down, m, &first_eof);
+    let (up_ctx, down_ctx) = match tracking {
+        Some(t) if !t.track.is_opaque() => {
+            let up = Follow { track: t.track, gate: t.gate, backend: t.backend, framer: Framer::new(Side::Frontend) };
+            let down = Follow { track: t.track, gate: t.gate, backend: t.backend, framer: t.down };
+            (Some(up), Some(down))
+        }
+        _ => (None, None),
+    };
+    let up = pump(client, server, Direction::Up, m, &first_eof, up_ctx);
+    let down = pump(server, client, Direction::Down, m, &first_eof, down_ctx);
     match tokio::try_join!(up, down) {
         Ok(_) if first_eof.load(Ordering::Relaxed) == Direction::Down as u8 => CloseReason::ServerClosed,
         Ok(_) => CloseReason::ClientClosed,
         Err(_) => CloseReason::Error,
+    }
+}
+
+/// One direction's part in following a session's framing.
+struct Follow<'a> {
+    track: &'a Track,
+    gate: &'a Gate,
+    backend: BackendId,
+    framer: Framer,
+}
+
+impl Follow<'_> {
+    /// Client bytes just read, not yet forwarded: if they begin a statement of a quiet
+    /// session while its server is paused, waits until it is not (the outer select ends the
+    /// wait if the session must end instead). Then counts them.
+    async fn client_bytes(&mut self, data: &[u8]) {
+        if self.framer.at_boundary() && self.track.is_quiet() {
+            loop {
+                // Busy first, then look at the pause (see the gate's handshake).
+                self.track.open();
+                if !self.gate.holds(self.backend) {
+                    break;
+                }
+                self.track.close();
+                let mut changes = self.gate.watch();
+                changes.borrow_and_update();
+                if !self.gate.holds(self.backend) {
+                    continue;
+                }
+                self.track.set_held(true);
+                let counted = self.gate.hold_statement();
+                self.gate.went_quiet();
+                while self.gate.holds(self.backend) {
+                    if changes.changed().await.is_err() {
+                        // The data path is gone: the proxy stops, and shutdown ends us.
+                        std::future::pending::<()>().await;
+                    }
+                }
+                drop(counted);
+                self.track.set_held(false);
+            }
+            self.framer.feed(data, self.track);
+            self.track.close();
+        } else {
+            self.framer.feed(data, self.track);
+        }
+    }
+
+    /// Server bytes about to be forwarded.
+    fn server_bytes(&mut self, data: &[u8]) {
+        if self.framer.feed(data, self.track).quiet {
+            self.gate.went_quiet();
+        }
+        self.track.set_partial(true);
+    }
+
+    /// Server bytes forwarded: is the client between two messages?
+    fn server_bytes_sent(&self) {
+        if self.framer.at_boundary() {
+            self.track.set_partial(false);
+        }
     }
 }
 
@@ -131,7 +265,7 @@ const LARGE: usize = 256 * 1024;
 
 /// Copies one direction. A buffer exists only while data flows: it is taken when the socket
 /// becomes readable and dropped once the socket is drained, so an idle session holds none.
-async fn pump(from: &TcpStream, to: &TcpStream, dir: Direction, m: &Metrics, first_eof: &AtomicU8) -> io::Result<()> {
+async fn pump(from: &TcpStream, to: &TcpStream, dir: Direction, m: &Metrics, first_eof: &AtomicU8, mut follow: Option<Follow<'_>>) -> io::Result<()> {
     loop {
         from.readable().await?;
         // Capacity only: reads fill uninitialised spare capacity, nothing is zeroed.
@@ -146,7 +280,18 @@ async fn pump(from: &TcpStream, to: &TcpStream, dir: Direction, m: &Metrics, fir
                     return Ok(());
                 }
                 Ok(n) => {
-                    write_all(to, &buf).await?;
+                    match (&mut follow, dir) {
+                        (None, _) => write_all(to, &buf).await?,
+                        (Some(f), Direction::Up) => {
+                            f.client_bytes(&buf).await;
+                            write_all(to, &buf).await?;
+                        }
+                        (Some(f), Direction::Down) => {
+                            f.server_bytes(&buf);
+                            write_all(to, &buf).await?;
+                            f.server_bytes_sent();
+                        }
+                    }
                     m.add_bytes(matches!(dir, Direction::Up), n as u64);
                     if n < cap {
                         break;

@@ -31,12 +31,11 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::BackendId;
-
 use super::datapath::DataPath;
 use super::placement::{Bound, Pick, Placement};
 use super::socket;
 use super::wire::{self, FirstReply, Packet, CANCEL_REQUEST, GSSENC_REQUEST, PROTOCOL_3, SSL_REQUEST};
+use crate::cluster::BackendId;
 
 /// Why a session could not be opened.
 pub enum Failed {
@@ -56,6 +55,9 @@ pub enum Failed {
 pub struct Opened {
     pub server: TcpStream,
     pub backend: BackendId,
+    /// The server's first answer to a StartupMessage in clear: the framing is followed from
+    /// it on. `None` when the session is encrypted end to end (or a CancelRequest).
+    pub first: Option<Vec<u8>>,
 }
 
 /// Reads the client's startup packets and finds them a server, retrying while servers are
@@ -79,7 +81,7 @@ pub async fn open(client: &mut TcpStream, dp: &DataPath, place: &mut Placement, 
         cancel_everywhere(dp, bytes).await;
         return Err(Failed::Abandoned);
     }
-    let mut hold = Hold { deadline: Instant::now() + cfg.failover.hold_timeout, counted: false, last_error: None, wait_first: false };
+    let mut hold = Hold { deadline: Instant::now() + cfg.failover.hold_timeout, counted: false, last_error: None, wait_first: false, pause: dp.gate.watch() };
     // A connected server to use next: the early connect, or one already asked about
     // encryption (it said N) that the StartupMessage goes to.
     let mut asked: Option<(TcpStream, BackendId)> = early;
@@ -114,7 +116,7 @@ pub async fn open(client: &mut TcpStream, dp: &DataPath, place: &mut Placement, 
                     hold.failed(dp, backend, format!("{name} closed the connection: {e}"));
                     continue;
                 }
-                return Ok(Opened { server, backend });
+                return Ok(Opened { server, backend, first: None });
             }
             Packet::Untyped { code: SSL_REQUEST | GSSENC_REQUEST, bytes } => {
                 match ask(&mut server, bytes, 1, dp, place, backend).await {
@@ -132,7 +134,7 @@ pub async fn open(client: &mut TcpStream, dp: &DataPath, place: &mut Placement, 
                         asked = Some((server, backend));
                     }
                     // S, G (or an old server's error): the session is the server's from here.
-                    Answer::Bytes(b) => return forward(client, b, server, backend, dp).await,
+                    Answer::Bytes(b) => return forward(client, b, server, backend, dp, false).await,
                     Answer::Lost(why) => hold.failed(dp, backend, format!("{name} did not answer the encryption request: {why}")),
                     Answer::Moved => hold.moved(dp),
                 }
@@ -140,7 +142,7 @@ pub async fn open(client: &mut TcpStream, dp: &DataPath, place: &mut Placement, 
             Packet::Untyped { bytes, .. } => match ask(&mut server, bytes, 0, dp, place, backend).await {
                 Answer::Bytes(b) => match wire::first_reply(&b) {
                     Some(FirstReply::Unavailable(why)) => hold.failed(dp, backend, format!("{name} refused the session: {why}")),
-                    _ => return forward(client, b, server, backend, dp).await,
+                    _ => return forward(client, b, server, backend, dp, true).await,
                 },
                 Answer::Lost(why) => hold.failed(dp, backend, format!("{name} did not answer the startup: {why}")),
                 Answer::Moved => hold.moved(dp),
@@ -195,9 +197,12 @@ async fn cancel_everywhere(dp: &DataPath, request: &[u8]) {
     futures_util::future::join_all(sends).await;
 }
 
-/// A connection to where the placement points now, if anywhere and it accepts.
+/// A connection to where the placement points now, if anywhere, not paused, and it accepts.
 async fn early_connect(dp: &DataPath, place: &mut Placement) -> Option<(TcpStream, BackendId)> {
     let Pick::Backend(target) = place.pick(dp) else { return None };
+    if dp.gate.holds(target) {
+        return None;
+    }
     socket::connect(dp.backend(target), &dp.config().proxy).await.ok().map(|s| (s, target))
 }
 
@@ -215,13 +220,14 @@ async fn send(server: &mut TcpStream, bytes: &[u8], dp: &DataPath) -> std::io::R
     Ok(())
 }
 
-/// Passes the server's first answer to the client: the session is opened.
-async fn forward(client: &mut TcpStream, first: Vec<u8>, server: TcpStream, backend: BackendId, dp: &DataPath) -> Result<Opened, Failed> {
+/// Passes the server's first answer to the client: the session is opened. `readable`: the
+/// answer is to a StartupMessage in clear, so the session's framing can be followed.
+async fn forward(client: &mut TcpStream, first: Vec<u8>, server: TcpStream, backend: BackendId, dp: &DataPath, readable: bool) -> Result<Opened, Failed> {
     if client.write_all(&first).await.is_err() {
         return Err(Failed::Abandoned);
     }
     dp.metrics.add_bytes(false, first.len() as u64);
-    Ok(Opened { server, backend })
+    Ok(Opened { server, backend, first: readable.then_some(first) })
 }
 
 enum Answer {
@@ -277,6 +283,8 @@ struct Hold {
     last_error: Option<String>,
     /// The last server failed us: pause before the next attempt.
     wait_first: bool,
+    /// The data path's pause: a held client goes on when it ends.
+    pause: tokio::sync::watch::Receiver<Option<crate::cluster::Scope>>,
 }
 
 impl Hold {
@@ -307,7 +315,18 @@ impl Hold {
                 }
                 self.pause(place, true, stopping).await?;
             }
+            // Seen before the pick: a resume from here on wakes the pause below.
+            self.pause.borrow_and_update();
             let why = match place.pick(dp) {
+                Pick::Backend(target) if dp.gate.holds(target) => {
+                    // Held for as long as the pause lasts (PgBouncer's PAUSE does the same):
+                    // the hold timeout is for finding a server, and runs again after it.
+                    let _held = dp.gate.hold_new();
+                    self.count(dp);
+                    self.pause(place, false, stopping).await?;
+                    self.deadline = self.deadline.max(Instant::now() + dp.config().failover.hold_timeout);
+                    continue;
+                }
                 Pick::Backend(target) => {
                     let backend = dp.backend(target);
                     match socket::connect(backend, &dp.config().proxy).await {
@@ -339,12 +358,17 @@ impl Hold {
 
     /// Waits before the next attempt: a retry delay after a failure, else until the route
     /// changes; never past the deadline. Errs only when the proxy stops.
-    async fn pause(&self, place: &mut Placement, after_failure: bool, stopping: &CancellationToken) -> Result<(), String> {
+    async fn pause(&mut self, place: &mut Placement, after_failure: bool, stopping: &CancellationToken) -> Result<(), String> {
+        let pause = &mut self.pause;
         let next = async {
             if after_failure {
                 tokio::time::sleep(socket::RETRY_DELAY).await;
             } else {
-                place.changed().await;
+                tokio::select! {
+                    _ = place.changed() => {}
+                    // The pause ended or changed (a closed sender means the proxy stops).
+                    r = pause.changed() => if r.is_err() { std::future::pending::<()>().await },
+                }
             }
         };
         tokio::select! {

@@ -16,6 +16,9 @@ pub const SQLSTATE_CANNOT_CONNECT_NOW: &str = "57P03";
 
 /// SQLSTATE "invalid_parameter_value".
 pub const SQLSTATE_INVALID_PARAMETER_VALUE: &str = "22023";
+/// SQLSTATE "admin_shutdown": a session ended by an operator's action (here: the primary
+/// changed), as PostgreSQL's own `pg_terminate_backend` says.
+pub const SQLSTATE_ADMIN_SHUTDOWN: &str = "57P01";
 /// SQLSTATE "too_many_connections".
 pub const SQLSTATE_TOO_MANY_CONNECTIONS: &str = "53300";
 

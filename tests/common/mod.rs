@@ -19,6 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 pub mod binary;
 pub mod etcd;
+pub mod proxies;
+pub mod workload;
 
 /// Starts a cluster off the async runtime's worker (it blocks for ~1.5 s).
 pub async fn cluster(standbys: usize) -> Cluster {
@@ -54,6 +56,8 @@ pub struct TestProxy {
     pub passive: mpsc::Receiver<pgfailover::cluster::BackendId>,
     pub shutdown: CancellationToken,
     pub task: JoinHandle<()>,
+    /// The data path itself (its pause gate and session census).
+    pub dp: Arc<DataPath>,
 }
 
 pub async fn data_path(backends: Vec<BackendConfig>, hold: Duration) -> TestProxy {
@@ -79,12 +83,13 @@ pub async fn data_path_with(backends: Vec<BackendConfig>, hold: Duration, tweak:
         connect_failed: tx,
         read_route: read_route.subscribe(),
         read_turn: Default::default(),
+        gate: Default::default(),
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(proxy::run(listener, dp, shutdown.clone()));
-    TestProxy { addr, route, read_route, metrics, passive, shutdown, task }
+    let task = tokio::spawn(proxy::run(listener, dp.clone(), shutdown.clone()));
+    TestProxy { addr, route, read_route, metrics, passive, shutdown, task, dp }
 }
 
 impl Drop for TestProxy {

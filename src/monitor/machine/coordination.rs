@@ -45,6 +45,8 @@ pub struct Coordination {
     pub(super) record_foreign: Option<String>,
     /// The live proxies' views (this one's included), by name.
     pub(super) members: BTreeMap<String, MemberView>,
+    /// The leader's switchover drain, as etcd has it.
+    pub(super) drain: Option<crate::cluster::DrainRecord>,
     /// Fences as etcd has them, by backend name (a fence key this proxy cannot read keeps
     /// what it had).
     pub(super) fences: BTreeMap<String, FenceRecord>,
@@ -96,7 +98,21 @@ impl Coordination {
     pub(super) fn footing(&self) -> impl PartialEq {
         let down: BTreeMap<String, BTreeSet<String>> =
             self.members.iter().filter(|(n, _)| **n != self.me).map(|(n, v)| (n.clone(), v.down.iter().cloned().collect())).collect();
-        (self.etcd_up, self.settled, self.leader.clone(), self.is_leader, self.recorded, self.record_foreign.clone(), self.majority, down)
+        // A switchover's drain waits for the others' answers.
+        let acks: BTreeMap<String, Option<crate::cluster::PauseAck>> =
+            self.members.iter().filter(|(n, _)| **n != self.me).map(|(n, v)| (n.clone(), v.drain.clone())).collect();
+        (
+            self.etcd_up,
+            self.settled,
+            self.leader.clone(),
+            self.is_leader,
+            self.recorded,
+            self.record_foreign.clone(),
+            self.majority,
+            down,
+            acks,
+            self.drain.clone(),
+        )
     }
 }
 

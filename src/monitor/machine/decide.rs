@@ -13,6 +13,7 @@ impl Machine {
     /// Re-decides everything after an input. Order matters: fences first (they change who
     /// may be routed), then the route, then the failover's next step, then the state.
     pub(super) fn evaluate(&mut self, now: Now, acts: &mut Vec<Action>) {
+        self.in_maintenance(now, acts);
         self.auto_unfence(now, acts);
         self.resolve_split_brain(now, acts);
         if self.in_flight.is_none() {
@@ -49,6 +50,7 @@ impl Machine {
             let reason = self.no_route_reason();
             self.set_route(None, reason, acts);
         }
+        self.sync_pause(now, acts);
     }
 
     /// The failover's next step, if one is running.
@@ -84,15 +86,17 @@ impl Machine {
                 self.after_cascade(c, since, now, acts);
             }
             (Step::Waiting, _) => {
-                let from = f.from;
+                let (from, manual) = (f.from, f.manual);
                 if let Some(p) = from.filter(|p| self.came_back(*p)) {
                     self.abandon(p, now, acts);
                 } else if let Some(w) = self.best_claimant().filter(|w| Some(*w) != from) {
                     self.complete(w, now, acts);
-                } else if self.may_promote() && self.confirmed() {
+                } else if self.may_promote() && self.confirmed() && (manual || self.maintenance.is_none()) {
+                    // Maintenance mode waits for the primary (an operator's trigger still works).
                     self.choose_candidate(now, acts);
                 }
             }
+            (Step::Draining { .. } | Step::Cutting { .. }, _) => self.advance_drain(now, acts),
             _ => {}
         }
     }
@@ -115,8 +119,11 @@ impl Machine {
         match self.in_flight.as_ref().map(|f| &f.step) {
             None => "none",
             Some(Step::Waiting) if !self.may_promote() => "waiting_for_external_promotion",
+            Some(Step::Waiting) if self.maintenance.is_some() && self.in_flight.as_ref().is_some_and(|f| !f.manual) => "maintenance",
             Some(Step::Waiting) if !self.confirmed() => "confirming",
             Some(Step::Waiting) => "waiting_for_candidate",
+            Some(Step::Draining { .. }) => "draining",
+            Some(Step::Cutting { .. }) => "cutting",
             Some(Step::StoppingWrites) => "stopping_writes",
             Some(Step::CatchingUp { .. }) => "catching_up",
             Some(Step::Cascading { .. }) => "cascading",
@@ -129,7 +136,7 @@ impl Machine {
     /// of this cluster, not fenced.
     pub(super) fn keepable(&self, t: BackendId) -> bool {
         let b = &self.backends[t];
-        b.claims_primary() && self.same_cluster(t) && b.fence.is_none() && self.recorded(t)
+        b.claims_primary() && self.same_cluster(t) && b.fence.is_none() && self.recorded(t) && !self.cut_by_drain(t)
     }
 
     /// May become the route target now: as keepable, and its latest check succeeded.
@@ -198,18 +205,31 @@ impl Machine {
         if let Some(f) = &self.in_flight {
             let waiting_for_peers = self.coordination_wait();
             let phase = match &f.step {
+                Step::Waiting if !f.manual && self.maintenance.is_some() && f.from.is_some() => {
+                    f.from.and_then(|p| self.maintenance_reason(p)).unwrap_or_default()
+                }
+                Step::Waiting if f.from.is_some_and(|p| self.cut_by_drain(p)) => {
+                    let (from, to) = self.coord.as_ref().and_then(|c| c.drain.as_ref()).map(|d| (d.from.clone(), d.to.clone())).unwrap_or_default();
+                    format!("the primary is being switched over from {from} to {to}")
+                }
                 Step::Waiting if waiting_for_peers.is_some() => waiting_for_peers.unwrap_or_default(),
                 Step::Waiting if self.settings.promote == PromoteMode::Never => "waiting for another manager to promote a standby".to_string(),
                 Step::Waiting if !self.confirmed() => {
                     format!("promoting a standby if it stays down for {}", humantime::format_duration(self.settings.promote_after()))
                 }
                 Step::Waiting => format!("no standby can be promoted: {}", self.eligibility_report()),
+                Step::Draining { .. } => "switchover: waiting for open transactions on the old primary to finish".into(),
+                Step::Cutting { .. } => "switchover: the old primary's sessions are ending on every proxy".into(),
                 Step::StoppingWrites => "switchover: stopping writes on the old primary".into(),
                 Step::CatchingUp { .. } => "switchover: the standby is replaying the old primary's last writes".into(),
                 Step::Cascading { .. } => "switchover: the other standbys are switching to stream from the new primary".into(),
                 Step::Promoting { .. } => format!("promoting {}", f.to.map(|c| self.backends[c].name.as_str()).unwrap_or("a standby")),
                 Step::Undoing { .. } => "switchover undone: the old primary is being made writable again".into(),
             };
+            if f.switchover {
+                let name = |i: Option<BackendId>| i.map(|i| self.backends[i].name.clone()).unwrap_or_else(|| "?".into());
+                return format!("the primary is being switched over from {} to {} ({phase})", name(f.from), name(f.to));
+            }
             return format!("failover in progress: {}; {phase}", f.reason);
         }
         let problems: Vec<String> =

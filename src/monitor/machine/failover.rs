@@ -133,7 +133,13 @@ impl Machine {
         // A fence another coordinated proxy set is not this failover's to lift.
         let ours = matches!(b.fence, None | Some(Fence { kind: FenceKind::Unreachable | FenceKind::Superseded, .. }))
             && b.fence.as_ref().is_none_or(|f| f.peer.is_none());
-        b.fresh() && b.claims_primary() && self.same_cluster(p) && ours && self.recorded(p) && b.obs.as_ref().and_then(|o| o.timeline) == f.from_timeline
+        b.fresh()
+            && b.claims_primary()
+            && self.same_cluster(p)
+            && ours
+            && self.recorded(p)
+            && !self.cut_by_drain(p)
+            && b.obs.as_ref().and_then(|o| o.timeline) == f.from_timeline
     }
 
     /// Gives the route back to `p`, the old primary: nothing was promoted, so nothing else
@@ -334,13 +340,7 @@ impl Machine {
         if switchover {
             f.switchover = true;
             f.to = Some(candidate);
-            f.step = Step::StoppingWrites;
-            let p = f.from.expect("a healthy primary was routed");
-            tracing::warn!(from = %self.backends[p].name, to = %self.backends[candidate].name, "switchover: stopping writes on the primary");
-            // Until it is known to accept writes again (or the switchover completes), it
-            // may be read-only: remembered across restarts.
-            self.read_only_left.insert(p);
-            acts.push(Action::StopWrites { attempt, backend: p });
+            self.begin_drain(now, &mut acts);
         } else {
             self.begin_promotion(candidate, now, &mut acts);
         }

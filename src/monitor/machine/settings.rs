@@ -28,6 +28,8 @@ pub struct Settings {
     pub promote_timeout: Duration,
     /// `[read]`: which standbys the read-only port may use.
     pub read: crate::config::ReadConfig,
+    /// `failover.drain_timeout`: how long a switchover waits for open transactions.
+    pub drain_timeout: Duration,
 }
 
 impl Settings {
@@ -40,6 +42,7 @@ impl Settings {
             interval: cfg.health.interval,
             repoint_standbys: cfg.failover.repoint_standbys,
             switchover_wait: cfg.failover.trigger_wait,
+            drain_timeout: cfg.failover.drain_timeout,
             promote_timeout: cfg.failover.promote_timeout,
             read: cfg.read.clone(),
         }

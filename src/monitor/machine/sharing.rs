@@ -96,6 +96,19 @@ impl Machine {
                     self.load(snapshot, now, &mut acts, &mut touched);
                     changed = true;
                 }
+                Event::Pause(p) => {
+                    self.take_paused(p, now, &mut acts);
+                    changed = true;
+                }
+                Event::Drain(d) => {
+                    if let Some(c) = self.coord.as_mut() {
+                        c.drain = d;
+                    }
+                }
+                Event::Maintenance(m) => {
+                    self.take_maintenance(m, now, &mut acts);
+                    changed = true;
+                }
                 Event::FenceRefused { backend } => {
                     // Not in etcd: shared again by the next share if it still stands.
                     if let Some(c) = self.coord.as_mut() {
@@ -207,6 +220,9 @@ impl Machine {
         }
         c.members = s.members;
         c.settled = true;
+        c.drain = s.drain;
+        self.take_paused(s.pause, now, acts);
+        self.take_maintenance(s.maintenance, now, acts);
         for b in old.into_keys().filter(|b| !fences.contains_key(b)) {
             self.peer_change(b, None, now, acts, touched);
         }
@@ -381,6 +397,8 @@ impl Machine {
             primary: self.route.map(|i| self.backends[i].name.clone()),
             down: self.backends.iter().filter(|b| b.marked_down).map(|b| b.name.clone()).collect(),
             backends,
+            paused: self.acks().0.cloned(),
+            drain: self.acks().1.cloned(),
         })
     }
 }

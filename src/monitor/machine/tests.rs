@@ -8,6 +8,7 @@ use crate::monitor::observation::Receiver;
 use crate::monitor::operations::{OpError, PromoteError, Repointed};
 
 mod coordinated;
+mod drain;
 mod failover;
 mod safety;
 
@@ -24,6 +25,8 @@ fn settings(promote: PromoteMode) -> Settings {
         switchover_wait: Duration::from_secs(2),
         promote_timeout: Duration::from_secs(1),
         read: crate::config::Config::default().read,
+        // No drain: a switchover stops writes at once (tests/drain.rs covers the drain).
+        drain_timeout: Duration::ZERO,
     }
 }
 

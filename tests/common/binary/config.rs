@@ -135,6 +135,11 @@ impl ProxyToml {
         self.set("failover", "hold_timeout", duration(d))
     }
 
+    /// `[failover] drain_timeout`: how long a switchover waits for open transactions.
+    pub fn drain_timeout(self, d: Duration) -> Self {
+        self.set("failover", "drain_timeout", duration(d))
+    }
+
     /// `[failover] quorum`: "majority", "any" or a number.
     pub fn quorum(self, q: &str) -> Self {
         self.set("failover", "quorum", q)

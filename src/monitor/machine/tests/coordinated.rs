@@ -16,7 +16,15 @@ fn leadership(leader: &str, is_leader: bool) -> Event {
 
 /// Another proxy's view: the backends its checks find down.
 fn member(name: &str, down: &[&str]) -> Event {
-    let view = MemberView { name: name.into(), leader: false, primary: None, down: down.iter().map(|s| s.to_string()).collect(), backends: Default::default() };
+    let view = MemberView {
+        name: name.into(),
+        leader: false,
+        primary: None,
+        down: down.iter().map(|s| s.to_string()).collect(),
+        backends: Default::default(),
+        paused: None,
+        drain: None,
+    };
     Event::Member { name: name.into(), view: Some(view) }
 }
 
