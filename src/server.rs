@@ -177,7 +177,7 @@ impl Proxy {
             tasks.spawn(admin::serve_forwarded(rx, coord, admin_ctx.clone(), shutdown.clone()));
         }
         tasks.spawn(admin::run(admin, admin_ctx.clone(), shutdown.clone()));
-        let handed_over = hold.serve(monitor.clone(), shutdown.clone(), monitor_tasks.clone(), &tasks);
+        let handed_over = hold.serve(monitor.clone(), shutdown.clone(), monitor_tasks.clone(), &tasks, metrics.takeover_refused.clone());
         if cfg.admin_token.is_none() {
             tracing::info!("no admin token configured: POST endpoints answer 403");
         }
