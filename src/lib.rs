@@ -14,7 +14,10 @@
 //!   (promote, switchover, re-point), history and the published status.
 //! - [`coord`]: several proxies agreeing through etcd (leader, recorded primary, shared
 //!   fences, members' views, forwarded admin requests).
-//! - [`admin`]: the HTTP side port (status, history, trigger, metrics).
+//! - [`etcd_access`]: whether etcd grants the `[coordination]` user what coordination needs,
+//!   asked before the start.
+//! - [`admin`]: the HTTP side port (status, history, trigger, metrics); who may read and
+//!   who may act.
 //! - [`metrics`]: per-instance Prometheus series.
 //! - [`duration`]: human durations ("250ms") and millisecond figures.
 //! - [`server`]: wires everything into one running proxy, and applies a reload.
@@ -40,6 +43,7 @@ pub mod admin;
 pub mod config;
 pub mod coord;
 pub mod duration;
+pub mod etcd_access;
 pub mod localpg;
 pub mod metrics;
 pub mod monitor;

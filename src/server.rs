@@ -33,6 +33,9 @@ pub enum StartError {
     /// The history journal in the state directory.
     #[error("state_dir {dir}: {source}")]
     StateDir { dir: String, source: std::io::Error },
+    /// etcd refused the configured user the access coordination needs.
+    #[error(transparent)]
+    Etcd(#[from] crate::etcd_access::AccessError),
 }
 
 /// Why a reload was not applied (the proxy keeps running on the configuration it had).
@@ -112,6 +115,15 @@ impl Proxy {
     /// start that is still waiting for the running process, before that one is told to stop
     /// accepting; after that the start completes, and the caller stops the proxy it returns.
     pub async fn start_with(cfg: Config, file: Option<String>, inherited: Inherited, stop: CancellationToken) -> Result<Proxy, StartError> {
+        // Before a takeover: a refusal must leave the running process serving.
+        if let Some(c) = &cfg.coordination {
+            match crate::etcd_access::check(c).await? {
+                crate::etcd_access::Access::Granted => tracing::debug!(cluster = %c.cluster, "etcd grants this proxy read and write on its cluster's keys"),
+                crate::etcd_access::Access::Unknown(why) => {
+                    tracing::warn!(error = %why, "could not check the etcd user's access now (etcd does not answer); coordination waits for etcd")
+                }
+            }
+        }
         let (listeners, mut hold) = takeover::start(&cfg, inherited, &stop).await?;
         let takeover::Listeners { client, client_addr, read, admin, admin_addr } = listeners;
         let (read, read_addr) = read.unzip();
