@@ -114,9 +114,7 @@ mod tests {
 
     fn live(read: Option<&str>, admin: Option<&str>) -> AdminLive {
         let info = super::super::ConfigInfo { loaded_at: String::new(), digest: String::new(), file: None, pid: 0 };
-        let mut cfg = crate::config::Config::default();
-        cfg.admin_read_token = read.map(Secret::new);
-        cfg.admin_token = admin.map(Secret::new);
+        let cfg = crate::config::Config { admin_read_token: read.map(Secret::new), admin_token: admin.map(Secret::new), ..Default::default() };
         AdminLive::new(&cfg, info)
     }
 
