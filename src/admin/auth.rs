@@ -38,14 +38,14 @@ pub fn check<B>(req: &Request<B>, token: Option<&Secret>) -> Result<(), Reply> {
     Err(unauthorized(reason))
 }
 
-/// A warning when the read endpoints answer anyone beyond this host: the admin port is bound
-/// to a non-loopback address and no read token is set.
+/// A warning when the read endpoints may answer anyone beyond this host: the admin port is
+/// bound to a non-loopback address and no read token is set.
 pub fn unprotected_reads(cfg: &crate::config::Config) -> Option<String> {
     (cfg.admin_read_token.is_none() && !cfg.admin_listen.ip().is_loopback()).then(|| {
         format!(
-            "admin_listen {} is reachable beyond this host and admin_read_token is not set: whoever reaches it reads the status, \
-             health, history and metrics (backend addresses, server errors, configuration); set admin_read_token, or bind \
-             admin_listen to 127.0.0.1 (or lock the port with a firewall or a NetworkPolicy)",
+            "admin_listen {} is no loopback address and admin_read_token is not set: whoever can reach the port reads the status, \
+             health, history and metrics (backend addresses, server errors, configuration); set admin_read_token, or keep the port \
+             private (bind it to 127.0.0.1, publish it on the host's loopback only, or a NetworkPolicy)",
             cfg.admin_listen
         )
     })
