@@ -40,6 +40,12 @@ except (BrokenPipeError, ConnectionResetError):
 print("pid", os.getpid(), "bytes", len(msg), "fds", len(fds))
 "#;
 
+/// These tests chown files and run processes as `nobody`: they need root, as the test
+/// machines run them.
+fn as_root() {
+    assert_eq!(rustix::process::geteuid().as_raw(), 0, "tests/security.rs needs root (it chowns files and runs processes as nobody)");
+}
+
 fn foreign_takeover(socket: &Path) -> String {
     let out = Command::new("runuser").args(["-u", "nobody", "--", "/usr/bin/python3", "-c", FOREIGN_TAKEOVER]).arg(socket).output().expect("runuser python3");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -76,6 +82,7 @@ async fn refused_total(admin: std::net::SocketAddr) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_foreign_user_gets_no_socket_and_the_proxy_keeps_serving() {
+    as_root();
     let c = cluster(0).await;
     let mut site = Site::new();
     let state = site.state();
@@ -124,6 +131,7 @@ async fn a_foreign_user_gets_no_socket_and_the_proxy_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_process_takes_sockets_from_its_own_user_only() {
+    as_root();
     let mut site = Site::new();
     chmod(site.path(), 0o755);
     let state = site.state();
@@ -168,6 +176,7 @@ async fn a_new_process_takes_sockets_from_its_own_user_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_state_dir_others_may_write_to_is_refused_at_start_check_and_takeover() {
+    as_root();
     let mut site = Site::new();
     let state = site.state();
     std::fs::create_dir(&state).unwrap();
@@ -212,6 +221,7 @@ async fn a_state_dir_others_may_write_to_is_refused_at_start_check_and_takeover(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secret_files_others_can_read_are_reported_at_check_start_and_reload() {
+    as_root();
     let mut site = Site::new();
     let dir = site.path().to_path_buf();
     let write = |name: &str, text: &str, mode: u32| {
@@ -290,6 +300,7 @@ async fn secret_files_others_can_read_are_reported_at_check_start_and_reload() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_read_token_guards_what_the_read_endpoints_show() {
+    as_root();
     let mut site = Site::new();
     let read_file = site.path().join("read-token");
     std::fs::write(&read_file, "read-1\n").unwrap();
