@@ -36,7 +36,8 @@
 //! the `status`, `health` and `demo` commands.
 //!
 //! No `unsafe` outside `takeover::systemd` (descriptors handed over across an `exec`): system
-//! calls go through `rustix` (and `nix` for the user database).
+//! calls go through `rustix` (and `nix` for the user database and a unix socket peer's
+//! credentials).
 #![deny(unsafe_code)]
 
 pub mod admin;

@@ -22,8 +22,10 @@ pub struct Peer {
 impl Peer {
     /// The peer of a connected unix socket.
     pub fn of(socket: impl AsFd) -> io::Result<Peer> {
-        let cred = rustix::net::sockopt::socket_peercred(socket)?;
-        Ok(Peer { uid: cred.uid.as_raw(), pid: cred.pid.as_raw_nonzero().get() })
+        // nix, not rustix: rustix's `UCred` cannot hold the pid 0 the kernel reports for a
+        // peer in another pid namespace.
+        let cred = nix::sys::socket::getsockopt(&socket, nix::sys::socket::sockopt::PeerCredentials)?;
+        Ok(Peer { uid: cred.uid(), pid: cred.pid() })
     }
 
     /// Whether a process of this peer may take this process's sockets over: the same user,
