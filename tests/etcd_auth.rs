@@ -16,8 +16,8 @@ use etcd_client::PermissionType;
 const LIMIT: Duration = Duration::from_secs(40);
 const PREFIX: &str = "/pgfailover/main/";
 
-/// A site whose proxy coordinates through `e` as `user`, the password in a `0600` file.
-fn site_as(c: &Cluster, e: &Etcd, user: &str, password: &str) -> Site {
+/// A site whose proxy `name` coordinates through `e` as `user`, the password in a `0600` file.
+fn site_as(c: &Cluster, e: &Etcd, name: &str, user: &str, password: &str) -> Site {
     let mut site = Site::new();
     let pw = site.path().join("etcd-password");
     std::fs::write(&pw, format!("{password}\n")).unwrap();
@@ -30,7 +30,7 @@ fn site_as(c: &Cluster, e: &Etcd, user: &str, password: &str) -> Site {
         .failure_threshold(3)
         .promote("auto")
         .shutdown_grace(Duration::from_millis(500))
-        .coordination(&e.endpoints(), "main", "p1")
+        .coordination(&e.endpoints(), "main", name)
         .lease_ttl(Duration::from_secs(3))
         .set("coordination", "user", user)
         .set("coordination", "password_file", pw.to_str().unwrap());
@@ -50,11 +50,20 @@ async fn a_role_limited_to_the_cluster_prefix_leads_records_and_fails_over() {
     let e = etcd::start_with(1, &["--auth-token-ttl", "2"]).await;
     etcd::enable_auth(&e, PREFIX, &[("pgfailover", "pgfailover-password", PermissionType::Readwrite)]).await;
     let c = std::sync::Arc::new(cluster(1).await);
-    let site = site_as(&c, &e, "pgfailover", "pgfailover-password");
+    // Two proxies, one user: the leader and a follower (its view, the watch, the election).
+    let (site, site2) = (site_as(&c, &e, "p1", "pgfailover", "pgfailover-password"), site_as(&c, &e, "p2", "pgfailover", "pgfailover-password"));
     let mut p = site.start("p1");
     p.ready(LIMIT).await;
-    let s = p.admin_until(LIMIT, "/failover/status", |r| r.json().is_some_and(|v| v["coordination"]["isLeader"] == true)).await.json().unwrap();
+    p.admin_until(LIMIT, "/failover/status", |r| r.json().is_some_and(|v| v["coordination"]["isLeader"] == true)).await;
+    let mut p2 = site2.start("p2");
+    p2.ready(LIMIT).await;
+    let s = p
+        .admin_until(LIMIT, "/failover/status", |r| r.json().is_some_and(|v| v["coordination"]["members"].as_array().is_some_and(|m| m.len() == 2)))
+        .await
+        .json()
+        .unwrap();
     assert_eq!(s["coordination"]["etcdReachable"], true, "{s}");
+    assert_eq!(s["coordination"]["leader"], "p1", "{s}");
 
     // The role's limit is real: the same user may not write beside its prefix.
     let mut limited = etcd::client_as(&e, "pgfailover", "pgfailover-password").await;
@@ -65,15 +74,18 @@ async fn a_role_limited_to_the_cluster_prefix_leads_records_and_fails_over() {
     // A failover needs the fencing-token transaction: the role is enough for it.
     let c2 = c.clone();
     blocking(move || c2.kill(0).unwrap()).await;
-    p.admin_until(LIMIT, "/failover/status", |r| r.json().is_some_and(|v| v["currentPrimary"] == "pg-b")).await;
+    for proc in [&mut p, &mut p2] {
+        proc.admin_until(LIMIT, "/failover/status", |r| r.json().is_some_and(|v| v["currentPrimary"] == "pg-b")).await;
+    }
     assert_eq!(in_recovery(&c, 1).await, "f", "pg-b was promoted");
     let mut root = etcd::client_as(&e, etcd::ROOT.0, etcd::ROOT.1).await;
     let rec = root.get(format!("{PREFIX}primary"), None).await.unwrap();
     let rec: serde_json::Value = serde_json::from_slice(rec.kvs()[0].value()).unwrap();
     assert_eq!(rec["name"], "pg-b", "{rec}");
-    let log = p.log();
-    assert!(!log.contains("permission denied") && !log.contains("invalid auth token"), "the expired token was renewed quietly: {log}");
-    assert!(!log.contains("pgfailover-password"), "the etcd password is never logged");
+    for log in [p.log(), p2.log()] {
+        assert!(!log.contains("permission denied") && !log.contains("invalid auth token"), "the expired token was renewed quietly: {log}");
+        assert!(!log.contains("pgfailover-password"), "the etcd password is never logged");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,7 +97,7 @@ async fn a_user_without_write_access_is_refused_and_promotes_nothing() {
     let c2 = c.clone();
     blocking(move || c2.kill(0).unwrap()).await;
 
-    let site = site_as(&c, &e, "reader", "reader-password");
+    let site = site_as(&c, &e, "reader", "reader", "reader-password");
     let mut p = site.start("reader");
     let status = p.exit(LIMIT).await;
     assert_eq!(status.code(), Some(1), "{}", p.log());
@@ -99,7 +111,7 @@ async fn a_user_without_write_access_is_refused_and_promotes_nothing() {
     assert_eq!(root.get(PREFIX, Some(etcd_client::GetOptions::new().with_prefix())).await.unwrap().count(), 0, "nothing was written");
 
     // A wrong password is refused as clearly, before anything listens.
-    let wrong = site_as(&c, &e, "reader", "not-the-password");
+    let wrong = site_as(&c, &e, "wrong", "reader", "not-the-password");
     let mut p = wrong.start("wrong");
     assert_eq!(p.exit(LIMIT).await.code(), Some(1));
     let log = p.log();
