@@ -12,7 +12,10 @@ use std::time::Duration;
 mod file;
 mod layers;
 mod parse;
+mod secret_files;
 mod validate;
+
+pub use secret_files::{LooseSecret, SecretFile};
 
 /// Everything that can go wrong while building a [`Config`].
 #[derive(Debug, thiserror::Error)]
@@ -277,6 +280,13 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// Bearer token for POST endpoints; `None` disables them (403).
     pub admin_token: Option<Secret>,
+    /// Bearer token for the read endpoints (status, health, history, the JSON metrics and,
+    /// unless `admin_metrics_open`, `/metrics`); `None` leaves them open. The admin token
+    /// reads too. `/health`, `/ready` and `/ready/ro` stay open for load balancers.
+    pub admin_read_token: Option<Secret>,
+    /// `/metrics` answers without a token even when `admin_read_token` is set (a scraper that
+    /// cannot send one, on a network that is locked otherwise).
+    pub admin_metrics_open: bool,
     /// Directory for the history journal (fences and events survive restarts).
     pub state_dir: Option<PathBuf>,
     /// `tracing` filter, overridden by `RUST_LOG`.
@@ -291,6 +301,9 @@ pub struct Config {
     /// Configured primary: only a starting hint, the servers' own answers decide.
     pub primary: BackendConfig,
     pub standbys: Vec<BackendConfig>,
+    /// The files a secret was read from (and the configuration file, when it holds one
+    /// itself), to report those other users can read: at start, `--check` and reload.
+    pub secret_files: Vec<SecretFile>,
 }
 
 impl Default for Config {
@@ -300,6 +313,8 @@ impl Default for Config {
             listen_ro: None,
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9432)),
             admin_token: None,
+            admin_read_token: None,
+            admin_metrics_open: false,
             state_dir: None,
             log_level: "info".into(),
             log_format: LogFormat::Text,
@@ -345,6 +360,7 @@ impl Default for Config {
                 ssl_root_cert: None,
             },
             standbys: Vec::new(),
+            secret_files: Vec::new(),
         }
     }
 }
@@ -354,6 +370,11 @@ impl Config {
     /// this list is the backend's stable index everywhere else.
     pub fn backends(&self) -> Vec<BackendConfig> {
         std::iter::once(self.primary.clone()).chain(self.standbys.iter().cloned()).collect()
+    }
+
+    /// The files holding a secret that other users can read now (see [`SecretFile`]).
+    pub fn loose_secret_files(&self) -> Vec<LooseSecret> {
+        secret_files::loose(&self.secret_files)
     }
 }
 
@@ -392,6 +413,10 @@ impl Config {
             let label = path.display().to_string();
             let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read { file: label.clone(), reason: e.to_string() })?;
             let raw = file::parse_file(&label, &text)?;
+            let inline = raw.inline_secrets();
+            if !inline.is_empty() {
+                cfg.secret_files.push(SecretFile { key: format!("{label} (it holds {})", inline.join(", ")), path: path.to_path_buf() });
+            }
             file::apply_file(&mut cfg, raw, &label, path.parent())?;
         }
         layers::apply_env(&mut cfg, env)?;

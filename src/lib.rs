@@ -21,9 +21,11 @@
 //!   switchover, re-point), history and the published status.
 //! - [`coord`]: several proxies agreeing through etcd, as a transport only: etcd's keys
 //!   decoded into events for the machine, and the writes it asks for (leader election,
-//!   recorded primary, shared fences, members' views, forwarded admin requests).
+//!   recorded primary, shared fences, members' views, forwarded admin requests), and whether
+//!   etcd grants this proxy's user what coordination needs, asked before the start.
 //! - [`cluster`]: the words both share: backend ids, fences, the records kept in etcd.
-//! - [`admin`]: the HTTP side port (status, history, trigger, metrics).
+//! - [`admin`]: the HTTP side port (status, history, trigger, metrics); who may read and
+//!   who may act.
 //! - [`metrics`]: per-instance Prometheus series.
 //! - [`duration`]: human durations ("250ms") and millisecond figures.
 //! - [`server`]: wires everything into one running proxy, and applies a reload (what needs a
@@ -43,7 +45,8 @@
 //! the `status`, `health` and `demo` commands.
 //!
 //! No `unsafe` outside `takeover::systemd` (descriptors handed over across an `exec`): system
-//! calls go through `rustix` (and `nix` for the user database).
+//! calls go through `rustix` (and `nix` for the user database and a unix socket peer's
+//! credentials).
 #![deny(unsafe_code)]
 
 pub mod admin;

@@ -104,7 +104,12 @@ fn main() -> ExitCode {
     };
     match &cli.command {
         Some(Cmd::Demo) => return demo::main(overrides),
-        Some(Cmd::Status { admin: Some(url) }) => return status::main(url),
+        Some(Cmd::Status { admin: Some(url) }) => {
+            // The token from wherever the configuration would take it (file, variables); a
+            // configuration that does not load leaves none.
+            let token = Config::load(cli.config.as_deref(), &process_env, &overrides).ok().and_then(reading_token);
+            return status::main(url, token.as_ref());
+        }
         Some(Cmd::Health { admin: Some(url) }) => return status::health(url),
         _ => {}
     }
@@ -116,19 +121,26 @@ fn main() -> ExitCode {
         }
     };
     match &cli.command {
-        Some(Cmd::Status { .. }) => return status::main(&format!("http://{}", cfg.admin_listen)),
+        Some(Cmd::Status { .. }) => return status::main(&format!("http://{}", cfg.admin_listen), reading_token(cfg.clone()).as_ref()),
         Some(Cmd::Health { .. }) => return status::health(&format!("http://{}", cfg.admin_listen)),
         _ => {}
     }
     if cli.check {
-        println!("{}", check::summary(&cfg));
-        return ExitCode::SUCCESS;
+        return check::main(&cfg);
     }
     let logs = logging::init(&cfg);
+    for w in check::warnings(&cfg) {
+        tracing::warn!("{w}");
+    }
     if !inherited.leftover().is_empty() {
         tracing::info!(sockets = inherited.leftover().len(), "listening sockets inherited from systemd (LISTEN_FDS)");
     }
     run::until_signal(cfg, logs, Some(Source { file: cli.config.clone(), overrides, inherited }), |_| {})
+}
+
+/// The token `pgfailover status` reads with: the read token, else the admin token.
+fn reading_token(cfg: Config) -> Option<pgfailover::config::Secret> {
+    cfg.admin_read_token.or(cfg.admin_token)
 }
 
 /// Two descriptors per client: use all the open files the hard limit allows (the default

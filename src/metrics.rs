@@ -99,6 +99,8 @@ pub struct Metrics {
     pub coordination_leader: Gauge,
     pub coordination_etcd_up: Gauge,
     pub coordination_lease_failures: Counter,
+    /// Connections to the control socket from a process of another user, refused.
+    pub takeover_refused: Counter,
     /// Per backend: 1 for the one this proxy routes new sessions to.
     pub routed_primary: Vec<Gauge>,
     pub primary_routable: Gauge,
@@ -208,6 +210,11 @@ impl Metrics {
             coordination_leader: gauge("pgfailover_coordination_leader", "1 while this proxy leads the coordinated proxies (only the leader promotes).", vec![]),
             coordination_etcd_up: gauge("pgfailover_coordination_etcd_up", "1 while etcd answers this proxy.", vec![]),
             coordination_lease_failures: counter("pgfailover_coordination_lease_renewal_failures_total", "Failed renewals of this proxy's etcd lease.", vec![]),
+            takeover_refused: counter(
+                "pgfailover_takeover_refused_total",
+                "Connections to the takeover control socket refused because the peer runs as another user (not this process's user or root).",
+                vec![],
+            ),
             routed_primary: per_backend("backend").into_iter().map(|l| gauge("pgfailover_routed_primary", "1 for the backend this proxy routes new sessions to.", l)).collect(),
             fenced_backends: gauge("pgfailover_fenced_backends", "Backends currently fenced (no traffic).", vec![]),
             primary_routable: gauge("pgfailover_primary_routable", "1 while new client connections have a primary to go to.", vec![]),

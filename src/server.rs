@@ -30,6 +30,9 @@ pub enum StartError {
     /// The history journal in the state directory.
     #[error("state_dir {dir}: {source}")]
     StateDir { dir: String, source: std::io::Error },
+    /// etcd refused the configured user the access coordination needs.
+    #[error(transparent)]
+    Etcd(#[from] crate::coord::access::AccessError),
 }
 
 /// Why a reload was not applied (the proxy keeps running on the configuration it had).
@@ -94,6 +97,15 @@ impl Proxy {
     /// start that is still waiting for the running process, before that one is told to stop
     /// accepting; after that the start completes, and the caller stops the proxy it returns.
     pub async fn start_with(cfg: Config, file: Option<String>, inherited: Inherited, stop: CancellationToken) -> Result<Proxy, StartError> {
+        // Before a takeover: a refusal must leave the running process serving.
+        if let Some(c) = &cfg.coordination {
+            match crate::coord::access::check(c).await? {
+                crate::coord::access::Access::Granted => tracing::debug!(cluster = %c.cluster, "etcd grants this proxy read and write on its cluster's keys"),
+                crate::coord::access::Access::Unknown(why) => {
+                    tracing::warn!(error = %why, "could not check the etcd user's access now (etcd does not answer); coordination waits for etcd")
+                }
+            }
+        }
         let (listeners, mut hold) = takeover::start(&cfg, inherited, &stop).await?;
         let takeover::Listeners { client, client_addr, read, admin, admin_addr } = listeners;
         let (read, read_addr) = read.unzip();
@@ -175,7 +187,7 @@ impl Proxy {
             tasks.spawn(admin::serve_forwarded(rx, coord, admin_ctx.clone(), shutdown.clone()));
         }
         tasks.spawn(admin::run(admin, admin_ctx.clone(), shutdown.clone()));
-        let handed_over = hold.serve(monitor.clone(), shutdown.clone(), monitor_tasks.clone(), &tasks);
+        let handed_over = hold.serve(monitor.clone(), shutdown.clone(), monitor_tasks.clone(), &tasks, metrics.takeover_refused.clone());
         if cfg.admin_token.is_none() {
             tracing::info!("no admin token configured: POST endpoints answer 403");
         }

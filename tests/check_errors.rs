@@ -79,7 +79,10 @@ async fn a_wrong_checker_password_degrades_but_never_fails_over() {
     create_monitor_role(&c);
     let p = start_proxy(proxy_config(&c, as_monitor)).await;
     wait_status(&p, LIMIT, "healthy", |s| s.state == State::Healthy).await;
-    c.psql(0, "ALTER ROLE pgf_monitor PASSWORD 'changed'; SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'pgf_monitor'").unwrap();
+    // Two commands: one string would run both in one transaction, and a checker reconnecting
+    // before it commits would log in with the old password and keep that session.
+    c.psql(0, "ALTER ROLE pgf_monitor PASSWORD 'changed'").unwrap();
+    c.psql(0, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'pgf_monitor'").unwrap();
     let s = wait_status(&p, LIMIT, "checks refused by authentication", |s| backend(s, "pg-a").last_error_kind == Some(ErrorKind::Misconfigured)).await;
     assert!(backend(&s, "pg-a").last_error.as_deref().unwrap().contains("28P01"), "{:?}", backend(&s, "pg-a").last_error);
     no_failover_after_more_checks(&p, &c).await;

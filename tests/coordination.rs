@@ -26,7 +26,11 @@ async fn three_proxies_one_promotion_everyone_follows_and_the_old_primary_stays_
     let (p1, p2, p3) = (ProxyProc::start(&c, "p1", &o, &[]).await, ProxyProc::start(&c, "p2", &o, &[]).await, ProxyProc::start(&c, "p3", &o, &[]).await);
     let ps = [&p1, &p2, &p3];
     let lead = agreed(&ps, "pg-a").await;
-    let st = all(&ps, "the primary is recorded", |_, s| s["coordination"]["recordedPrimary"]["name"] == "pg-a").await;
+    // Each proxy publishes its view once it has checked the servers: wait for all three.
+    let st = all(&ps, "the primary is recorded and every view published", |_, s| {
+        s["coordination"]["recordedPrimary"]["name"] == "pg-a" && s["coordination"]["members"].as_array().is_some_and(|m| m.len() == 3)
+    })
+    .await;
     assert_eq!(st[0]["coordination"]["members"].as_array().unwrap().len(), 3, "three live members: {:#}", st[0]);
     let follower = *ps.iter().find(|p| p.name != lead).unwrap();
 

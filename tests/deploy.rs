@@ -196,3 +196,73 @@ async fn compose_bootstrap_scripts_make_a_streaming_standby() {
     assert_eq!(c.psql(0, "select active from pg_replication_slots where slot_name = 'standby_slot'").unwrap(), "t");
     assert_eq!(c.psql(1, "select pg_is_in_recovery()").unwrap(), "t");
 }
+
+/// Every shipped deployment locks what the README's Security section says it locks: the
+/// admin port private (loopback publishing, or a NetworkPolicy and the read token), secrets
+/// as files no other user can read, the state directory the service user's alone.
+#[test]
+fn shipped_deployments_lock_the_admin_port_the_secrets_and_the_state() {
+    // systemd: credentials, a private state directory, a umask.
+    let unit = repo("deploy/systemd/pgfailover.service");
+    for line in [
+        "UMask=0077",
+        "StateDirectoryMode=0700",
+        "LoadCredential=db-password:/etc/pgfailover/db-password",
+        "LoadCredential=admin-token:/etc/pgfailover/admin-token",
+        "Environment=DB_PASSWORD_FILE=%d/db-password PGFAILOVER_ADMIN_TOKEN_FILE=%d/admin-token",
+    ] {
+        assert!(unit.lines().any(|l| l == line), "{line:?} not in the systemd unit");
+    }
+
+    // Kubernetes: secrets mounted 0400 and read through *_FILE, no secret in a variable.
+    let docs = k8s_docs();
+    let pod = &find(&docs, "Deployment", "pgfailover")["spec"]["template"];
+    let spec = &pod["spec"];
+    assert_eq!(spec["securityContext"]["fsGroup"], spec["securityContext"]["runAsGroup"], "fsGroup makes a 0400 Secret 0440 root:<the pod's group>");
+    let volumes = spec["volumes"].as_sequence().unwrap();
+    let secret_vol = volumes.iter().find(|v| v["secret"]["secretName"] == "pgfailover-secrets").expect("the Secret as a volume");
+    assert_eq!(secret_vol["secret"]["defaultMode"].as_u64(), Some(0o400));
+    let container = &spec["containers"][0];
+    assert!(container["envFrom"].is_null(), "no secret as environment variables");
+    let mount = container["volumeMounts"].as_sequence().unwrap().iter().find(|m| m["name"] == secret_vol["name"]).expect("mounted");
+    let dir = mount["mountPath"].as_str().unwrap();
+    let secret = find(&docs, "Secret", "pgfailover-secrets");
+    let keys = secret["stringData"].as_mapping().unwrap();
+    let env = container["env"].as_sequence().unwrap();
+    for var in ["DB_PASSWORD_FILE", "PGFAILOVER_ADMIN_TOKEN_FILE", "PGFAILOVER_ADMIN_READ_TOKEN_FILE"] {
+        let value = env.iter().find(|e| e["name"] == var).unwrap_or_else(|| panic!("{var}"))["value"].as_str().unwrap();
+        let key = value.strip_prefix(&format!("{dir}/")).unwrap_or_else(|| panic!("{var}={value} is not in {dir}"));
+        assert!(keys.contains_key(key), "{var} names {key}, which the Secret lacks");
+    }
+    // The state directory is one pgfailover creates inside the (world-writable) emptyDir.
+    let cm = find(&docs, "ConfigMap", "pgfailover-config");
+    let state = load_toml(cm["data"]["proxy.toml"].as_str().unwrap()).state_dir.expect("a state_dir");
+    let state_vol = container["volumeMounts"].as_sequence().unwrap().iter().find(|m| m["name"] == "state").unwrap()["mountPath"].as_str().unwrap();
+    assert!(state.starts_with(state_vol) && state != Path::new(state_vol), "{} must be below {state_vol}", state.display());
+    let dockerfile = repo("Dockerfile");
+    assert!(dockerfile.contains(&format!("PGFAILOVER_STATE_DIR={}", state.display())), "the image's variable agrees (it wins over the file)");
+
+    // The admin port: only Prometheus may reach it, with the read token.
+    let np = find(&docs, "NetworkPolicy", "pgfailover");
+    assert_eq!(np["spec"]["podSelector"]["matchLabels"], pod["metadata"]["labels"]);
+    let rules = np["spec"]["ingress"].as_sequence().unwrap();
+    let admin_rules: Vec<_> = rules.iter().filter(|r| r["ports"].as_sequence().unwrap().iter().any(|p| p["port"] == "admin" || p["port"] == 9432)).collect();
+    assert!(
+        !admin_rules.is_empty() && admin_rules.iter().all(|r| r["from"].as_sequence().is_some_and(|f| !f.is_empty())),
+        "the admin port is open to named peers only"
+    );
+    assert!(rules.iter().all(|r| r["ports"].is_sequence()), "no rule opens every port");
+    let sm = find(&docs, "ServiceMonitor", "pgfailover");
+    let cred = &sm["spec"]["endpoints"][0]["authorization"]["credentials"];
+    assert_eq!(cred["name"], "pgfailover-secrets");
+    assert!(keys.contains_key(cred["key"].as_str().unwrap()), "the scrape sends a token the Secret has");
+
+    // docker-compose: admin ports, Prometheus and Grafana on the host's loopback only.
+    let compose: serde_yaml::Value = serde_yaml::from_str(&repo("docker-compose.yml")).unwrap();
+    for (service, container_port) in [("pgfailover", "9432"), ("pgfailover-2", "9432"), ("prometheus", "9090"), ("grafana", "3000")] {
+        let ports = compose["services"][service]["ports"].as_sequence().unwrap_or_else(|| panic!("{service} ports"));
+        for p in ports.iter().map(|p| p.as_str().unwrap()).filter(|p| p.ends_with(&format!(":{container_port}"))) {
+            assert!(p.starts_with("127.0.0.1:"), "{service} publishes {p} beyond the host");
+        }
+    }
+}

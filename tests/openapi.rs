@@ -73,6 +73,13 @@ async fn every_documented_status_is_real() {
     }
     drop(lonely);
 
+    // A read token configured: the read endpoints answer 401 without it.
+    let locked = start_proxy(proxy_config(&c, |cfg| cfg.admin_read_token = Some(Secret::new("read-token")))).await;
+    for path in ["/failover/status", "/failover/metrics", "/failover/health", "/failover/history", "/metrics"] {
+        assert_eq!(call(&mut seen, locked.admin_addr, "GET", path, None, "").await.status, 401, "{path}");
+    }
+    drop(locked);
+
     // trigger_wait of 1ms: a trigger answers 202 while the promotion runs.
     let quick = start_proxy(proxy_config(&c, |cfg| {
         with_token(cfg);

@@ -17,7 +17,9 @@
 //! | GET | /ready | readiness: 200 while a primary is routable, else 503 |
 //! | GET | /ready/ro | the read-only port's readiness: 200 while a read target exists |
 //!
-//! POSTs need `Authorization: Bearer <token>`; errors are JSON `{"error": "…"}`.
+//! POSTs need `Authorization: Bearer <admin_token>`. With `admin_read_token` set, every GET
+//! but `/health`, `/ready`, `/ready/ro` (and `/metrics` with `admin_metrics_open`) needs it
+//! or the admin token (`auth.rs`). Errors are JSON `{"error": "…"}`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -41,6 +43,8 @@ use crate::monitor::MonitorHandle;
 mod auth;
 mod handlers;
 mod pause;
+
+pub use auth::unprotected_reads;
 
 /// Largest request body accepted (413 beyond).
 pub const MAX_BODY: usize = 64 * 1024;
@@ -74,6 +78,10 @@ pub struct AdminContext {
 pub struct AdminLive {
     /// `None` disables the POST endpoints (403).
     pub token: Option<Secret>,
+    /// `None` leaves the read endpoints open; otherwise they need it (or `token`).
+    pub read_token: Option<Secret>,
+    /// `/metrics` needs no token even with `read_token`.
+    pub metrics_open: bool,
     /// How long a trigger waits for the failover to finish before answering 202.
     pub trigger_wait: Duration,
     /// Bound on `/failover/check-health`.
@@ -90,6 +98,8 @@ impl AdminLive {
         let cfg = &loaded.config;
         AdminLive {
             token: cfg.admin_token.clone(),
+            read_token: cfg.admin_read_token.clone(),
+            metrics_open: cfg.admin_metrics_open,
             trigger_wait: cfg.failover.trigger_wait,
             check_wait: cfg.health.timeout * 2,
             forward_wait: cfg.failover.trigger_wait * 2 + cfg.failover.promote_timeout + Duration::from_secs(5),
@@ -200,6 +210,14 @@ async fn route(req: Request<Incoming>, ctx: &AdminContext, peer: SocketAddr) -> 
         let mut r = error(StatusCode::METHOD_NOT_ALLOWED, &format!("{path} accepts {allowed} only"));
         r.headers_mut().insert(hyper::header::ALLOW, hyper::header::HeaderValue::from_static(if allowed == "GET" { "GET" } else { "POST" }));
         return r;
+    }
+    if method == Method::GET {
+        let live = ctx.live();
+        if !auth::open_to_all(&path, live.metrics_open) {
+            if let Err(r) = auth::check_read(&req, &live) {
+                return r;
+            }
+        }
     }
     match (method, path.as_str()) {
         (Method::GET, "/failover/status") => handlers::status(ctx),

@@ -1,6 +1,37 @@
-//! `pgfailover --check`: the configuration is valid; a summary of it, never a secret.
+//! `pgfailover --check`: the configuration is valid; a summary of it, never a secret; and
+//! what would stop or weaken a start: a state directory others may write to (refused at
+//! start, so here too), files holding a secret that others can read, read endpoints open
+//! beyond this host (warnings).
+
+use std::process::ExitCode;
 
 use pgfailover::config::Config;
+
+/// Prints the summary and the warnings; exit 2 when the start would be refused.
+pub fn main(cfg: &Config) -> ExitCode {
+    if let Some(dir) = &cfg.state_dir {
+        // A missing directory is created safely at start; an existing one must be safe now.
+        match pgfailover::takeover::check_state_dir(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                eprintln!("pgfailover: configuration error: state_dir {}: {e}", dir.display());
+                return ExitCode::from(2);
+            }
+            _ => {}
+        }
+    }
+    println!("{}", summary(cfg));
+    for w in warnings(cfg) {
+        eprintln!("pgfailover: warning: {w}");
+    }
+    ExitCode::SUCCESS
+}
+
+/// What is worth a warning in `cfg` (also logged at start and on reload).
+pub fn warnings(cfg: &Config) -> Vec<String> {
+    let mut out: Vec<String> = cfg.loose_secret_files().iter().map(ToString::to_string).collect();
+    out.extend(pgfailover::admin::unprotected_reads(cfg));
+    out
+}
 
 /// One line per backend and the key settings; never a secret.
 pub fn summary(cfg: &Config) -> String {
@@ -16,6 +47,13 @@ pub fn summary(cfg: &Config) -> String {
         humantime::format_duration(cfg.failover.drain_timeout),
         cfg.proxy.max_client_connections,
     );
+    let set = |t: &Option<_>, off: &'static str| if t.is_some() { "token" } else { off };
+    let metrics = if cfg.admin_read_token.is_none() || cfg.admin_metrics_open { "open" } else { "token" };
+    s.push_str(&format!(
+        "\n  admin port: POST {}, reads {}, /metrics {metrics}, probes open",
+        set(&cfg.admin_token, "off"),
+        set(&cfg.admin_read_token, "open")
+    ));
     for (i, b) in cfg.backends().iter().enumerate() {
         let role = if i == 0 { "primary" } else { "standby" };
         s.push_str(&format!("\n  {role} {} at {} (db {}, user {}, ssl {})", b.name, b.address(), b.database, b.user, b.ssl));

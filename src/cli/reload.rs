@@ -33,6 +33,10 @@ pub async fn reload(proxy: &Proxy, src: &Source, file: Option<String>, logs: &Lo
             return false;
         }
     };
+    // Reported again: a rotated secret file may have come with another mode.
+    for w in super::check::warnings(&cfg) {
+        tracing::warn!("{w}");
+    }
     let digest = pgfailover::live::digest(&cfg);
     let log_cfg = cfg.clone();
     match proxy.reload(cfg, file).await {

@@ -3,10 +3,12 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use pgfailover::config::Secret;
 use serde_json::Value;
 
-pub fn main(admin: &str) -> ExitCode {
-    match fetch(admin, "/failover/status") {
+/// The table; `token` (the read token, or the admin token) when the admin port asks for one.
+pub fn main(admin: &str, token: Option<&Secret>) -> ExitCode {
+    match fetch(admin, "/failover/status", token) {
         Ok(v) => {
             print!("{}", render(&v));
             ExitCode::SUCCESS
@@ -20,7 +22,7 @@ pub fn main(admin: &str) -> ExitCode {
 
 /// `pgfailover health`: exit 0 when `/health` answers 200 (a container HEALTHCHECK).
 pub fn health(admin: &str) -> ExitCode {
-    match fetch(admin, "/health") {
+    match fetch(admin, "/health", None) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pgfailover health: {e}");
@@ -29,8 +31,8 @@ pub fn health(admin: &str) -> ExitCode {
     }
 }
 
-/// A GET against the admin port (http only) with hyper's client.
-fn fetch(admin: &str, path: &str) -> Result<Value, String> {
+/// A GET against the admin port (http only) with hyper's client, with `token` as bearer.
+fn fetch(admin: &str, path: &str, token: Option<&Secret>) -> Result<Value, String> {
     use http_body_util::{BodyExt, Empty};
     use hyper_util::client::legacy::Client;
     use hyper_util::rt::TokioExecutor;
@@ -42,7 +44,11 @@ fn fetch(admin: &str, path: &str) -> Result<Value, String> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     rt.block_on(async {
         let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
-        let req = hyper::Request::get(url).header(hyper::header::ACCEPT, "application/json").body(Empty::new()).map_err(|e| e.to_string())?;
+        let mut req = hyper::Request::get(url).header(hyper::header::ACCEPT, "application/json");
+        if let Some(t) = token {
+            req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {}", t.expose()));
+        }
+        let req = req.body(Empty::new()).map_err(|e| e.to_string())?;
         let limit = Duration::from_secs(10);
         let resp = tokio::time::timeout(limit, client.request(req))
             .await

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::parse::{parse_addr, parse_balance, parse_fallback, parse_log_format, parse_promote, parse_quorum, read_secret_file, set, standby_from};
-use super::{BackendConfig, Config, ConfigError, Secret};
+use super::{BackendConfig, Config, ConfigError, Secret, SecretFile};
 
 pub(super) fn parse_file(label: &str, text: &str) -> Result<RawFile, ConfigError> {
     let value: toml::Value = toml::from_str(text).map_err(|e| {
@@ -35,6 +35,9 @@ pub(super) struct RawFile {
     admin_listen: Option<String>,
     admin_token: Option<String>,
     admin_token_file: Option<PathBuf>,
+    admin_read_token: Option<String>,
+    admin_read_token_file: Option<PathBuf>,
+    admin_metrics_open: Option<bool>,
     state_dir: Option<PathBuf>,
     log_level: Option<String>,
     log_format: Option<String>,
@@ -46,6 +49,31 @@ pub(super) struct RawFile {
     primary: Option<RawBackend>,
     #[serde(default)]
     standbys: Vec<RawBackend>,
+}
+
+impl RawFile {
+    /// The keys of this file that hold a secret in the file itself.
+    pub(super) fn inline_secrets(&self) -> Vec<String> {
+        let mut keys = Vec::new();
+        if self.admin_token.is_some() {
+            keys.push("admin_token".to_string());
+        }
+        if self.admin_read_token.is_some() {
+            keys.push("admin_read_token".to_string());
+        }
+        if self.coordination.as_ref().is_some_and(|c| c.password.is_some()) {
+            keys.push("coordination.password".to_string());
+        }
+        if self.primary.as_ref().is_some_and(|p| p.password.is_some()) {
+            keys.push("primary.password".to_string());
+        }
+        for (i, s) in self.standbys.iter().enumerate() {
+            if s.password.is_some() {
+                keys.push(format!("standbys[{i}].password"));
+            }
+        }
+        keys
+    }
 }
 
 #[derive(Deserialize)]
@@ -174,11 +202,15 @@ pub(super) fn apply_file(cfg: &mut Config, raw: RawFile, label: &str, base: Opti
             co.password = Some(Secret::new(p));
         }
         if let Some(p) = c.password_file {
-            co.password = Some(read_secret_file(label, "coordination.password_file", &resolve(base, p))?);
+            co.password = Some(read_secret_file(label, "coordination.password_file", &resolve(base, p), &mut cfg.secret_files)?);
         }
         co.ca_file = c.ca_file.map(|p| resolve(base, p));
         co.cert_file = c.cert_file.map(|p| resolve(base, p));
         co.key_file = c.key_file.map(|p| resolve(base, p));
+        // A private key: read by the etcd client later, reported with the other secrets.
+        if let Some(k) = &co.key_file {
+            cfg.secret_files.push(SecretFile { key: format!("{label}: coordination.key_file"), path: k.clone() });
+        }
         cfg.coordination = Some(co);
     }
     if let Some(s) = raw.admin_listen {
@@ -188,8 +220,15 @@ pub(super) fn apply_file(cfg: &mut Config, raw: RawFile, label: &str, base: Opti
         cfg.admin_token = Some(Secret::new(t));
     }
     if let Some(p) = raw.admin_token_file {
-        cfg.admin_token = Some(read_secret_file(label, "admin_token_file", &resolve(base, p))?);
+        cfg.admin_token = Some(read_secret_file(label, "admin_token_file", &resolve(base, p), &mut cfg.secret_files)?);
     }
+    if let Some(t) = raw.admin_read_token {
+        cfg.admin_read_token = Some(Secret::new(t));
+    }
+    if let Some(p) = raw.admin_read_token_file {
+        cfg.admin_read_token = Some(read_secret_file(label, "admin_read_token_file", &resolve(base, p), &mut cfg.secret_files)?);
+    }
+    set(&mut cfg.admin_metrics_open, raw.admin_metrics_open);
     if let Some(p) = raw.state_dir {
         cfg.state_dir = Some(resolve(base, p));
     }
@@ -231,18 +270,18 @@ pub(super) fn apply_file(cfg: &mut Config, raw: RawFile, label: &str, base: Opti
         set(&mut cfg.proxy.max_client_connections, p.max_client_connections);
     }
     if let Some(p) = raw.primary {
-        merge_backend(&mut cfg.primary, p, label, "primary", base)?;
+        merge_backend(&mut cfg.primary, p, label, "primary", base, &mut cfg.secret_files)?;
     }
     let primary = cfg.primary.clone();
     for (i, s) in raw.standbys.into_iter().enumerate() {
         let mut b = standby_from(&primary, i);
-        merge_backend(&mut b, s, label, &format!("standbys[{i}]"), base)?;
+        merge_backend(&mut b, s, label, &format!("standbys[{i}]"), base, &mut cfg.secret_files)?;
         cfg.standbys.push(b);
     }
     Ok(())
 }
 
-fn merge_backend(b: &mut BackendConfig, raw: RawBackend, label: &str, key: &str, base: Option<&Path>) -> Result<(), ConfigError> {
+fn merge_backend(b: &mut BackendConfig, raw: RawBackend, label: &str, key: &str, base: Option<&Path>, files: &mut Vec<SecretFile>) -> Result<(), ConfigError> {
     set(&mut b.name, raw.name);
     set(&mut b.host, raw.host);
     set(&mut b.port, raw.port);
@@ -253,7 +292,7 @@ fn merge_backend(b: &mut BackendConfig, raw: RawBackend, label: &str, key: &str,
         b.password = Some(Secret::new(p));
     }
     if let Some(p) = raw.password_file {
-        b.password = Some(read_secret_file(label, &format!("{key}.password_file"), &resolve(base, p))?);
+        b.password = Some(read_secret_file(label, &format!("{key}.password_file"), &resolve(base, p), files)?);
     }
     if let Some(p) = raw.ssl_root_cert {
         b.ssl_root_cert = Some(resolve(base, p));

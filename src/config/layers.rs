@@ -50,7 +50,7 @@ pub(super) fn apply_env(cfg: &mut Config, env: EnvLookup<'_>) -> Result<(), Conf
         cfg.primary.password = Some(Secret::new(v));
     }
     if let Some(p) = env("DB_PASSWORD_FILE") {
-        cfg.primary.password = Some(read_secret_file(ENV, "DB_PASSWORD_FILE", Path::new(&p))?);
+        cfg.primary.password = Some(read_secret_file(ENV, "DB_PASSWORD_FILE", Path::new(&p), &mut cfg.secret_files)?);
     }
     if let Some(v) = env("DB_SSL") {
         cfg.primary.ssl = parse_bool(&v).ok_or_else(|| bad("DB_SSL", format!("{v:?} is not true/false")))?;
@@ -78,7 +78,16 @@ pub(super) fn apply_env(cfg: &mut Config, env: EnvLookup<'_>) -> Result<(), Conf
         cfg.admin_token = Some(Secret::new(v));
     }
     if let Some(p) = env("PGFAILOVER_ADMIN_TOKEN_FILE") {
-        cfg.admin_token = Some(read_secret_file(ENV, "PGFAILOVER_ADMIN_TOKEN_FILE", Path::new(&p))?);
+        cfg.admin_token = Some(read_secret_file(ENV, "PGFAILOVER_ADMIN_TOKEN_FILE", Path::new(&p), &mut cfg.secret_files)?);
+    }
+    if let Some(v) = env("PGFAILOVER_ADMIN_READ_TOKEN") {
+        cfg.admin_read_token = Some(Secret::new(v));
+    }
+    if let Some(p) = env("PGFAILOVER_ADMIN_READ_TOKEN_FILE") {
+        cfg.admin_read_token = Some(read_secret_file(ENV, "PGFAILOVER_ADMIN_READ_TOKEN_FILE", Path::new(&p), &mut cfg.secret_files)?);
+    }
+    if let Some(v) = env("PGFAILOVER_ADMIN_METRICS_OPEN") {
+        cfg.admin_metrics_open = parse_bool(&v).ok_or_else(|| bad("PGFAILOVER_ADMIN_METRICS_OPEN", format!("{v:?} is not true/false")))?;
     }
     if let Some(v) = env("PGFAILOVER_LISTEN") {
         cfg.listen = parse_addr(&v).map_err(|r| bad("PGFAILOVER_LISTEN", r))?;
@@ -121,6 +130,7 @@ pub(super) fn apply_env(cfg: &mut Config, env: EnvLookup<'_>) -> Result<(), Conf
         let list: Vec<String> = v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect();
         cfg.coordination.get_or_insert_with(super::CoordinationConfig::with_defaults).etcd_endpoints = list;
     }
+    let files = &mut cfg.secret_files;
     if let Some(c) = cfg.coordination.as_mut() {
         if let Some(v) = env("PGFAILOVER_CLUSTER") {
             c.cluster = v;
@@ -138,7 +148,7 @@ pub(super) fn apply_env(cfg: &mut Config, env: EnvLookup<'_>) -> Result<(), Conf
             c.password = Some(Secret::new(v));
         }
         if let Some(p) = env("PGFAILOVER_ETCD_PASSWORD_FILE") {
-            c.password = Some(read_secret_file(ENV, "PGFAILOVER_ETCD_PASSWORD_FILE", Path::new(&p))?);
+            c.password = Some(read_secret_file(ENV, "PGFAILOVER_ETCD_PASSWORD_FILE", Path::new(&p), files)?);
         }
     }
     if let Some(v) = env("PGFAILOVER_QUORUM") {

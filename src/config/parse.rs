@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use super::{BackendConfig, Balance, ConfigError, Fallback, LogFormat, PromoteMode, Quorum, Secret};
+use super::{BackendConfig, Balance, ConfigError, Fallback, LogFormat, PromoteMode, Quorum, Secret, SecretFile};
 
 /// A standby inherits the primary's database, credentials and TLS settings.
 pub(super) fn standby_from(primary: &BackendConfig, index: usize) -> BackendConfig {
@@ -30,8 +30,11 @@ pub(super) fn parse_promote(s: &str) -> Result<PromoteMode, String> {
     }
 }
 
-pub(super) fn read_secret_file(label: &str, key: &str, path: &Path) -> Result<Secret, ConfigError> {
+/// Reads a secret from `path` (named by `key` in `label`), and remembers the file in `files`
+/// for the report of files other users can read.
+pub(super) fn read_secret_file(label: &str, key: &str, path: &Path, files: &mut Vec<SecretFile>) -> Result<Secret, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError::invalid(label, key, format!("cannot read {}: {e}", path.display())))?;
+    files.push(SecretFile { key: format!("{label}: {key}"), path: path.to_path_buf() });
     Ok(Secret::new(text.trim_end_matches(['\r', '\n'])))
 }
 

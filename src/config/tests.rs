@@ -230,3 +230,54 @@ fn bad_coordination_values_are_named() {
         }
     }
 }
+
+#[test]
+fn the_read_token_and_the_metrics_switch_from_file_and_env() {
+    let c = load("admin_read_token = \"r1\"\n", &[], &Overrides::default()).unwrap();
+    assert_eq!(c.admin_read_token.as_ref().map(Secret::expose), Some("r1"));
+    assert!(!c.admin_metrics_open, "with a read token, /metrics is closed unless opened");
+    let tok = file_with("from-file\n");
+    let text = format!("admin_read_token_file = {:?}\nadmin_metrics_open = true\n", tok.path());
+    let c = load(&text, &[], &Overrides::default()).unwrap();
+    assert_eq!(c.admin_read_token.as_ref().map(Secret::expose), Some("from-file"));
+    assert!(c.admin_metrics_open);
+    let c = load(&text, &[("PGFAILOVER_ADMIN_READ_TOKEN", "r2"), ("PGFAILOVER_ADMIN_METRICS_OPEN", "false")], &Overrides::default()).unwrap();
+    assert_eq!(c.admin_read_token.as_ref().map(Secret::expose), Some("r2"));
+    assert!(!c.admin_metrics_open);
+    assert!(!format!("{c:?}").contains("r2"));
+}
+
+#[test]
+fn an_empty_token_is_refused_not_taken_for_none() {
+    let empty = file_with("\n");
+    let e = err(&format!("admin_token_file = {:?}\n", empty.path()), &[]);
+    assert!(e.contains("admin_token: is empty"), "{e}");
+    let e = err("", &[("PGFAILOVER_ADMIN_READ_TOKEN_FILE", empty.path().to_str().unwrap())]);
+    assert!(e.starts_with("environment: PGFAILOVER_ADMIN_READ_TOKEN_FILE: is empty"), "{e}");
+    let e = err("", &[("PGFAILOVER_ADMIN_TOKEN", "")]);
+    assert!(e.starts_with("environment: PGFAILOVER_ADMIN_TOKEN: is empty"), "{e}");
+}
+
+#[test]
+fn every_file_a_secret_comes_from_is_remembered_with_its_key() {
+    let (a, b, d) = (file_with("t\n"), file_with("pw\n"), file_with("dbpw\n"));
+    let text = format!("admin_token_file = {:?}\n[coordination]\nuser = \"u\"\npassword_file = {:?}\n[primary]\npassword = \"inline\"\n", a.path(), b.path());
+    let f = file_with(&text);
+    let label = f.path().display().to_string();
+    let c = Config::load(Some(f.path()), &env_of(&[("DB_PASSWORD_FILE", d.path().to_str().unwrap())]), &Overrides::default()).unwrap();
+    let got: Vec<(String, &Path)> = c.secret_files.iter().map(|s| (s.key.clone(), s.path.as_path())).collect();
+    assert_eq!(
+        got,
+        vec![
+            (format!("{label} (it holds primary.password)"), f.path()),
+            (format!("{label}: coordination.password_file"), b.path()),
+            (format!("{label}: admin_token_file"), a.path()),
+            ("environment: DB_PASSWORD_FILE".to_string(), d.path()),
+        ]
+    );
+    // Temporary files are 0600: nothing to report.
+    assert!(c.loose_secret_files().is_empty(), "{:?}", c.loose_secret_files());
+    // A configuration without any secret in it is no secret file.
+    let c = load("log_level = \"info\"\n", &[], &Overrides::default()).unwrap();
+    assert!(c.secret_files.is_empty());
+}

@@ -32,6 +32,13 @@ pub(super) fn check(cfg: &Config) -> Result<(), Invalid> {
     if cfg.proxy.max_client_connections == 0 {
         return v("proxy.max_client_connections", "must be at least 1");
     }
+    // An empty token (an empty token file, a variable set to nothing) would admit a request
+    // that sends an empty bearer: refused rather than taken for "no token".
+    for (key, token) in [("admin_token", &cfg.admin_token), ("admin_read_token", &cfg.admin_read_token)] {
+        if token.as_ref().is_some_and(|t| t.expose().trim().is_empty()) {
+            return v(key, "is empty; a token needs at least one character (leave it unset to have none)");
+        }
+    }
     let mut names = std::collections::HashSet::new();
     for (i, b) in cfg.backends().iter().enumerate() {
         let key = if i == 0 { "primary".to_string() } else { format!("standbys[{}]", i - 1) };
@@ -150,6 +157,10 @@ pub(super) fn origin(key: &str, file: Option<&Path>, env: EnvLookup<'_>, flags: 
         "log_level" => Some("PGFAILOVER_LOG_LEVEL"),
         "health.interval" => Some("FAILOVER_HEALTH_CHECK_INTERVAL"),
         "proxy.max_client_connections" => Some("PGFAILOVER_MAX_CLIENT_CONNECTIONS"),
+        "admin_token" if env("PGFAILOVER_ADMIN_TOKEN_FILE").is_some() => Some("PGFAILOVER_ADMIN_TOKEN_FILE"),
+        "admin_token" => Some("PGFAILOVER_ADMIN_TOKEN"),
+        "admin_read_token" if env("PGFAILOVER_ADMIN_READ_TOKEN_FILE").is_some() => Some("PGFAILOVER_ADMIN_READ_TOKEN_FILE"),
+        "admin_read_token" => Some("PGFAILOVER_ADMIN_READ_TOKEN"),
         "primary.host" => Some("DB_HOST"),
         "primary.port" => Some("DB_PORT"),
         "primary.name" => Some("PGFAILOVER_PRIMARY_NAME"),

@@ -29,7 +29,9 @@ pub(super) fn options(cfg: &CoordinationConfig, request_timeout: Option<Duration
         o = o.with_timeout(t);
     }
     if let Some(u) = &cfg.user {
-        o = o.with_user(u.clone(), cfg.password.as_ref().map(|p| p.expose().to_string()).unwrap_or_default());
+        // etcd forgets a token unused for --auth-token-ttl (5 min): the lease renewals do not
+        // use it, so an idle leader's next write would fail for ever without a new one.
+        o = o.with_user(u.clone(), cfg.password.as_ref().map(|p| p.expose().to_string()).unwrap_or_default()).with_auto_token_refresh(true);
     }
     if cfg.etcd_endpoints.iter().any(|e| e.starts_with("https://")) {
         let read = |p: &Option<PathBuf>| -> Result<Vec<u8>, String> {

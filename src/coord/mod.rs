@@ -12,7 +12,8 @@
 //! of its TTL), publishes this proxy's view under `members/<name>` on it, campaigns for
 //! leadership in etcd's election (`election`), and watches the cluster's keys (`keys`, which
 //! also decodes them; their values are [`crate::cluster`]'s). `connection` says how etcd is
-//! reached, `fences` queues and writes fence changes, `gate` holds the fencing-token
+//! reached (and `access` asks, before the start, whether etcd grants this proxy's user what
+//! coordination needs), `fences` queues and writes fence changes, `gate` holds the fencing-token
 //! transactions, and `forward` hands admin requests from a follower to the leader.
 //!
 //! - only the leader promotes, and only after a transaction that succeeds while its election
@@ -31,6 +32,7 @@ use tokio_util::task::TaskTracker;
 use crate::cluster::{DrainRecord, FenceRecord, Maintenance, MemberView, PauseRecord, PrimaryRecord, Request, Response};
 use crate::config::CoordinationConfig;
 
+pub mod access;
 mod connection;
 mod election;
 mod error;

@@ -11,6 +11,7 @@ use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::peer::{own_uid, Peer};
 use super::{handshake, Hold, StateLock};
 use crate::monitor::MonitorHandle;
 
@@ -39,8 +40,16 @@ impl Hold {
     /// Once this process's monitor runs: listens for the next process on the control socket
     /// and hands over to it (on `tasks`). `shutdown` stops this process's accepting and
     /// tasks; `monitor_tasks` are the monitor and the coordinator, which end before the lock
-    /// goes. Without a state directory there is nobody to hand over to.
-    pub fn serve(self, monitor: MonitorHandle, shutdown: CancellationToken, monitor_tasks: TaskTracker, tasks: &TaskTracker) -> HandedOver {
+    /// goes; `refused` counts peers of another user, who get nothing. Without a state
+    /// directory there is nobody to hand over to.
+    pub fn serve(
+        self,
+        monitor: MonitorHandle,
+        shutdown: CancellationToken,
+        monitor_tasks: TaskTracker,
+        tasks: &TaskTracker,
+        refused: metrics::Counter,
+    ) -> HandedOver {
         let handed_over = HandedOver::default();
         let (Some(dir), Some(sockets)) = (&self.dir, self.sockets) else { return handed_over };
         let control = match bind_control(dir) {
@@ -60,17 +69,21 @@ impl Hold {
                 return handed_over;
             }
         };
-        let h = Handover { sockets: Arc::new(sockets), lock: self.lock, shutdown, monitor_tasks, done: handed_over.clone(), monitor };
+        let h = Handover { sockets: Arc::new(sockets), lock: self.lock, shutdown, monitor_tasks, done: handed_over.clone(), monitor, refused };
         tasks.spawn(h.serve(control));
         handed_over
     }
 }
 
-/// The control socket, replacing a stale one (the lock is held: nobody else serves it).
+/// The control socket, replacing a stale one (the lock is held: nobody else serves it);
+/// `0600` whatever the umask. (Until the `chmod` the `0700` state directory keeps others out.)
 fn bind_control(dir: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
     let path = handshake::socket_path(dir);
     let _ = std::fs::remove_file(&path);
-    UnixListener::bind(&path)
+    let l = UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
 }
 
 /// The running process's side of a takeover.
@@ -88,6 +101,8 @@ struct Handover {
     monitor_tasks: TaskTracker,
     /// Told once the new process has the monitor.
     done: HandedOver,
+    /// `pgfailover_takeover_refused_total`: peers of another user.
+    refused: metrics::Counter,
 }
 
 impl Handover {
@@ -112,6 +127,25 @@ impl Handover {
                     continue;
                 }
             };
+            // Before a byte is read or written: another user gets no answer at all.
+            match Peer::of(&stream) {
+                Ok(peer) if peer.may_take_over(own_uid()) => {}
+                Ok(peer) => {
+                    self.refused.increment(1);
+                    tracing::warn!(
+                        uid = peer.uid,
+                        pid = peer.pid,
+                        own_uid = own_uid(),
+                        "refused a takeover from a process of another user: it gets no socket, this process serves on"
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    self.refused.increment(1);
+                    tracing::warn!(error = %e, "refused a takeover whose peer credentials cannot be read");
+                    continue;
+                }
+            }
             // Not in the middle of a failover or switchover (its steps are this monitor's to
             // finish): the new process asks again.
             let status = self.monitor.status();

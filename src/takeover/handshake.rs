@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::fd_passing::{recv_fds, send_fds};
+use super::peer::{own_uid, Peer};
 use super::Inherited;
 
 pub fn socket_path(dir: &Path) -> PathBuf {
@@ -32,13 +33,29 @@ pub const BUSY: &str = "BUSY";
 
 /// The new process's side, step one: asks the running process (if any) for its listening
 /// sockets. `Ok(None)`: nobody listens on the control socket. An error of kind `WouldBlock`:
-/// the running process is busy, ask again.
+/// the running process is busy, ask again. A listener of another user is refused (kind
+/// `PermissionDenied`) before a word is said to it.
 pub fn request(dir: &Path) -> io::Result<Option<(UnixStream, Inherited, u32)>> {
-    let mut s = match UnixStream::connect(socket_path(dir)) {
+    let path = socket_path(dir);
+    let mut s = match UnixStream::connect(&path) {
         Ok(s) => s,
         Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused) => return Ok(None),
         Err(e) => return Err(e),
     };
+    let peer = Peer::of(&s)?;
+    if !peer.may_hand_over(own_uid()) {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "the process listening on {} runs as uid {} (pid {}), not as this process's user (uid {}): refusing to take sockets from it; \
+                 find out who put it there (the state directory must be this user's alone)",
+                path.display(),
+                peer.uid,
+                peer.pid,
+                own_uid()
+            ),
+        ));
+    }
     s.set_read_timeout(Some(STEP))?;
     s.set_write_timeout(Some(STEP))?;
     s.write_all(format!("TAKEOVER {}\n", std::process::id()).as_bytes())?;

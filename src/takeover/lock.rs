@@ -23,7 +23,9 @@ pub fn lock_path(dir: &Path) -> PathBuf {
 impl StateLock {
     /// Takes the lock if nobody holds it.
     pub fn try_take(dir: &Path) -> io::Result<Option<StateLock>> {
-        let mut file = std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(lock_path(dir))?;
+        use std::os::unix::fs::OpenOptionsExt;
+        // The owner's alone, like everything in the state directory, whatever the umask.
+        let mut file = std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).mode(0o600).open(lock_path(dir))?;
         match flock(&file, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => {}
             Err(rustix::io::Errno::WOULDBLOCK) => return Ok(None),

@@ -14,6 +14,10 @@
 //!   process its own queue, and closing the old one resets every connection still queued on
 //!   it.) [`Successor`] starts that new process (SIGUSR2, or a reload that changes the
 //!   backends).
+//! - **Who may** (`state_dir.rs`, `peer.rs`). The state directory belongs to this process's
+//!   user and nobody else may write in it (created `0700`; refused otherwise); the control
+//!   socket is `0600`; and each side checks the other's credentials (`SO_PEERCRED`) before
+//!   a descriptor moves.
 //! - **systemd** (`systemd.rs`). Listening sockets inherited through socket activation
 //!   (`LISTEN_FDS`), and `sd_notify`.
 //!
@@ -26,6 +30,8 @@ mod handover;
 mod handshake;
 mod inherited;
 mod lock;
+mod peer;
+mod state_dir;
 mod successor;
 mod systemd;
 
@@ -45,6 +51,8 @@ pub use handover::HandedOver;
 pub use handshake::{socket_path, BUSY};
 pub use inherited::Inherited;
 pub use lock::{lock_path, StateLock};
+pub use peer::Peer;
+pub use state_dir::check as check_state_dir;
 pub use successor::{alive, Successor};
 pub use systemd::sd_notify;
 #[cfg(feature = "testkit")]
@@ -112,7 +120,8 @@ pub struct Hold {
 pub async fn start(cfg: &Config, mut inherited: Inherited, stop: &CancellationToken) -> Result<(Listeners, Hold), TakeoverError> {
     let mut previous = None;
     if let Some(dir) = &cfg.state_dir {
-        std::fs::create_dir_all(dir).map_err(state_err(dir))?;
+        // Before anything else touches it, on a fresh start and before a takeover alike.
+        state_dir::prepare(dir).map_err(state_err(dir))?;
         if let Some((stream, sockets, pid)) = ask(dir, stop).await? {
             tracing::warn!(pid, "taking over from the running process");
             // systemd's sockets first, the old process's for the other keys.

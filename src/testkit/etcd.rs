@@ -23,11 +23,18 @@ pub struct Etcd {
     dir: tempfile::TempDir,
     initial_cluster: String,
     token: String,
+    /// More flags for every member (e.g. `--auth-token-ttl`).
+    extra: Vec<String>,
 }
 
 impl Etcd {
     /// Starts `n` members and waits (up to 30 s) until every one reports itself healthy.
     pub fn start(n: usize) -> std::io::Result<Etcd> {
+        Etcd::start_with(n, &[])
+    }
+
+    /// As [`Etcd::start`], each member with the flags `extra` besides.
+    pub fn start_with(n: usize, extra: &[&str]) -> std::io::Result<Etcd> {
         let dir = tempfile::Builder::new().prefix("pgfailover-etcd-").tempdir()?;
         let mut members = Vec::new();
         for i in 0..n {
@@ -35,7 +42,7 @@ impl Etcd {
         }
         let initial_cluster = members.iter().map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port)).collect::<Vec<_>>().join(",");
         let token = format!("pgfailover-{}-{}", std::process::id(), members[0].client_port);
-        let mut e = Etcd { members, dir, initial_cluster, token };
+        let mut e = Etcd { members, dir, initial_cluster, token, extra: extra.iter().map(|s| s.to_string()).collect() };
         for i in 0..n {
             e.spawn(i)?;
         }
@@ -55,6 +62,7 @@ impl Etcd {
             .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &self.initial_cluster, "--initial-cluster-state", "new", "--initial-cluster-token", &self.token])
             .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

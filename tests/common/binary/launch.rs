@@ -25,11 +25,14 @@ pub struct Launch {
     dir: Option<PathBuf>,
     /// Another build of pgfailover (a benchmark's baseline); None: the binary under test.
     program: Option<PathBuf>,
+    /// Programs it is started through, outermost first (another user, a umask), each with
+    /// its arguments; the binary and its own arguments follow the last.
+    through: Vec<Vec<OsString>>,
 }
 
 impl Launch {
     pub fn new(name: &str) -> Launch {
-        Launch { name: name.into(), args: Vec::new(), env: Vec::new(), socket: None, admin: None, dir: None, program: None }
+        Launch { name: name.into(), args: Vec::new(), env: Vec::new(), socket: None, admin: None, dir: None, program: None, through: Vec::new() }
     }
 
     pub fn args<A: Into<OsString>>(mut self, args: impl IntoIterator<Item = A>) -> Self {
@@ -60,6 +63,19 @@ impl Launch {
         self
     }
 
+    /// Runs it as OS user `user` (`runuser`; the PID is runuser's, which passes signals on).
+    pub fn run_as(mut self, user: &str) -> Self {
+        self.through.push(["runuser", "-u", user, "--"].map(OsString::from).to_vec());
+        self
+    }
+
+    /// Runs it under umask `mask` (as some container and service setups do).
+    pub fn umask(mut self, mask: u32) -> Self {
+        // `exec`: the shell's PID becomes the binary's.
+        self.through.push(vec!["/bin/sh".into(), "-c".into(), format!("umask {mask:04o} && exec \"$0\" \"$@\"").into()]);
+        self
+    }
+
     /// Writes the log files into `dir`.
     pub fn logs_in(mut self, dir: &Path) -> Self {
         self.dir = Some(dir.to_path_buf());
@@ -77,10 +93,16 @@ impl Launch {
         let (stderr, stdout) = (dir.join(format!("{}.log", self.name)), dir.join(format!("{}.out", self.name)));
         // Appending: a successor the process starts inherits both files and writes on.
         let open = |p: &Path| std::fs::OpenOptions::new().create(true).append(true).open(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        let mut cmd = match (self.socket, &self.program) {
-            (None, None) => Command::new(BIN),
-            (None, Some(program)) => Command::new(program),
-            (Some(fd), _) => socket_activated(fd),
+        let bin = self.program.clone().unwrap_or_else(|| PathBuf::from(BIN));
+        let mut cmd = match (self.socket, self.through.split_first()) {
+            (None, None) => Command::new(&bin),
+            (None, Some((first, rest))) => {
+                let mut c = Command::new(&first[0]);
+                c.args(&first[1..]).args(rest.iter().flatten()).arg(&bin);
+                c
+            }
+            (Some(fd), None) => socket_activated(fd),
+            (Some(_), Some(_)) => panic!("a socket-activated start runs the binary directly"),
         };
         hermetic(&mut cmd).args(&self.args).envs(self.env).stdin(Stdio::null()).stdout(open(&stdout)).stderr(open(&stderr));
         let child = cmd.spawn().unwrap_or_else(|e| panic!("start {BIN}: {e}"));
