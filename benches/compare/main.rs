@@ -137,6 +137,10 @@ fn throughput(dir: &std::path::Path) {
             Err(_) => all.push(targets::pgfailover(dir, c.nodes[0].port, Some(c.nodes[1].port), &pw, "1s", "1s")),
         }
     }
+    // Another build beside the one under test (the commit before a change): paired rounds.
+    if let Some(base) = std::env::var_os("BENCH_PGFAILOVER_BASELINE").map(std::path::PathBuf::from) {
+        all.push(targets::pgfailover_build(dir, c.nodes[0].port, Some(c.nodes[1].port), &pw, &base, "pgfailover-baseline"));
+    }
     if wanted.contains("haproxy") {
         all.extend(targets::haproxy(dir, c.nodes[0].port));
     }
@@ -169,6 +173,7 @@ fn throughput(dir: &std::path::Path) {
     // (workload, target) -> per-round values and CPU%.
     let mut values: HashMap<(usize, usize), Vec<f64>> = HashMap::new();
     let mut cpus: HashMap<(usize, usize), Vec<f64>> = HashMap::new();
+    let mut cpu_units: HashMap<(usize, usize), Vec<f64>> = HashMap::new();
     for round in 0..rounds {
         for (wi, w) in Workload::ALL.iter().enumerate().filter(|(i, _)| chosen.contains(i)) {
             for k in 0..all.len() {
@@ -199,7 +204,12 @@ fn throughput(dir: &std::path::Path) {
                         }
                     }
                 }
-                let cpu = t.pid.map(|p| (targets::cpu_seconds(p) - cpu0.unwrap()) / wall * 100.0);
+                let cpu_s = t.pid.map(|p| targets::cpu_seconds(p) - cpu0.unwrap());
+                let cpu = cpu_s.map(|c| c / wall * 100.0);
+                // CPU per unit of work: per transaction (pgbench) or per MB (COPY), in µs.
+                if let Some(c) = cpu_s.filter(|_| v > 0.0) {
+                    cpu_units.entry((wi, ti)).or_default().push(c / (v * wall) * 1e6);
+                }
                 println!("round {} {:<32} {:<10} {:>12.1}{}", round + 1, w.label(), t.name, v, cpu.map(|c| format!("   cpu {c:.0}%")).unwrap_or_default());
                 values.entry((wi, ti)).or_default().push(v);
                 if let Some(c) = cpu {
@@ -213,7 +223,7 @@ fn throughput(dir: &std::path::Path) {
             println!("\nWARNING: {} failed over {n} time(s) during the run (see the warnings above); after that it proxied to the promoted standby", t.name);
         }
     }
-    println!("\nMedians; ratio = median over rounds of (target / direct in the same round); cpu = proxy process CPU%.\n");
+    println!("\nMedians; ratio = median over rounds of (target / direct in the same round) [min–max]; cpu = proxy process CPU%; CPU per unit = proxy CPU time per transaction (pgbench) or per MB (COPY).\n");
     let mut header = "| workload | direct |".to_string();
     for t in &all[1..] {
         header.push_str(&format!(" {} |", t.name));
@@ -226,7 +236,15 @@ fn throughput(dir: &std::path::Path) {
             let v = &values[&(wi, ti)];
             let mut ratios: Vec<f64> = v.iter().zip(&d).map(|(a, b)| a / b).collect();
             let mut cpu = cpus.get(&(wi, ti)).cloned().unwrap_or_default();
-            row.push_str(&format!(" {:.0} (ratio **{:.3}**, cpu {:.0}%) |", median(&mut v.clone()), median(&mut ratios), median(&mut cpu)));
+            let mut per = cpu_units.get(&(wi, ti)).cloned().unwrap_or_default();
+            let (lo, hi) = ratios.iter().fold((f64::MAX, f64::MIN), |(l, h), r| (l.min(*r), h.max(*r)));
+            let per_text = if per.is_empty() { String::new() } else { format!(", {:.1} µs CPU per unit", median(&mut per)) };
+            row.push_str(&format!(
+                " {:.0} (ratio **{:.3}** [{lo:.3}–{hi:.3}], cpu {:.0}%{per_text}) |",
+                median(&mut v.clone()),
+                median(&mut ratios),
+                median(&mut cpu)
+            ));
         }
         println!("{row}");
     }
