@@ -27,6 +27,9 @@ pub enum StartError {
     /// over, a stop signal while waiting for one).
     #[error(transparent)]
     Takeover(#[from] TakeoverError),
+    /// The data path's threads could not be started.
+    #[error("cannot start the data path's threads: {0}")]
+    Workers(std::io::Error),
     /// The history journal in the state directory.
     #[error("state_dir {dir}: {source}")]
     StateDir { dir: String, source: std::io::Error },
@@ -142,7 +145,8 @@ impl Proxy {
         ports.extend(read.map(|l| (l, Port::Read)));
         // The read-only port's route, for the admin port's `/ready/ro`.
         let reads = cfg.listen_ro.map(|_| dp.read_route.clone());
-        let data_path = tokio::spawn(proxy::listener::run_ports(ports, dp, stop));
+        let workers = crate::proxy::workers::Workers::start(cfg.proxy.worker_threads).map_err(StartError::Workers)?;
+        let data_path = tokio::spawn(proxy::listener::run_ports(ports, dp, Some(workers), stop));
 
         hold.lock().await?;
 

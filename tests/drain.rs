@@ -252,16 +252,21 @@ async fn sessions_that_keep_reappearing_are_named_as_such() {
     routed(&p, "pg-a").await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut loops = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..8 {
         let (stop, pw, addr) = (stop.clone(), pw.clone(), node_addr(&c, 0));
         loops.push(tokio::spawn(async move {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 if let Ok(client) = try_connect(addr, &pw).await {
-                    let _ = client.batch_execute("select pg_sleep(0.05)").await;
+                    let _ = client.batch_execute("select pg_sleep(0.5)").await;
                 }
             }
         }));
     }
+    // Every loop has a session open before the switchover begins.
+    eventually(LIMIT, "the direct sessions", || async {
+        (c.psql(0, "select count(*) from pg_stat_activity where query = 'select pg_sleep(0.5)'").ok()?.parse::<u32>().ok()? >= 6).then_some(())
+    })
+    .await;
     let r = post(p.admin_addr, "/failover/trigger", Some(TOKEN), r#"{"target": "pg-b"}"#).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for l in loops {

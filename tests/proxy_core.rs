@@ -166,7 +166,7 @@ async fn tls_passes_through_to_the_server() {
     assert!(row.get::<_, bool>(0), "the server sees an encrypted session");
     assert!(row.get::<_, String>(1).starts_with("TLS"));
     // The proxy moved only ciphertext: it never saw the query text.
-    assert!(pgfailover::metrics::Stats::get(&p.metrics.stats.bytes_client_to_server) > 0);
+    assert!(p.metrics.stats.bytes.totals().0 > 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -432,10 +432,7 @@ async fn shutdown_ends_a_session_whose_server_never_answers_the_startup() {
     c.hang(0).unwrap();
     let (addr, pw) = (p.addr, c.options.password.clone());
     let pending = tokio::spawn(async move { try_connect(addr, &pw).await });
-    eventually(SECS_10, "the client's startup to reach the frozen server", || async {
-        (pgfailover::metrics::Stats::get(&p.metrics.stats.bytes_client_to_server) > 0).then_some(())
-    })
-    .await;
+    eventually(SECS_10, "the client's startup to reach the frozen server", || async { (p.metrics.stats.bytes.totals().0 > 0).then_some(()) }).await;
     p.shutdown.cancel();
     eventually(SECS_10, "the proxy to stop after its drain period", || async { p.task.is_finished().then_some(()) }).await;
     assert!(pending.await.unwrap().is_err(), "the waiting client's connection was closed");

@@ -222,7 +222,7 @@ async fn a_slow_promotion_is_waited_for_not_undone() {
     let ledger = Ledger::start(p.client_addr, &pw).await;
     ledger.advance(200, LIMIT, "writes flowing").await;
     let acked = ledger.finish().await;
-    eventually(LIMIT, "pg-b replayed every write", || async { missing_on(&c, 1, &acked).is_empty().then_some(()) }).await;
+    eventually(LIMIT, "pg-b replayed every write", || async { try_missing_on(&c, 1, &acked)?.is_empty().then_some(()) }).await;
     let startup = c.process(1, "startup").expect("the standby's startup process");
     c.pause_process(startup);
     let paused_at = Instant::now();

@@ -38,8 +38,8 @@ pub fn metrics_json(ctx: &AdminContext) -> Reply {
                 "readFallback": get(&st.read_fallback),
             },
             "bytes": {
-                "clientToServer": get(&st.bytes_client_to_server),
-                "serverToClient": get(&st.bytes_server_to_client),
+                "clientToServer": st.bytes.totals().0,
+                "serverToClient": st.bytes.totals().1,
             },
             "backendConnectErrors": get(&st.connect_errors),
             "noPrimarySeconds": ctx.metrics.no_primary_seconds(),

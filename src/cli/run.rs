@@ -18,16 +18,9 @@ use super::signals::{Sig, Signals};
 /// the configuration from `source` (the demo has none).
 pub fn until_signal(cfg: Config, logs: LogHandle, mut source: Option<Source>, ready: impl FnOnce(&Proxy)) -> ExitCode {
     let successor = Successor::of_this_process();
-    let mut builder = match cfg.proxy.worker_threads {
-        1 => tokio::runtime::Builder::new_current_thread(),
-        0 => tokio::runtime::Builder::new_multi_thread(),
-        n => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n);
-            b
-        }
-    };
-    let rt = match builder.enable_all().build() {
+    // The control plane (accepting, the monitor, the admin port, etcd) on this thread; the
+    // sessions on the data path's own threads (`proxy.worker_threads`, see proxy::workers).
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("pgfailover: cannot start the runtime: {e}");

@@ -1,31 +1,36 @@
-//! The client listener: accepts connections and spawns a [`session`] for
-//! each. `run(listener, …, shutdown)` is the whole entry point, so a test can bind
-//! `127.0.0.1:0`, spawn it and talk to it.
+//! The client listener: accepts connections and spawns a [`session`] for each, on the
+//! data-path threads ([`Workers`]) when it has them. `run(listener, …, shutdown)` is the
+//! whole entry point, so a test can bind `127.0.0.1:0`, spawn it and talk to it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::datapath::{DataPath, Port};
 use super::session;
+use super::workers::Workers;
 
 /// Accepts clients on the main port until `shutdown`, then lets sessions drain for the
 /// configured grace period and closes the rest. Returns once every session task has ended.
+/// Sessions run on the caller's runtime.
 pub async fn run(listener: TcpListener, dp: Arc<DataPath>, shutdown: CancellationToken) {
-    run_ports(vec![(listener, Port::Primary)], dp, shutdown).await
+    run_ports(vec![(listener, Port::Primary)], dp, None, shutdown).await
 }
 
-/// As [`run`], for several listeners (the main port and the read-only port), with one drain.
-pub async fn run_ports(listeners: Vec<(TcpListener, Port)>, dp: Arc<DataPath>, shutdown: CancellationToken) {
+/// As [`run`], for several listeners (the main port and the read-only port), with one drain;
+/// sessions run on `workers` when given. The threads end once the drain is over.
+pub async fn run_ports(listeners: Vec<(TcpListener, Port)>, dp: Arc<DataPath>, workers: Option<Workers>, shutdown: CancellationToken) {
+    let workers = workers.map(Arc::new);
     let sessions = TaskTracker::new();
     // Cancelled when the grace period is over: ends every session still running.
     let kill = CancellationToken::new();
     let accepting = TaskTracker::new();
     for (listener, port) in listeners {
-        accepting.spawn(accept(listener, port, dp.clone(), sessions.clone(), shutdown.clone(), kill.clone()));
+        let how = Spawn { sessions: sessions.clone(), workers: workers.clone(), stopping: shutdown.clone(), kill: kill.clone() };
+        accepting.spawn(accept(listener, port, dp.clone(), how));
     }
     accepting.close();
     accepting.wait().await;
@@ -41,9 +46,43 @@ pub async fn run_ports(listeners: Vec<(TcpListener, Port)>, dp: Arc<DataPath>, s
     }
 }
 
-/// One listener's accept loop, until `shutdown`.
-async fn accept(listener: TcpListener, port: Port, dp: Arc<DataPath>, sessions: TaskTracker, shutdown: CancellationToken, kill: CancellationToken) {
+/// Where and how a new session runs.
+struct Spawn {
+    /// Every session, for the drain.
+    sessions: TaskTracker,
+    /// The data-path threads; `None`: the accepting runtime.
+    workers: Option<Arc<Workers>>,
+    /// The proxy stops accepting (held clients are refused).
+    stopping: CancellationToken,
+    /// The drain period is over (spliced sessions are closed).
+    kill: CancellationToken,
+}
+
+impl Spawn {
+    fn session(&self, client: TcpStream, dp: Arc<DataPath>, port: Port) {
+        let (stopping, kill) = (self.stopping.clone(), self.kill.clone());
+        let Some(workers) = &self.workers else {
+            self.sessions.spawn(session::serve(client, dp, port, stopping, kill));
+            return;
+        };
+        // Counted for the drain from now, while it moves to its thread.
+        let counted = self.sessions.token();
+        match client.into_std() {
+            Ok(client) => {
+                workers.spawn(client, move |client| async move {
+                    let _counted = counted;
+                    session::serve(client, dp, port, stopping, kill).await
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "a new client's socket could not leave the accepting runtime"),
+        }
+    }
+}
+
+/// One listener's accept loop, until the proxy stops accepting.
+async fn accept(listener: TcpListener, port: Port, dp: Arc<DataPath>, how: Spawn) {
     let mut backoff = Duration::from_millis(5);
+    let shutdown = how.stopping.clone();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -51,10 +90,10 @@ async fn accept(listener: TcpListener, port: Port, dp: Arc<DataPath>, sessions: 
                 Ok((client, _peer)) => {
                     backoff = Duration::from_millis(5);
                     if dp.metrics.active_sessions() >= dp.config().proxy.max_client_connections {
-                        sessions.spawn(session::refuse_over_limit(client, dp.clone()));
+                        how.sessions.spawn(session::refuse_over_limit(client, dp.clone()));
                         continue;
                     }
-                    sessions.spawn(session::serve(client, dp.clone(), port, shutdown.clone(), kill.clone()));
+                    how.session(client, dp.clone(), port);
                 }
                 Err(e) => {
                     // EMFILE and friends: the accept loop must survive them. Back off so a

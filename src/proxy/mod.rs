@@ -11,6 +11,7 @@ pub mod session;
 pub mod socket;
 pub mod startup;
 pub mod wire;
+pub mod workers;
 
 pub use datapath::DataPath;
 pub use listener::run;

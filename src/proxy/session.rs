@@ -171,8 +171,8 @@ pub async fn splice_with(client: &TcpStream, server: &TcpStream, m: &Metrics, tr
     let first_eof = AtomicU8::new(0);
     let (up_ctx, down_ctx) = match tracking {
         Some(t) if !t.track.is_opaque() => {
-            let up = Follow { track: t.track, gate: t.gate, backend: t.backend, framer: Framer::new(Side::Frontend) };
-            let down = Follow { track: t.track, gate: t.gate, backend: t.backend, framer: t.down };
+            let up = Follow { track: t.track, gate: t.gate, backend: t.backend, framer: Framer::new(Side::Frontend), opened: false };
+            let down = Follow { track: t.track, gate: t.gate, backend: t.backend, framer: t.down, opened: false };
             (Some(up), Some(down))
         }
         _ => (None, None),
@@ -192,43 +192,58 @@ struct Follow<'a> {
     gate: &'a Gate,
     backend: BackendId,
     framer: Framer,
+    /// The client bytes being forwarded began a statement of a quiet session: counted as
+    /// busy until they are fed to the framer.
+    opened: bool,
 }
 
 impl Follow<'_> {
-    /// Client bytes just read, not yet forwarded: if they begin a statement of a quiet
-    /// session while its server is paused, waits until it is not (the outer select ends the
-    /// wait if the session must end instead). Then counts them.
-    async fn client_bytes(&mut self, data: &[u8]) {
-        if self.framer.at_boundary() && self.track.is_quiet() {
-            loop {
-                // Busy first, then look at the pause (see the gate's handshake).
-                self.track.open();
-                if !self.gate.holds(self.backend) {
-                    break;
-                }
-                self.track.close();
-                let mut changes = self.gate.watch();
-                changes.borrow_and_update();
-                if !self.gate.holds(self.backend) {
-                    continue;
-                }
-                self.track.set_held(true);
-                let counted = self.gate.hold_statement();
-                self.gate.went_quiet();
-                while self.gate.holds(self.backend) {
-                    if changes.changed().await.is_err() {
-                        // The data path is gone: the proxy stops, and shutdown ends us.
-                        std::future::pending::<()>().await;
-                    }
-                }
-                drop(counted);
-                self.track.set_held(false);
-            }
-            self.framer.feed(data, self.track);
-            self.track.close();
-        } else {
-            self.framer.feed(data, self.track);
+    /// Client bytes read, not yet forwarded: whether they may go now. If they begin a
+    /// statement of a quiet session whose server is paused, they may not (see [`held`]);
+    /// otherwise the statement counts as begun from here (busy first, then the pause is
+    /// looked at: the gate's handshake), and [`client_fed`] counts the bytes.
+    ///
+    /// [`held`]: Self::held
+    /// [`client_fed`]: Self::client_fed
+    fn admit(&mut self) -> bool {
+        if !(self.framer.at_boundary() && self.track.is_quiet()) {
+            return true;
         }
+        self.track.open();
+        if self.gate.holds(self.backend) {
+            self.track.close();
+            return false;
+        }
+        self.opened = true;
+        true
+    }
+
+    /// Counts admitted client bytes.
+    fn client_fed(&mut self, data: &[u8]) {
+        self.framer.feed(data, self.track);
+        if std::mem::take(&mut self.opened) {
+            self.track.close();
+        }
+    }
+
+    /// Waits while the pause holds this session's next statement (the outer select ends the
+    /// wait if the session must end instead).
+    async fn held(&mut self) {
+        let mut changes = self.gate.watch();
+        changes.borrow_and_update();
+        if !self.gate.holds(self.backend) {
+            return;
+        }
+        self.track.set_held(true);
+        let _counted = self.gate.hold_statement();
+        self.gate.went_quiet();
+        while self.gate.holds(self.backend) {
+            if changes.changed().await.is_err() {
+                // The data path is gone: the proxy stops, and shutdown ends us.
+                std::future::pending::<()>().await;
+            }
+        }
+        self.track.set_held(false);
     }
 
     /// Server bytes about to be forwarded.
@@ -256,55 +271,114 @@ enum Direction {
     Down = 2,
 }
 
-/// First read of a burst: enough for any ordinary protocol message without touching the
-/// allocator's slow paths.
-const SMALL: usize = 16 * 1024;
-/// Reads grow to this while each one fills the buffer (COPY, large results): fewer syscalls
-/// per byte on bulk transfers.
+/// The scratch buffer's size: reads up to this much at once (COPY, large results) while an
+/// ordinary protocol message fits many times over.
 const LARGE: usize = 256 * 1024;
 
 /// Copies one direction. A buffer exists only while data flows: it is taken when the socket
 /// becomes readable and dropped once the socket is drained, so an idle session holds none.
 async fn pump(from: &TcpStream, to: &TcpStream, dir: Direction, m: &Metrics, first_eof: &AtomicU8, mut follow: Option<Follow<'_>>) -> io::Result<()> {
+    let up = matches!(dir, Direction::Up);
     loop {
         from.readable().await?;
-        // Capacity only: reads fill uninitialised spare capacity, nothing is zeroed.
-        let mut buf: Vec<u8> = Vec::with_capacity(SMALL);
         loop {
-            buf.clear();
-            let cap = buf.capacity();
-            match read_chunk(from, &mut buf) {
-                Ok(0) => {
+            // One chunk through the thread's scratch buffer, forwarded at once if the other
+            // socket takes it; only what must wait (a held statement, a full socket) is
+            // copied into a buffer of the session's own.
+            let step = SCRATCH.with_borrow_mut(|buf| -> io::Result<Step> {
+                buf.clear();
+                let n = match read_chunk(from, buf) {
+                    Ok(0) => return Ok(Step::Eof),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Step::Drained),
+                    Err(e) => return Err(e),
+                };
+                let short = n < buf.capacity();
+                match (&mut follow, dir) {
+                    (Some(f), Direction::Up) => {
+                        if !f.admit() {
+                            return Ok(Step::Hold(buf.to_vec(), short));
+                        }
+                        f.client_fed(buf);
+                    }
+                    (Some(f), Direction::Down) => f.server_bytes(buf),
+                    (None, _) => {}
+                }
+                m.add_bytes(up, n as u64);
+                let sent = write_now(to, buf)?;
+                if sent < n {
+                    return Ok(Step::Rest(buf[sent..].to_vec(), short));
+                }
+                Ok(Step::Sent(short))
+            })?;
+            let short = match step {
+                Step::Eof => {
                     let _ = first_eof.compare_exchange(0, dir as u8, Ordering::Relaxed, Ordering::Relaxed);
                     socket::shutdown_write(to);
                     return Ok(());
                 }
-                Ok(n) => {
-                    match (&mut follow, dir) {
-                        (None, _) => write_all(to, &buf).await?,
-                        (Some(f), Direction::Up) => {
-                            f.client_bytes(&buf).await;
-                            write_all(to, &buf).await?;
-                        }
-                        (Some(f), Direction::Down) => {
-                            f.server_bytes(&buf);
-                            write_all(to, &buf).await?;
-                            f.server_bytes_sent();
-                        }
-                    }
-                    m.add_bytes(matches!(dir, Direction::Up), n as u64);
-                    if n < cap {
-                        break;
-                    }
-                    if cap < LARGE {
-                        buf = Vec::with_capacity(LARGE);
-                    }
+                Step::Drained => break,
+                Step::Sent(short) => short,
+                Step::Rest(rest, short) => {
+                    write_all(to, &rest).await?;
+                    short
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
+                Step::Hold(data, short) => {
+                    let f = follow.as_mut().expect("only a followed session is held");
+                    loop {
+                        f.held().await;
+                        if f.admit() {
+                            break;
+                        }
+                    }
+                    f.client_fed(&data);
+                    m.add_bytes(up, data.len() as u64);
+                    write_all(to, &data).await?;
+                    short
+                }
+            };
+            if let (Some(f), Direction::Down) = (&follow, dir) {
+                f.server_bytes_sent();
+            }
+            if short {
+                break;
             }
         }
     }
+}
+
+/// What became of one chunk.
+enum Step {
+    /// The socket reached EOF.
+    Eof,
+    /// Nothing to read (any more).
+    Drained,
+    /// Forwarded whole; `true` if the read was short (the socket is drained).
+    Sent(bool),
+    /// Forwarded in part: the rest waits for the other socket.
+    Rest(Vec<u8>, bool),
+    /// A quiet session's next statement while its server is paused: not forwarded yet.
+    Hold(Vec<u8>, bool),
+}
+
+thread_local! {
+    /// Every session's reads on this thread go through this buffer (reads fill its spare
+    /// capacity, nothing is zeroed): an idle session holds no buffer, and a busy one
+    /// allocates only when the other side cannot take its bytes at once.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(LARGE));
+}
+
+/// Writes as much of `data` as `to` takes now.
+fn write_now(to: &TcpStream, mut data: &[u8]) -> io::Result<usize> {
+    let whole = data.len();
+    while !data.is_empty() {
+        match to.try_write(data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(whole - data.len())
 }
 
 /// One read into `buf`'s spare capacity. A short read means the socket was drained, so the

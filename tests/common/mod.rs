@@ -320,7 +320,13 @@ impl Ledger {
 
 /// Acknowledged ids missing on node `i` (read through the harness's own socket).
 pub fn missing_on(c: &Cluster, i: usize, acked: &[i64]) -> Vec<i64> {
-    let text = c.psql(i, "select id from ledger").expect("read the ledger");
+    try_missing_on(c, i, acked).expect("read the ledger")
+}
+
+/// As [`missing_on`]; `None` while the ledger cannot be read there (a standby that has not
+/// replayed its creation yet).
+pub fn try_missing_on(c: &Cluster, i: usize, acked: &[i64]) -> Option<Vec<i64>> {
+    let text = c.psql(i, "select id from ledger").ok()?;
     let have: std::collections::HashSet<i64> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
-    acked.iter().copied().filter(|id| !have.contains(id)).collect()
+    Some(acked.iter().copied().filter(|id| !have.contains(id)).collect())
 }
