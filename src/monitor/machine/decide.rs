@@ -23,7 +23,7 @@ impl Machine {
                     let why = self.lost_reason(t);
                     // Someone else's primary may already be there (external promotion, or
                     // the winner of a split brain): follow it at once.
-                    let trigger = if self.best_claimant().is_some() { Trigger::External } else { Trigger::Automatic };
+                    let trigger = if self.best_claimant().is_some() || self.cut_by_drain(t) { Trigger::External } else { Trigger::Automatic };
                     self.start(Some(t), why, trigger, now, acts);
                 }
                 // The first route waits for every backend's first check: routing to the first
@@ -169,6 +169,9 @@ impl Machine {
                 b.down_count,
                 b.last_error.as_ref().map(|e| e.to_string()).unwrap_or_else(|| "unknown error".into())
             )
+        } else if self.cut_by_drain(t) {
+            let to = self.coord.as_ref().and_then(|c| c.drain.as_ref()).map(|d| d.to.clone()).unwrap_or_default();
+            format!("the coordinated proxies' leader is switching the primary over from {} to {to}", b.name)
         } else if !self.recorded(t) {
             format!("primary {} is no longer the recorded primary: {}", b.name, self.record_note())
         } else if b.in_recovery() {

@@ -224,6 +224,9 @@ fn a_follower_drains_with_the_leader_and_routes_to_the_new_primary_when_the_reco
     m.coordinated(vec![Event::Record(Some(record("pg-b", 2)), 11)], c.tick());
     let acts = see(&mut m, &mut c, 1, primary(5000, 2));
     assert_eq!(routes(&acts), [Some(1)]);
+    let followed = events(&acts).into_iter().find(|e| e.kind == EventKind::Failover).expect("the follower records the switchover");
+    assert!(followed.reason.contains("leader is switching the primary over from pg-a to pg-b"), "{}", followed.reason);
+    assert_eq!(followed.trigger, "external");
     let acts = m.coordinated(vec![Event::Drain(None)], c.tick());
     assert_eq!(gates(&acts), [None]);
     assert!(m.own_view().unwrap().drain.is_none());
