@@ -34,16 +34,22 @@ async fn connect_watched(addr: std::net::SocketAddr, pw: &str) -> (Client, tokio
     (client, tokio::spawn(conn))
 }
 
+/// A primary, and a data path routed to it (no monitor: the test drives the gate).
+async fn one_server() -> (pgfailover::localpg::Cluster, String, TestProxy) {
+    let c = cluster(0).await;
+    let pw = c.options.password.clone();
+    let p = data_path(backends(&c), SECS_10).await;
+    p.route.set(Some(PG_A), "");
+    (c, pw, p)
+}
+
 fn soon() -> Instant {
     Instant::now() + SECS_10
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quiet_sessions_next_statement_waits_for_the_resume_and_runs_on_the_same_server() {
-    let c = cluster(0).await;
-    let pw = c.options.password.clone();
-    let p = data_path(backends(&c), SECS_10).await;
-    p.route.set(Some(PG_A), "");
+    let (c, pw, p) = one_server().await;
     let client = connect(p.addr, &pw).await;
     client.batch_execute("create table t(id int)").await.unwrap();
     let before = pid(&client).await;
@@ -67,10 +73,7 @@ async fn a_quiet_sessions_next_statement_waits_for_the_resume_and_runs_on_the_sa
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_runs_on_until_it_commits_and_a_pause_that_times_out_says_so() {
-    let c = cluster(0).await;
-    let pw = c.options.password.clone();
-    let p = data_path(backends(&c), SECS_10).await;
-    p.route.set(Some(PG_A), "");
+    let (_c, pw, p) = one_server().await;
     let client = connect(p.addr, &pw).await;
     let idle = connect(p.addr, &pw).await;
     client.batch_execute("create table t(id int); begin; insert into t values (1)").await.unwrap();
@@ -96,10 +99,7 @@ async fn a_transaction_runs_on_until_it_commits_and_a_pause_that_times_out_says_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_session_whose_server_is_left_ends_with_57p01_and_its_statement_never_ran() {
-    let c = cluster(0).await;
-    let pw = c.options.password.clone();
-    let p = data_path(backends(&c), SECS_10).await;
-    p.route.set(Some(PG_A), "");
+    let (c, pw, p) = one_server().await;
     let (held, _held_conn) = connect_watched(p.addr, &pw).await;
     let (idle, idle_conn) = connect_watched(p.addr, &pw).await;
     held.batch_execute("create table t(id int)").await.unwrap();
@@ -127,10 +127,7 @@ async fn a_held_session_whose_server_is_left_ends_with_57p01_and_its_statement_n
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pipelined_extended_protocol_client_is_quiet_only_when_every_batch_is_answered() {
-    let c = cluster(0).await;
-    let pw = c.options.password.clone();
-    let p = data_path(backends(&c), SECS_10).await;
-    p.route.set(Some(PG_A), "");
+    let (c, pw, p) = one_server().await;
     let client = Arc::new(connect(p.addr, &pw).await);
     client.batch_execute("create table t(id int, v text)").await.unwrap();
     let stmt = client.prepare("insert into t select $1, pg_sleep(0.001)::text").await.unwrap();
@@ -161,10 +158,7 @@ async fn a_pipelined_extended_protocol_client_is_quiet_only_when_every_batch_is_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_in_and_copy_out_run_to_their_end_across_a_pause() {
-    let c = cluster(0).await;
-    let pw = c.options.password.clone();
-    let p = data_path(backends(&c), SECS_10).await;
-    p.route.set(Some(PG_A), "");
+    let (c, pw, p) = one_server().await;
     let client = connect(p.addr, &pw).await;
     client.batch_execute("create table t(id int)").await.unwrap();
     let gate = &p.dp.gate;
@@ -200,10 +194,7 @@ async fn copy_in_and_copy_out_run_to_their_end_across_a_pause() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_lets_a_hundred_held_sessions_go_on() {
-    let c = cluster(0).await;
-    let pw = c.options.password.clone();
-    let p = data_path(backends(&c), SECS_10).await;
-    p.route.set(Some(PG_A), "");
+    let (c, pw, p) = one_server().await;
     let setup = connect(p.addr, &pw).await;
     setup.batch_execute("create table t(id int)").await.unwrap();
     let mut clients = Vec::new();
