@@ -33,6 +33,9 @@ pub enum StartError {
     /// etcd refused the configured user the access coordination needs.
     #[error(transparent)]
     Etcd(#[from] crate::coord::access::AccessError),
+    /// A certificate or key named in `[tls]` does not load.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Why a reload was not applied (the proxy keeps running on the configuration it had).
@@ -44,6 +47,9 @@ pub enum ReloadError {
     RemovesPrimary(String),
     #[error("a failover or switchover is in progress; reload when it has ended")]
     FailoverInProgress,
+    /// The certificates or keys named in `[tls]` do not load: the ones in force keep serving.
+    #[error("{0}; the certificates in force keep serving")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// What a reload did.
@@ -106,6 +112,8 @@ impl Proxy {
                 }
             }
         }
+        // Before the listeners: a certificate that does not load leaves a running process serving.
+        let loaded = Loaded::now(cfg.clone(), file)?;
         let (listeners, mut hold) = takeover::start(&cfg, inherited, &stop).await?;
         let takeover::Listeners { client, client_addr, read, admin, admin_addr } = listeners;
         let (read, read_addr) = read.unzip();
@@ -116,7 +124,7 @@ impl Proxy {
         let route = RouteWriter::new("waiting for the first health checks");
         let read_route = ReadRouteWriter::default();
         let (connect_failed, passive) = mpsc::channel(64);
-        let live = LiveWriter::new(Loaded::now(cfg.clone(), file));
+        let live = LiveWriter::new(loaded);
         // The data path's pause: the monitor writes it (from the machine's decisions).
         let gate = Arc::new(crate::proxy::gate::Gate::default());
         let dp = Arc::new(DataPath {
@@ -274,12 +282,13 @@ impl Proxy {
         let mut new = new;
         keep(&old.listen, &mut new.listen, "listen", &mut out);
         keep(&old.listen_ro, &mut new.listen_ro, "listen_ro", &mut out);
+        keep(&old.read.listeners, &mut new.read.listeners, "read.listeners", &mut out);
         keep(&old.admin_listen, &mut new.admin_listen, "admin_listen", &mut out);
         keep(&old.state_dir, &mut new.state_dir, "state_dir", &mut out);
         keep(&old.coordination, &mut new.coordination, "[coordination]", &mut out);
         keep(&old.proxy.worker_threads, &mut new.proxy.worker_threads, "proxy.worker_threads", &mut out);
         out.logging = old.log_level != new.log_level || old.log_format != new.log_format;
-        let next = Loaded::now(new, file);
+        let next = Loaded::now(new, file)?;
         let digest = next.info.digest.clone();
         self.live.publish(next);
         // The data path and the admin port read it from now on; the monitor applies it in

@@ -63,6 +63,15 @@ pub(super) fn check(cfg: &Config) -> Result<(), Invalid> {
             return v("listen_ro", "must differ from listen and admin_listen");
         }
     }
+    let mut ports = vec![("listen", cfg.listen), ("admin_listen", cfg.admin_listen)];
+    ports.extend(cfg.listen_ro.map(|a| ("listen_ro", a)));
+    for (i, l) in cfg.read.listeners.iter().enumerate() {
+        if l.listen.port() != 0 && ports.iter().any(|(_, a)| *a == l.listen) {
+            return v(&format!("read.listeners[{i}].listen"), &format!("{} is already another port's address", l.listen));
+        }
+        ports.push(("read.listeners", l.listen));
+    }
+    super::tls::check(cfg)?;
     if let Some(c) = &cfg.coordination {
         if c.etcd_endpoints.is_empty() {
             return v("coordination.etcd_endpoints", "must name at least one etcd endpoint");

@@ -78,7 +78,7 @@ pub async fn data_path_with(backends: Vec<BackendConfig>, hold: Duration, tweak:
     let dp = Arc::new(DataPath {
         backends: backends.into(),
         route: route.subscribe(),
-        config: pgfailover::live::LiveWriter::new(pgfailover::live::Loaded::now(cfg, None)).subscribe(),
+        config: pgfailover::live::LiveWriter::new(pgfailover::live::Loaded::now(cfg, None).expect("TLS material")).subscribe(),
         metrics: metrics.clone(),
         connect_failed: tx,
         read_route: read_route.subscribe(),
