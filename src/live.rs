@@ -18,7 +18,7 @@ pub struct Loaded {
     pub info: LoadInfo,
     /// The certificates and TLS settings its files hold, read when it was loaded: a reload
     /// (SIGHUP) reads them again, and new sessions take them from here.
-    pub tls: Arc<crate::tls::Material>,
+    pub material: Arc<crate::tls::Material>,
 }
 
 /// What `/failover/status` says of the configuration in force (no secret: the digest is
@@ -58,14 +58,14 @@ impl Loaded {
     /// `config`, loaded now from `file`, with the TLS material its files hold (or why they do
     /// not load).
     pub fn now(config: Config, file: Option<String>) -> Result<Loaded, crate::tls::TlsError> {
-        let tls = Arc::new(crate::tls::Material::load(&config)?);
+        let material = Arc::new(crate::tls::Material::load(&config)?);
         let info = LoadInfo {
             loaded_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             digest: digest(&config),
             file,
             pid: std::process::id(),
         };
-        Ok(Loaded { config, info, tls })
+        Ok(Loaded { config, info, material })
     }
 }
 

@@ -68,6 +68,8 @@ pub struct Proxy {
     pub client_addr: SocketAddr,
     /// The read-only port, when `listen_ro` is set.
     pub read_addr: Option<SocketAddr>,
+    /// The `[[read.listeners]]` ports, in configuration order.
+    pub read_addrs: Vec<SocketAddr>,
     pub admin_addr: SocketAddr,
     pub monitor: MonitorHandle,
     pub metrics: Arc<Metrics>,
@@ -115,8 +117,9 @@ impl Proxy {
         // Before the listeners: a certificate that does not load leaves a running process serving.
         let loaded = Loaded::now(cfg.clone(), file)?;
         let (listeners, mut hold) = takeover::start(&cfg, inherited, &stop).await?;
-        let takeover::Listeners { client, client_addr, read, admin, admin_addr } = listeners;
+        let takeover::Listeners { client, client_addr, read, reads, admin, admin_addr } = listeners;
         let (read, read_addr) = read.unzip();
+        let read_addrs: Vec<SocketAddr> = reads.iter().map(|(_, a)| *a).collect();
 
         let backends: Arc<[_]> = cfg.backends().into();
         let names: Vec<String> = backends.iter().map(|b| b.name.clone()).collect();
@@ -148,8 +151,9 @@ impl Proxy {
         let stop = shutdown.clone();
         let mut ports = vec![(client, Port::Primary)];
         ports.extend(read.map(|l| (l, Port::Read)));
+        ports.extend(reads.into_iter().enumerate().map(|(i, (l, _))| (l, Port::ReadAt(i))));
         // The read-only port's route, for the admin port's `/ready/ro`.
-        let reads = cfg.listen_ro.map(|_| dp.read_route.clone());
+        let reads = (cfg.listen_ro.is_some() || !cfg.read.listeners.is_empty()).then(|| dp.read_route.clone());
         let data_path = tokio::spawn(proxy::listener::run_ports(ports, dp, stop));
 
         hold.lock().await?;
@@ -209,7 +213,7 @@ impl Proxy {
             tasks.wait().await;
             monitor_tasks.wait().await;
         });
-        Ok(Proxy { client_addr, read_addr, admin_addr, monitor, metrics, shutdown, fatal, handed_over, done: Some(done), live, admin: admin_ctx })
+        Ok(Proxy { client_addr, read_addr, read_addrs, admin_addr, monitor, metrics, shutdown, fatal, handed_over, done: Some(done), live, admin: admin_ctx })
     }
 
     /// Resolves if the health monitor dies (a bug): the route is already cleared and the

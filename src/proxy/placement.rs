@@ -11,7 +11,7 @@ use crate::cluster::BackendId;
 use crate::config::{Balance, Fallback};
 use crate::route::{ReadRoute, Route};
 
-use super::datapath::DataPath;
+use super::datapath::{DataPath, Port};
 
 /// What a session may be placed on, and (read port) the freshness it asked for.
 #[derive(Clone)]
@@ -48,6 +48,23 @@ impl Placement {
         let cfg = dp.config();
         let bound = Bound { max_lag_bytes: cfg.read.max_lag_bytes, max_lag: cfg.read.max_lag };
         Placement::Read { route: dp.read_route.clone(), bound }
+    }
+
+    /// The placement of a session of `port`: a `[[read.listeners]]` port has its own bounds
+    /// (as the configuration in force says), each part left out being `[read]`'s.
+    pub fn for_port(dp: &DataPath, port: Port) -> Placement {
+        match port {
+            Port::Primary => Placement::primary(dp),
+            Port::Read => Placement::read(dp),
+            Port::ReadAt(i) => {
+                let mut place = Placement::read(dp);
+                if let (Placement::Read { bound, .. }, Some(l)) = (&mut place, dp.config().read.listeners.get(i)) {
+                    bound.max_lag = l.max_lag.unwrap_or(bound.max_lag);
+                    bound.max_lag_bytes = l.max_lag_bytes.unwrap_or(bound.max_lag_bytes);
+                }
+                place
+            }
+        }
     }
 
     pub fn is_read(&self) -> bool {

@@ -61,7 +61,7 @@ impl std::fmt::Debug for Material {
 /// aws-lc-rs. rustls 0.23.48 deprecates it for lacking post-quantum key exchange: a client
 /// that would prefer X25519MLKEM768 agrees on X25519 instead.
 #[allow(deprecated)]
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
