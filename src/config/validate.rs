@@ -178,6 +178,13 @@ pub(super) fn origin(key: &str, file: Option<&Path>, env: EnvLookup<'_>, flags: 
         "coordination.cluster" => Some("PGFAILOVER_CLUSTER"),
         "coordination.name" => Some("PGFAILOVER_NAME"),
         "coordination.lease_ttl" => Some("PGFAILOVER_LEASE_TTL"),
+        "tls.mode" => Some("PGFAILOVER_TLS_MODE"),
+        "tls.cert_file" => Some("PGFAILOVER_TLS_CERT_FILE"),
+        "tls.key_file" => Some("PGFAILOVER_TLS_KEY_FILE"),
+        "tls.client_ca_file" => Some("PGFAILOVER_TLS_CLIENT_CA_FILE"),
+        "tls.require_client_tls" => Some("PGFAILOVER_TLS_REQUIRE_CLIENT_TLS"),
+        "tls.server_sslmode" => Some("PGFAILOVER_SERVER_SSLMODE"),
+        "tls.server_ca_file" => Some("PGFAILOVER_SERVER_CA_FILE"),
         _ => None,
     };
     if let Some(v) = var.filter(|v| env(v).is_some()) {

@@ -142,7 +142,7 @@ where
         if let Packet::Untyped { code: PROTOCOL_3, bytes } = &packet {
             if place.is_read() && !std::mem::replace(&mut bound_read, true) {
                 match client_bound(bytes) {
-                    Ok(Some(b)) => place.tighten(b),
+                    Ok(Some(b)) => place.tighten(b, cfg.read.min_lsn_wait),
                     Ok(None) => {}
                     Err(reason) => return Err(Failed::BadSetting { reason, pending: Some(packet) }),
                 }
@@ -229,7 +229,7 @@ fn client_bound(startup: &[u8]) -> Result<Option<Bound>, String> {
     if settings.is_empty() {
         return Ok(None);
     }
-    let mut bound = Bound { max_lag_bytes: u64::MAX, max_lag: Duration::MAX };
+    let mut bound = Bound { max_lag_bytes: u64::MAX, max_lag: Duration::MAX, min_lsn: 0 };
     for (k, v) in settings {
         match k.as_str() {
             "pgfailover.max_lag" => {
@@ -240,7 +240,14 @@ fn client_bound(startup: &[u8]) -> Result<Option<Bound>, String> {
                 bound.max_lag_bytes =
                     v.trim().parse().map_err(|_| format!("invalid value for parameter \"pgfailover.max_lag_bytes\": {v:?} (a number of bytes)"))?;
             }
-            other => return Err(format!("unrecognized pgfailover parameter \"{other}\" (known: pgfailover.max_lag, pgfailover.max_lag_bytes)")),
+            "pgfailover.min_lsn" => {
+                bound.min_lsn = super::placement::parse_lsn(&v).ok_or_else(|| {
+                    format!("invalid value for parameter \"pgfailover.min_lsn\": {v:?} (an LSN such as 0/3000060, as pg_current_wal_insert_lsn() returns it)")
+                })?;
+            }
+            other => {
+                return Err(format!("unrecognized pgfailover parameter \"{other}\" (known: pgfailover.max_lag, pgfailover.max_lag_bytes, pgfailover.min_lsn)"))
+            }
         }
     }
     Ok(Some(bound))
@@ -456,6 +463,8 @@ impl Hold {
     /// Waits before the next attempt: a retry delay after a failure, else until the route
     /// changes; never past the deadline. Errs only when the proxy stops.
     async fn pause(&mut self, place: &mut Placement, after_failure: bool, stopping: &CancellationToken) -> Result<(), String> {
+        // A `min_lsn` session looks again when its wait ends, to fall back.
+        let wake = place.wake_at().unwrap_or(self.deadline).min(self.deadline);
         let pause = &mut self.pause;
         let next = async {
             if after_failure {
@@ -470,7 +479,7 @@ impl Hold {
         };
         tokio::select! {
             _ = next => Ok(()),
-            _ = tokio::time::sleep_until(self.deadline) => Ok(()),
+            _ = tokio::time::sleep_until(wake) => Ok(()),
             _ = stopping.cancelled() => Err("the proxy is shutting down".into()),
         }
     }
