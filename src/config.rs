@@ -399,6 +399,13 @@ impl Config {
         std::iter::once(self.primary.clone()).chain(self.standbys.iter().cloned()).collect()
     }
 
+    /// Folds `[tls] server_sslmode` and `server_ca_file` into every backend's
+    /// [`BackendConfig::sslmode`] and CA, as [`Config::load`] does: a configuration built in
+    /// code calls it once its `tls` and backends are set.
+    pub fn apply_server_tls(&mut self) {
+        tls::fold_into_backends(self);
+    }
+
     /// The files holding a secret that other users can read now (see [`SecretFile`]).
     pub fn loose_secret_files(&self) -> Vec<LooseSecret> {
         secret_files::loose(&self.secret_files)

@@ -207,7 +207,8 @@ pub(super) fn check(cfg: &Config) -> Result<(), (String, String)> {
             }
         }
     }
-    for (key, file) in [("tls.cert_file", &t.cert_file), ("tls.key_file", &t.key_file), ("tls.client_ca_file", &t.client_ca_file), ("tls.server_ca_file", &t.server_ca_file)]
+    for (key, file) in
+        [("tls.cert_file", &t.cert_file), ("tls.key_file", &t.key_file), ("tls.client_ca_file", &t.client_ca_file), ("tls.server_ca_file", &t.server_ca_file)]
     {
         if let Some(f) = file {
             exists(f).map_err(|r| (key.to_string(), r))?;
@@ -218,7 +219,11 @@ pub(super) fn check(cfg: &Config) -> Result<(), (String, String)> {
             let key = if i == 0 { "primary" } else { "standbys" };
             return v(
                 "tls.server_ca_file",
-                format!("server_sslmode = \"{}\" for {key} {} needs a CA to verify with (tls.server_ca_file, or the backend's ssl_root_cert)", b.sslmode.as_str(), b.name),
+                format!(
+                    "server_sslmode = \"{}\" for {key} {} needs a CA to verify with (tls.server_ca_file, or the backend's ssl_root_cert)",
+                    b.sslmode.as_str(),
+                    b.name
+                ),
             );
         }
     }

@@ -132,17 +132,13 @@ pub(super) async fn connect(
     broken: Option<mpsc::Sender<()>>,
 ) -> Result<Client, CheckError> {
     let mut cfg = tokio_postgres::Config::new();
-    cfg.host(&b.host)
-        .port(b.port)
-        .user(&b.user)
-        .dbname(&b.database)
-        .application_name("pgfailover-health")
-        .connect_timeout(timeout)
-        .ssl_mode(match (&tls, b.sslmode) {
+    cfg.host(&b.host).port(b.port).user(&b.user).dbname(&b.database).application_name("pgfailover-health").connect_timeout(timeout).ssl_mode(
+        match (&tls, b.sslmode) {
             (None, _) | (_, ServerSslMode::Disable) => SslMode::Disable,
             (Some(_), ServerSslMode::Prefer) => SslMode::Prefer,
             (Some(_), _) => SslMode::Require,
-        });
+        },
+    );
     if let Some(pw) = &b.password {
         cfg.password(pw.expose());
     }

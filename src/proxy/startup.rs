@@ -104,7 +104,14 @@ pub async fn open(client: &mut TcpStream, dp: &DataPath, place: &mut Placement, 
 
 /// [`open`] for any client stream (a TLS one the proxy terminated) and any [`Leg`] to the
 /// servers; `first`: the client's startup packet when it was already read.
-pub async fn open_with<C, L>(client: &mut C, first: Option<Packet>, dp: &DataPath, place: &mut Placement, stopping: &CancellationToken, leg: &L) -> Result<Opened<L::Server>, Failed>
+pub async fn open_with<C, L>(
+    client: &mut C,
+    first: Option<Packet>,
+    dp: &DataPath,
+    place: &mut Placement,
+    stopping: &CancellationToken,
+    leg: &L,
+) -> Result<Opened<L::Server>, Failed>
 where
     C: AsyncRead + AsyncWrite + Unpin + Send,
     L: Leg,
@@ -170,7 +177,10 @@ where
                 match ask(&mut server, &hello, 1, dp, place, backend, false).await {
                     Answer::Bytes(b) => return forward(client, b, server, backend, dp, false, leg).await,
                     Answer::Lost(why) if why == CLOSED => {
-                        let reason = format!("{name} ({}) closed the connection on a direct TLS ClientHello: it does not speak direct TLS", dp.backend(backend).address());
+                        let reason = format!(
+                            "{name} ({}) closed the connection on a direct TLS ClientHello: it does not speak direct TLS",
+                            dp.backend(backend).address()
+                        );
                         return Err(Failed::DirectTls { hello, reason });
                     }
                     Answer::Lost(why) => hold.failed(dp, backend, format!("{name} did not answer the direct TLS ClientHello: {why}")),
@@ -312,7 +322,15 @@ async fn send<S: AsyncWrite + Unpin>(server: &mut S, bytes: &[u8], dp: &DataPath
 
 /// Passes the server's first answer to the client: the session is opened. `readable`: the
 /// answer is to a StartupMessage in clear, so the session's framing can be followed.
-async fn forward<C, L>(client: &mut C, mut first: Vec<u8>, server: L::Server, backend: BackendId, dp: &DataPath, readable: bool, leg: &L) -> Result<Opened<L::Server>, Failed>
+async fn forward<C, L>(
+    client: &mut C,
+    mut first: Vec<u8>,
+    server: L::Server,
+    backend: BackendId,
+    dp: &DataPath,
+    readable: bool,
+    leg: &L,
+) -> Result<Opened<L::Server>, Failed>
 where
     C: AsyncWrite + Unpin,
     L: Leg,
@@ -338,7 +356,15 @@ enum Answer {
 }
 
 /// Sends a startup packet and waits for the server's first answer ([`awaiting`]).
-async fn ask<S: AsyncRead + AsyncWrite + Unpin>(server: &mut S, bytes: &[u8], exact: usize, dp: &DataPath, place: &Placement, backend: BackendId, whole: bool) -> Answer {
+async fn ask<S: AsyncRead + AsyncWrite + Unpin>(
+    server: &mut S,
+    bytes: &[u8],
+    exact: usize,
+    dp: &DataPath,
+    place: &Placement,
+    backend: BackendId,
+    whole: bool,
+) -> Answer {
     match send(server, bytes, dp).await {
         Ok(()) => awaiting(server, exact, place, backend, whole).await,
         Err(e) => Answer::Lost(e.to_string()),
@@ -363,11 +389,7 @@ async fn awaiting<S: AsyncRead + Unpin>(server: &mut S, exact: usize, place: &Pl
                 Ok(_) => {}
                 Err(e) => return Answer::Lost(e.to_string()),
             }
-            let enough = if exact > 0 {
-                buf.len() >= exact
-            } else {
-                wire::first_reply(&buf).is_some() && (!whole || wire::whole_message(&buf))
-            };
+            let enough = if exact > 0 { buf.len() >= exact } else { wire::first_reply(&buf).is_some() && (!whole || wire::whole_message(&buf)) };
             if enough {
                 return Answer::Bytes(buf);
             }

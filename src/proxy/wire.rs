@@ -248,7 +248,12 @@ pub async fn refuse<C: AsyncRead + AsyncWrite + Unpin>(client: &mut C, pending: 
     outcome
 }
 
-async fn refuse_inner<C: AsyncRead + AsyncWrite + Unpin>(client: &mut C, mut pending: Option<Packet>, sqlstate: &str, message: &str) -> std::io::Result<Refused> {
+async fn refuse_inner<C: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut C,
+    mut pending: Option<Packet>,
+    sqlstate: &str,
+    message: &str,
+) -> std::io::Result<Refused> {
     loop {
         let packet = match pending.take() {
             Some(p) => p,

@@ -83,7 +83,8 @@ fn acceptor(cfg: &Config) -> Result<TlsAcceptor, TlsError> {
         return Err(TlsError::Setup("mode = \"terminate\" needs cert_file and key_file".into()));
     };
     let chain = certificates("cert_file", cert_file)?;
-    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| file_err("key_file", key_file, format!("no private key could be read (PEM: PKCS#8, PKCS#1 or SEC1): {e}")))?;
+    let key = PrivateKeyDer::from_pem_file(key_file)
+        .map_err(|e| file_err("key_file", key_file, format!("no private key could be read (PEM: PKCS#8, PKCS#1 or SEC1): {e}")))?;
     let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::Setup(e.to_string()))?;
@@ -97,9 +98,9 @@ fn acceptor(cfg: &Config) -> Result<TlsAcceptor, TlsError> {
         }
         None => builder.with_no_client_auth(),
     };
-    let mut config = builder.with_single_cert(chain, key).map_err(|e| {
-        file_err("key_file", key_file, format!("does not go with the certificate in {}: {e}", cert_file.display()))
-    })?;
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| file_err("key_file", key_file, format!("does not go with the certificate in {}: {e}", cert_file.display())))?;
     config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
@@ -120,7 +121,8 @@ fn server_tls(b: &BackendConfig) -> Result<Option<ServerTls>, TlsError> {
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
     config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
-    let name = ServerName::try_from(b.host.clone()).map_err(|e| TlsError::Setup(format!("backend {}: host {:?} is no TLS server name: {e}", b.name, b.host)))?;
+    let name =
+        ServerName::try_from(b.host.clone()).map_err(|e| TlsError::Setup(format!("backend {}: host {:?} is no TLS server name: {e}", b.name, b.host)))?;
     Ok(Some(ServerTls { connector: TlsConnector::from(Arc::new(config)), name, mode: b.sslmode }))
 }
 

@@ -18,8 +18,10 @@ use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;
 
 pub mod binary;
+pub mod certs;
 pub mod etcd;
 pub mod proxies;
+pub mod tls_clients;
 pub mod workload;
 
 /// Starts a cluster off the async runtime's worker (it blocks for ~1.5 s).

@@ -102,7 +102,9 @@ impl Machine {
             .ids()
             .zip(&standing)
             .filter_map(|(i, s)| match s {
-                ReadStanding::Serves { lag_bytes, lag } => Some(ReadTarget { backend: i, lag_bytes: *lag_bytes, lag: *lag, replay_lsn: self.replay_position(i) }),
+                ReadStanding::Serves { lag_bytes, lag } => {
+                    Some(ReadTarget { backend: i, lag_bytes: *lag_bytes, lag: *lag, replay_lsn: self.replay_position(i) })
+                }
                 ReadStanding::Not(_) => None,
             })
             .collect();

@@ -89,7 +89,15 @@ pub enum Outcome {
 /// After the server's first answer `first`: when it asked for SASL over a TLS server
 /// connection, reads the client's first SCRAM message and deals with its `y` flag (see the
 /// module's doc). `startup`: the client's StartupMessage, to open the connection again.
-pub async fn channel_binding<C>(client: &mut C, server: ServerStream, first: &[u8], startup: &[u8], dp: &DataPath, backend: BackendId, deadline: Instant) -> Outcome
+pub async fn channel_binding<C>(
+    client: &mut C,
+    server: ServerStream,
+    first: &[u8],
+    startup: &[u8],
+    dp: &DataPath,
+    backend: BackendId,
+    deadline: Instant,
+) -> Outcome
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {

@@ -85,8 +85,21 @@ async fn in_tls(mut tls: TlsStream<Prefixed<TcpStream>>) -> Result<(ClientStream
     }
 }
 
+/// A TLS alert record, in clear before any ServerHello: fatal (2), `no_application_protocol`
+/// (120). What PostgreSQL 17 (OpenSSL) answers a ClientHello whose ALPN list lacks its own.
+const NO_APPLICATION_PROTOCOL: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 120];
+
+/// The handshake with the proxy's certificate. A client that offers ALPN protocols but not
+/// `postgresql` gets the `no_application_protocol` alert at once, before the ServerHello, as
+/// from PostgreSQL (rustls would find out only after it, and its alert is not sure to leave).
 async fn handshake(acceptor: &TlsAcceptor, stream: Prefixed<TcpStream>) -> Result<TlsStream<Prefixed<TcpStream>>, Refusal> {
-    acceptor.accept(stream).await.map_err(|e| Refusal::Gone(format!("TLS handshake failed: {e}")))
+    let failed = |e: std::io::Error| Refusal::Gone(format!("TLS handshake failed: {e}"));
+    let mut start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await.map_err(failed)?;
+    if start.client_hello().alpn().is_some_and(|mut offered| !offered.any(|p| p == ALPN_POSTGRESQL)) {
+        let _ = start.io.write_all(&NO_APPLICATION_PROTOCOL).await;
+        return Err(Refusal::Gone("a ClientHello whose ALPN list lacks \"postgresql\" (no_application_protocol, as PostgreSQL 17)".into()));
+    }
+    start.into_stream(acceptor.config().clone()).await.map_err(failed)
 }
 
 async fn read<C: tokio::io::AsyncRead + Unpin>(c: &mut C) -> Result<Packet, Refusal> {
