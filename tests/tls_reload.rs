@@ -82,7 +82,8 @@ async fn a_sighup_rotates_the_certificate_for_new_sessions() {
     assert!(presented_subject(port).contains("first.example"), "{}", presented_subject(port));
 
     let root = pki.root.display().to_string();
-    let conninfo = format!("host=localhost port={port} user=postgres dbname=postgres password={pw} sslmode=verify-full sslrootcert={root} channel_binding=disable");
+    let conninfo =
+        format!("host=localhost port={port} user=postgres dbname=postgres password={pw} sslmode=verify-full sslrootcert={root} channel_binding=disable");
     // A session open over TLS (OpenSSL's client, certificate not verified) across the rotation.
     let tls = {
         let mut b = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls()).unwrap();
