@@ -8,6 +8,7 @@ pub mod datapath;
 pub mod direct;
 pub mod framing;
 pub mod gate;
+pub mod leg;
 pub mod listener;
 pub mod placement;
 pub mod session;

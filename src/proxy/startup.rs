@@ -30,7 +30,6 @@
 //! changed if it does not meet that bound. Over TLS the StartupMessage is encrypted end to
 //! end, so only the configured bounds apply there.
 
-use std::future::Future;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -39,6 +38,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::datapath::DataPath;
+pub use super::leg::{Leg, Plain};
 use super::placement::{Bound, Pick, Placement};
 use super::socket;
 use super::wire::{self, FirstReply, Packet, CANCEL_REQUEST, GSSENC_REQUEST, PROTOCOL_3, SSL_REQUEST};
@@ -59,31 +59,6 @@ pub enum Failed {
     /// A direct-TLS ClientHello (`hello`, as read from the client) that the server closed the
     /// connection on: it does not speak direct TLS. `reason` says which server.
     DirectTls { hello: Vec<u8>, reason: String },
-}
-
-/// How the proxy reaches a server for one session.
-pub trait Leg: Sync {
-    /// The connection to the server.
-    type Server: AsyncRead + AsyncWrite + Unpin + Send;
-    /// Connects to `backend`, ready for the client's startup packet.
-    fn connect<'a>(&'a self, dp: &'a DataPath, backend: BackendId) -> impl Future<Output = std::io::Result<Self::Server>> + Send + 'a;
-    /// Whether the server's whole first message is read before the client sees it, to pass it
-    /// through [`adjust_first`](Self::adjust_first).
-    fn whole_first(&self) -> bool {
-        false
-    }
-    /// Changes the server's first message (a whole one, when [`whole_first`](Self::whole_first)).
-    fn adjust_first(&self, _first: &mut Vec<u8>) {}
-}
-
-/// A plain TCP connection: the client's own TLS, if any, passes through it.
-pub struct Plain;
-
-impl Leg for Plain {
-    type Server = TcpStream;
-    fn connect<'a>(&'a self, dp: &'a DataPath, backend: BackendId) -> impl Future<Output = std::io::Result<TcpStream>> + Send + 'a {
-        async move { socket::connect(dp.backend(backend), &dp.config().proxy).await }
-    }
 }
 
 /// A server that has accepted the client, and its index in config order.

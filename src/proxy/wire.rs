@@ -156,7 +156,7 @@ pub fn whole_message(buf: &[u8]) -> bool {
     match buf.get(1..5) {
         Some(len) => {
             let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-            len < 4 || len > MAX_FIRST_ERROR_LEN || buf.len() > len
+            !(4..=MAX_FIRST_ERROR_LEN).contains(&len) || buf.len() > len
         }
         None => false,
     }

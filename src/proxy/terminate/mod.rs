@@ -26,6 +26,7 @@ use super::wire::{self, Packet, PROTOCOL_3};
 pub mod auth;
 pub mod copy;
 pub mod negotiate;
+pub mod sasl;
 pub mod server;
 
 /// Serves one client whose TLS the proxy terminates, until the session ends. The caller has

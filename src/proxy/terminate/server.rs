@@ -3,7 +3,6 @@
 //! server answers `N`; `require` and stricter fail the connect, and the client is held and
 //! retried like on any failed connect).
 
-use std::future::Future;
 use std::io;
 use std::sync::Arc;
 
@@ -14,13 +13,13 @@ use tokio_rustls::client::TlsStream;
 use crate::cluster::BackendId;
 use crate::config::ServerSslMode;
 use crate::proxy::datapath::DataPath;
+use crate::proxy::leg::Leg;
 use crate::proxy::socket;
-use crate::proxy::startup::Leg;
 use crate::proxy::stream::Stream;
 use crate::proxy::wire::SSL_REQUEST;
 use crate::tls::Material;
 
-use super::auth;
+use super::sasl;
 
 /// The server's connection, in clear or in the proxy's TLS.
 pub type ServerStream = Stream<TcpStream, Box<TlsStream<TcpStream>>>;
@@ -34,16 +33,14 @@ pub struct ServerLeg {
 impl Leg for ServerLeg {
     type Server = ServerStream;
 
-    fn connect<'a>(&'a self, dp: &'a DataPath, backend: BackendId) -> impl Future<Output = io::Result<ServerStream>> + Send + 'a {
-        async move {
-            let proxy = dp.config().proxy.clone();
-            let tcp = socket::connect(dp.backend(backend), &proxy).await?;
-            match self.material.servers.get(backend.index()).cloned().flatten() {
-                None => Ok(Stream::Plain(tcp)),
-                Some(tls) => {
-                    let bound = tokio::time::timeout(proxy.connect_timeout, encrypt(tcp, &tls)).await;
-                    bound.unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "the TLS handshake with the server timed out")))
-                }
+    async fn connect(&self, dp: &DataPath, backend: BackendId) -> io::Result<ServerStream> {
+        let proxy = dp.config().proxy.clone();
+        let tcp = socket::connect(dp.backend(backend), &proxy).await?;
+        match self.material.servers.get(backend.index()).cloned().flatten() {
+            None => Ok(Stream::Plain(tcp)),
+            Some(tls) => {
+                let bound = tokio::time::timeout(proxy.connect_timeout, encrypt(tcp, &tls)).await;
+                bound.unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "the TLS handshake with the server timed out")))
             }
         }
     }
@@ -53,12 +50,12 @@ impl Leg for ServerLeg {
     }
 
     fn adjust_first(&self, first: &mut Vec<u8>) {
-        auth::withhold_channel_binding(first);
+        sasl::withhold_channel_binding(first);
     }
 }
 
 impl ServerLeg {
-    /// A connection in clear, whatever the `sslmode` (see [`auth`]: SCRAM from a client that
+    /// A connection in clear, whatever the `sslmode` (see [`super::auth`]: SCRAM from a client that
     /// supports channel binding under `prefer`).
     pub async fn connect_plain(dp: &DataPath, backend: BackendId) -> io::Result<ServerStream> {
         let proxy = dp.config().proxy.clone();
