@@ -13,7 +13,7 @@ pub(super) fn sasl_mechanisms(msg: &[u8]) -> Option<Vec<&[u8]>> {
         return None;
     }
     let len = u32::from_be_bytes([msg[1], msg[2], msg[3], msg[4]]) as usize;
-    if u32::from_be_bytes([msg[5], msg[6], msg[7], msg[8]]) != AUTH_SASL || msg.len() < len + 1 {
+    if len < 8 || u32::from_be_bytes([msg[5], msg[6], msg[7], msg[8]]) != AUTH_SASL || msg.len() < len + 1 {
         return None;
     }
     let list = &msg[9..len + 1];
