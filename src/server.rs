@@ -41,7 +41,7 @@ pub enum StartError {
 /// Why a reload was not applied (the proxy keeps running on the configuration it had).
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
-    #[error("adding or removing backends needs state_dir (a fresh process takes over and carries the fences on through it); restart instead")]
+    #[error("changing the backends (adding, removing, or their connection settings such as tls.server_sslmode) needs state_dir (a fresh process takes over and carries the fences on through it); restart instead")]
     BackendsWithoutStateDir,
     #[error("{0} is the routed primary and cannot be removed; make another backend primary first (POST /failover/trigger)")]
     RemovesPrimary(String),
