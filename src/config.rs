@@ -99,8 +99,11 @@ pub struct BackendConfig {
     /// CA bundle to verify the server's certificate with (else `tls.server_ca_file`).
     pub ssl_root_cert: Option<PathBuf>,
     /// TLS of the proxy's own connections to this server (health checks, operations, and the
-    /// sessions it terminates): `tls.server_sslmode`, raised to `require` by `ssl = true`.
+    /// sessions it terminates): `tls.server_sslmode`, raised by `ssl = true`.
     pub sslmode: ServerSslMode,
+    /// The CA `verify-ca` and `verify-full` check its certificate with: `ssl_root_cert`, else
+    /// `tls.server_ca_file`.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl BackendConfig {
@@ -385,6 +388,7 @@ impl Default for Config {
                 ssl: false,
                 ssl_root_cert: None,
                 sslmode: ServerSslMode::Prefer,
+                ca_file: None,
             },
             standbys: Vec::new(),
             secret_files: Vec::new(),

@@ -105,6 +105,9 @@ impl Proxy {
     /// start that is still waiting for the running process, before that one is told to stop
     /// accepting; after that the start completes, and the caller stops the proxy it returns.
     pub async fn start_with(cfg: Config, file: Option<String>, inherited: Inherited, stop: CancellationToken) -> Result<Proxy, StartError> {
+        // A configuration built in code has not folded [tls] into its backends yet.
+        let mut cfg = cfg;
+        cfg.apply_server_tls();
         // Before a takeover: a refusal must leave the running process serving.
         if let Some(c) = &cfg.coordination {
             match crate::coord::access::check(c).await? {
@@ -260,6 +263,8 @@ impl Proxy {
     /// backends need a takeover by a fresh process ([`Reloaded::handover`]).
     pub async fn reload(&self, new: Config, file: Option<String>) -> Result<Reloaded, ReloadError> {
         let old = self.live.current().config.clone();
+        let mut new = new;
+        new.apply_server_tls();
         let mut out = Reloaded::default();
         if old.backends() != new.backends() {
             if new.state_dir.is_none() || old.state_dir != new.state_dir {
@@ -283,7 +288,6 @@ impl Proxy {
                 *new = old.clone();
             }
         }
-        let mut new = new;
         keep(&old.listen, &mut new.listen, "listen", &mut out);
         keep(&old.listen_ro, &mut new.listen_ro, "listen_ro", &mut out);
         keep(&old.read.listeners, &mut new.read.listeners, "read.listeners", &mut out);

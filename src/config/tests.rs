@@ -295,8 +295,12 @@ fn tls_table_environment_and_checks() {
     let c = load(&text, &[], &Overrides::default()).unwrap();
     assert_eq!((c.tls.mode, c.tls.server_sslmode, c.tls.require_client_tls), (TlsMode::Terminate, ServerSslMode::VerifyFull, true));
     // Folded into the backends: the standby's own CA wins.
-    assert_eq!((c.primary.sslmode, c.primary.ssl_root_cert.as_deref()), (ServerSslMode::VerifyFull, Some(cert.path())));
-    assert_eq!(c.standbys[0].ssl_root_cert.as_deref(), Some(key.path()));
+    assert_eq!((c.primary.sslmode, c.primary.ca_file.as_deref()), (ServerSslMode::VerifyFull, Some(cert.path())));
+    assert_eq!(c.standbys[0].ca_file.as_deref(), Some(key.path()));
+    // Folding again (the server does, for configurations built in code) changes nothing.
+    let mut again = c.clone();
+    again.apply_server_tls();
+    assert_eq!(again, c);
     assert!(c.secret_files.iter().any(|s| s.key.ends_with("tls.key_file") && s.path == key.path()), "the key is a secret file");
     // The environment; `ssl = true` (DB_SSL) raises the floor over a lower server_sslmode.
     let c = Config::load(None, &env_of(&[("PGFAILOVER_SERVER_SSLMODE", "disable"), ("DB_SSL", "true")]), &Overrides::default()).unwrap();

@@ -172,20 +172,20 @@ pub(super) fn apply_env(cfg: &mut Config, env: EnvLookup<'_>) -> Result<(), Conf
 
 /// Folds `server_sslmode` and `server_ca_file` into every backend: the health checks and
 /// operations, and the data path's server connections, read them there. A backend's own
-/// `ssl = true` (the seed's `DB_SSL`) raises its floor to `require` (`verify-ca` with its
-/// `ssl_root_cert`); its `ssl_root_cert` wins over `server_ca_file`.
+/// `ssl = true` (the seed's `DB_SSL`) raises its floor to `require`, and with its own
+/// `ssl_root_cert` to `verify-full` (what the health checks did before `[tls]`: OpenSSL
+/// checks the chain and the host name); its `ssl_root_cert` wins over `server_ca_file`.
+/// Folding twice changes nothing (the server starts from a folded configuration too).
 pub(super) fn fold_into_backends(cfg: &mut Config) {
     let (mode, ca) = (cfg.tls.server_sslmode, cfg.tls.server_ca_file.clone());
     for b in std::iter::once(&mut cfg.primary).chain(cfg.standbys.iter_mut()) {
         let floor = match (b.ssl, &b.ssl_root_cert) {
             (false, _) => ServerSslMode::Disable,
             (true, None) => ServerSslMode::Require,
-            (true, Some(_)) => ServerSslMode::VerifyCa,
+            (true, Some(_)) => ServerSslMode::VerifyFull,
         };
         b.sslmode = mode.max(floor);
-        if b.ssl_root_cert.is_none() {
-            b.ssl_root_cert = ca.clone();
-        }
+        b.ca_file = b.ssl_root_cert.clone().or_else(|| ca.clone());
     }
 }
 
@@ -215,7 +215,7 @@ pub(super) fn check(cfg: &Config) -> Result<(), (String, String)> {
         }
     }
     for (i, b) in cfg.backends().iter().enumerate() {
-        if b.sslmode.verifies() && b.ssl_root_cert.is_none() {
+        if b.sslmode.verifies() && b.ca_file.is_none() {
             let key = if i == 0 { "primary" } else { "standbys" };
             return v(
                 "tls.server_ca_file",

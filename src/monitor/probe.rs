@@ -190,7 +190,7 @@ pub(super) fn check_tls(b: &BackendConfig) -> Result<Option<MakeTlsConnector>, C
 fn tls_connector(b: &BackendConfig) -> Result<MakeTlsConnector, CheckError> {
     let err = |e: openssl::error::ErrorStack| CheckError::Tls(format!("setup for {}: {e}", b.name));
     let mut builder = SslConnector::builder(SslMethod::tls()).map_err(err)?;
-    match (&b.ssl_root_cert, b.sslmode.verifies()) {
+    match (&b.ca_file, b.sslmode.verifies()) {
         (Some(ca), true) => {
             builder.set_ca_file(ca).map_err(|e| CheckError::Tls(format!("CA file {}: {e}", ca.display())))?;
         }

@@ -4,6 +4,7 @@
 //! Under `[tls] mode = "terminate"` a session is served by [`terminate`] instead of
 //! [`session`]'s splice: the proxy's TLS on both legs, the same opening and framing.
 
+pub mod ask;
 pub mod datapath;
 pub mod direct;
 pub mod framing;

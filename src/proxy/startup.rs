@@ -37,7 +37,9 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::ask::{ask, send, Answer};
 use super::datapath::DataPath;
+use super::direct::Offered;
 pub use super::leg::{Leg, Plain};
 use super::placement::{Bound, Pick, Placement};
 use super::socket;
@@ -144,24 +146,23 @@ where
         let name = &dp.backend(backend).name;
         match &packet {
             Packet::Invalid(len) => return Err(Failed::Invalid(*len)),
-            Packet::Opaque(head) => {
-                let hello = match first_record(client, head, deadline).await {
-                    Some(h) => h,
-                    None => return Err(Failed::Abandoned),
-                };
-                match ask(&mut server, &hello, 1, dp, place, backend, false).await {
-                    Answer::Bytes(b) => return forward(client, b, server, backend, dp, false, leg).await,
-                    Answer::Lost(why) if why == CLOSED => {
-                        let reason = format!(
-                            "{name} ({}) closed the connection on a direct TLS ClientHello: it does not speak direct TLS",
-                            dp.backend(backend).address()
-                        );
-                        return Err(Failed::DirectTls { hello, reason });
-                    }
-                    Answer::Lost(why) => hold.failed(dp, backend, format!("{name} did not answer the direct TLS ClientHello: {why}")),
-                    Answer::Moved => hold.moved(dp),
+            Packet::Opaque(head) => match super::direct::offer(client, &mut server, head, dp, place, backend, deadline).await {
+                Offered::Answered(b) => return forward(client, b, server, backend, dp, false, leg).await,
+                Offered::Refused(hello) => {
+                    let reason =
+                        format!("{name} ({}) closed the connection on a direct TLS ClientHello: it does not speak direct TLS", dp.backend(backend).address());
+                    return Err(Failed::DirectTls { hello, reason });
                 }
-            }
+                Offered::Abandoned => return Err(Failed::Abandoned),
+                Offered::Failed(read, why) => {
+                    hold.failed(dp, backend, format!("{name} did not answer the direct TLS ClientHello: {why}"));
+                    packet = Packet::Opaque(read);
+                }
+                Offered::Moved(read) => {
+                    hold.moved(dp);
+                    packet = Packet::Opaque(read);
+                }
+            },
             Packet::Untyped { code: CANCEL_REQUEST, bytes } => {
                 if let Err(e) = send(&mut server, bytes, dp).await {
                     hold.failed(dp, backend, format!("{name} closed the connection: {e}"));
@@ -272,29 +273,6 @@ async fn read_client<C: AsyncRead + Unpin>(client: &mut C, deadline: Instant) ->
     }
 }
 
-/// The whole first TLS record of a direct-TLS client (its ClientHello), of which `head` (8
-/// bytes) was read already.
-async fn first_record<C: AsyncRead + Unpin>(client: &mut C, head: &[u8], deadline: Instant) -> Option<Vec<u8>> {
-    // A record header: type, version (2 bytes), length (2 bytes).
-    let len = 5 + u16::from_be_bytes([head[3], head[4]]) as usize;
-    let mut hello = head.to_vec();
-    if len > hello.len() {
-        hello.resize(len, 0);
-        match tokio::time::timeout_at(deadline, client.read_exact(&mut hello[head.len()..])).await {
-            Ok(Ok(_)) => {}
-            _ => return None,
-        }
-    }
-    Some(hello)
-}
-
-async fn send<S: AsyncWrite + Unpin>(server: &mut S, bytes: &[u8], dp: &DataPath) -> std::io::Result<()> {
-    server.write_all(bytes).await?;
-    server.flush().await?;
-    dp.metrics.add_bytes(true, bytes.len() as u64);
-    Ok(())
-}
-
 /// Passes the server's first answer to the client: the session is opened. `readable`: the
 /// answer is to a StartupMessage in clear, so the session's framing can be followed.
 async fn forward<C, L>(
@@ -318,63 +296,6 @@ where
     }
     dp.metrics.add_bytes(false, first.len() as u64);
     Ok(Opened { server, backend, first: readable.then_some(first) })
-}
-
-enum Answer {
-    /// The server's first bytes: exactly one for an encryption request; for a StartupMessage
-    /// at least enough to judge it (a whole ErrorResponse, or the first byte of anything else).
-    Bytes(Vec<u8>),
-    /// Closed or reset.
-    Lost(String),
-    /// The route left the server while waiting (a failover): try the new one at once.
-    Moved,
-}
-
-/// Sends a startup packet and waits for the server's first answer ([`awaiting`]).
-async fn ask<S: AsyncRead + AsyncWrite + Unpin>(
-    server: &mut S,
-    bytes: &[u8],
-    exact: usize,
-    dp: &DataPath,
-    place: &Placement,
-    backend: BackendId,
-    whole: bool,
-) -> Answer {
-    match send(server, bytes, dp).await {
-        Ok(()) => awaiting(server, exact, place, backend, whole).await,
-        Err(e) => Answer::Lost(e.to_string()),
-    }
-}
-
-/// What [`Answer::Lost`] says of a server that closed the connection without a byte.
-const CLOSED: &str = "the server closed the connection";
-
-/// Waits for the server's first answer: `exact` bytes if non-zero, else as much as
-/// [`wire::first_reply`] needs (and its whole first message when `whole`). Gives up when the route leaves `backend` (the monitor found
-/// it hung or lost: the client can go to the new primary instead). There is no time limit
-/// of its own: while the monitor still routes to this server it is alive, if slow, and a
-/// slow answer beats a refusal. A proxy that starts stopping lets the answer come (the
-/// session then drains like any other); the end of the drain period ends the wait.
-async fn awaiting<S: AsyncRead + Unpin>(server: &mut S, exact: usize, place: &Placement, backend: BackendId, whole: bool) -> Answer {
-    let read = async {
-        let mut buf = Vec::with_capacity(if exact > 0 { exact } else { 512 });
-        loop {
-            match server.read_buf(&mut buf).await {
-                Ok(0) => return Answer::Lost(CLOSED.into()),
-                Ok(_) => {}
-                Err(e) => return Answer::Lost(e.to_string()),
-            }
-            let enough = if exact > 0 { buf.len() >= exact } else { wire::first_reply(&buf).is_some() && (!whole || wire::whole_message(&buf)) };
-            if enough {
-                return Answer::Bytes(buf);
-            }
-        }
-    };
-    let mut watching = place.clone();
-    tokio::select! {
-        a = read => a,
-        _ = watching.left(backend) => Answer::Moved,
-    }
 }
 
 /// One client's wait for a server: the hold deadline, and why the last attempt failed.

@@ -109,7 +109,7 @@ fn server_tls(b: &BackendConfig) -> Result<Option<ServerTls>, TlsError> {
     if b.sslmode == ServerSslMode::Disable {
         return Ok(None);
     }
-    let roots = match (&b.ssl_root_cert, b.sslmode.verifies()) {
+    let roots = match (&b.ca_file, b.sslmode.verifies()) {
         (Some(ca), true) => Some(Arc::new(roots("server_ca_file", ca)?)),
         _ => None,
     };
