@@ -55,7 +55,13 @@ async fn read_bounds_and_min_lsn_work_through_termination() {
     let c = cluster(1).await;
     let pw = c.options.password.clone();
     let wait = Duration::from_millis(1500);
-    let p = start_proxy(terminating(&c, &cert, |cfg| cfg.read.min_lsn_wait = wait)).await;
+    let p = start_proxy(terminating(&c, &cert, |cfg| {
+        cfg.read.min_lsn_wait = wait;
+        // The paused standby stays in the read set however long the test runs: its bytes
+        // behind, and the sessions' own bounds, are what is tested.
+        cfg.read.max_lag = Duration::from_secs(3600);
+    }))
+    .await;
     serving(&p).await;
     let ro = p.read_addr.unwrap().port();
     let rw = p.client_addr.port();
@@ -122,6 +128,7 @@ async fn read_listeners_give_freshness_by_port_through_passthrough_tls() {
     let pw = c.options.password.clone();
     let any = "127.0.0.1:0".parse().unwrap();
     let p = start_proxy(proxy_config(&c, |cfg| {
+        cfg.read.max_lag = Duration::from_secs(3600);
         cfg.read.listeners = vec![
             ReadListener { listen: any, max_lag: None, max_lag_bytes: Some(0) },
             ReadListener { listen: any, max_lag: Some(Duration::from_secs(3600)), max_lag_bytes: Some(1 << 30) },
