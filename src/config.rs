@@ -13,9 +13,11 @@ mod file;
 mod layers;
 mod parse;
 mod secret_files;
+mod tls;
 mod validate;
 
 pub use secret_files::{LooseSecret, SecretFile};
+pub use tls::{ServerSslMode, TlsConfig, TlsMode};
 
 /// Everything that can go wrong while building a [`Config`].
 #[derive(Debug, thiserror::Error)]
@@ -91,10 +93,17 @@ pub struct BackendConfig {
     pub user: String,
     /// Only for the health checks; client traffic carries its own credentials.
     pub password: Option<Secret>,
-    /// Health checks connect over TLS (certificates are not verified unless `ssl_root_cert`).
+    /// Health checks connect over TLS (certificates are not verified unless `ssl_root_cert`):
+    /// the seed's `DB_SSL`, a floor under [`sslmode`](Self::sslmode).
     pub ssl: bool,
-    /// CA bundle to verify the server certificate of health-check connections.
+    /// CA bundle to verify the server's certificate with (else `tls.server_ca_file`).
     pub ssl_root_cert: Option<PathBuf>,
+    /// TLS of the proxy's own connections to this server (health checks, operations, and the
+    /// sessions it terminates): `tls.server_sslmode`, raised by `ssl = true`.
+    pub sslmode: ServerSslMode,
+    /// The CA `verify-ca` and `verify-full` check its certificate with: `ssl_root_cert`, else
+    /// `tls.server_ca_file`.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl BackendConfig {
@@ -267,6 +276,21 @@ pub struct ReadConfig {
     pub fallback: Fallback,
     /// The primary serves reads too, as one more target.
     pub include_primary: bool,
+    /// More read ports, each with its own bounds (`[[read.listeners]]`): freshness chosen by
+    /// port, for clients whose startup the proxy cannot read (TLS passthrough).
+    pub listeners: Vec<ReadListener>,
+    /// How long a session with `pgfailover.min_lsn` waits for a standby to replay that far
+    /// before `fallback` applies.
+    pub min_lsn_wait: Duration,
+}
+
+/// One `[[read.listeners]]` entry: a read port whose bounds replace `[read]`'s (a part left
+/// out keeps `[read]`'s).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReadListener {
+    pub listen: SocketAddr,
+    pub max_lag: Option<Duration>,
+    pub max_lag_bytes: Option<u64>,
 }
 
 /// The whole, validated configuration.
@@ -298,6 +322,8 @@ pub struct Config {
     pub read: ReadConfig,
     /// Several proxies agreeing through etcd (off when `None`).
     pub coordination: Option<CoordinationConfig>,
+    /// Clients' TLS passed through or terminated, and TLS to the servers.
+    pub tls: TlsConfig,
     /// Configured primary: only a starting hint, the servers' own answers decide.
     pub primary: BackendConfig,
     pub standbys: Vec<BackendConfig>,
@@ -348,7 +374,10 @@ impl Default for Config {
                 balance: Balance::LeastConnections,
                 fallback: Fallback::Primary,
                 include_primary: false,
+                listeners: Vec::new(),
+                min_lsn_wait: Duration::from_secs(1),
             },
+            tls: TlsConfig::default(),
             primary: BackendConfig {
                 name: "primary".into(),
                 host: "127.0.0.1".into(),
@@ -358,6 +387,8 @@ impl Default for Config {
                 password: None,
                 ssl: false,
                 ssl_root_cert: None,
+                sslmode: ServerSslMode::Prefer,
+                ca_file: None,
             },
             standbys: Vec::new(),
             secret_files: Vec::new(),
@@ -370,6 +401,13 @@ impl Config {
     /// this list is the backend's stable index everywhere else.
     pub fn backends(&self) -> Vec<BackendConfig> {
         std::iter::once(self.primary.clone()).chain(self.standbys.iter().cloned()).collect()
+    }
+
+    /// Folds `[tls] server_sslmode` and `server_ca_file` into every backend's
+    /// [`BackendConfig::sslmode`] and CA, as [`Config::load`] does: a configuration built in
+    /// code calls it once its `tls` and backends are set.
+    pub fn apply_server_tls(&mut self) {
+        tls::fold_into_backends(self);
     }
 
     /// The files holding a secret that other users can read now (see [`SecretFile`]).
@@ -420,7 +458,10 @@ impl Config {
             file::apply_file(&mut cfg, raw, &label, path.parent())?;
         }
         layers::apply_env(&mut cfg, env)?;
+        tls::apply_env(&mut cfg, env)?;
         layers::apply_flags(&mut cfg, flags)?;
+        tls::fold_into_backends(&mut cfg);
+        tls::key_is_secret(&mut cfg, file, env);
         // RUST_LOG wins over log_level when logging starts: it must be valid too.
         if let Some(filter) = env("RUST_LOG") {
             validate::log_filter(&filter).map_err(|r| ConfigError::invalid("environment", "RUST_LOG", r))?;

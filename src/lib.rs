@@ -34,6 +34,8 @@
 //!   listeners and the state lock (bound afresh, from systemd, or handed over by the running
 //!   process), the handover to the next process, starting that process, systemd's sockets and
 //!   notifications.
+//! - [`tls`]: the certificates and settings of TLS termination (rustls), built from a
+//!   configuration as a whole, so a reload either replaces them all or keeps the ones in force.
 //! - [`localpg`]: real local PostgreSQL clusters. In the release binary for `pgfailover
 //!   demo`; the tests and benchmarks use the same clusters, and with `testkit` the faults they
 //!   inflict on them (crash, hang, freeze).
@@ -64,3 +66,4 @@ pub mod server;
 pub mod takeover;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod tls;

@@ -16,6 +16,9 @@ use crate::config::Config;
 pub struct Loaded {
     pub config: Config,
     pub info: LoadInfo,
+    /// The certificates and TLS settings its files hold, read when it was loaded: a reload
+    /// (SIGHUP) reads them again, and new sessions take them from here.
+    pub material: Arc<crate::tls::Material>,
 }
 
 /// What `/failover/status` says of the configuration in force (no secret: the digest is
@@ -52,15 +55,17 @@ impl std::ops::Deref for Loaded {
 }
 
 impl Loaded {
-    /// `config`, loaded now from `file`.
-    pub fn now(config: Config, file: Option<String>) -> Loaded {
+    /// `config`, loaded now from `file`, with the TLS material its files hold (or why they do
+    /// not load).
+    pub fn now(config: Config, file: Option<String>) -> Result<Loaded, crate::tls::TlsError> {
+        let material = Arc::new(crate::tls::Material::load(&config)?);
         let info = LoadInfo {
             loaded_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             digest: digest(&config),
             file,
             pid: std::process::id(),
         };
-        Loaded { config, info }
+        Ok(Loaded { config, info, material })
     }
 }
 

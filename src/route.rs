@@ -74,6 +74,9 @@ pub struct ReadTarget {
     pub lag_bytes: u64,
     /// Its replay delay (see [`crate::config::ReadConfig::max_lag`]).
     pub lag: Duration,
+    /// The WAL position it has replayed, as last checked (`u64::MAX` for the primary): a
+    /// session's `pgfailover.min_lsn` is held against it.
+    pub replay_lsn: u64,
 }
 
 /// Where new sessions of the read-only port may go: the counterpart of [`Route`], written by

@@ -36,17 +36,23 @@ pub enum StartError {
     /// etcd refused the configured user the access coordination needs.
     #[error(transparent)]
     Etcd(#[from] crate::coord::access::AccessError),
+    /// A certificate or key named in `[tls]` does not load.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Why a reload was not applied (the proxy keeps running on the configuration it had).
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
-    #[error("adding or removing backends needs state_dir (a fresh process takes over and carries the fences on through it); restart instead")]
+    #[error("changing the backends (adding, removing, or their connection settings such as tls.server_sslmode) needs state_dir (a fresh process takes over and carries the fences on through it); restart instead")]
     BackendsWithoutStateDir,
     #[error("{0} is the routed primary and cannot be removed; make another backend primary first (POST /failover/trigger)")]
     RemovesPrimary(String),
     #[error("a failover or switchover is in progress; reload when it has ended")]
     FailoverInProgress,
+    /// The certificates or keys named in `[tls]` do not load: the ones in force keep serving.
+    #[error("{0}; the certificates in force keep serving")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// What a reload did.
@@ -65,6 +71,8 @@ pub struct Proxy {
     pub client_addr: SocketAddr,
     /// The read-only port, when `listen_ro` is set.
     pub read_addr: Option<SocketAddr>,
+    /// The `[[read.listeners]]` ports, in configuration order.
+    pub read_addrs: Vec<SocketAddr>,
     pub admin_addr: SocketAddr,
     pub monitor: MonitorHandle,
     pub metrics: Arc<Metrics>,
@@ -100,6 +108,9 @@ impl Proxy {
     /// start that is still waiting for the running process, before that one is told to stop
     /// accepting; after that the start completes, and the caller stops the proxy it returns.
     pub async fn start_with(cfg: Config, file: Option<String>, inherited: Inherited, stop: CancellationToken) -> Result<Proxy, StartError> {
+        // A configuration built in code has not folded [tls] into its backends yet.
+        let mut cfg = cfg;
+        cfg.apply_server_tls();
         // Before a takeover: a refusal must leave the running process serving.
         if let Some(c) = &cfg.coordination {
             match crate::coord::access::check(c).await? {
@@ -109,9 +120,12 @@ impl Proxy {
                 }
             }
         }
+        // Before the listeners: a certificate that does not load leaves a running process serving.
+        let loaded = Loaded::now(cfg.clone(), file)?;
         let (listeners, mut hold) = takeover::start(&cfg, inherited, &stop).await?;
-        let takeover::Listeners { client, client_addr, read, admin, admin_addr } = listeners;
+        let takeover::Listeners { client, client_addr, read, reads, admin, admin_addr } = listeners;
         let (read, read_addr) = read.unzip();
+        let read_addrs: Vec<SocketAddr> = reads.iter().map(|(_, a)| *a).collect();
 
         let backends: Arc<[_]> = cfg.backends().into();
         let names: Vec<String> = backends.iter().map(|b| b.name.clone()).collect();
@@ -119,7 +133,7 @@ impl Proxy {
         let route = RouteWriter::new("waiting for the first health checks");
         let read_route = ReadRouteWriter::default();
         let (connect_failed, passive) = mpsc::channel(64);
-        let live = LiveWriter::new(Loaded::now(cfg.clone(), file));
+        let live = LiveWriter::new(loaded);
         // The data path's pause: the monitor writes it (from the machine's decisions).
         let gate = Arc::new(crate::proxy::gate::Gate::default());
         let dp = Arc::new(DataPath {
@@ -143,8 +157,9 @@ impl Proxy {
         let stop = shutdown.clone();
         let mut ports = vec![(client, Port::Primary)];
         ports.extend(read.map(|l| (l, Port::Read)));
+        ports.extend(reads.into_iter().enumerate().map(|(i, (l, _))| (l, Port::ReadAt(i))));
         // The read-only port's route, for the admin port's `/ready/ro`.
-        let reads = cfg.listen_ro.map(|_| dp.read_route.clone());
+        let reads = (cfg.listen_ro.is_some() || !cfg.read.listeners.is_empty()).then(|| dp.read_route.clone());
         let workers = crate::proxy::workers::Workers::start(cfg.proxy.worker_threads).map_err(StartError::Workers)?;
         let data_path = tokio::spawn(proxy::listener::run_ports(ports, dp, Some(workers), stop));
 
@@ -205,7 +220,7 @@ impl Proxy {
             tasks.wait().await;
             monitor_tasks.wait().await;
         });
-        Ok(Proxy { client_addr, read_addr, admin_addr, monitor, metrics, shutdown, fatal, handed_over, done: Some(done), live, admin: admin_ctx })
+        Ok(Proxy { client_addr, read_addr, read_addrs, admin_addr, monitor, metrics, shutdown, fatal, handed_over, done: Some(done), live, admin: admin_ctx })
     }
 
     /// Resolves if the health monitor dies (a bug): the route is already cleared and the
@@ -252,6 +267,8 @@ impl Proxy {
     /// backends need a takeover by a fresh process ([`Reloaded::handover`]).
     pub async fn reload(&self, new: Config, file: Option<String>) -> Result<Reloaded, ReloadError> {
         let old = self.live.current().config.clone();
+        let mut new = new;
+        new.apply_server_tls();
         let mut out = Reloaded::default();
         if old.backends() != new.backends() {
             if new.state_dir.is_none() || old.state_dir != new.state_dir {
@@ -275,15 +292,15 @@ impl Proxy {
                 *new = old.clone();
             }
         }
-        let mut new = new;
         keep(&old.listen, &mut new.listen, "listen", &mut out);
         keep(&old.listen_ro, &mut new.listen_ro, "listen_ro", &mut out);
+        keep(&old.read.listeners, &mut new.read.listeners, "read.listeners", &mut out);
         keep(&old.admin_listen, &mut new.admin_listen, "admin_listen", &mut out);
         keep(&old.state_dir, &mut new.state_dir, "state_dir", &mut out);
         keep(&old.coordination, &mut new.coordination, "[coordination]", &mut out);
         keep(&old.proxy.worker_threads, &mut new.proxy.worker_threads, "proxy.worker_threads", &mut out);
         out.logging = old.log_level != new.log_level || old.log_format != new.log_format;
-        let next = Loaded::now(new, file);
+        let next = Loaded::now(new, file)?;
         let digest = next.info.digest.clone();
         self.live.publish(next);
         // The data path and the admin port read it from now on; the monitor applies it in

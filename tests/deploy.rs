@@ -78,6 +78,16 @@ fn load_toml(text: &str) -> Config {
     Config::load(Some(f.path()), &env, &Overrides::default()).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The Kubernetes ConfigMap's `proxy.toml`, its certificate files (the mounted TLS Secret's)
+/// stood in for by files here: their contents are `tests/tls*.rs`'s business.
+fn load_k8s_toml(text: &str) -> Config {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["tls.crt", "tls.key"] {
+        std::fs::write(dir.path().join(f), "stand-in\n").unwrap();
+    }
+    load_toml(&text.replace("/run/secrets/pgfailover-tls/", &format!("{}/", dir.path().display())))
+}
+
 fn k8s_docs() -> Vec<serde_yaml::Value> {
     let mut docs = Vec::new();
     for file in ["deploy/kubernetes/pgfailover.yaml", "deploy/kubernetes/servicemonitor.yaml"] {
@@ -98,7 +108,21 @@ fn shipped_configs_load_and_image_names_agree() {
     assert_eq!((compose.primary.host.as_str(), compose.standbys[0].host.as_str()), ("pg-primary", "pg-standby"));
     let docs = k8s_docs();
     let cm = find(&docs, "ConfigMap", "pgfailover-config");
-    let k8s = load_toml(cm["data"]["proxy.toml"].as_str().unwrap());
+    let k8s_text = cm["data"]["proxy.toml"].as_str().unwrap();
+    let k8s = load_k8s_toml(k8s_text);
+    // The certificate comes from the kubernetes.io/tls Secret, mounted where [tls] reads it.
+    assert_eq!(k8s.tls.mode, pgfailover::config::TlsMode::Terminate);
+    let secret = find(&docs, "Secret", "pgfailover-tls");
+    assert_eq!(secret["type"], "kubernetes.io/tls");
+    let pod = &find(&docs, "Deployment", "pgfailover")["spec"]["template"]["spec"];
+    let volume = pod["volumes"].as_sequence().unwrap().iter().find(|v| v["secret"]["secretName"] == "pgfailover-tls").expect("a volume of the TLS Secret");
+    let mount = pod["containers"][0]["volumeMounts"].as_sequence().unwrap().iter().find(|m| m["name"] == volume["name"]).expect("mounted");
+    for key in ["cert_file = \"", "key_file = \""] {
+        let path = k8s_text.split(key).nth(1).and_then(|r| r.split('"').next()).expect("a TLS file in the ConfigMap");
+        assert!(path.starts_with(mount["mountPath"].as_str().unwrap()), "{path} is in the Secret's mount");
+        let file = path.rsplit('/').next().unwrap();
+        assert!(secret["stringData"][file].is_string(), "{file} is a key of the Secret");
+    }
     assert_eq!(k8s.admin_listen.port(), 9432);
     // Several replicas, coordinated; a drain may evict one of them.
     let co = k8s.coordination.as_ref().expect("the Kubernetes replicas coordinate through etcd");
@@ -236,7 +260,7 @@ fn shipped_deployments_lock_the_admin_port_the_secrets_and_the_state() {
     }
     // The state directory is one pgfailover creates inside the (world-writable) emptyDir.
     let cm = find(&docs, "ConfigMap", "pgfailover-config");
-    let state = load_toml(cm["data"]["proxy.toml"].as_str().unwrap()).state_dir.expect("a state_dir");
+    let state = load_k8s_toml(cm["data"]["proxy.toml"].as_str().unwrap()).state_dir.expect("a state_dir");
     let state_vol = container["volumeMounts"].as_sequence().unwrap().iter().find(|m| m["name"] == "state").unwrap()["mountPath"].as_str().unwrap();
     assert!(state.starts_with(state_vol) && state != Path::new(state_vol), "{} must be below {state_vol}", state.display());
     let dockerfile = repo("Dockerfile");

@@ -52,7 +52,7 @@ pub fn run(dir: &Path) {
     if std::env::var("BENCH_TARGETS").is_ok_and(|t| t.contains("pgbouncer")) {
         all.extend(targets::pgbouncer(dir, c.nodes[0].port, &pw));
     }
-    let env = workloads::Env { pgbench: &pgbench, password: &pw, seconds, copy_in: &copy_in, direct: all[0].addr, copy_repeat: 1, rt: &rt };
+    let env = workloads::Env { pgbench: &pgbench, password: &pw, seconds, copy_in: &copy_in, direct: all[0].addr, copy_repeat: 1, rt: &rt, sslmode: None };
     let names: Vec<&str> = all.iter().map(|t| t.name.as_str()).collect();
     println!("targets: {names:?}; {rounds} rounds of {}, {seconds}s each, order rotated each round\n", Workload::SelectC16.label());
     let mut samples: Vec<Vec<Sample>> = (0..all.len()).map(|_| Vec::new()).collect();

@@ -6,8 +6,8 @@
 //! Environment: BENCH_ROUNDS (3), BENCH_SECONDS per pgbench run (10), BENCH_COPY_OUT_MB
 //! (1024), BENCH_COPY_IN_MB (512), BENCH_COPY_REPEAT (3: a bulk measurement is the best of
 //! that many back-to-back runs), BENCH_IDLE connections (5000), BENCH_FAILOVER_TRIALS (5),
-//! BENCH_ONLY=throughput,reads,memory,failover,operations (all; `concurrency` is opt-in: see
-//! concurrency.rs), BENCH_WORKLOADS=a,b,c,d,e (all),
+//! BENCH_ONLY=throughput,reads,memory,failover,operations (all; `concurrency` and `tls` are
+//! opt-in: see concurrency.rs and tls.rs), BENCH_WORKLOADS=a,b,c,d,e (all),
 //! BENCH_TARGETS=pgfailover,haproxy,pgbouncer,splice-floor (all that can run here; add
 //! sockmap-floor for the in-kernel reference in floors.rs, opt-in: it needs root and makes
 //! COPY a third slower), BENCH_PGFAILOVER_THREADS=1,0
@@ -24,6 +24,7 @@ mod floors;
 mod idle;
 mod operations;
 mod targets;
+mod tls;
 mod workloads;
 
 use std::collections::HashMap;
@@ -86,6 +87,9 @@ fn main() {
     }
     if only.contains("operations") {
         operations_times(dir.path());
+    }
+    if only.split(',').any(|m| m.trim() == "tls") {
+        tls::run(dir.path());
     }
 }
 
@@ -169,6 +173,7 @@ fn throughput(dir: &std::path::Path) {
         direct: all[0].addr,
         copy_repeat: env_or("BENCH_COPY_REPEAT", 3),
         rt: &rt,
+        sslmode: None,
     };
     // (workload, target) -> per-round values and CPU%.
     let mut values: HashMap<(usize, usize), Vec<f64>> = HashMap::new();
@@ -271,7 +276,7 @@ fn reads(dir: &std::path::Path) {
     let mut all: Vec<Target> =
         vec![targets::direct_named(c.nodes[1].port, "direct-standby"), targets::pgfailover_read(dir, c.nodes[0].port, c.nodes[1].port, &pw)];
     all.extend(targets::haproxy_named(dir, c.nodes[1].port, "haproxy-ro"));
-    let env = workloads::Env { pgbench: &pgbench, password: &pw, seconds, copy_in: &copy_in, direct: all[0].addr, copy_repeat: 1, rt: &rt };
+    let env = workloads::Env { pgbench: &pgbench, password: &pw, seconds, copy_in: &copy_in, direct: all[0].addr, copy_repeat: 1, rt: &rt, sslmode: None };
     let chosen = [Workload::SelectC1, Workload::SelectC16];
     let mut values: HashMap<(usize, usize), Vec<f64>> = HashMap::new();
     for round in 0..rounds {

@@ -85,6 +85,21 @@ pub fn pgfailover_coordinated(dir: &Path, primary: u16, standby: u16, password: 
     pgfailover_with(dir, primary, Some(standby), password, "250ms", "500ms", None, false, None, coordinated)
 }
 
+/// pgfailover terminating the clients' TLS with `cert`/`key`, in clear to the servers (as
+/// PgBouncer's `client_tls_sslmode = require` with `server_tls_sslmode = disable`).
+pub fn pgfailover_terminate(dir: &Path, primary: u16, standby: Option<u16>, password: &str, cert: &Path, key: &Path) -> Target {
+    let tls = |c: ProxyToml| {
+        c.set("tls", "mode", "terminate").set("tls", "cert_file", cert.display().to_string()).set("tls", "key_file", key.display().to_string()).set(
+            "tls",
+            "server_sslmode",
+            "disable",
+        )
+    };
+    let mut t = pgfailover_with(dir, primary, standby, password, "1s", "1s", None, false, None, tls);
+    t.name = "pgfailover-terminate".into();
+    t
+}
+
 /// pgfailover's read-only port in front of `standby` (the target's address is `listen_ro`).
 pub fn pgfailover_read(dir: &Path, primary: u16, standby: u16, password: &str) -> Target {
     pgfailover_with(dir, primary, Some(standby), password, "1s", "1s", None, true, None, |c| c)
@@ -170,6 +185,21 @@ pub fn haproxy_named(dir: &Path, backend: u16, name: &str) -> Option<Target> {
 
 /// PgBouncer in session mode, run as the `postgres` user when we are root (it refuses root).
 pub fn pgbouncer(dir: &Path, backend: u16, password: &str) -> Option<Target> {
+    pgbouncer_with(dir, backend, password, "", "pgbouncer")
+}
+
+/// PgBouncer terminating the clients' TLS (`client_tls_sslmode = require`) with `cert`/`key`
+/// (readable by the `postgres` user), in clear to the server.
+pub fn pgbouncer_tls(dir: &Path, backend: u16, password: &str, cert: &Path, key: &Path) -> Option<Target> {
+    let tls = format!(
+        "client_tls_sslmode = require\nclient_tls_cert_file = {}\nclient_tls_key_file = {}\nserver_tls_sslmode = disable\n",
+        cert.display(),
+        key.display()
+    );
+    pgbouncer_with(dir, backend, password, &tls, "pgbouncer-tls")
+}
+
+fn pgbouncer_with(dir: &Path, backend: u16, password: &str, extra: &str, name: &str) -> Option<Target> {
     let exe = which("pgbouncer")?;
     let port = free_addr().port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -180,7 +210,7 @@ pub fn pgbouncer(dir: &Path, backend: u16, password: &str) -> Option<Target> {
         format!(
             "[databases]\n* = host=127.0.0.1 port={backend} user=postgres password={password}\n\
              [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nauth_type = any\npool_mode = session\n\
-             max_client_conn = 12000\ndefault_pool_size = 64\nclient_login_timeout = 0\nlogfile = {}\npidfile = {}\nunix_socket_dir =\n",
+             max_client_conn = 12000\ndefault_pool_size = 64\nclient_login_timeout = 0\nlogfile = {}\npidfile = {}\nunix_socket_dir =\n{extra}",
             dir.join(format!("pgbouncer-{port}.log")).display(),
             pidfile.display()
         ),
@@ -215,7 +245,7 @@ pub fn pgbouncer(dir: &Path, backend: u16, password: &str) -> Option<Target> {
         assert!(Instant::now() < deadline, "pgbouncer listens on {addr} but wrote no pidfile");
         std::thread::sleep(Duration::from_millis(20));
     };
-    Some(Target { name: "pgbouncer".into(), addr, pid: Some(pid), admin: None, child: None, pgfailover: None })
+    Some(Target { name: name.into(), addr, pid: Some(pid), admin: None, child: None, pgfailover: None })
 }
 
 /// User + system CPU seconds of a process so far.

@@ -43,6 +43,8 @@ pub struct Env<'a> {
     pub direct: SocketAddr,
     /// Bulk runs per measurement; the best one counts.
     pub copy_repeat: usize,
+    /// libpq's `sslmode` for the pgbench runs (`None`: libpq's default, `prefer`).
+    pub sslmode: Option<&'a str>,
     pub rt: &'a tokio::runtime::Runtime,
 }
 
@@ -74,6 +76,7 @@ fn pgbench(env: &Env, addr: SocketAddr, args: &[&str]) -> f64 {
         .args(args)
         .arg("postgres")
         .env("PGPASSWORD", env.password)
+        .envs(env.sslmode.map(|m| ("PGSSLMODE", m)))
         .output()
         .expect("run pgbench");
     let text = String::from_utf8_lossy(&out.stdout);

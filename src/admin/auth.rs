@@ -114,7 +114,7 @@ mod tests {
 
     fn live(read: Option<&str>, admin: Option<&str>) -> AdminLive {
         let cfg = crate::config::Config { admin_read_token: read.map(Secret::new), admin_token: admin.map(Secret::new), ..Default::default() };
-        AdminLive::new(&crate::live::Loaded::now(cfg, None))
+        AdminLive::new(&crate::live::Loaded::now(cfg, None).expect("no TLS files"))
     }
 
     fn get(token: Option<&str>) -> Request<()> {

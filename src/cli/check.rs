@@ -19,6 +19,11 @@ pub fn main(cfg: &Config) -> ExitCode {
             _ => {}
         }
     }
+    // The certificates and keys themselves: a start (and a reload) would refuse them.
+    if let Err(e) = pgfailover::tls::Material::load(cfg) {
+        eprintln!("pgfailover: configuration error: {e}");
+        return ExitCode::from(2);
+    }
     println!("{}", summary(cfg));
     for w in warnings(cfg) {
         eprintln!("pgfailover: warning: {w}");
@@ -54,9 +59,21 @@ pub fn summary(cfg: &Config) -> String {
         set(&cfg.admin_token, "off"),
         set(&cfg.admin_read_token, "open")
     ));
+    let t = &cfg.tls;
+    let client_certs = if t.client_ca_file.is_some() { ", client certificates required" } else { "" };
+    let plain = if t.require_client_tls { "refused" } else { "admitted" };
+    match t.mode {
+        pgfailover::config::TlsMode::Passthrough => s.push_str("\n  tls: passthrough (the servers answer the clients' TLS)"),
+        pgfailover::config::TlsMode::Terminate => s.push_str(&format!("\n  tls: terminate (certificate loaded{client_certs}; clients in clear {plain})")),
+    }
+    for l in &cfg.read.listeners {
+        let lag = l.max_lag.map(|d| humantime::format_duration(d).to_string()).unwrap_or_else(|| "read.max_lag".into());
+        let bytes = l.max_lag_bytes.map(|b| b.to_string()).unwrap_or_else(|| "read.max_lag_bytes".into());
+        s.push_str(&format!("\n  read port {} (max_lag {lag}, max_lag_bytes {bytes})", l.listen));
+    }
     for (i, b) in cfg.backends().iter().enumerate() {
         let role = if i == 0 { "primary" } else { "standby" };
-        s.push_str(&format!("\n  {role} {} at {} (db {}, user {}, ssl {})", b.name, b.address(), b.database, b.user, b.ssl));
+        s.push_str(&format!("\n  {role} {} at {} (db {}, user {}, sslmode {})", b.name, b.address(), b.database, b.user, b.sslmode.as_str()));
     }
     s
 }

@@ -46,6 +46,7 @@ pub(super) struct RawFile {
     proxy: Option<RawProxy>,
     read: Option<RawRead>,
     coordination: Option<RawCoordination>,
+    tls: Option<super::tls::RawTls>,
     primary: Option<RawBackend>,
     #[serde(default)]
     standbys: Vec<RawBackend>,
@@ -150,6 +151,19 @@ struct RawRead {
     balance: Option<String>,
     fallback: Option<String>,
     include_primary: Option<bool>,
+    #[serde(default)]
+    listeners: Vec<RawReadListener>,
+    #[serde(default, with = "humantime_serde")]
+    min_lsn_wait: Option<Duration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReadListener {
+    listen: String,
+    max_lag_bytes: Option<u64>,
+    #[serde(default, with = "humantime_serde")]
+    max_lag: Option<Duration>,
 }
 
 #[derive(Deserialize, Default, Clone)]
@@ -190,6 +204,14 @@ pub(super) fn apply_file(cfg: &mut Config, raw: RawFile, label: &str, base: Opti
         if let Some(f) = r.fallback {
             cfg.read.fallback = parse_fallback(&f).map_err(|e| ConfigError::invalid(label, "read.fallback", e))?;
         }
+        set(&mut cfg.read.min_lsn_wait, r.min_lsn_wait);
+        for (i, l) in r.listeners.into_iter().enumerate() {
+            let listen = parse_addr(&l.listen).map_err(|e| ConfigError::invalid(label, format!("read.listeners[{i}].listen"), e))?;
+            cfg.read.listeners.push(super::ReadListener { listen, max_lag: l.max_lag, max_lag_bytes: l.max_lag_bytes });
+        }
+    }
+    if let Some(t) = raw.tls {
+        super::tls::apply_file(cfg, t, label, |p| resolve(base, p))?;
     }
     if let Some(c) = raw.coordination {
         let mut co = super::CoordinationConfig::with_defaults();

@@ -281,3 +281,52 @@ fn every_file_a_secret_comes_from_is_remembered_with_its_key() {
     let c = load("log_level = \"info\"\n", &[], &Overrides::default()).unwrap();
     assert!(c.secret_files.is_empty());
 }
+
+#[test]
+fn tls_table_environment_and_checks() {
+    let (cert, key) = (file_with("cert\n"), file_with("key\n"));
+    let text = format!(
+        "[tls]\nmode = \"terminate\"\ncert_file = {:?}\nkey_file = {:?}\nrequire_client_tls = true\nserver_sslmode = \"verify-full\"\nserver_ca_file = {:?}\n[primary]\nhost = \"db\"\n[[standbys]]\nssl_root_cert = {:?}\n",
+        cert.path(),
+        key.path(),
+        cert.path(),
+        key.path()
+    );
+    let c = load(&text, &[], &Overrides::default()).unwrap();
+    assert_eq!((c.tls.mode, c.tls.server_sslmode, c.tls.require_client_tls), (TlsMode::Terminate, ServerSslMode::VerifyFull, true));
+    // Folded into the backends: the standby's own CA wins.
+    assert_eq!((c.primary.sslmode, c.primary.ca_file.as_deref()), (ServerSslMode::VerifyFull, Some(cert.path())));
+    assert_eq!(c.standbys[0].ca_file.as_deref(), Some(key.path()));
+    // Folding again (the server does, for configurations built in code) changes nothing.
+    let mut again = c.clone();
+    again.apply_server_tls();
+    assert_eq!(again, c);
+    assert!(c.secret_files.iter().any(|s| s.key.ends_with("tls.key_file") && s.path == key.path()), "the key is a secret file");
+    // The environment; `ssl = true` (DB_SSL) raises the floor over a lower server_sslmode.
+    let c = Config::load(None, &env_of(&[("PGFAILOVER_SERVER_SSLMODE", "disable"), ("DB_SSL", "true")]), &Overrides::default()).unwrap();
+    assert_eq!((c.tls.server_sslmode, c.primary.sslmode), (ServerSslMode::Disable, ServerSslMode::Require));
+    assert_eq!(Config::load(None, &env_of(&[]), &Overrides::default()).unwrap().primary.sslmode, ServerSslMode::Prefer, "prefer by default");
+    let e = |text: &str, env: &[(&str, &str)]| load(text, env, &Overrides::default()).unwrap_err().to_string();
+    assert!(e("[tls]\nmode = \"terminate\"\n", &[]).contains("tls.cert_file: is required"));
+    assert!(e("[tls]\nmode = \"tls\"\n", &[]).contains("tls.mode"));
+    assert!(e("[tls]\nserver_sslmode = \"allow\"\n", &[]).contains("tls.server_sslmode"));
+    assert!(e("[tls]\nrequire_client_tls = true\n", &[]).contains("applies only with mode = \"terminate\""));
+    assert!(e("[tls]\nserver_sslmode = \"verify-ca\"\n", &[]).contains("needs a CA"));
+    assert!(e("[tls]\nserver_ca_file = \"/nonexistent/ca.crt\"\n", &[]).contains("/nonexistent/ca.crt"));
+    assert!(e("", &[("PGFAILOVER_TLS_MODE", "both")]).starts_with("environment: PGFAILOVER_TLS_MODE"));
+}
+
+#[test]
+fn read_listeners_and_min_lsn_wait() {
+    let text = "[read]\nmin_lsn_wait = \"250ms\"\n[[read.listeners]]\nlisten = \"127.0.0.1:7433\"\nmax_lag_bytes = 0\n[[read.listeners]]\nlisten = \"127.0.0.1:7434\"\nmax_lag = \"1h\"\n";
+    let c = load(text, &[], &Overrides::default()).unwrap();
+    assert_eq!(c.read.min_lsn_wait, Duration::from_millis(250));
+    assert_eq!(c.read.listeners.len(), 2);
+    assert_eq!((c.read.listeners[0].max_lag_bytes, c.read.listeners[0].max_lag), (Some(0), None));
+    assert_eq!(c.read.listeners[1].max_lag, Some(Duration::from_secs(3600)));
+    assert_eq!(Config::default().read.min_lsn_wait, Duration::from_secs(1));
+    let e = load("[[read.listeners]]\nlisten = \"127.0.0.1:6432\"\n", &[], &Overrides::default()).unwrap_err().to_string();
+    assert!(e.contains("read.listeners[0].listen") && e.contains("already another port's address"), "{e}");
+    let e = load("[[read.listeners]]\nlisten = \"x\"\n", &[], &Overrides::default()).unwrap_err().to_string();
+    assert!(e.contains("read.listeners[0].listen"), "{e}");
+}

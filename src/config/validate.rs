@@ -63,6 +63,15 @@ pub(super) fn check(cfg: &Config) -> Result<(), Invalid> {
             return v("listen_ro", "must differ from listen and admin_listen");
         }
     }
+    let mut ports = vec![("listen", cfg.listen), ("admin_listen", cfg.admin_listen)];
+    ports.extend(cfg.listen_ro.map(|a| ("listen_ro", a)));
+    for (i, l) in cfg.read.listeners.iter().enumerate() {
+        if l.listen.port() != 0 && ports.iter().any(|(_, a)| *a == l.listen) {
+            return v(&format!("read.listeners[{i}].listen"), &format!("{} is already another port's address", l.listen));
+        }
+        ports.push(("read.listeners", l.listen));
+    }
+    super::tls::check(cfg)?;
     if let Some(c) = &cfg.coordination {
         if c.etcd_endpoints.is_empty() {
             return v("coordination.etcd_endpoints", "must name at least one etcd endpoint");
@@ -169,6 +178,13 @@ pub(super) fn origin(key: &str, file: Option<&Path>, env: EnvLookup<'_>, flags: 
         "coordination.cluster" => Some("PGFAILOVER_CLUSTER"),
         "coordination.name" => Some("PGFAILOVER_NAME"),
         "coordination.lease_ttl" => Some("PGFAILOVER_LEASE_TTL"),
+        "tls.mode" => Some("PGFAILOVER_TLS_MODE"),
+        "tls.cert_file" => Some("PGFAILOVER_TLS_CERT_FILE"),
+        "tls.key_file" => Some("PGFAILOVER_TLS_KEY_FILE"),
+        "tls.client_ca_file" => Some("PGFAILOVER_TLS_CLIENT_CA_FILE"),
+        "tls.require_client_tls" => Some("PGFAILOVER_TLS_REQUIRE_CLIENT_TLS"),
+        "tls.server_sslmode" => Some("PGFAILOVER_SERVER_SSLMODE"),
+        "tls.server_ca_file" => Some("PGFAILOVER_SERVER_CA_FILE"),
         _ => None,
     };
     if let Some(v) = var.filter(|v| env(v).is_some()) {

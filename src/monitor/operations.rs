@@ -13,7 +13,7 @@ use crate::config::BackendConfig;
 use super::check_error::CheckError;
 use super::conninfo::{self, ConninfoError};
 use super::observation::{format_lsn, parse_lsn, Observation};
-use super::probe::{connect, first_row, observe, tls_connector};
+use super::probe::{check_tls, connect, first_row, observe};
 
 /// The shortest bound on a switchover's waits, however small `trigger_wait` is.
 pub const MIN_WAIT: Duration = Duration::from_secs(1);
@@ -63,7 +63,7 @@ pub enum PromoteError {
 /// Runs `pg_promote(true, …)` on a standby and returns its first observation as a primary.
 /// A read-only default left behind by a switchover (set with ALTER SYSTEM) is cleared first.
 pub async fn promote(b: &BackendConfig, timeout: Duration, check_timeout: Duration) -> Result<Observation, PromoteError> {
-    let tls = if b.ssl { Some(tls_connector(b).map_err(PromoteError::NotSent)?) } else { None };
+    let tls = check_tls(b).map_err(PromoteError::NotSent)?;
     let client = connect(b, check_timeout, tls, None).await.map_err(PromoteError::NotSent)?;
     if let Err(e) = clear_read_only_leftover(&client, check_timeout).await {
         tracing::warn!(backend = %b.name, error = %e, "could not clear a leftover default_transaction_read_only before promoting");
@@ -249,7 +249,7 @@ pub async fn repoint(standby: &BackendConfig, primary: &BackendConfig, check_tim
 }
 
 async fn connect_to(b: &BackendConfig, check_timeout: Duration) -> Result<Client, CheckError> {
-    let tls = if b.ssl { Some(tls_connector(b)?) } else { None };
+    let tls = check_tls(b)?;
     connect(b, check_timeout, tls, None).await
 }
 

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
-use crate::config::BackendConfig;
+use crate::config::{BackendConfig, ServerSslMode};
 
 use super::check_error::CheckError;
 use super::observation::{parse_lsn, Observation, Receiver};
@@ -56,7 +56,7 @@ impl Prober {
     }
 
     pub fn new(backend: BackendConfig, timeout: Duration, broken: Option<mpsc::Sender<()>>) -> Prober {
-        let tls = if backend.ssl { tls_connector(&backend).map(Some) } else { Ok(None) };
+        let tls = check_tls(&backend);
         Prober { backend, timeout, tls, client: None, broken }
     }
 
@@ -132,13 +132,13 @@ pub(super) async fn connect(
     broken: Option<mpsc::Sender<()>>,
 ) -> Result<Client, CheckError> {
     let mut cfg = tokio_postgres::Config::new();
-    cfg.host(&b.host)
-        .port(b.port)
-        .user(&b.user)
-        .dbname(&b.database)
-        .application_name("pgfailover-health")
-        .connect_timeout(timeout)
-        .ssl_mode(if tls.is_some() { SslMode::Require } else { SslMode::Disable });
+    cfg.host(&b.host).port(b.port).user(&b.user).dbname(&b.database).application_name("pgfailover-health").connect_timeout(timeout).ssl_mode(
+        match (&tls, b.sslmode) {
+            (None, _) | (_, ServerSslMode::Disable) => SslMode::Disable,
+            (Some(_), ServerSslMode::Prefer) => SslMode::Prefer,
+            (Some(_), _) => SslMode::Require,
+        },
+    );
     if let Some(pw) = &b.password {
         cfg.password(pw.expose());
     }
@@ -175,23 +175,29 @@ async fn connected<T>(timeout: Duration, attempt: impl std::future::Future<Outpu
     }
 }
 
-/// TLS for checks: verified against `ssl_root_cert` when given, else encrypted only (the
-/// seed's `rejectUnauthorized: false`).
-pub(super) fn tls_connector(b: &BackendConfig) -> Result<MakeTlsConnector, CheckError> {
+/// TLS for checks and operations, as the backend's `sslmode` says (`None`: in clear).
+pub(super) fn check_tls(b: &BackendConfig) -> Result<Option<MakeTlsConnector>, CheckError> {
+    match b.sslmode {
+        ServerSslMode::Disable => Ok(None),
+        _ => tls_connector(b).map(Some),
+    }
+}
+
+/// TLS for checks (OpenSSL: off the data path, the health checks keep tokio-postgres's
+/// OpenSSL connector): `verify-ca` checks the chain against the CA (`ssl_root_cert`, else
+/// `tls.server_ca_file`), `verify-full` the host name too; `prefer` and `require` encrypt
+/// only (the seed's `rejectUnauthorized: false`).
+fn tls_connector(b: &BackendConfig) -> Result<MakeTlsConnector, CheckError> {
     let err = |e: openssl::error::ErrorStack| CheckError::Tls(format!("setup for {}: {e}", b.name));
     let mut builder = SslConnector::builder(SslMethod::tls()).map_err(err)?;
-    let verify = match &b.ssl_root_cert {
-        Some(ca) => {
-            builder.set_ca_file(ca).map_err(|e| CheckError::Tls(format!("ssl_root_cert {}: {e}", ca.display())))?;
-            true
+    match (&b.ca_file, b.sslmode.verifies()) {
+        (Some(ca), true) => {
+            builder.set_ca_file(ca).map_err(|e| CheckError::Tls(format!("CA file {}: {e}", ca.display())))?;
         }
-        None => {
-            builder.set_verify(SslVerifyMode::NONE);
-            false
-        }
-    };
+        _ => builder.set_verify(SslVerifyMode::NONE),
+    }
     let mut connector = MakeTlsConnector::new(builder.build());
-    if !verify {
+    if b.sslmode != ServerSslMode::VerifyFull {
         connector.set_callback(|cfg, _| {
             cfg.set_verify_hostname(false);
             Ok(())

@@ -19,6 +19,15 @@ pub enum Port {
     Primary,
     /// `listen_ro`: sessions go to a fresh-enough standby.
     Read,
+    /// `read.listeners[i]`: as `Read`, within that listener's own bounds.
+    ReadAt(usize),
+}
+
+impl Port {
+    /// Whether sessions of this port read from standbys.
+    pub fn is_read(self) -> bool {
+        self != Port::Primary
+    }
 }
 
 /// What every session needs; shared read-only behind an `Arc`.

@@ -1,9 +1,17 @@
 //! Where a new session may go, for each port: the main port follows the [`Route`] (the one
 //! primary); the read-only port picks among the [`ReadRoute`]'s standbys, within the
 //! configured bounds tightened by the client's own, and falls back as `[read]` says.
+//!
+//! A read session may also ask for a standby that has replayed a WAL position of its own
+//! (`pgfailover.min_lsn`, read-your-writes). While none has, it waits up to
+//! `read.min_lsn_wait`, asking for fresh checks of the standbys (their replay positions are
+//! those of their last check), then falls back as `[read]` says; the primary has every
+//! position.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio::sync::watch;
 
@@ -11,13 +19,18 @@ use crate::cluster::BackendId;
 use crate::config::{Balance, Fallback};
 use crate::route::{ReadRoute, Route};
 
-use super::datapath::DataPath;
+use super::datapath::{DataPath, Port};
 
 /// What a session may be placed on, and (read port) the freshness it asked for.
 #[derive(Clone)]
 pub enum Placement {
     Primary(watch::Receiver<Route>),
-    Read { route: watch::Receiver<ReadRoute>, bound: Bound },
+    Read {
+        route: watch::Receiver<ReadRoute>,
+        bound: Bound,
+        /// Until when a `min_lsn` session waits for a standby to replay that far.
+        min_lsn_until: Option<Instant>,
+    },
 }
 
 /// A freshness bound: the configured `[read]` bounds, tightened by the client's.
@@ -25,6 +38,8 @@ pub enum Placement {
 pub struct Bound {
     pub max_lag_bytes: u64,
     pub max_lag: Duration,
+    /// The WAL position a standby must have replayed (0: any).
+    pub min_lsn: u64,
 }
 
 /// The outcome of a pick.
@@ -46,19 +61,49 @@ impl Placement {
     /// The read-only port's placement, with the configured bounds.
     pub fn read(dp: &DataPath) -> Placement {
         let cfg = dp.config();
-        let bound = Bound { max_lag_bytes: cfg.read.max_lag_bytes, max_lag: cfg.read.max_lag };
-        Placement::Read { route: dp.read_route.clone(), bound }
+        let bound = Bound { max_lag_bytes: cfg.read.max_lag_bytes, max_lag: cfg.read.max_lag, min_lsn: 0 };
+        Placement::Read { route: dp.read_route.clone(), bound, min_lsn_until: None }
+    }
+
+    /// The placement of a session of `port`: a `[[read.listeners]]` port has its own bounds
+    /// (as the configuration in force says), each part left out being `[read]`'s.
+    pub fn for_port(dp: &DataPath, port: Port) -> Placement {
+        match port {
+            Port::Primary => Placement::primary(dp),
+            Port::Read => Placement::read(dp),
+            Port::ReadAt(i) => {
+                let mut place = Placement::read(dp);
+                if let (Placement::Read { bound, .. }, Some(l)) = (&mut place, dp.config().read.listeners.get(i)) {
+                    bound.max_lag = l.max_lag.unwrap_or(bound.max_lag);
+                    bound.max_lag_bytes = l.max_lag_bytes.unwrap_or(bound.max_lag_bytes);
+                }
+                place
+            }
+        }
     }
 
     pub fn is_read(&self) -> bool {
         matches!(self, Placement::Read { .. })
     }
 
-    /// Tightens (never loosens) the read bound with the client's own.
-    pub fn tighten(&mut self, client: Bound) {
-        if let Placement::Read { bound, .. } = self {
+    /// Tightens (never loosens) the read bound with the client's own; a `min_lsn` is waited
+    /// for up to `min_lsn_wait` from now.
+    pub fn tighten(&mut self, client: Bound, min_lsn_wait: Duration) {
+        if let Placement::Read { bound, min_lsn_until, .. } = self {
             bound.max_lag_bytes = bound.max_lag_bytes.min(client.max_lag_bytes);
             bound.max_lag = bound.max_lag.min(client.max_lag);
+            if client.min_lsn > bound.min_lsn {
+                bound.min_lsn = client.min_lsn;
+                *min_lsn_until = Some(Instant::now() + min_lsn_wait);
+            }
+        }
+    }
+
+    /// When a waiting `min_lsn` session must look again (its wait ends then).
+    pub fn wake_at(&self) -> Option<Instant> {
+        match self {
+            Placement::Read { min_lsn_until, .. } => min_lsn_until.filter(|t| *t > Instant::now()),
+            Placement::Primary(_) => None,
         }
     }
 
@@ -66,7 +111,7 @@ impl Placement {
     pub fn fits(&self, backend: BackendId) -> bool {
         match self {
             Placement::Primary(route) => route.borrow().target == Some(backend),
-            Placement::Read { route, bound } => {
+            Placement::Read { route, bound, .. } => {
                 let r = route.borrow();
                 r.targets.iter().any(|t| t.backend == backend && within(t, bound))
                     || (r.primary == Some(backend) && r.targets.iter().all(|t| !within(t, bound)))
@@ -85,10 +130,18 @@ impl Placement {
                     None => Pick::Wait(r.reason.to_string()),
                 }
             }
-            Placement::Read { route, bound } => {
+            Placement::Read { route, bound, min_lsn_until } => {
                 let read = &dp.config().read;
                 let r = route.borrow_and_update();
                 let fits: Vec<BackendId> = r.targets.iter().filter(|t| within(t, bound)).map(|t| t.backend).collect();
+                let behind: Vec<BackendId> = r.targets.iter().filter(|t| t.replay_lsn < bound.min_lsn).map(|t| t.backend).collect();
+                if fits.is_empty() && !behind.is_empty() && min_lsn_until.is_some_and(|t| Instant::now() < t) {
+                    // Their positions are as of their last check: ask for fresh ones.
+                    for b in behind {
+                        let _ = dp.connect_failed.try_send(b);
+                    }
+                    return Pick::Wait(format!("waiting for a standby to replay {} (pgfailover.min_lsn)", lsn_text(bound.min_lsn)));
+                }
                 if !fits.is_empty() {
                     let chosen = match read.balance {
                         Balance::LeastConnections => fits.iter().copied().min_by_key(|b| (dp.metrics.read_sessions(*b), *b)),
@@ -98,6 +151,8 @@ impl Placement {
                 }
                 let why = if r.targets.is_empty() {
                     r.reason.to_string()
+                } else if bound.min_lsn > 0 && r.targets.iter().all(|t| t.replay_lsn < bound.min_lsn) {
+                    format!("no standby has replayed {} (pgfailover.min_lsn) within read.min_lsn_wait", lsn_text(bound.min_lsn))
                 } else {
                     format!(
                         "no standby is within this session's bound (max_lag {}, max_lag_bytes {})",
@@ -119,7 +174,7 @@ impl Placement {
     pub fn is_fallback(&self, backend: BackendId) -> bool {
         match self {
             Placement::Primary(_) => false,
-            Placement::Read { route, bound } => {
+            Placement::Read { route, bound, .. } => {
                 let r = route.borrow();
                 r.primary == Some(backend) && !r.targets.iter().any(|t| t.backend == backend && within(t, bound))
             }
@@ -177,5 +232,35 @@ impl Placement {
 }
 
 fn within(t: &crate::route::ReadTarget, bound: &Bound) -> bool {
-    t.lag_bytes <= bound.max_lag_bytes && t.lag <= bound.max_lag
+    t.lag_bytes <= bound.max_lag_bytes && t.lag <= bound.max_lag && t.replay_lsn >= bound.min_lsn
+}
+
+/// An LSN as PostgreSQL writes it (`16/B374D848`).
+pub fn lsn_text(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+}
+
+/// Reads an LSN as PostgreSQL writes it.
+pub fn parse_lsn(s: &str) -> Option<u64> {
+    let (hi, lo) = s.trim().split_once('/')?;
+    let valid = |p: &str| !p.is_empty() && p.len() <= 8 && p.bytes().all(|b| b.is_ascii_hexdigit());
+    if !valid(hi) || !valid(lo) {
+        return None;
+    }
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{lsn_text, parse_lsn};
+
+    #[test]
+    fn lsns_read_and_written_as_postgresql_does() {
+        assert_eq!(parse_lsn("16/B374D848"), Some(0x16_B374_D848));
+        assert_eq!(parse_lsn(" 0/3000060 "), Some(0x300_0060));
+        assert_eq!(lsn_text(0x16_B374_D848), "16/B374D848");
+        for bad in ["", "0", "/1", "1/", "x/1", "0/123456789", "1/2/3", "-1/0"] {
+            assert_eq!(parse_lsn(bad), None, "{bad}");
+        }
+    }
 }

@@ -6,7 +6,7 @@ use std::io;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
-use tokio::io::{AsyncWriteExt, Interest};
+use tokio::io::{AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -33,10 +33,11 @@ pub async fn serve(mut client: TcpStream, dp: Arc<DataPath>, port: Port, stoppin
     if let Err(e) = socket::tune(&client, &cfg.proxy) {
         tracing::debug!(error = %e, "client socket options");
     }
-    let mut place = match port {
-        Port::Primary => Placement::primary(&dp),
-        Port::Read => Placement::read(&dp),
-    };
+    // `[tls] mode = "terminate"`: the proxy answers the client's TLS itself.
+    if let Some(acceptor) = cfg.material.acceptor.clone() {
+        return super::terminate::serve(client, &dp, port, &stopping, &kill, acceptor).await;
+    }
+    let mut place = Placement::for_port(&dp, port);
     let opened = tokio::select! {
         r = startup::open(&mut client, &dp, &mut place, &stopping) => r,
         // The drain period is over and this client's server still has not answered.
@@ -57,7 +58,7 @@ pub async fn serve(mut client: TcpStream, dp: Arc<DataPath>, port: Port, stoppin
             return;
         }
         Err(Failed::Refused { reason, pending }) => {
-            if port == Port::Read {
+            if port.is_read() {
                 m.read_refused();
             } else {
                 m.refused();
@@ -73,9 +74,15 @@ pub async fn serve(mut client: TcpStream, dp: Arc<DataPath>, port: Port, stoppin
             tracing::info!(%reason, outcome = outcome.as_str(), "client refused: bad pgfailover setting");
             return;
         }
+        Err(Failed::DirectTls { hello, reason }) => {
+            let deadline = tokio::time::Instant::now() + cfg.proxy.startup_timeout;
+            super::direct::refuse(client, hello, &reason, deadline).await;
+            m.session_closed(CloseReason::ClientClosed);
+            return;
+        }
     };
     // A read session counts toward its backend's load (least_connections) while it lasts.
-    let _reading = (port == Port::Read).then(|| {
+    let _reading = port.is_read().then(|| {
         if place.is_fallback(backend) {
             m.read_fallback();
         }
@@ -111,7 +118,7 @@ pub async fn serve(mut client: TcpStream, dp: Arc<DataPath>, port: Port, stoppin
 /// FATAL 57P01 at a message boundary, as from a server shutting down, instead of a bare
 /// close: a quiet session learns that nothing of it was running (its held message, if any,
 /// never reached the server), a busy one that its statement did not finish.
-async fn end(client: &mut TcpStream, track: &Track, place: &Placement, port: Port) -> CloseReason {
+pub(super) async fn end<C: AsyncWrite + Unpin>(client: &mut C, track: &Track, place: &Placement, port: Port) -> CloseReason {
     if track.is_opaque() || !track.client_at_boundary() {
         return CloseReason::RouteChanged;
     }
@@ -119,7 +126,7 @@ async fn end(client: &mut TcpStream, track: &Track, place: &Placement, port: Por
     let why = place.why_left();
     let message = match port {
         Port::Primary => format!("terminating connection because the primary database changed: {why}"),
-        Port::Read => format!("terminating connection because its read-only server left the read set: {why}"),
+        Port::Read | Port::ReadAt(_) => format!("terminating connection because its read-only server left the read set: {why}"),
     };
     let detail = if quiet {
         "The session was idle: none of its statements was running, and a statement sent meanwhile never reached the server. Reconnect and retry."
@@ -127,8 +134,12 @@ async fn end(client: &mut TcpStream, track: &Track, place: &Placement, port: Por
         "A statement or transaction was in progress and did not finish; if it was a COMMIT, its outcome is unknown."
     };
     let msg = wire::error_response("FATAL", wire::SQLSTATE_ADMIN_SHUTDOWN, &message, Some(detail));
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), client.write_all(&msg)).await;
-    socket::shutdown_write(client);
+    let written = async {
+        client.write_all(&msg).await?;
+        // Half-closes (a TLS client gets its close_notify first).
+        client.shutdown().await
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), written).await;
     if quiet {
         CloseReason::EndedQuiet
     } else {
@@ -187,7 +198,7 @@ pub async fn splice_with(client: &TcpStream, server: &TcpStream, m: &Metrics, tr
 }
 
 /// One direction's part in following a session's framing.
-struct Follow<'a> {
+pub(super) struct Follow<'a> {
     track: &'a Track,
     gate: &'a Gate,
     backend: BackendId,
@@ -197,7 +208,20 @@ struct Follow<'a> {
     opened: bool,
 }
 
-impl Follow<'_> {
+impl<'a> Follow<'a> {
+    pub(super) fn new(track: &'a Track, gate: &'a Gate, backend: BackendId, framer: Framer) -> Follow<'a> {
+        Follow { track, gate, backend, framer, opened: false }
+    }
+
+    /// Client bytes just read, not yet forwarded: waits while the pause holds them (see
+    /// [`admit`](Self::admit)), then counts them. For copy loops that own their buffer.
+    pub(super) async fn client_bytes(&mut self, data: &[u8]) {
+        while !self.admit() {
+            self.held().await;
+        }
+        self.client_fed(data);
+    }
+
     /// Client bytes read, not yet forwarded: whether they may go now. If they begin a
     /// statement of a quiet session whose server is paused, they may not (see [`held`]);
     /// otherwise the statement counts as begun from here (busy first, then the pause is
@@ -247,7 +271,7 @@ impl Follow<'_> {
     }
 
     /// Server bytes about to be forwarded.
-    fn server_bytes(&mut self, data: &[u8]) {
+    pub(super) fn server_bytes(&mut self, data: &[u8]) {
         if self.framer.feed(data, self.track).quiet {
             self.gate.went_quiet();
         }
@@ -255,7 +279,7 @@ impl Follow<'_> {
     }
 
     /// Server bytes forwarded: is the client between two messages?
-    fn server_bytes_sent(&self) {
+    pub(super) fn server_bytes_sent(&self) {
         if self.framer.at_boundary() {
             self.track.set_partial(false);
         }

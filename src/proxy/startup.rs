@@ -15,8 +15,14 @@
 //! answers `N`, the client goes on in clear, and its StartupMessage is judged as above; a retry
 //! on another server then sends only the StartupMessage.
 //!
-//! A direct-TLS ClientHello and CancelRequests go to the routed server unjudged: it decides
-//! what they mean.
+//! CancelRequests go to the routed server unjudged: it decides what they mean. So does a
+//! direct-TLS ClientHello (PostgreSQL 17's `sslnegotiation=direct`), with one exception: a
+//! server that closes the connection on it without a word does not speak direct TLS (it is
+//! older than 17, or has no TLS), and the client is told so in words ([`Failed::DirectTls`]).
+//!
+//! Under `[tls] mode = "terminate"` the client's TLS has been answered by the proxy before
+//! this (see [`super::terminate`]), and the server is reached through a [`Leg`] that opens the
+//! proxy's own TLS to it; the rest is the same.
 //!
 //! On the read-only port the same holds with "routed" read as "placed" (see
 //! [`Placement`]): the StartupMessage may carry a tighter freshness bound
@@ -26,12 +32,15 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::ask::{ask, send, Answer};
 use super::datapath::DataPath;
+use super::direct::Offered;
+pub use super::leg::{Leg, Plain};
 use super::placement::{Bound, Pick, Placement};
 use super::socket;
 use super::wire::{self, FirstReply, Packet, CANCEL_REQUEST, GSSENC_REQUEST, PROTOCOL_3, SSL_REQUEST};
@@ -49,11 +58,14 @@ pub enum Failed {
     /// A `pgfailover.*` setting in the StartupMessage has a value the proxy cannot read:
     /// answered with 22023 (invalid_parameter_value) and `reason`.
     BadSetting { reason: String, pending: Option<Packet> },
+    /// A direct-TLS ClientHello (`hello`, as read from the client) that the server closed the
+    /// connection on: it does not speak direct TLS. `reason` says which server.
+    DirectTls { hello: Vec<u8>, reason: String },
 }
 
 /// A server that has accepted the client, and its index in config order.
-pub struct Opened {
-    pub server: TcpStream,
+pub struct Opened<S = TcpStream> {
+    pub server: S,
     pub backend: BackendId,
     /// The server's first answer to a StartupMessage in clear: the framing is followed from
     /// it on. `None` when the session is encrypted end to end (or a CancelRequest).
@@ -64,12 +76,35 @@ pub struct Opened {
 /// down or cannot take sessions yet. On success the server's first answer has been passed to
 /// the client, and the rest is the splice's.
 pub async fn open(client: &mut TcpStream, dp: &DataPath, place: &mut Placement, stopping: &CancellationToken) -> Result<Opened, Failed> {
+    open_with(client, None, dp, place, stopping, &Plain).await
+}
+
+/// [`open`] for any client stream (a TLS one the proxy terminated) and any [`Leg`] to the
+/// servers; `first`: the client's startup packet when it was already read.
+pub async fn open_with<C, L>(
+    client: &mut C,
+    first: Option<Packet>,
+    dp: &DataPath,
+    place: &mut Placement,
+    stopping: &CancellationToken,
+    leg: &L,
+) -> Result<Opened<L::Server>, Failed>
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send,
+    L: Leg,
+{
     // The connect to the routed server overlaps the client's first packet on the wire, as a
     // plain splice's would; a failed early connect is retried (and reported) by the hold.
     // The client's whole startup (its packets, not the server's answers) is bounded.
     let cfg = dp.config();
     let deadline = Instant::now() + cfg.proxy.startup_timeout;
-    let (packet, early) = tokio::join!(read_client(client, deadline), early_connect(dp, place));
+    let read = async {
+        match first {
+            Some(p) => Some(p),
+            None => read_client(client, deadline).await,
+        }
+    };
+    let (packet, early) = tokio::join!(read, early_connect(dp, place, leg));
     let mut packet = match packet {
         Some(Packet::Invalid(len)) => return Err(Failed::Invalid(len)),
         Some(p) => p,
@@ -84,14 +119,14 @@ pub async fn open(client: &mut TcpStream, dp: &DataPath, place: &mut Placement, 
     let mut hold = Hold { deadline: Instant::now() + cfg.failover.hold_timeout, counted: false, last_error: None, wait_first: false, pause: dp.gate.watch() };
     // A connected server to use next: the early connect, or one already asked about
     // encryption (it said N) that the StartupMessage goes to.
-    let mut asked: Option<(TcpStream, BackendId)> = early;
+    let mut asked: Option<(L::Server, BackendId)> = early;
     // The client's own freshness bound, read once from its StartupMessage.
     let mut bound_read = false;
     loop {
         if let Packet::Untyped { code: PROTOCOL_3, bytes } = &packet {
             if place.is_read() && !std::mem::replace(&mut bound_read, true) {
                 match client_bound(bytes) {
-                    Ok(Some(b)) => place.tighten(b),
+                    Ok(Some(b)) => place.tighten(b, cfg.read.min_lsn_wait),
                     Ok(None) => {}
                     Err(reason) => return Err(Failed::BadSetting { reason, pending: Some(packet) }),
                 }
@@ -103,7 +138,7 @@ pub async fn open(client: &mut TcpStream, dp: &DataPath, place: &mut Placement, 
         }
         let (mut server, backend) = match asked.take() {
             Some(pair) => pair,
-            None => match hold.connect(dp, place, stopping).await {
+            None => match hold.connect(dp, place, stopping, leg).await {
                 Ok(pair) => pair,
                 Err(reason) => return Err(Failed::Refused { reason, pending: Some(packet) }),
             },
@@ -111,7 +146,24 @@ pub async fn open(client: &mut TcpStream, dp: &DataPath, place: &mut Placement, 
         let name = &dp.backend(backend).name;
         match &packet {
             Packet::Invalid(len) => return Err(Failed::Invalid(*len)),
-            Packet::Opaque(bytes) | Packet::Untyped { code: CANCEL_REQUEST, bytes } => {
+            Packet::Opaque(head) => match super::direct::offer(client, &mut server, head, dp, place, backend, deadline).await {
+                Offered::Answered(b) => return forward(client, b, server, backend, dp, false, leg).await,
+                Offered::Refused(hello) => {
+                    let reason =
+                        format!("{name} ({}) closed the connection on a direct TLS ClientHello: it does not speak direct TLS", dp.backend(backend).address());
+                    return Err(Failed::DirectTls { hello, reason });
+                }
+                Offered::Abandoned => return Err(Failed::Abandoned),
+                Offered::Failed(read, why) => {
+                    hold.failed(dp, backend, format!("{name} did not answer the direct TLS ClientHello: {why}"));
+                    packet = Packet::Opaque(read);
+                }
+                Offered::Moved(read) => {
+                    hold.moved(dp);
+                    packet = Packet::Opaque(read);
+                }
+            },
+            Packet::Untyped { code: CANCEL_REQUEST, bytes } => {
                 if let Err(e) = send(&mut server, bytes, dp).await {
                     hold.failed(dp, backend, format!("{name} closed the connection: {e}"));
                     continue;
@@ -119,9 +171,9 @@ pub async fn open(client: &mut TcpStream, dp: &DataPath, place: &mut Placement, 
                 return Ok(Opened { server, backend, first: None });
             }
             Packet::Untyped { code: SSL_REQUEST | GSSENC_REQUEST, bytes } => {
-                match ask(&mut server, bytes, 1, dp, place, backend).await {
+                match ask(&mut server, bytes, 1, dp, place, backend, false).await {
                     Answer::Bytes(b) if b[0] == b'N' => {
-                        if client.write_all(&b).await.is_err() {
+                        if client.write_all(&b).await.is_err() || client.flush().await.is_err() {
                             return Err(Failed::Abandoned);
                         }
                         dp.metrics.add_bytes(false, 1);
@@ -134,15 +186,15 @@ pub async fn open(client: &mut TcpStream, dp: &DataPath, place: &mut Placement, 
                         asked = Some((server, backend));
                     }
                     // S, G (or an old server's error): the session is the server's from here.
-                    Answer::Bytes(b) => return forward(client, b, server, backend, dp, false).await,
+                    Answer::Bytes(b) => return forward(client, b, server, backend, dp, false, leg).await,
                     Answer::Lost(why) => hold.failed(dp, backend, format!("{name} did not answer the encryption request: {why}")),
                     Answer::Moved => hold.moved(dp),
                 }
             }
-            Packet::Untyped { bytes, .. } => match ask(&mut server, bytes, 0, dp, place, backend).await {
+            Packet::Untyped { bytes, .. } => match ask(&mut server, bytes, 0, dp, place, backend, leg.whole_first()).await {
                 Answer::Bytes(b) => match wire::first_reply(&b) {
                     Some(FirstReply::Unavailable(why)) => hold.failed(dp, backend, format!("{name} refused the session: {why}")),
-                    _ => return forward(client, b, server, backend, dp, true).await,
+                    _ => return forward(client, b, server, backend, dp, true, leg).await,
                 },
                 Answer::Lost(why) => hold.failed(dp, backend, format!("{name} did not answer the startup: {why}")),
                 Answer::Moved => hold.moved(dp),
@@ -163,7 +215,7 @@ fn client_bound(startup: &[u8]) -> Result<Option<Bound>, String> {
     if settings.is_empty() {
         return Ok(None);
     }
-    let mut bound = Bound { max_lag_bytes: u64::MAX, max_lag: Duration::MAX };
+    let mut bound = Bound { max_lag_bytes: u64::MAX, max_lag: Duration::MAX, min_lsn: 0 };
     for (k, v) in settings {
         match k.as_str() {
             "pgfailover.max_lag" => {
@@ -174,7 +226,14 @@ fn client_bound(startup: &[u8]) -> Result<Option<Bound>, String> {
                 bound.max_lag_bytes =
                     v.trim().parse().map_err(|_| format!("invalid value for parameter \"pgfailover.max_lag_bytes\": {v:?} (a number of bytes)"))?;
             }
-            other => return Err(format!("unrecognized pgfailover parameter \"{other}\" (known: pgfailover.max_lag, pgfailover.max_lag_bytes)")),
+            "pgfailover.min_lsn" => {
+                bound.min_lsn = super::placement::parse_lsn(&v).ok_or_else(|| {
+                    format!("invalid value for parameter \"pgfailover.min_lsn\": {v:?} (an LSN such as 0/3000060, as pg_current_wal_insert_lsn() returns it)")
+                })?;
+            }
+            other => {
+                return Err(format!("unrecognized pgfailover parameter \"{other}\" (known: pgfailover.max_lag, pgfailover.max_lag_bytes, pgfailover.min_lsn)"))
+            }
         }
     }
     Ok(Some(bound))
@@ -198,82 +257,45 @@ async fn cancel_everywhere(dp: &DataPath, request: &[u8]) {
 }
 
 /// A connection to where the placement points now, if anywhere, not paused, and it accepts.
-async fn early_connect(dp: &DataPath, place: &mut Placement) -> Option<(TcpStream, BackendId)> {
+async fn early_connect<L: Leg>(dp: &DataPath, place: &mut Placement, leg: &L) -> Option<(L::Server, BackendId)> {
     let Pick::Backend(target) = place.pick(dp) else { return None };
     if dp.gate.holds(target) {
         return None;
     }
-    socket::connect(dp.backend(target), &dp.config().proxy).await.ok().map(|s| (s, target))
+    leg.connect(dp, target).await.ok().map(|s| (s, target))
 }
 
 /// The client's next startup packet, before `deadline`; `None` if it went away or was late.
-async fn read_client(client: &mut TcpStream, deadline: Instant) -> Option<Packet> {
+async fn read_client<C: AsyncRead + Unpin>(client: &mut C, deadline: Instant) -> Option<Packet> {
     match tokio::time::timeout_at(deadline, wire::read_packet(client)).await {
         Ok(Ok(Some(p))) => Some(p),
         _ => None,
     }
 }
 
-async fn send(server: &mut TcpStream, bytes: &[u8], dp: &DataPath) -> std::io::Result<()> {
-    server.write_all(bytes).await?;
-    dp.metrics.add_bytes(true, bytes.len() as u64);
-    Ok(())
-}
-
 /// Passes the server's first answer to the client: the session is opened. `readable`: the
 /// answer is to a StartupMessage in clear, so the session's framing can be followed.
-async fn forward(client: &mut TcpStream, first: Vec<u8>, server: TcpStream, backend: BackendId, dp: &DataPath, readable: bool) -> Result<Opened, Failed> {
-    if client.write_all(&first).await.is_err() {
+async fn forward<C, L>(
+    client: &mut C,
+    mut first: Vec<u8>,
+    server: L::Server,
+    backend: BackendId,
+    dp: &DataPath,
+    readable: bool,
+    leg: &L,
+) -> Result<Opened<L::Server>, Failed>
+where
+    C: AsyncWrite + Unpin,
+    L: Leg,
+{
+    if readable {
+        leg.adjust_first(&mut first);
+    }
+    if client.write_all(&first).await.is_err() || client.flush().await.is_err() {
         return Err(Failed::Abandoned);
     }
     dp.metrics.add_bytes(false, first.len() as u64);
     Ok(Opened { server, backend, first: readable.then_some(first) })
-}
-
-enum Answer {
-    /// The server's first bytes: exactly one for an encryption request; for a StartupMessage
-    /// at least enough to judge it (a whole ErrorResponse, or the first byte of anything else).
-    Bytes(Vec<u8>),
-    /// Closed or reset.
-    Lost(String),
-    /// The route left the server while waiting (a failover): try the new one at once.
-    Moved,
-}
-
-/// Sends a startup packet and waits for the server's first answer ([`awaiting`]).
-async fn ask(server: &mut TcpStream, bytes: &[u8], exact: usize, dp: &DataPath, place: &Placement, backend: BackendId) -> Answer {
-    match send(server, bytes, dp).await {
-        Ok(()) => awaiting(server, exact, place, backend).await,
-        Err(e) => Answer::Lost(e.to_string()),
-    }
-}
-
-/// Waits for the server's first answer: `exact` bytes if non-zero, else as much as
-/// [`wire::first_reply`] needs. Gives up when the route leaves `backend` (the monitor found
-/// it hung or lost: the client can go to the new primary instead). There is no time limit
-/// of its own: while the monitor still routes to this server it is alive, if slow, and a
-/// slow answer beats a refusal. A proxy that starts stopping lets the answer come (the
-/// session then drains like any other); the end of the drain period ends the wait.
-async fn awaiting(server: &mut TcpStream, exact: usize, place: &Placement, backend: BackendId) -> Answer {
-    let read = async {
-        let mut buf = Vec::with_capacity(if exact > 0 { exact } else { 512 });
-        loop {
-            match server.read_buf(&mut buf).await {
-                Ok(0) => return Answer::Lost("the server closed the connection".into()),
-                Ok(_) => {}
-                Err(e) => return Answer::Lost(e.to_string()),
-            }
-            let enough = if exact > 0 { buf.len() >= exact } else { wire::first_reply(&buf).is_some() };
-            if enough {
-                return Answer::Bytes(buf);
-            }
-        }
-    };
-    let mut watching = place.clone();
-    tokio::select! {
-        a = read => a,
-        _ = watching.left(backend) => Answer::Moved,
-    }
 }
 
 /// One client's wait for a server: the hold deadline, and why the last attempt failed.
@@ -306,7 +328,7 @@ impl Hold {
 
     /// Waits (up to the hold deadline) for a backend to place the client on and connects to
     /// it, retrying while it refuses. On failure returns the text for the client's 57P03.
-    async fn connect(&mut self, dp: &DataPath, place: &mut Placement, stopping: &CancellationToken) -> Result<(TcpStream, BackendId), String> {
+    async fn connect<L: Leg>(&mut self, dp: &DataPath, place: &mut Placement, stopping: &CancellationToken, leg: &L) -> Result<(L::Server, BackendId), String> {
         loop {
             if std::mem::take(&mut self.wait_first) {
                 self.count(dp);
@@ -329,7 +351,7 @@ impl Hold {
                 }
                 Pick::Backend(target) => {
                     let backend = dp.backend(target);
-                    match socket::connect(backend, &dp.config().proxy).await {
+                    match leg.connect(dp, target).await {
                         Ok(server) => return Ok((server, target)),
                         Err(e) => {
                             let role = if place.is_read() { "" } else { "primary " };
@@ -359,6 +381,8 @@ impl Hold {
     /// Waits before the next attempt: a retry delay after a failure, else until the route
     /// changes; never past the deadline. Errs only when the proxy stops.
     async fn pause(&mut self, place: &mut Placement, after_failure: bool, stopping: &CancellationToken) -> Result<(), String> {
+        // A `min_lsn` session looks again when its wait ends, to fall back.
+        let wake = place.wake_at().unwrap_or(self.deadline).min(self.deadline);
         let pause = &mut self.pause;
         let next = async {
             if after_failure {
@@ -373,7 +397,7 @@ impl Hold {
         };
         tokio::select! {
             _ = next => Ok(()),
-            _ = tokio::time::sleep_until(self.deadline) => Ok(()),
+            _ = tokio::time::sleep_until(wake) => Ok(()),
             _ = stopping.cancelled() => Err("the proxy is shutting down".into()),
         }
     }

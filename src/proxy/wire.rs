@@ -3,7 +3,8 @@
 //! to a client it must refuse. Everything after the server's first answer is spliced
 //! without being parsed.
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+#[cfg(test)]
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -69,7 +70,7 @@ pub enum Packet {
 /// Reads one startup-phase packet. `Ok(None)`: the client closed before a whole packet
 /// arrived. The length is judged as soon as its 4 bytes are in, as PostgreSQL does, so
 /// garbage is refused at once however little of it follows.
-pub async fn read_packet(client: &mut TcpStream) -> std::io::Result<Option<Packet>> {
+pub async fn read_packet<C: AsyncRead + Unpin>(client: &mut C) -> std::io::Result<Option<Packet>> {
     let mut head = [0u8; 8];
     let eof = |e: std::io::Error| if e.kind() == std::io::ErrorKind::UnexpectedEof { Ok(None) } else { Err(e) };
     if let Err(e) = client.read_exact(&mut head[..4]).await {
@@ -147,6 +148,18 @@ pub fn option_settings(options: &str) -> Vec<(String, String)> {
         }
     }
     out
+}
+
+/// Whether `buf` begins with a whole typed message (type byte, length, body); an impossible
+/// length counts as whole (nothing more would help reading it).
+pub fn whole_message(buf: &[u8]) -> bool {
+    match buf.get(1..5) {
+        Some(len) => {
+            let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+            !(4..=MAX_FIRST_ERROR_LEN).contains(&len) || buf.len() > len
+        }
+        None => false,
+    }
 }
 
 /// What a server's first message in answer to a StartupMessage says about it.
@@ -228,14 +241,19 @@ impl Refused {
 /// Refuses a client properly: `N` to SSL/GSS encryption requests, then the StartupMessage
 /// is answered with a FATAL `sqlstate` carrying `message`, all before `deadline`. `pending`
 /// is a packet already read from the client and not yet answered. Never panics on bad bytes.
-pub async fn refuse(client: &mut TcpStream, pending: Option<Packet>, sqlstate: &str, message: &str, deadline: Instant) -> Refused {
+pub async fn refuse<C: AsyncRead + AsyncWrite + Unpin>(client: &mut C, pending: Option<Packet>, sqlstate: &str, message: &str, deadline: Instant) -> Refused {
     let outcome = tokio::time::timeout_at(deadline, refuse_inner(client, pending, sqlstate, message)).await;
     let outcome = outcome.unwrap_or(Ok(Refused::Abandoned)).unwrap_or(Refused::Abandoned);
     let _ = client.shutdown().await;
     outcome
 }
 
-async fn refuse_inner(client: &mut TcpStream, mut pending: Option<Packet>, sqlstate: &str, message: &str) -> std::io::Result<Refused> {
+async fn refuse_inner<C: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut C,
+    mut pending: Option<Packet>,
+    sqlstate: &str,
+    message: &str,
+) -> std::io::Result<Refused> {
     loop {
         let packet = match pending.take() {
             Some(p) => p,
@@ -246,7 +264,10 @@ async fn refuse_inner(client: &mut TcpStream, mut pending: Option<Packet>, sqlst
         };
         match packet {
             Packet::Opaque(_) | Packet::Invalid(_) => return Ok(Refused::Abandoned),
-            Packet::Untyped { code: SSL_REQUEST | GSSENC_REQUEST, .. } => client.write_all(b"N").await?,
+            Packet::Untyped { code: SSL_REQUEST | GSSENC_REQUEST, .. } => {
+                client.write_all(b"N").await?;
+                client.flush().await?;
+            }
             Packet::Untyped { code: CANCEL_REQUEST, .. } => return Ok(Refused::Cancel),
             Packet::Untyped { .. } => {
                 let msg = error_response("FATAL", sqlstate, message, None);

@@ -90,6 +90,8 @@ pub struct Listeners {
     pub client_addr: SocketAddr,
     /// The read-only port (`listen_ro`) and where it is bound, when configured.
     pub read: Option<(TcpListener, SocketAddr)>,
+    /// The `[[read.listeners]]` ports, in configuration order, and where they are bound.
+    pub reads: Vec<(TcpListener, SocketAddr)>,
     /// The admin HTTP port (`admin_listen`).
     pub admin: TcpListener,
     /// Where `admin` is bound.
@@ -210,8 +212,12 @@ impl Listeners {
             Some(addr) => Some(listen(inherited, addr, "listen_ro").await?),
             None => None,
         };
+        let mut reads = Vec::new();
+        for l in &cfg.read.listeners {
+            reads.push(listen(inherited, l.listen, "read.listeners").await?);
+        }
         let (admin, admin_addr) = listen(inherited, cfg.admin_listen, "admin_listen").await?;
-        Ok(Listeners { client, client_addr, read, admin, admin_addr })
+        Ok(Listeners { client, client_addr, read, reads, admin, admin_addr })
     }
 
     /// Each socket duplicated, with its configuration key.
@@ -220,6 +226,9 @@ impl Listeners {
         let mut fds = vec![("listen", dup(&self.client)?), ("admin_listen", dup(&self.admin)?)];
         if let Some((r, _)) = &self.read {
             fds.push(("listen_ro", dup(r)?));
+        }
+        for (r, _) in &self.reads {
+            fds.push(("read.listeners", dup(r)?));
         }
         Ok(fds)
     }

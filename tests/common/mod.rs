@@ -18,8 +18,10 @@ use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;
 
 pub mod binary;
+pub mod certs;
 pub mod etcd;
 pub mod proxies;
+pub mod tls_clients;
 pub mod workload;
 
 /// Starts a cluster off the async runtime's worker (it blocks for ~1.5 s).
@@ -78,7 +80,7 @@ pub async fn data_path_with(backends: Vec<BackendConfig>, hold: Duration, tweak:
     let dp = Arc::new(DataPath {
         backends: backends.into(),
         route: route.subscribe(),
-        config: pgfailover::live::LiveWriter::new(pgfailover::live::Loaded::now(cfg, None)).subscribe(),
+        config: pgfailover::live::LiveWriter::new(pgfailover::live::Loaded::now(cfg, None).expect("TLS material")).subscribe(),
         metrics: metrics.clone(),
         connect_failed: tx,
         read_route: read_route.subscribe(),

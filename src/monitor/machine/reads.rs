@@ -102,7 +102,9 @@ impl Machine {
             .ids()
             .zip(&standing)
             .filter_map(|(i, s)| match s {
-                ReadStanding::Serves { lag_bytes, lag } => Some(ReadTarget { backend: i, lag_bytes: *lag_bytes, lag: *lag }),
+                ReadStanding::Serves { lag_bytes, lag } => {
+                    Some(ReadTarget { backend: i, lag_bytes: *lag_bytes, lag: *lag, replay_lsn: self.replay_position(i) })
+                }
                 ReadStanding::Not(_) => None,
             })
             .collect();
@@ -122,6 +124,16 @@ impl Machine {
             String::new()
         };
         ReadRoute { epoch: 0, targets, primary: self.route, live, reason: reason.into() }
+    }
+}
+
+impl Machine {
+    /// How far `i` has replayed, for a session's `min_lsn`: the primary has everything.
+    fn replay_position(&self, i: BackendId) -> u64 {
+        if self.route == Some(i) {
+            return u64::MAX;
+        }
+        self.backends[i].obs.as_ref().and_then(|o| o.replay_lsn.or(o.lsn())).unwrap_or(0)
     }
 }
 
