@@ -12,9 +12,11 @@ use std::time::Duration;
 mod file;
 mod layers;
 mod parse;
+mod policy;
 mod secret_files;
 mod validate;
 
+pub use policy::{PromotionPolicy, SyncMode, ZonePolicy, MAX_PRIORITY};
 pub use secret_files::{LooseSecret, SecretFile};
 
 /// Everything that can go wrong while building a [`Config`].
@@ -95,9 +97,18 @@ pub struct BackendConfig {
     pub ssl: bool,
     /// CA bundle to verify the server certificate of health-check connections.
     pub ssl_root_cert: Option<PathBuf>,
+    /// `priority`, `nofailover`, `zone`: its standing as a candidate (reloadable; not part
+    /// of what identifies the server, see [`BackendConfig::server`]).
+    pub policy: PromotionPolicy,
 }
 
 impl BackendConfig {
+    /// The server this names, without its promotion policy: what must stay the same for a
+    /// reload to apply without a takeover.
+    pub fn server(&self) -> BackendConfig {
+        BackendConfig { policy: PromotionPolicy::default(), ..self.clone() }
+    }
+
     /// `host:port` for logs and errors, with brackets for IPv6 literals.
     pub fn address(&self) -> String {
         if self.host.contains(':') {
@@ -139,6 +150,13 @@ pub struct FailoverConfig {
     /// With `[coordination]`: how many live proxies must see the primary down before the
     /// leader fails over.
     pub quorum: Quorum,
+    /// Whether pgfailover manages the primary's `synchronous_standby_names`, and what
+    /// happens when no synchronous standby is left.
+    pub synchronous: SyncMode,
+    /// With `synchronous`: how many standbys a commit waits for (`ANY n`), at most.
+    pub synchronous_count: u32,
+    /// Where a standby may be promoted, relative to the lost primary's `zone`.
+    pub zone_policy: ZonePolicy,
 }
 
 /// Agreement a coordinated failover needs.
@@ -328,6 +346,9 @@ impl Default for Config {
                 drain_timeout: Duration::from_secs(5),
                 repoint_standbys: true,
                 quorum: Quorum::Majority,
+                synchronous: SyncMode::Off,
+                synchronous_count: 1,
+                zone_policy: ZonePolicy::PreferSame,
             },
             proxy: ProxyConfig {
                 connect_timeout: Duration::from_secs(2),
@@ -358,6 +379,7 @@ impl Default for Config {
                 password: None,
                 ssl: false,
                 ssl_root_cert: None,
+                policy: PromotionPolicy::default(),
             },
             standbys: Vec::new(),
             secret_files: Vec::new(),
@@ -370,6 +392,12 @@ impl Config {
     /// this list is the backend's stable index everywhere else.
     pub fn backends(&self) -> Vec<BackendConfig> {
         std::iter::once(self.primary.clone()).chain(self.standbys.iter().cloned()).collect()
+    }
+
+    /// The backends as servers ([`BackendConfig::server`]), in config order: a change here
+    /// needs a takeover, a change of their policies does not.
+    pub fn servers(&self) -> Vec<BackendConfig> {
+        self.backends().iter().map(BackendConfig::server).collect()
     }
 
     /// The files holding a secret that other users can read now (see [`SecretFile`]).

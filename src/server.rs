@@ -249,7 +249,9 @@ impl Proxy {
     pub async fn reload(&self, new: Config, file: Option<String>) -> Result<Reloaded, ReloadError> {
         let old = self.live.current().config.clone();
         let mut out = Reloaded::default();
-        if old.backends() != new.backends() {
+        // Promotion policies (priority, nofailover, zone) apply live; the servers themselves
+        // need a takeover.
+        if old.servers() != new.servers() {
             if new.state_dir.is_none() || old.state_dir != new.state_dir {
                 return Err(ReloadError::BackendsWithoutStateDir);
             }

@@ -42,6 +42,7 @@ impl Machine {
         self.advance(now, acts);
         self.clear_leftover_read_only(now, acts);
         self.plan_repoints(now, acts);
+        self.plan_synchronous(now, acts);
         self.state = self.compute_state();
         if self.state == State::Healthy {
             self.after_failover = false;
@@ -78,7 +79,7 @@ impl Machine {
                     if let Some(f) = self.in_flight.as_mut() {
                         f.step = Step::Promoting { asked: now.mono, pending: false };
                     }
-                    acts.push(Action::Promote { attempt, backend: c });
+                    acts.push(Action::Promote { attempt, backend: c, synchronous: self.start_list(c) });
                 }
             }
             (Step::Cascading { since }, Some(c)) => {
@@ -153,11 +154,6 @@ impl Machine {
             .max_by_key(|i| (self.backends[*i].timeline(), self.route == Some(*i), self.backends[*i].lsn(), Reverse(*i)))
     }
 
-    /// The eligible standby with the most WAL (ties: config order), skipping `excluding`.
-    pub(super) fn best_eligible(&self, excluding: &[BackendId]) -> Option<BackendId> {
-        self.backends.ids().filter(|i| !excluding.contains(i) && self.eligible(*i)).max_by_key(|i| (self.backends[*i].lsn(), Reverse(*i)))
-    }
-
     fn lost_reason(&self, t: BackendId) -> String {
         let b = &self.backends[t];
         if let Some(f) = &b.fence {
@@ -217,7 +213,11 @@ impl Machine {
                 Step::Waiting if !self.confirmed() => {
                     format!("promoting a standby if it stays down for {}", humantime::format_duration(self.settings.promote_after()))
                 }
-                Step::Waiting => format!("no standby can be promoted: {}", self.eligibility_report()),
+                Step::Waiting => {
+                    let since = f.from.and_then(|p| self.backends[p].failing_since);
+                    let wait = self.choose(f.from, super::Purpose::Failover, &f.failed, since).wait.map(|w| format!("{w}; ")).unwrap_or_default();
+                    format!("no standby can be promoted: {wait}{}", self.eligibility_report())
+                }
                 Step::Draining { .. } => "switchover: waiting for open transactions on the old primary to finish".into(),
                 Step::Cutting { .. } => "switchover: the old primary's sessions are ending on every proxy".into(),
                 Step::StoppingWrites => "switchover: stopping writes on the old primary".into(),
