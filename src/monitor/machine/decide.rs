@@ -7,7 +7,7 @@ use crate::monitor::event::EventKind;
 
 use crate::cluster::{BackendId, Fence, FenceKind};
 
-use super::{Action, Machine, Now, State, Step, Trigger};
+use super::{Action, Machine, Now, ReasonKind, State, Step, Trigger};
 
 impl Machine {
     /// Re-decides everything after an input. Order matters: fences first (they change who
@@ -336,7 +336,10 @@ impl Machine {
             State::Healthy
         } else if standbys.iter().any(|i| {
             let b = &self.backends[*i];
-            b.healthy && b.fence.is_none() && self.same_cluster(*i) && self.following(*i, route)
+            // Catching up (or about to be listed as synchronous): it will be eligible by
+            // itself. A policy that excludes it (nofailover, zone) is no recovery.
+            let catching_up = self.reasons(*i, super::Purpose::Failover).iter().all(|r| matches!(r.kind, ReasonKind::Lagging | ReasonKind::NotSynchronous));
+            b.healthy && b.fence.is_none() && self.same_cluster(*i) && self.following(*i, route) && catching_up
         }) {
             State::RecoveryInProgress
         } else if self.after_failover {

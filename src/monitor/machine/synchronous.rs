@@ -282,9 +282,12 @@ impl Machine {
             // Standbys this list drops may hold writes the others lack yet.
             let set = self.synchronous_set(i);
             let keep = value.as_deref().and_then(|v| standby_names::parse(v).ok().flatten());
-            for r in set.members.into_iter().filter(|r| !keep.as_ref().is_some_and(|l| l.matches(&self.backends[*r].name))) {
-                self.sync.retired.entry(r).or_insert(None);
+            let kept = |r: &BackendId| keep.as_ref().is_some_and(|l| l.matches(&self.backends[*r].name));
+            for r in set.members.iter().filter(|r| !kept(r)) {
+                self.sync.retired.entry(*r).or_insert(None);
             }
+            // Listed again: the new list counts it (until it is in force, as asked for).
+            self.sync.retired.retain(|r, _| !kept(r));
         }
         tracing::info!(backend = %b.name, value = value.as_deref().unwrap_or("(reset)"), "setting synchronous_standby_names");
         self.backends[i].sync_asked = Some(SyncAsk { value: value.clone(), at: now.mono, done: None });
@@ -303,9 +306,6 @@ impl Machine {
         let names: Vec<String> = self.backends.iter().map(|b| b.name.clone()).collect();
         let current = obs.current_lsn;
         self.sync.retired.retain(|r, at| {
-            if list.as_ref().is_some_and(|l| l.matches(&names[r.index()])) {
-                return false;
-            }
             if at.is_none() && in_force {
                 *at = current;
             }

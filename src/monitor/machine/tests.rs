@@ -10,7 +10,9 @@ use crate::monitor::operations::{OpError, PromoteError, Repointed};
 mod coordinated;
 mod drain;
 mod failover;
+mod policy;
 mod safety;
+mod synchronous;
 
 const SYSID: u64 = 7_000_000_000_000_000_001;
 
