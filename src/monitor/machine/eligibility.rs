@@ -101,6 +101,27 @@ impl Machine {
         b.in_recovery() && b.streaming() && b.timeline() == self.backends[w].timeline() && self.fenced_upstream(s).is_none()
     }
 
+    /// The routed primary `p` lists a standby as streaming under its backend name, caught up
+    /// past the point where `p`'s timeline began: that standby is on `p`'s timeline, even if
+    /// no check of its own saw it streaming there before `p` was lost (its WAL receiver's
+    /// timeline is gone with the connection).
+    pub(super) fn learn_timelines(&mut self, p: BackendId) {
+        let b = &self.backends[p];
+        let Some(obs) = b.obs.as_ref().filter(|o| self.route == Some(p) && !o.in_recovery) else { return };
+        let (tl, fork) = (b.timeline(), b.fork_lsn.unwrap_or(0));
+        let on_it: Vec<BackendId> = obs
+            .senders
+            .iter()
+            .filter(|x| x.streaming() && x.flush_lsn.is_some_and(|f| f >= fork))
+            .filter_map(|x| self.backends.find(&x.name))
+            .filter(|s| *s != p && self.backends[*s].in_recovery() && self.same_cluster(*s))
+            .collect();
+        for s in on_it {
+            let st = &mut self.backends[s].streamed_timeline;
+            *st = (*st).max(Some(tl));
+        }
+    }
+
     /// The fenced backend `s` streams from, if its upstream address names one.
     pub(super) fn fenced_upstream(&self, s: BackendId) -> Option<BackendId> {
         let up = self.backends[s].upstream()?;

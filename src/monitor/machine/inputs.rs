@@ -28,6 +28,7 @@ impl Machine {
                     self.counters.recoveries += 1;
                     acts.push(self.event(now, EventKind::Recovery, Some(i), None, "health checks succeed again".into(), Trigger::Automatic));
                 }
+                self.learn_timelines(i);
             }
             Err(e) => {
                 self.counters.check_failures += 1;

@@ -17,8 +17,9 @@
 //! - What may hold an acknowledged write ([`Machine::synchronous_set`]): the standbys the
 //!   primary's list named when it was last seen, those of a list asked for and not yet
 //!   seen in force, and those dropped from its list until the remaining ones have flushed
-//!   past the point where the shorter list took effect (*retired*). A failover promotes one
-//!   of them only (`choice`).
+//!   past the point where the shorter list took effect (*retired*); but not a listed standby
+//!   never seen connected to that primary and silent since before its last check. A
+//!   failover promotes one of them only (`choice`).
 //! - `off`: nothing is managed; a list this process changed is given back (`RESET`).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -61,6 +62,10 @@ pub struct SyncBook {
     /// remaining ones lack yet; each with the primary's position once the shorter list was
     /// seen in force (`None` until then). The remaining ones must flush past it.
     retired: BTreeMap<BackendId, Option<u64>>,
+    /// Standbys seen connected to it (in its `pg_stat_replication`, in any state) at one
+    /// of its checks: one never seen, and down since before its last check, cannot have
+    /// acknowledged a write of it.
+    seen: BTreeSet<BackendId>,
     /// As last decided.
     health: SyncHealth,
     /// Why, when not protected (for the status and the history).
@@ -69,7 +74,7 @@ pub struct SyncBook {
 
 impl Default for SyncBook {
     fn default() -> Self {
-        SyncBook { primary: None, retired: BTreeMap::new(), health: SyncHealth::Off, reason: String::new() }
+        SyncBook { primary: None, retired: BTreeMap::new(), seen: BTreeSet::new(), health: SyncHealth::Off, reason: String::new() }
     }
 }
 
@@ -207,6 +212,14 @@ impl Machine {
             members.extend(self.sync.retired.keys().copied());
             n = 1;
         }
+        // Never connected to it, and silent since before its last check began: nothing it
+        // acknowledged can be on them (the strict list names standbys that may come back).
+        let checked = self.backends[p].success_started;
+        members.retain(|s| {
+            let b = &self.backends[*s];
+            let silent = !b.fresh() && b.failing_since.zip(checked).is_some_and(|(down, c)| down <= c);
+            !(silent && !(self.sync.primary == Some(p) && self.sync.seen.contains(s)))
+        });
         let need = if members.is_empty() { 0 } else { members.len() - (n.min(members.len() as u32) as usize - 1) };
         SyncSet { members, need, seen: seen.map(|s| if s.is_empty() { "empty".into() } else { s }).unwrap_or_else(|| "unknown".into()) }
     }
@@ -254,6 +267,11 @@ impl Machine {
         if self.sync.primary != Some(p) {
             self.sync.primary = Some(p);
             self.sync.retired.clear();
+            self.sync.seen.clear();
+        }
+        if let Some(obs) = self.backends[p].obs.as_ref().filter(|_| self.backends[p].fresh()) {
+            let connected: Vec<BackendId> = obs.senders.iter().filter_map(|x| self.backends.find(&x.name)).collect();
+            self.sync.seen.extend(connected);
         }
         self.settle_retired(p);
         if managing && self.backends[p].fresh() {

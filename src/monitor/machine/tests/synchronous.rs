@@ -202,3 +202,61 @@ fn off_gives_back_what_it_set_and_followers_set_nothing() {
     acts.extend(see(&mut m, &mut c, 0, primary_list(5000, "", &[("pg-b", 4990)])));
     assert!(sets(&acts).is_empty(), "only the leader sets lists");
 }
+
+/// A standby re-pointed at the new primary and streaming from it, under its name, counts as
+/// on the new timeline even when the new primary dies before a check of the standby itself
+/// saw its WAL receiver there (the receiver's timeline is gone with the connection).
+#[test]
+fn the_primary_s_senders_tell_a_standby_s_timeline() {
+    let (mut m, mut c) = running(3, PromoteMode::Auto);
+    mode(&mut m, &mut c, SyncMode::On);
+    see(&mut m, &mut c, 0, primary_list(5000, BOTH, &[("pg-b", 5000), ("pg-c", 5000)]));
+    let acts = lose_primary(&mut m, &mut c, &[(1, standby(5000, 1)), (2, standby(5000, 1))]);
+    let acts = m.promoted(attempt_of(&acts), b(1), Ok(primary(5000, 2)), c.tick());
+    assert_eq!(routes(&acts), [Some(1)]);
+    // pg-b lists pg-c as streaming past its timeline's start; pg-c's own last check still
+    // shows timeline 1, and the next ones come after pg-b is gone.
+    see(&mut m, &mut c, 1, Observation { timeline: Some(2), ..primary_list(6000, r#"ANY 1 ("pg-c")"#, &[("pg-c", 6000)]) });
+    assert_eq!(m.backends[b(1)].timeline(), 2);
+    let acts = lose_primary_of(&mut m, &mut c, 1, &[(2, stranded(6000, 1))]);
+    assert_eq!(promotes(&acts), [2], "{:?}", m.not_eligible(b(2)));
+}
+
+/// As `lose_primary`, for primary `p`.
+fn lose_primary_of(m: &mut Machine, c: &mut Clock, p: usize, finals: &[(usize, Observation)]) -> Vec<Action> {
+    let mut acts = fail(m, c, p, 3);
+    for (i, o) in finals {
+        acts.extend(see(m, c, *i, o.clone()));
+    }
+    for _ in 0..8 {
+        if !promotes(&acts).is_empty() {
+            break;
+        }
+        acts.extend(fail(m, c, p, 1));
+    }
+    acts
+}
+
+/// Strict names every standby that may come back, the dead old primary included. A standby
+/// never seen connected to the primary, and silent since before the primary's last check,
+/// cannot hold a write it acknowledged: the failover does not wait for it.
+#[test]
+fn a_listed_standby_never_connected_and_down_does_not_hold_a_failover() {
+    let (mut m, mut c) = running(3, PromoteMode::Auto);
+    mode(&mut m, &mut c, SyncMode::Strict);
+    fail(&mut m, &mut c, 1, 3);
+    see(&mut m, &mut c, 0, primary_list(5000, BOTH, &[("pg-c", 5000)]));
+    assert!(!m.synchronous_set(b(0)).members.contains(&b(1)), "pg-b never streamed from pg-a and is down");
+    let acts = lose_primary(&mut m, &mut c, &[(2, standby(5000, 1))]);
+    assert_eq!(promotes(&acts), [2]);
+
+    // Seen connected once: it may hold writes, and is waited for.
+    let (mut m, mut c) = running(3, PromoteMode::Auto);
+    mode(&mut m, &mut c, SyncMode::Strict);
+    see(&mut m, &mut c, 0, primary_list(5000, BOTH, &[("pg-b", 5000), ("pg-c", 5000)]));
+    fail(&mut m, &mut c, 1, 3);
+    see(&mut m, &mut c, 0, primary_list(5000, BOTH, &[("pg-c", 5000)]));
+    assert!(m.synchronous_set(b(0)).members.contains(&b(1)));
+    let acts = lose_primary(&mut m, &mut c, &[(2, standby(5000, 1))]);
+    assert!(promotes(&acts).is_empty(), "pg-b may hold a write only it acknowledged");
+}
