@@ -140,12 +140,15 @@ impl CandidatesView {
                 }
             })
             .collect();
-        let would = c.choice.to.filter(|_| m.settings().promote == PromoteMode::Auto);
+        // Without a known primary (start-up) and no failover running, there is nothing to
+        // fail over from.
+        let known = from.is_some() || m.in_flight().is_some();
+        let would = c.choice.to.filter(|_| m.settings().promote == PromoteMode::Auto && known);
         let why_none = match (would, &c.choice.wait) {
             (Some(_), _) => None,
             _ if m.settings().promote == PromoteMode::Never => Some("failover.promote = \"never\": pgfailover promotes nothing; another manager would".into()),
+            _ if !known => Some("no primary is known yet: nothing to fail over from".into()),
             (None, Some(w)) => Some(w.clone()),
-            (None, None) if from.is_none() => Some("no primary is known: nothing to fail over from".into()),
             (None, None) => Some("no standby can be promoted (see each one's reasons)".into()),
         };
         let max_loss = would.map(|w| {
