@@ -54,9 +54,24 @@ pub fn summary(cfg: &Config) -> String {
         set(&cfg.admin_token, "off"),
         set(&cfg.admin_read_token, "open")
     ));
+    s.push_str(&format!(
+        "\n  failover: synchronous {} (count {}), zone policy {}",
+        cfg.failover.synchronous, cfg.failover.synchronous_count, cfg.failover.zone_policy
+    ));
     for (i, b) in cfg.backends().iter().enumerate() {
         let role = if i == 0 { "primary" } else { "standby" };
-        s.push_str(&format!("\n  {role} {} at {} (db {}, user {}, ssl {})", b.name, b.address(), b.database, b.user, b.ssl));
+        let p = &b.policy;
+        let zone = p.zone.as_deref().map(|z| format!(", zone {z}")).unwrap_or_default();
+        let never = if p.nofailover { ", nofailover" } else { "" };
+        s.push_str(&format!(
+            "\n  {role} {} at {} (db {}, user {}, ssl {}, priority {}{zone}{never})",
+            b.name,
+            b.address(),
+            b.database,
+            b.user,
+            b.ssl,
+            p.priority
+        ));
     }
     s
 }
