@@ -52,6 +52,13 @@
 //! on its timeline) or, during a failover, is on the lost primary's timeline; after a
 //! failover the others are re-pointed at the new primary ([`Action::Repoint`]).
 //!
+//! The configured policy narrows and orders the choice (`choice`): `nofailover` standbys
+//! are never promoted, `zone_policy` keeps (or prefers) the lost primary's zone, and
+//! `priority` decides between standbys with the same WAL. With `failover.synchronous`, the
+//! machine also owns every server's `synchronous_standby_names` ([`Action::SetSynchronous`],
+//! `synchronous`), and a failover promotes only a standby sure to hold every write the lost
+//! primary acknowledged.
+//!
 //! [`State`], recomputed after every input: `healthy` (primary routed, a standby eligible),
 //! `recovery_in_progress` (a following standby still lags), `failover_complete` (after a
 //! failover until a standby is eligible), `failover_in_progress` (a candidate chosen, or
