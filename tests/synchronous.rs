@@ -251,3 +251,37 @@ async fn the_least_privilege_role_manages_the_lists_and_names_the_standbys() {
     let conninfo = c.psql(1, "show primary_conninfo").unwrap();
     assert!(conninfo.contains("application_name='pg-b'"), "{conninfo}");
 }
+
+/// A switchover with `synchronous = "on"`: the candidate gets, before its promotion, a list
+/// naming the standby already cascading from it, so the new primary's writes are protected
+/// from its first commit; nothing acknowledged is lost. The old primary, rebuilt as a
+/// standby, has the list a base backup copied into it cleared, is named, and becomes
+/// synchronous.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switchover_gives_the_new_primary_its_list_and_the_rebuilt_old_one_is_cleared() {
+    let c = three_nodes().await;
+    let p = proxy(&c, SyncMode::On).await;
+    protected_by(&p, "pg-a", &["pg-b", "pg-c"]).await;
+    let pw = c.options.password.clone();
+    let ledger = Ledger::start(p.client_addr, &pw).await;
+    ledger.advance(100, LIMIT, "writes flowing").await;
+
+    let r = post(p.admin_addr, "/failover/trigger", Some(TOKEN), "{\"target\": \"pg-b\"}").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["event"]["walDistanceBytes"], 0);
+    // Set before pg_promote: no window in which pg-b writes without a synchronous standby.
+    assert_eq!(show(&c, 1), r#"ANY 1 ("pg-c")"#);
+    assert!(events(&p, EventKind::SynchronousUnprotected).iter().all(|e| e.from.as_deref() != Some("pg-b")), "never unprotected");
+    protected_by(&p, "pg-b", &["pg-c"]).await;
+    ledger.advance(100, LIMIT, "writes on the new primary").await;
+
+    let c2 = c.clone();
+    blocking(move || c2.rebuild_as_standby(0, 1).unwrap()).await;
+    protected_by(&p, "pg-b", &["pg-a", "pg-c"]).await;
+    assert_eq!(show(&c, 0), "", "the list the base backup copied from pg-b is cleared");
+    let s = p.monitor.status();
+    assert!(!backend(&s, "pg-a").fenced, "unfenced once it reports in recovery");
+    ledger.advance(100, LIMIT, "writes go on").await;
+    let acked = ledger.finish().await;
+    assert!(missing_on(&c, 1, &acked).is_empty(), "acknowledged but lost");
+}

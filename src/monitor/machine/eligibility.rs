@@ -122,6 +122,14 @@ impl Machine {
         }
     }
 
+    /// Standby `s` follows `p` and, as far as its upstream address tells, streams from `p`
+    /// itself rather than cascading from another configured backend (an address in another
+    /// form than the configured one counts as `p`'s).
+    pub(super) fn streams_from(&self, s: BackendId, p: BackendId) -> bool {
+        let other = self.backends[s].upstream().is_some_and(|up| self.backends.ids().any(|i| i != p && i != s && self.backends[i].address == up));
+        self.following(s, p) && !other
+    }
+
     /// The fenced backend `s` streams from, if its upstream address names one.
     pub(super) fn fenced_upstream(&self, s: BackendId) -> Option<BackendId> {
         let up = self.backends[s].upstream()?;

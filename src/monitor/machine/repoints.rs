@@ -10,7 +10,7 @@ use crate::config::SyncMode;
 use super::{Action, Machine, Now, Repoint};
 
 /// A failed or ignored re-point is tried again after this.
-const REPOINT_RETRY: Duration = Duration::from_secs(10);
+pub(super) const REPOINT_RETRY: Duration = Duration::from_secs(10);
 
 impl Machine {
     /// After a failover (or whenever a standby stops following), points standbys at the
@@ -61,14 +61,18 @@ impl Machine {
         }
     }
 
-    /// Synchronous mode: standby `s` follows primary `w` but `w` lists no WAL sender under
-    /// its name, in a check that began an interval or more after `s` was seen streaming.
+    /// Synchronous mode: standby `s` streams from primary `w` (not cascading from another
+    /// backend) but `w` lists no WAL sender under its name, in a check that began an
+    /// interval or more after `s` was seen streaming.
     pub(super) fn unnamed(&self, s: BackendId, w: BackendId) -> bool {
         if self.settings.synchronous == SyncMode::Off {
             return false;
         }
         let (b, p) = (&self.backends[s], &self.backends[w]);
         let Some(obs) = p.obs.as_ref().filter(|_| p.fresh()) else { return false };
+        if !self.streams_from(s, w) {
+            return false;
+        }
         let settled = match (b.streaming_since, p.success_started) {
             (Some(since), Some(checked)) => checked >= since + self.settings.interval,
             _ => false,

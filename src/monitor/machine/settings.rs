@@ -60,7 +60,7 @@ impl Settings {
         }
     }
 
-    /// Backend `i`'s promotion policy. The machine keeps one per backend ([`Settings::fit`]).
+    /// Backend `i`'s promotion policy (the machine keeps one per backend).
     pub fn policy(&self, i: crate::cluster::BackendId) -> &PromotionPolicy {
         &self.policies[i.index()]
     }

@@ -138,11 +138,37 @@ impl Machine {
         match senders.iter().find(|x| x.name == b.name) {
             Some(x) if x.streaming() => None,
             Some(x) => Some(format!("{} from {pname} ({}), not streaming yet", x.state, b.name)),
-            None if self.following(s, p) => {
+            None if self.streams_from(s, p) => {
                 Some(format!("streams from {pname}, but not under its name {:?} (re-pointing it sets its application_name)", b.name))
             }
             None => Some(format!("does not stream from {pname}")),
         }
+    }
+
+    /// Standby `s` would qualify for primary `p` but streams from it under another name,
+    /// and pgfailover is naming it (re-pointing it): not asked yet, running, or done so
+    /// recently that the name may not show yet. A re-point that failed, or after which the
+    /// name still does not show, is no reason to wait.
+    fn being_named(&self, s: BackendId, p: BackendId, now: Now) -> bool {
+        let b = &self.backends[s];
+        let naming = match b.repoint.as_ref().filter(|r| r.primary == p) {
+            None => true,
+            Some(r) => match &r.outcome {
+                None => true,
+                Some(Ok(())) => now.mono.saturating_duration_since(r.at) < super::repoints::REPOINT_RETRY,
+                Some(Err(_)) => false,
+            },
+        };
+        let policy = self.settings.policy(s);
+        let named = self.backends[p].obs.as_ref().is_some_and(|o| o.senders.iter().any(|x| x.name == b.name));
+        naming
+            && self.settings.repoint_standbys
+            && !policy.nofailover
+            && self.zone_refusal(s, p).is_none()
+            && b.fresh()
+            && b.fence.is_none()
+            && self.streams_from(s, p)
+            && !named
     }
 
     /// The standbys that qualify for primary `p`, in config order.
@@ -274,6 +300,16 @@ impl Machine {
             self.sync.seen.extend(connected);
         }
         self.settle_retired(p);
+        // A standby streaming under another name is being named (re-pointed): until then the
+        // list stays as it is rather than emptied or set to names nobody answers to yet.
+        let naming = self.qualified(p).is_empty() && self.backends.ids().any(|s| s != p && self.being_named(s, p, now));
+        if naming {
+            // What protected the writes before still does (or still does not).
+            if self.sync.health == SyncHealth::Off {
+                self.sync.health = SyncHealth::Unknown;
+            }
+            return;
+        }
         if managing && self.backends[p].fresh() {
             let want = self.wanted_list(p);
             if self.backends[p].obs.as_ref().and_then(|o| o.sync_names.as_deref()) != Some(want.as_str()) {

@@ -42,12 +42,12 @@ const ONLY_B: &str = r#"ANY 1 ("pg-b")"#;
 fn the_primary_lists_the_standbys_streaming_under_their_name_and_standbys_are_cleared() {
     let (mut m, mut c) = running(3, PromoteMode::Auto);
     let acts = mode(&mut m, &mut c, SyncMode::On);
-    assert!(sets(&acts).is_empty(), "nobody streams under a backend name yet: the empty list stays");
-    assert_eq!(kinds(&acts), [EventKind::SynchronousUnprotected]);
-    assert_eq!(m.sync_health().0, SyncHealth::Unprotected);
+    assert!(sets(&acts).is_empty() && kinds(&acts).is_empty(), "the standbys stream under other names: their list stays while they are named");
+    assert_eq!(m.sync_health().0, SyncHealth::Unknown);
     let acts = see(&mut m, &mut c, 0, primary_list(5000, "", &[("pg-b", 4990), ("pg-c", 4990)]));
     assert_eq!(sets(&acts), [(0, Some(BOTH.into()))]);
-    assert_eq!(kinds(&acts), [EventKind::SynchronousProtected], "decided: both will be synchronous");
+    assert!(kinds(&acts).is_empty());
+    assert_eq!(m.sync_health().0, SyncHealth::Protected);
     assert!(sets(&see(&mut m, &mut c, 0, primary_list(5000, "", &[("pg-b", 4990), ("pg-c", 4990)]))).is_empty(), "asked already");
     applied(&mut m, &mut c, 0, Some(BOTH));
     let acts = see(&mut m, &mut c, 0, primary_list(5001, BOTH, &[("pg-b", 4990), ("pg-c", 4990)]));
@@ -69,6 +69,7 @@ fn the_list_follows_standbys_that_leave_and_return_and_on_empties_it() {
 
     // pg-c leaves: the list names pg-b only; pg-c still counts as possibly holding writes
     // pg-b lacks until pg-b has flushed past the point where the shorter list took effect.
+    see(&mut m, &mut c, 2, stranded(5000, 1));
     let acts = see(&mut m, &mut c, 0, primary_list(5010, BOTH, &[("pg-b", 5010)]));
     assert_eq!(sets(&acts), [(0, Some(ONLY_B.into()))]);
     applied(&mut m, &mut c, 0, Some(ONLY_B));
@@ -84,7 +85,7 @@ fn the_list_follows_standbys_that_leave_and_return_and_on_empties_it() {
     assert_eq!(sets(&acts), [(0, Some(String::new()))]);
     let ev = events(&acts).into_iter().find(|e| e.kind == EventKind::SynchronousUnprotected).expect("recorded");
     assert!(ev.reason.contains("emptied") && ev.reason.contains("pg-b: down"), "{}", ev.reason);
-    assert_eq!((m.sync_health().0, m.counters.sync_emptied), (SyncHealth::Unprotected, 2), "once when turned on, once now");
+    assert_eq!((m.sync_health().0, m.counters.sync_emptied), (SyncHealth::Unprotected, 1));
 
     // It returns and streams: listed again, protected again.
     applied(&mut m, &mut c, 0, Some(""));
@@ -97,12 +98,15 @@ fn the_list_follows_standbys_that_leave_and_return_and_on_empties_it() {
 #[test]
 fn strict_keeps_writes_waiting_and_says_why() {
     let (mut m, mut c) = running(3, PromoteMode::Auto);
+    // Both standbys lost their WAL receivers.
+    see(&mut m, &mut c, 1, stranded(4900, 1));
+    see(&mut m, &mut c, 2, stranded(4900, 1));
     let acts = mode(&mut m, &mut c, SyncMode::Strict);
     assert_eq!(sets(&acts), [(0, Some(BOTH.into()))], "every standby that could be synchronous, so a commit waits for one");
     assert_eq!(kinds(&acts), [EventKind::SynchronousBlocked]);
     let (health, why) = m.sync_health();
     assert_eq!(health, SyncHealth::Blocked);
-    assert!(why.contains("wait") && why.contains("pg-b: streams from pg-a, but not under its name"), "{why}");
+    assert!(why.contains("wait") && why.contains("pg-b: does not stream from pg-a"), "{why}");
     assert_eq!(m.counters.sync_emptied, 0, "strict never empties the list");
 }
 
@@ -175,9 +179,30 @@ fn an_unnamed_standby_is_repointed_to_name_it() {
     }
     assert!(!acts.iter().any(|a| matches!(a, Action::Repoint { .. })), "off: names do not matter");
     let mut acts = mode(&mut m, &mut c, SyncMode::On);
-    acts.extend(see(&mut m, &mut c, 0, primary_list(5000, "", &[("walreceiver", 4990)])));
+    acts.extend(see(&mut m, &mut c, 0, primary_list(5000, "ANY 1 (*)", &[("walreceiver", 4990)])));
     assert!(acts.contains(&Action::Repoint { standby: b(1), primary: b(0) }), "{acts:?}");
     assert!(m.not_qualified(b(1), b(0)).unwrap().contains("not under its name"));
+    assert!(sets(&acts).is_empty(), "the operator's list stays while the standby is named");
+    // The re-point fails (say, a URI primary_conninfo): no more waiting, the list is emptied.
+    let acts = m.repointed(b(1), b(0), Err(OpError::Conninfo(crate::monitor::conninfo::ConninfoError::Uri)), c.tick());
+    assert_eq!(sets(&acts), [(0, Some(String::new()))]);
+    assert_eq!(kinds(&acts), [EventKind::SynchronousUnprotected]);
+
+    // A standby cascading from another configured backend is left alone.
+    let (mut m, mut c) = running(3, PromoteMode::Auto);
+    m.backends[b(1)].address = "10.0.0.2:5432".into();
+    see(
+        &mut m,
+        &mut c,
+        2,
+        Observation { receiver: Some(Receiver { status: "streaming".into(), timeline: Some(1), upstream: Some("10.0.0.2:5432".into()) }), ..standby(4898, 1) },
+    );
+    let mut acts = mode(&mut m, &mut c, SyncMode::On);
+    for _ in 0..4 {
+        acts.extend(see(&mut m, &mut c, 0, primary_list(5000, "", &[("pg-b", 4990)])));
+    }
+    assert!(!acts.iter().any(|a| matches!(a, Action::Repoint { standby, .. } if *standby == b(2))), "{acts:?}");
+    assert_eq!(sets(&acts), [(0, Some(ONLY_B.into()))]);
 }
 
 #[test]
