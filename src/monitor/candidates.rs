@@ -23,13 +23,17 @@ pub struct CandidatesView {
     /// The primary the question is about: the routed one, or the one a running failover
     /// lost.
     pub primary: Option<String>,
+    /// Its `zone`: what `zone_policy` compares with.
     pub primary_zone: Option<String>,
     /// Its WAL position when last seen.
     pub primary_lsn: Option<String>,
     /// A failover is running: this is what it is choosing.
     pub failover_in_progress: bool,
+    /// `failover.promote`: with `never`, nothing would be promoted by pgfailover.
     pub promote: Option<PromoteMode>,
+    /// `failover.synchronous`: whether only a synchronous standby may be promoted.
     pub synchronous: Option<SyncMode>,
+    /// `failover.zone_policy`: how the zones order (or exclude) the standbys.
     pub zone_policy: Option<ZonePolicy>,
     /// Synchronous mode: the primary's `synchronous_standby_names` as last seen.
     pub synchronous_list: Option<String>,
@@ -53,6 +57,7 @@ pub struct MaxLoss {
     pub wal_bytes: Option<u64>,
     /// Synchronous mode: the candidate holds every write the primary acknowledged.
     pub acknowledged_writes_safe: bool,
+    /// The same in words, for the on-call engineer.
     pub explanation: String,
 }
 
@@ -60,6 +65,7 @@ pub struct MaxLoss {
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CandidateView {
+    /// Its backend name.
     pub name: String,
     /// It would be promoted if ranked first.
     pub eligible: bool,
@@ -70,8 +76,11 @@ pub struct CandidateView {
     pub reasons: Vec<ReasonView>,
     /// What it said at its last check: `standby`, `primary`, `unknown`.
     pub role: &'static str,
+    /// Its checks succeed (below the failure threshold).
     pub healthy: bool,
+    /// No traffic may go to it (and it is never promoted).
     pub fenced: bool,
+    /// The timeline it is on: it must be the primary's.
     pub timeline: Option<u32>,
     /// WAL received (flushed) and replayed.
     pub receive_lsn: Option<String>,
@@ -84,17 +93,22 @@ pub struct CandidateView {
     pub sync_state: Option<String>,
     /// Synchronous mode: it may hold every write the primary acknowledged.
     pub synchronous: bool,
+    /// Its `zone`.
     pub zone: Option<String>,
     /// In the primary's zone (or zones play no part).
     pub same_zone: bool,
+    /// Its `priority`: decides between standbys with the same WAL.
     pub priority: u32,
+    /// Its `nofailover`: never promoted.
     pub nofailover: bool,
 }
 
 /// One reason, as a code and a sentence.
 #[derive(Clone, Debug, Serialize)]
 pub struct ReasonView {
+    /// For programs (snake case).
     pub code: ReasonKind,
+    /// For people.
     pub message: String,
 }
 

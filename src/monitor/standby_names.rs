@@ -18,6 +18,7 @@ pub struct StandbyNames {
 /// One name of the list.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Name {
+    /// The name (without its quotes).
     pub text: String,
     /// Written in double quotes: matched exactly (else case-insensitively).
     pub quoted: bool,

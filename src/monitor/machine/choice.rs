@@ -51,6 +51,7 @@ pub struct Choice {
 pub struct Candidates {
     /// The primary it is about: the routed one, or the one a running failover lost.
     pub from: Option<BackendId>,
+    /// The choice a failover from `from` would make now.
     pub choice: Choice,
     /// Every backend but `from`, in config order, with every reason it would not be
     /// promoted (empty: it is ranked).

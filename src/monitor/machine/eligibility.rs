@@ -10,7 +10,9 @@ use super::{Machine, Purpose};
 /// Why a standby cannot be promoted, as a code for programs and a sentence for people.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reason {
+    /// Which rule: what programs (and the tests) look at.
     pub kind: ReasonKind,
+    /// The sentence people read, with the facts behind it.
     pub text: String,
 }
 

@@ -82,6 +82,7 @@ impl Default for SyncBook {
 /// be seen to be sure one of those seen holds it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SyncSet {
+    /// The standbys that may hold such a write.
     pub members: BTreeSet<BackendId>,
     /// At least this many members' positions must be known (`members − n + 1` for the
     /// smallest `n` of the lists involved).
