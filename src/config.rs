@@ -9,13 +9,17 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod coordination;
 mod file;
 mod layers;
 mod parse;
+mod policy;
 mod secret_files;
 mod tls;
 mod validate;
 
+pub use coordination::{host_name, CoordinationConfig};
+pub use policy::{PromotionPolicy, SyncMode, ZonePolicy, MAX_PRIORITY};
 pub use secret_files::{LooseSecret, SecretFile};
 pub use tls::{ServerSslMode, TlsConfig, TlsMode};
 
@@ -104,9 +108,18 @@ pub struct BackendConfig {
     /// The CA `verify-ca` and `verify-full` check its certificate with: `ssl_root_cert`, else
     /// `tls.server_ca_file`.
     pub ca_file: Option<PathBuf>,
+    /// `priority`, `nofailover`, `zone`: its standing as a candidate (reloadable; not part
+    /// of what identifies the server, see [`BackendConfig::server`]).
+    pub policy: PromotionPolicy,
 }
 
 impl BackendConfig {
+    /// The server this names, without its promotion policy: what must stay the same for a
+    /// reload to apply without a takeover.
+    pub fn server(&self) -> BackendConfig {
+        BackendConfig { policy: PromotionPolicy::default(), ..self.clone() }
+    }
+
     /// `host:port` for logs and errors, with brackets for IPv6 literals.
     pub fn address(&self) -> String {
         if self.host.contains(':') {
@@ -148,6 +161,13 @@ pub struct FailoverConfig {
     /// With `[coordination]`: how many live proxies must see the primary down before the
     /// leader fails over.
     pub quorum: Quorum,
+    /// Whether pgfailover manages the primary's `synchronous_standby_names`, and what
+    /// happens when no synchronous standby is left.
+    pub synchronous: SyncMode,
+    /// With `synchronous`: how many standbys a commit waits for (`ANY n`), at most.
+    pub synchronous_count: u32,
+    /// Where a standby may be promoted, relative to the lost primary's `zone`.
+    pub zone_policy: ZonePolicy,
 }
 
 /// Agreement a coordinated failover needs.
@@ -158,53 +178,6 @@ pub enum Quorum {
     Majority,
     /// The leader alone decides.
     Leader,
-}
-
-/// `[coordination]`: several proxies agreeing through etcd v3.
-#[derive(Clone, Debug, PartialEq)]
-pub struct CoordinationConfig {
-    /// etcd client URLs, e.g. `http://127.0.0.1:2379`.
-    pub etcd_endpoints: Vec<String>,
-    /// Key prefix `/pgfailover/<cluster>/`: proxies of one database cluster share it.
-    pub cluster: String,
-    /// This proxy's name among them (default: the host name).
-    pub name: String,
-    /// The lease that holds leadership and membership; renewed every third of it.
-    pub lease_ttl: Duration,
-    pub user: Option<String>,
-    pub password: Option<Secret>,
-    /// CA bundle to verify etcd's certificate (https endpoints).
-    pub ca_file: Option<PathBuf>,
-    /// Client certificate and key for etcd, when it asks for one.
-    pub cert_file: Option<PathBuf>,
-    pub key_file: Option<PathBuf>,
-}
-
-impl CoordinationConfig {
-    /// The defaults for the keys a `[coordination]` table leaves out.
-    pub fn with_defaults() -> CoordinationConfig {
-        CoordinationConfig {
-            etcd_endpoints: vec!["http://127.0.0.1:2379".into()],
-            cluster: "main".into(),
-            name: host_name(),
-            lease_ttl: Duration::from_secs(3),
-            user: None,
-            password: None,
-            ca_file: None,
-            cert_file: None,
-            key_file: None,
-        }
-    }
-}
-
-/// This machine's host name (`uname`'s node name, as `gethostname` reads it), or "pgfailover".
-pub fn host_name() -> String {
-    let name = rustix::system::uname().nodename().to_string_lossy().into_owned();
-    if name.is_empty() {
-        "pgfailover".into()
-    } else {
-        name
-    }
 }
 
 /// `[proxy]`: socket behaviour of the data path.
@@ -354,6 +327,9 @@ impl Default for Config {
                 drain_timeout: Duration::from_secs(5),
                 repoint_standbys: true,
                 quorum: Quorum::Majority,
+                synchronous: SyncMode::Off,
+                synchronous_count: 1,
+                zone_policy: ZonePolicy::PreferSame,
             },
             proxy: ProxyConfig {
                 connect_timeout: Duration::from_secs(2),
@@ -389,6 +365,7 @@ impl Default for Config {
                 ssl_root_cert: None,
                 sslmode: ServerSslMode::Prefer,
                 ca_file: None,
+                policy: PromotionPolicy::default(),
             },
             standbys: Vec::new(),
             secret_files: Vec::new(),
@@ -408,6 +385,12 @@ impl Config {
     /// code calls it once its `tls` and backends are set.
     pub fn apply_server_tls(&mut self) {
         tls::fold_into_backends(self);
+    }
+
+    /// The backends as servers ([`BackendConfig::server`]), in config order: a change here
+    /// needs a takeover, a change of their policies does not.
+    pub fn servers(&self) -> Vec<BackendConfig> {
+        self.backends().iter().map(BackendConfig::server).collect()
     }
 
     /// The files holding a secret that other users can read now (see [`SecretFile`]).

@@ -18,7 +18,8 @@
 //!   connects), [`proxy::DataPath`] (what every session shares).
 //! - [`monitor`]: health checks, the pure failover state machine (which owns its state and
 //!   makes every decision, coordinated ones included), the operations it runs (promote,
-//!   switchover, re-point), history and the published status.
+//!   switchover, re-point, `synchronous_standby_names`), history, the published status and
+//!   the "what if the primary died now" answer.
 //! - [`coord`]: several proxies agreeing through etcd, as a transport only: etcd's keys
 //!   decoded into events for the machine, and the writes it asks for (leader election,
 //!   recorded primary, shared fences, members' views, forwarded admin requests), and whether

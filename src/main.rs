@@ -75,6 +75,10 @@ enum Cmd {
         /// Admin URL; defaults to http://<admin_listen> from the configuration.
         #[arg(long)]
         admin: Option<String>,
+        /// What if the primary died now: every standby's eligibility, reasons and rank, the
+        /// one that would be promoted and the most that could be lost.
+        #[arg(long)]
+        candidates: bool,
     },
 }
 
@@ -104,11 +108,11 @@ fn main() -> ExitCode {
     };
     match &cli.command {
         Some(Cmd::Demo) => return demo::main(overrides),
-        Some(Cmd::Status { admin: Some(url) }) => {
+        Some(Cmd::Status { admin: Some(url), candidates }) => {
             // The token from wherever the configuration would take it (file, variables); a
             // configuration that does not load leaves none.
             let token = Config::load(cli.config.as_deref(), &process_env, &overrides).ok().and_then(reading_token);
-            return status::main(url, token.as_ref());
+            return status::main(url, token.as_ref(), *candidates);
         }
         Some(Cmd::Health { admin: Some(url) }) => return status::health(url),
         _ => {}
@@ -121,7 +125,7 @@ fn main() -> ExitCode {
         }
     };
     match &cli.command {
-        Some(Cmd::Status { .. }) => return status::main(&format!("http://{}", cfg.admin_listen), reading_token(cfg.clone()).as_ref()),
+        Some(Cmd::Status { candidates, .. }) => return status::main(&format!("http://{}", cfg.admin_listen), reading_token(cfg.clone()).as_ref(), *candidates),
         Some(Cmd::Health { .. }) => return status::health(&format!("http://{}", cfg.admin_listen)),
         _ => {}
     }

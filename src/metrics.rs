@@ -111,6 +111,14 @@ pub struct Metrics {
     pub held_sessions: Gauge,
     /// 1 while maintenance mode is on.
     pub maintenance: Gauge,
+    /// Synchronous mode: standbys the routed primary counts as synchronous now.
+    pub synchronous_standbys: Gauge,
+    /// 1 while `synchronous = "on"` runs the primary's writes unprotected (list emptied).
+    pub synchronous_unprotected: Gauge,
+    /// 1 while `synchronous = "strict"` keeps the primary's writes waiting.
+    pub synchronous_blocked: Gauge,
+    /// Times `synchronous = "on"` emptied the primary's list.
+    pub synchronous_emptied_total: Counter,
     /// Microseconds without a routable primary; rendered as a float `_seconds_total`.
     no_primary_micros: AtomicU64,
     /// The data-path figures, read by the JSON API and copied into the Prometheus series
@@ -260,6 +268,10 @@ impl Metrics {
             paused: gauge("pgfailover_paused", "1 while an operator's pause holds new sessions and quiet sessions' next statements (POST /failover/pause).", vec![]),
             held_sessions: gauge("pgfailover_held_sessions", "Sessions held by a pause or a switchover's drain: quiet sessions whose next statement waits, and new sessions waiting to connect.", vec![]),
             maintenance: gauge("pgfailover_maintenance", "1 while maintenance mode is on (no automatic failover or switchover).", vec![]),
+            synchronous_standbys: gauge("pgfailover_synchronous_standbys", "Standbys the routed primary counts as synchronous now (streaming, in its synchronous_standby_names).", vec![]),
+            synchronous_unprotected: gauge("pgfailover_synchronous_unprotected", "1 while failover.synchronous = on has emptied the primary's synchronous_standby_names: writes are acknowledged without a standby, and no automatic failover is possible.", vec![]),
+            synchronous_blocked: gauge("pgfailover_synchronous_blocked", "1 while failover.synchronous = strict keeps the primary's writes waiting: no standby can be synchronous.", vec![]),
+            synchronous_emptied_total: counter("pgfailover_synchronous_emptied_total", "Times failover.synchronous = on emptied the primary's synchronous_standby_names because no standby was left.", vec![]),
             no_primary_micros: AtomicU64::new(0),
             stats: Stats::default(),
             handle: recorder.handle(),

@@ -270,7 +270,9 @@ impl Proxy {
         let mut new = new;
         new.apply_server_tls();
         let mut out = Reloaded::default();
-        if old.backends() != new.backends() {
+        // Promotion policies (priority, nofailover, zone) apply live; the servers themselves
+        // need a takeover.
+        if old.servers() != new.servers() {
             if new.state_dir.is_none() || old.state_dir != new.state_dir {
                 return Err(ReloadError::BackendsWithoutStateDir);
             }

@@ -75,7 +75,7 @@ async fn every_documented_status_is_real() {
 
     // A read token configured: the read endpoints answer 401 without it.
     let locked = start_proxy(proxy_config(&c, |cfg| cfg.admin_read_token = Some(Secret::new("read-token")))).await;
-    for path in ["/failover/status", "/failover/metrics", "/failover/health", "/failover/history", "/metrics"] {
+    for path in ["/failover/status", "/failover/metrics", "/failover/health", "/failover/history", "/failover/candidates", "/metrics"] {
         assert_eq!(call(&mut seen, locked.admin_addr, "GET", path, None, "").await.status, 401, "{path}");
     }
     drop(locked);
@@ -101,7 +101,17 @@ async fn every_documented_status_is_real() {
     let a = p.admin_addr;
     wait_status(&p, LIMIT, "pg-b routed, pg-c eligible", |s| s.current_primary.as_deref() == Some("pg-b") && backend(s, "pg-c").promotion_eligible).await;
     wait_status(&p, LIMIT, "pg-c serves reads", |s| backend(s, "pg-c").serves_reads).await;
-    for path in ["/failover/status", "/failover/metrics", "/failover/health", "/failover/history?limit=3", "/metrics", "/health", "/ready", "/ready/ro"] {
+    for path in [
+        "/failover/status",
+        "/failover/metrics",
+        "/failover/health",
+        "/failover/history?limit=3",
+        "/failover/candidates",
+        "/metrics",
+        "/health",
+        "/ready",
+        "/ready/ro",
+    ] {
         assert_eq!(call(&mut seen, a, "GET", path, None, "").await.status, 200, "{path}");
     }
     assert_eq!(call(&mut seen, a, "GET", "/failover/history?limit=0", None, "").await.status, 400);

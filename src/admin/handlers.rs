@@ -84,6 +84,32 @@ pub fn history(ctx: &AdminContext, query: Option<&str>) -> Reply {
     json(StatusCode::OK, &json!({ "count": events.len(), "events": events }))
 }
 
+/// How long a follower waits for the leader's answer to `/failover/candidates` before it
+/// answers with its own view.
+const CANDIDATES_WAIT: Duration = Duration::from_secs(5);
+
+/// "What if the primary died now?" Coordinated, the leader's view: a follower asks it, and
+/// answers with its own view (saying so) when the leader cannot be asked.
+pub async fn candidates(ctx: &AdminContext, caller: &str) -> Reply {
+    let Some(coord) = ctx.coord.as_ref().filter(|_| follower(ctx)) else { return json(StatusCode::OK, &own_candidates(ctx)) };
+    let request =
+        crate::cluster::Request { id: random_id(), op: "candidates".into(), target: None, force: false, who: caller.to_string(), via: coord.name.clone() };
+    let why = match coord.forward(request, CANDIDATES_WAIT).await {
+        Ok(resp) if resp.status == 200 => return json(StatusCode::OK, &resp.body),
+        Ok(resp) => format!("the leader answered {}: {}", resp.status, resp.body),
+        Err(why) => format!("the leader could not be asked: {why}"),
+    };
+    let mut own = own_candidates(ctx);
+    own.note = Some(format!("{why}; this is this proxy's own view"));
+    json(StatusCode::OK, &own)
+}
+
+fn own_candidates(ctx: &AdminContext) -> crate::monitor::candidates::CandidatesView {
+    let mut v = ctx.monitor.status().candidates.clone();
+    v.answered_by = ctx.coord.as_ref().map(|c| c.name.clone());
+    v
+}
+
 /// While the process stops, neither port should get new clients from a load balancer.
 fn stopping(ctx: &AdminContext) -> Option<Reply> {
     let reason = "shutting down: stop sending new clients here";
@@ -228,6 +254,7 @@ pub async fn execute(ctx: &AdminContext, req: &crate::cluster::Request) -> Reply
     match req.op.as_str() {
         "trigger" => trigger(ctx, body, &who).await,
         "unfence" => unfence(ctx, body.target, &who).await,
+        "candidates" => json(StatusCode::OK, &own_candidates(ctx)),
         other => error(StatusCode::BAD_REQUEST, &format!("unknown request {other:?}")),
     }
 }

@@ -6,6 +6,7 @@
 //! | GET | /failover/metrics | the same figures as JSON, plus data-path counters |
 //! | GET | /failover/health | detailed health per backend incl. last error |
 //! | GET | /failover/history | events newest first, `?limit=N` (default 50, max 1000) |
+//! | GET | /failover/candidates | what if the primary died now: every standby's eligibility and reasons, rank, positions, lag, synchronous state, zone, priority; the would-be promotion and the most that could be lost (coordinated: the leader's view) |
 //! | POST | /failover/trigger | manual failover, body `{"target": "name"}` optional |
 //! | POST | /failover/check-health | run every check now and return the results |
 //! | POST | /failover/unfence | clear a fence, body `{"target": "name"}` |
@@ -61,7 +62,8 @@ pub struct AdminContext {
     pub started: Instant,
     /// The read-only port's route, when `listen_ro` is set (for `/ready/ro`).
     pub reads: Option<tokio::sync::watch::Receiver<crate::route::ReadRoute>>,
-    /// Coordination: a follower hands triggers and unfences to the leader.
+    /// Coordination: a follower hands triggers, unfences and the candidates question to the
+    /// leader.
     pub coord: Option<crate::coord::Coordinator>,
     /// The configuration in force (a reload replaces it).
     pub config: crate::live::LiveConfig,
@@ -203,7 +205,15 @@ async fn route(req: Request<Incoming>, ctx: &AdminContext, peer: SocketAddr) -> 
     let method = req.method().clone();
     let allowed: &str = match path.as_str() {
         "/failover/trigger" | "/failover/check-health" | "/failover/unfence" | "/failover/pause" | "/failover/resume" | "/failover/maintenance" => "POST",
-        "/failover/status" | "/failover/metrics" | "/failover/health" | "/failover/history" | "/metrics" | "/health" | "/ready" | "/ready/ro" => "GET",
+        "/failover/status"
+        | "/failover/metrics"
+        | "/failover/health"
+        | "/failover/history"
+        | "/failover/candidates"
+        | "/metrics"
+        | "/health"
+        | "/ready"
+        | "/ready/ro" => "GET",
         _ => return error(StatusCode::NOT_FOUND, &format!("no such endpoint: {path}")),
     };
     if method.as_str() != allowed {
@@ -224,6 +234,7 @@ async fn route(req: Request<Incoming>, ctx: &AdminContext, peer: SocketAddr) -> 
         (Method::GET, "/failover/metrics") => handlers::metrics_json(ctx),
         (Method::GET, "/failover/health") => handlers::health(ctx),
         (Method::GET, "/failover/history") => handlers::history(ctx, req.uri().query()),
+        (Method::GET, "/failover/candidates") => handlers::candidates(ctx, &auth::caller(&req, peer)).await,
         (Method::GET, "/metrics") => {
             let mut r = Response::new(Full::new(Bytes::from(ctx.metrics.render())));
             r.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));

@@ -59,6 +59,10 @@ pub fn summary(cfg: &Config) -> String {
         set(&cfg.admin_token, "off"),
         set(&cfg.admin_read_token, "open")
     ));
+    s.push_str(&format!(
+        "\n  failover: synchronous {} (count {}), zone policy {}",
+        cfg.failover.synchronous, cfg.failover.synchronous_count, cfg.failover.zone_policy
+    ));
     let t = &cfg.tls;
     let client_certs = if t.client_ca_file.is_some() { ", client certificates required" } else { "" };
     let plain = if t.require_client_tls { "refused" } else { "admitted" };
@@ -73,7 +77,18 @@ pub fn summary(cfg: &Config) -> String {
     }
     for (i, b) in cfg.backends().iter().enumerate() {
         let role = if i == 0 { "primary" } else { "standby" };
-        s.push_str(&format!("\n  {role} {} at {} (db {}, user {}, sslmode {})", b.name, b.address(), b.database, b.user, b.sslmode.as_str()));
+        let p = &b.policy;
+        let zone = p.zone.as_deref().map(|z| format!(", zone {z}")).unwrap_or_default();
+        let never = if p.nofailover { ", nofailover" } else { "" };
+        s.push_str(&format!(
+            "\n  {role} {} at {} (db {}, user {}, sslmode {}, priority {}{zone}{never})",
+            b.name,
+            b.address(),
+            b.database,
+            b.user,
+            b.sslmode.as_str(),
+            p.priority
+        ));
     }
     s
 }

@@ -1,4 +1,5 @@
-//! `pgfailover status [--admin URL]`: the admin API's status as a table for a terminal.
+//! `pgfailover status [--admin URL] [--candidates]`: the admin API's status (or its answer to
+//! "what if the primary died now?") as a table for a terminal.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -7,10 +8,11 @@ use pgfailover::config::Secret;
 use serde_json::Value;
 
 /// The table; `token` (the read token, or the admin token) when the admin port asks for one.
-pub fn main(admin: &str, token: Option<&Secret>) -> ExitCode {
-    match fetch(admin, "/failover/status", token) {
+pub fn main(admin: &str, token: Option<&Secret>, candidates: bool) -> ExitCode {
+    let path = if candidates { "/failover/candidates" } else { "/failover/status" };
+    match fetch(admin, path, token) {
         Ok(v) => {
-            print!("{}", render(&v));
+            print!("{}", if candidates { render_candidates(&v) } else { render(&v) });
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -77,6 +79,72 @@ fn cell(v: &Value) -> String {
     }
 }
 
+/// Rows of cells, left-aligned in columns.
+fn columns(rows: Vec<Vec<String>>) -> String {
+    let n = rows.first().map(Vec::len).unwrap_or(0);
+    let widths: Vec<usize> = (0..n).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `/failover/candidates` as a summary, one row per standby, then every reason.
+pub fn render_candidates(v: &Value) -> String {
+    let mut out = format!(
+        "if {} died now: {}\n",
+        v["primary"].as_str().unwrap_or("the primary"),
+        match v["wouldPromote"].as_str() {
+            Some(c) => format!("{c} would be promoted"),
+            None => format!("nothing would be promoted: {}", cell(&v["whyNone"])),
+        }
+    );
+    if let Some(e) = v["maxLoss"]["explanation"].as_str() {
+        out.push_str(&format!("most that could be lost: {e}\n"));
+    }
+    out.push_str(&format!("synchronous: {}   zone policy: {}", cell(&v["synchronous"]), cell(&v["zonePolicy"])));
+    if let Some(by) = v["answeredBy"].as_str() {
+        out.push_str(&format!("   answered by: {by}"));
+    }
+    out.push('\n');
+    if let Some(n) = v["note"].as_str() {
+        out.push_str(&format!("note: {n}\n"));
+    }
+    let headers = ["RANK", "NAME", "ELIGIBLE", "RECEIVED", "REPLAYED", "LAG", "LAG TIME", "SYNC", "ZONE", "PRIORITY", "NOFAILOVER"];
+    let mut rows = vec![headers.iter().map(|s| s.to_string()).collect::<Vec<_>>()];
+    let list = v["candidates"].as_array().cloned().unwrap_or_default();
+    for c in &list {
+        let sync = match (c["syncState"].as_str(), c["synchronous"].as_bool()) {
+            (Some(s), _) => s.to_string(),
+            (None, Some(true)) => "listed".into(),
+            _ => "-".into(),
+        };
+        rows.push(vec![
+            cell(&c["rank"]),
+            cell(&c["name"]),
+            cell(&c["eligible"]),
+            cell(&c["receiveLsn"]),
+            cell(&c["replayLsn"]),
+            c["lagBytes"].as_u64().map(|n| format!("{n} B")).unwrap_or_else(|| "-".into()),
+            c["lagMs"].as_f64().map(|ms| format!("{ms:.0} ms")).unwrap_or_else(|| "-".into()),
+            sync,
+            cell(&c["zone"]),
+            cell(&c["priority"]),
+            cell(&c["nofailover"]),
+        ]);
+    }
+    out.push_str(&columns(rows));
+    for c in &list {
+        for r in c["reasons"].as_array().into_iter().flatten() {
+            out.push_str(&format!("{}: [{}] {}\n", cell(&c["name"]), cell(&r["code"]), cell(&r["message"])));
+        }
+    }
+    out
+}
+
 /// The table: a summary line, then one row per backend.
 pub fn render(v: &Value) -> String {
     let mut out = format!(
@@ -91,7 +159,17 @@ pub fn render(v: &Value) -> String {
     if let Some(r) = v["routeReason"].as_str() {
         out.push_str(&format!("no primary: {r}\n"));
     }
-    let headers = ["NAME", "ADDRESS", "ROLE", "HEALTHY", "FENCED", "ELIGIBLE", "TIMELINE", "LSN", "LAG", "RESPONSE", "LAST CHECK"];
+    match v["synchronous"]["state"].as_str() {
+        None | Some("off") => {}
+        Some(state) => {
+            out.push_str(&format!("synchronous ({}): {state}, list {}", cell(&v["synchronous"]["mode"]), cell(&v["synchronous"]["list"])));
+            if let Some(r) = v["synchronous"]["reason"].as_str() {
+                out.push_str(&format!(": {r}"));
+            }
+            out.push('\n');
+        }
+    }
+    let headers = ["NAME", "ADDRESS", "ROLE", "HEALTHY", "FENCED", "ELIGIBLE", "TIMELINE", "LSN", "LAG", "SYNC", "RESPONSE", "LAST CHECK"];
     let mut rows = vec![headers.iter().map(|s| s.to_string()).collect::<Vec<_>>()];
     let backends = std::iter::once(&v["primary"]).chain(v["standbys"].as_array().into_iter().flatten());
     for b in backends {
@@ -105,16 +183,12 @@ pub fn render(v: &Value) -> String {
             cell(&b["timeline"]),
             cell(&b["lsn"]),
             b["lagBytes"].as_u64().map(|n| format!("{n} B")).unwrap_or_else(|| "-".into()),
+            cell(&b["syncState"]),
             b["responseTime"].as_f64().map(|ms| format!("{ms:.1} ms")).unwrap_or_else(|| "-".into()),
             cell(&b["lastHealthCheck"]),
         ]);
     }
-    let widths: Vec<usize> = (0..headers.len()).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
-    for r in rows {
-        let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
+    out.push_str(&columns(rows));
     for b in std::iter::once(&v["primary"]).chain(v["standbys"].as_array().into_iter().flatten()) {
         if let Some(e) = b["lastError"].as_str() {
             out.push_str(&format!("{}: last error: {e}\n", cell(&b["name"])));

@@ -64,7 +64,7 @@ pub struct MemberView {
 pub struct Request {
     /// Random, hex: names its key and its answer's.
     pub id: String,
-    /// "trigger" or "unfence".
+    /// "trigger", "unfence" or "candidates" (`GET /failover/candidates`).
     pub op: String,
     /// The body's `target`: a backend name.
     pub target: Option<String>,

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::parse::{parse_addr, parse_balance, parse_fallback, parse_log_format, parse_promote, parse_quorum, read_secret_file, set, standby_from};
+use super::policy::{parse_synchronous, parse_zone_policy};
 use super::{BackendConfig, Config, ConfigError, Secret, SecretFile};
 
 pub(super) fn parse_file(label: &str, text: &str) -> Result<RawFile, ConfigError> {
@@ -102,6 +103,9 @@ struct RawFailover {
     drain_timeout: Option<Duration>,
     repoint_standbys: Option<bool>,
     quorum: Option<String>,
+    synchronous: Option<String>,
+    synchronous_count: Option<u32>,
+    zone_policy: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -178,6 +182,9 @@ struct RawBackend {
     password_file: Option<PathBuf>,
     ssl: Option<bool>,
     ssl_root_cert: Option<PathBuf>,
+    priority: Option<u32>,
+    nofailover: Option<bool>,
+    zone: Option<String>,
 }
 
 fn resolve(base: Option<&Path>, p: PathBuf) -> PathBuf {
@@ -278,6 +285,13 @@ pub(super) fn apply_file(cfg: &mut Config, raw: RawFile, label: &str, base: Opti
         if let Some(q) = f.quorum {
             cfg.failover.quorum = parse_quorum(&q).map_err(|r| ConfigError::invalid(label, "failover.quorum", r))?;
         }
+        if let Some(m) = f.synchronous {
+            cfg.failover.synchronous = parse_synchronous(&m).map_err(|r| ConfigError::invalid(label, "failover.synchronous", r))?;
+        }
+        set(&mut cfg.failover.synchronous_count, f.synchronous_count);
+        if let Some(z) = f.zone_policy {
+            cfg.failover.zone_policy = parse_zone_policy(&z).map_err(|r| ConfigError::invalid(label, "failover.zone_policy", r))?;
+        }
     }
     if let Some(p) = raw.proxy {
         set(&mut cfg.proxy.connect_timeout, p.connect_timeout);
@@ -318,6 +332,11 @@ fn merge_backend(b: &mut BackendConfig, raw: RawBackend, label: &str, key: &str,
     }
     if let Some(p) = raw.ssl_root_cert {
         b.ssl_root_cert = Some(resolve(base, p));
+    }
+    set(&mut b.policy.priority, raw.priority);
+    set(&mut b.policy.nofailover, raw.nofailover);
+    if raw.zone.is_some() {
+        b.policy.zone = raw.zone;
     }
     Ok(())
 }

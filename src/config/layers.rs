@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::parse::{parse_addr, parse_bool, parse_log_format, parse_promote, parse_quorum, read_secret_file, set, standby_from};
+use super::policy::{parse_synchronous, parse_zone_policy};
 use super::{BackendConfig, Config, ConfigError, EnvLookup, Overrides, Secret};
 use crate::duration::parse_duration;
 
@@ -153,6 +154,15 @@ pub(super) fn apply_env(cfg: &mut Config, env: EnvLookup<'_>) -> Result<(), Conf
     }
     if let Some(v) = env("PGFAILOVER_QUORUM") {
         cfg.failover.quorum = parse_quorum(&v).map_err(|r| bad("PGFAILOVER_QUORUM", r))?;
+    }
+    if let Some(v) = env("PGFAILOVER_SYNCHRONOUS") {
+        cfg.failover.synchronous = parse_synchronous(&v).map_err(|r| bad("PGFAILOVER_SYNCHRONOUS", r))?;
+    }
+    if let Some(v) = env("PGFAILOVER_SYNCHRONOUS_COUNT") {
+        cfg.failover.synchronous_count = v.trim().parse().map_err(|_| bad("PGFAILOVER_SYNCHRONOUS_COUNT", format!("{v:?} is not a number")))?;
+    }
+    if let Some(v) = env("PGFAILOVER_ZONE_POLICY") {
+        cfg.failover.zone_policy = parse_zone_policy(&v).map_err(|r| bad("PGFAILOVER_ZONE_POLICY", r))?;
     }
     if let Some(v) = env("PGFAILOVER_LOG_LEVEL") {
         cfg.log_level = v;

@@ -5,9 +5,10 @@ use std::path::Path;
 
 use super::{BackendConfig, Balance, ConfigError, Fallback, LogFormat, PromoteMode, Quorum, Secret, SecretFile};
 
-/// A standby inherits the primary's database, credentials and TLS settings.
+/// A standby inherits the primary's database, credentials and TLS settings (not its
+/// promotion policy: each backend has its own).
 pub(super) fn standby_from(primary: &BackendConfig, index: usize) -> BackendConfig {
-    BackendConfig { name: format!("standby-{index}"), ..primary.clone() }
+    BackendConfig { name: format!("standby-{index}"), policy: super::PromotionPolicy::default(), ..primary.clone() }
 }
 
 pub(super) fn parse_addr(s: &str) -> Result<SocketAddr, String> {

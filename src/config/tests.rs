@@ -330,3 +330,82 @@ fn read_listeners_and_min_lsn_wait() {
     let e = load("[[read.listeners]]\nlisten = \"x\"\n", &[], &Overrides::default()).unwrap_err().to_string();
     assert!(e.contains("read.listeners[0].listen"), "{e}");
 }
+
+const POLICY: &str = r#"
+[failover]
+synchronous = "strict"
+synchronous_count = 2
+zone_policy = "same_only"
+
+[primary]
+name = "pg-a"
+zone = "eu-west-1a"
+
+[[standbys]]
+name = "pg-b"
+port = 5433
+zone = "eu-west-1a"
+priority = 10
+
+[[standbys]]
+name = "pg-c"
+port = 5434
+zone = "eu-west-1b"
+
+[[standbys]]
+name = "pg-d"
+port = 5435
+nofailover = true
+"#;
+
+#[test]
+fn synchronous_mode_and_the_promotion_policy_from_file_and_env() {
+    let c = load(POLICY, &[], &Overrides::default()).unwrap();
+    assert_eq!((c.failover.synchronous, c.failover.synchronous_count, c.failover.zone_policy), (SyncMode::Strict, 2, ZonePolicy::SameOnly));
+    assert_eq!(c.primary.policy, PromotionPolicy { priority: 1, nofailover: false, zone: Some("eu-west-1a".into()) });
+    assert_eq!(c.standbys[0].policy.priority, 10);
+    assert_eq!(c.standbys[2].policy, PromotionPolicy { nofailover: true, ..Default::default() }, "a standby does not inherit the primary's zone");
+    let d = Config::load(None, &env_of(&[]), &Overrides::default()).unwrap();
+    assert_eq!((d.failover.synchronous, d.failover.synchronous_count, d.failover.zone_policy), (SyncMode::Off, 1, ZonePolicy::PreferSame));
+    let env = [("PGFAILOVER_SYNCHRONOUS", "on"), ("PGFAILOVER_SYNCHRONOUS_COUNT", "1"), ("PGFAILOVER_ZONE_POLICY", "any")];
+    let c = load(POLICY, &env, &Overrides::default()).unwrap();
+    assert_eq!((c.failover.synchronous, c.failover.synchronous_count, c.failover.zone_policy), (SyncMode::On, 1, ZonePolicy::Any));
+    // The policy is not what identifies a server: a reload that changes only it applies live.
+    let mut other = c.clone();
+    other.standbys[0].policy.priority = 3;
+    assert_eq!(c.servers(), other.servers());
+    assert_ne!(c.backends(), other.backends());
+}
+
+#[test]
+fn bad_policy_values_are_named() {
+    let e = err("[failover]\nsynchronous = \"yes\"\n", &[]);
+    assert!(e.contains("failover.synchronous") && e.contains("\"off\", \"on\", \"strict\""), "{e}");
+    let e = err("[failover]\nsynchronous = true\n", &[]);
+    assert!(e.contains("failover.synchronous"), "{e}");
+    let e = err("[failover]\nzone_policy = \"nearby\"\n", &[]);
+    assert!(e.contains("failover.zone_policy") && e.contains("prefer_same"), "{e}");
+    let e = err("[failover]\nsynchronous_count = 0\n", &[]);
+    assert!(e.contains("failover.synchronous_count") && e.contains("at least 1"), "{e}");
+    let e = err("[[standbys]]\nname = \"b\"\npriority = 1001\n", &[]);
+    assert!(e.contains("standbys[0].priority") && e.contains("0 to 1000"), "{e}");
+    let e = err("[[standbys]]\nname = \"b\"\npriority = -1\n", &[]);
+    assert!(e.contains("standbys[0].priority"), "{e}");
+    let e = err("[primary]\nzone = \" \"\n", &[]);
+    assert!(e.contains("primary.zone") && e.contains("empty"), "{e}");
+    let e = err("[[standbys]]\nname = \"b\"\nnofailover = \"yes\"\n", &[]);
+    assert!(e.contains("standbys[0].nofailover"), "{e}");
+    // Synchronous mode: pgfailover must promote, and some standby must be promotable.
+    let e = err("[failover]\nsynchronous = \"on\"\npromote = \"never\"\n[[standbys]]\nname = \"b\"\n", &[]);
+    assert!(e.contains("failover.synchronous") && e.contains("promote"), "{e}");
+    let e = err("[failover]\nsynchronous = \"on\"\n[[standbys]]\nname = \"b\"\nnofailover = true\n", &[]);
+    assert!(e.contains("failover.synchronous") && e.contains("nofailover"), "{e}");
+    let e = err("[failover]\nsynchronous = \"on\"\nsynchronous_count = 2\n[[standbys]]\nname = \"b\"\n", &[]);
+    assert!(e.contains("failover.synchronous_count") && e.contains("more than the 1"), "{e}");
+    let e = err("[failover]\nsynchronous = \"on\"\n[[standbys]]\nname = \"bé\"\n", &[]);
+    assert!(e.contains("standbys[0].name") && e.contains("application_name"), "{e}");
+    let e = err("", &[("PGFAILOVER_SYNCHRONOUS", "sometimes")]);
+    assert!(e.contains("environment: PGFAILOVER_SYNCHRONOUS"), "{e}");
+    let e = err("[[standbys]]\nname = \"b\"\n", &[("PGFAILOVER_SYNCHRONOUS", "on"), ("PGFAILOVER_SYNCHRONOUS_COUNT", "3")]);
+    assert!(e.contains("environment: PGFAILOVER_SYNCHRONOUS_COUNT"), "{e}");
+}

@@ -54,7 +54,22 @@ pub(super) fn check(cfg: &Config) -> Result<(), Invalid> {
         if b.port == 0 {
             return v(&format!("{key}.port"), "must not be 0");
         }
+        if b.policy.priority > super::MAX_PRIORITY {
+            return v(
+                &format!("{key}.priority"),
+                &format!("{} is over {}: use an integer from 0 to {}", b.policy.priority, super::MAX_PRIORITY, super::MAX_PRIORITY),
+            );
+        }
+        if let Some(why) = b.policy.zone.as_deref().and_then(super::policy::zone_problem) {
+            return v(&format!("{key}.zone"), why);
+        }
+        if cfg.failover.synchronous != super::SyncMode::Off {
+            if let Some(why) = super::policy::standby_name_problem(&b.name) {
+                return v(&format!("{key}.name"), &why);
+            }
+        }
     }
+    synchronous(cfg)?;
     if cfg.listen == cfg.admin_listen && cfg.listen.port() != 0 {
         return v("admin_listen", "must differ from listen");
     }
@@ -115,6 +130,48 @@ pub(super) fn check(cfg: &Config) -> Result<(), Invalid> {
         }
     }
     log_filter(&cfg.log_level).map_err(|r| ("log_level".to_string(), r))
+}
+
+/// `failover.synchronous` and its count: pgfailover must be the one that promotes, and some
+/// standby must be able to be synchronous.
+fn synchronous(cfg: &Config) -> Result<(), Invalid> {
+    let f = &cfg.failover;
+    if f.synchronous_count == 0 {
+        return Err(("failover.synchronous_count".into(), "must be at least 1".into()));
+    }
+    if f.synchronous == super::SyncMode::Off {
+        return Ok(());
+    }
+    if f.promote != super::PromoteMode::Auto {
+        return Err((
+            "failover.synchronous".into(),
+            format!(
+                "{:?} needs failover.promote = \"auto\": with \"never\", the manager that promotes owns synchronous_standby_names",
+                f.synchronous.to_string()
+            ),
+        ));
+    }
+    // Every backend may be the primary one day; at least `count` of the others must be
+    // allowed to be synchronous (and so to be promoted).
+    let backends = cfg.backends();
+    let promotable = backends.iter().filter(|b| !b.policy.nofailover).count();
+    if promotable < 2 {
+        return Err((
+            "failover.synchronous".into(),
+            format!(
+                "{:?} needs at least two backends without nofailover: whichever is primary, a standby that may be promoted is made synchronous",
+                f.synchronous.to_string()
+            ),
+        ));
+    }
+    let most = promotable - 1;
+    if f.synchronous_count as usize > most {
+        return Err((
+            "failover.synchronous_count".into(),
+            format!("{} is more than the {most} standby(s) that may be promoted while another backend is primary", f.synchronous_count),
+        ));
+    }
+    Ok(())
 }
 
 /// Levels a filter may use.
@@ -185,6 +242,8 @@ pub(super) fn origin(key: &str, file: Option<&Path>, env: EnvLookup<'_>, flags: 
         "tls.require_client_tls" => Some("PGFAILOVER_TLS_REQUIRE_CLIENT_TLS"),
         "tls.server_sslmode" => Some("PGFAILOVER_SERVER_SSLMODE"),
         "tls.server_ca_file" => Some("PGFAILOVER_SERVER_CA_FILE"),
+        "failover.synchronous" => Some("PGFAILOVER_SYNCHRONOUS"),
+        "failover.synchronous_count" => Some("PGFAILOVER_SYNCHRONOUS_COUNT"),
         _ => None,
     };
     if let Some(v) = var.filter(|v| env(v).is_some()) {

@@ -1,5 +1,5 @@
-//! What tests do to a cluster's servers: stop, restart, crash, freeze, promote. Only with
-//! the `testkit` feature: the demo never needs it.
+//! What tests do to a cluster's servers: stop, restart, crash, freeze, promote, rebuild.
+//! Only with the `testkit` feature: the demo never needs it.
 
 use std::time::{Duration, Instant};
 
@@ -87,6 +87,22 @@ impl Cluster {
     pub fn promote(&self, i: usize) -> Result<(), LocalPgError> {
         let n = &self.nodes[i];
         self.run(self.tool("pg_ctl").args(["-D", &n.data.to_string_lossy(), "-w", "-t", "60", "promote"]))?;
+        Ok(())
+    }
+
+    /// Rebuilds node `i` as a fresh standby of node `from`, as an operator replaces a failed
+    /// server: stopped if it runs, its data directory replaced by a base backup of `from`
+    /// (`-R`: it streams from `from`, under the default `application_name`), started again
+    /// on its own port.
+    pub fn rebuild_as_standby(&self, i: usize, from: usize) -> Result<(), LocalPgError> {
+        self.kill(i)?;
+        let n = &self.nodes[i];
+        std::fs::remove_dir_all(&n.data)?;
+        let source = format!("host=127.0.0.1 port={} user=postgres password={}", self.nodes[from].port, self.options.password);
+        self.run(self.tool("pg_basebackup").args(["-D", &n.data.to_string_lossy(), "-d", &source, "-R", "-X", "stream", "--checkpoint=fast", "--no-sync"]))?;
+        // The copy carries `from`'s port; the node keeps its own (clients know it by it).
+        super::append(&n.data.join("postgresql.conf"), &format!("port = {}\n", n.port))?;
+        self.run(self.tool("pg_ctl").args(["-D", &n.data.to_string_lossy(), "-l", &n.log.to_string_lossy(), "-w", "-t", "60", "start"]))?;
         Ok(())
     }
 }

@@ -1,6 +1,6 @@
 //! libpq keyword/value connection strings, as found in a standby's `primary_conninfo`: read
-//! them, point them at another server, write them back. Every other keyword (user,
-//! password, passfile, sslmode, application_name, …) is kept as it was.
+//! them, point them at another server under a given `application_name`, write them back.
+//! Every other keyword (user, password, passfile, sslmode, …) is kept as it was.
 
 /// Why a connection string cannot be re-pointed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -84,13 +84,20 @@ pub fn render(pairs: &[(String, String)]) -> String {
     pairs.iter().map(|(k, v)| format!("{k}='{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))).collect::<Vec<_>>().join(" ")
 }
 
-/// The same connection string aimed at `host:port` (any `hostaddr` is dropped: it would
-/// override the new host).
-pub fn repoint(s: &str, host: &str, port: u16) -> Result<String, ConninfoError> {
-    let mut pairs: Vec<(String, String)> = parse(s)?.into_iter().filter(|(k, _)| k != "host" && k != "hostaddr" && k != "port").collect();
+/// The same connection string aimed at `host:port`, its receiver named `application_name`
+/// (any `hostaddr` is dropped: it would override the new host).
+pub fn repoint(s: &str, host: &str, port: u16, application_name: &str) -> Result<String, ConninfoError> {
+    let mut pairs: Vec<(String, String)> =
+        parse(s)?.into_iter().filter(|(k, _)| k != "host" && k != "hostaddr" && k != "port" && k != "application_name").collect();
     pairs.push(("host".into(), host.into()));
     pairs.push(("port".into(), port.to_string()));
+    pairs.push(("application_name".into(), application_name.into()));
     Ok(render(&pairs))
+}
+
+/// The `application_name` a connection string sets, if any.
+pub fn application_name(s: &str) -> Option<String> {
+    parse(s).ok()?.into_iter().rev().find(|(k, _)| k == "application_name").map(|(_, v)| v)
 }
 
 /// `host:port` of a connection string, for comparing upstreams (defaults as libpq's).
@@ -109,8 +116,12 @@ mod tests {
     #[test]
     fn repoints_keeping_everything_else() {
         let pg = "user=postgres password='pa ss\\'x' channel_binding=prefer host=127.0.0.1 port=55432 sslmode=prefer";
-        let out = repoint(pg, "10.0.0.2", 5433).unwrap();
-        assert_eq!(out, "user='postgres' password='pa ss\\'x' channel_binding='prefer' sslmode='prefer' host='10.0.0.2' port='5433'");
+        let out = repoint(pg, "10.0.0.2", 5433, "pg-b").unwrap();
+        assert_eq!(out, "user='postgres' password='pa ss\\'x' channel_binding='prefer' sslmode='prefer' host='10.0.0.2' port='5433' application_name='pg-b'");
+        assert_eq!(application_name(&out).as_deref(), Some("pg-b"));
+        assert_eq!(application_name(pg), None);
+        let renamed = repoint("host=a application_name=walreceiver port=1", "b", 2, "pg-c").unwrap();
+        assert_eq!(renamed, "host='b' port='2' application_name='pg-c'", "an earlier name is replaced");
         let back = parse(&out).unwrap();
         assert!(back.contains(&("password".into(), "pa ss'x".into())));
         assert_eq!(address(&out), Some(("10.0.0.2".into(), 5433)));
@@ -119,8 +130,8 @@ mod tests {
 
     #[test]
     fn odd_inputs() {
-        assert_eq!(repoint("", "h", 1), Err(ConninfoError::Empty));
-        assert_eq!(repoint("postgresql://u@h/db", "h", 1), Err(ConninfoError::Uri));
+        assert_eq!(repoint("", "h", 1, "n"), Err(ConninfoError::Empty));
+        assert_eq!(repoint("postgresql://u@h/db", "h", 1, "n"), Err(ConninfoError::Uri));
         assert!(matches!(parse("user='x"), Err(ConninfoError::Syntax(_))));
         assert!(matches!(parse("user"), Err(ConninfoError::Syntax(_))));
         assert_eq!(parse(" a = 1  b='' ").unwrap(), vec![("a".into(), "1".into()), ("b".into(), String::new())]);

@@ -1,5 +1,6 @@
 //! What the history records: failovers, recoveries, fences, split brains, switchovers
-//! undone, standbys re-pointed, pauses and maintenance mode.
+//! undone, standbys re-pointed, pauses, maintenance mode and synchronous replication lost
+//! or regained.
 
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +25,13 @@ pub enum EventKind {
     MaintenanceOn,
     /// Maintenance mode ended (turned off, or ran out).
     MaintenanceOff,
+    /// Synchronous mode `on`: no standby can be synchronous; the list is emptied and
+    /// writes go on unprotected.
+    SynchronousUnprotected,
+    /// Synchronous mode `strict`: no standby can be synchronous; writes wait.
+    SynchronousBlocked,
+    /// A standby is synchronous again after one of the two above.
+    SynchronousProtected,
 }
 
 impl EventKind {
@@ -42,6 +50,9 @@ impl EventKind {
             EventKind::Resume => "resume",
             EventKind::MaintenanceOn => "maintenance_on",
             EventKind::MaintenanceOff => "maintenance_off",
+            EventKind::SynchronousUnprotected => "synchronous_unprotected",
+            EventKind::SynchronousBlocked => "synchronous_blocked",
+            EventKind::SynchronousProtected => "synchronous_protected",
         }
     }
 }

@@ -48,6 +48,12 @@ pub(super) enum Command {
         primary: BackendId,
         result: Result<Repointed, OpError>,
     },
+    /// A backend's `synchronous_standby_names` was set (or not).
+    SynchronousSet {
+        i: BackendId,
+        value: Option<String>,
+        result: Result<(), String>,
+    },
     /// The leader's record of a primary (outside a promotion) was written, or not.
     Recorded {
         i: BackendId,

@@ -16,7 +16,9 @@
 //! (the inputs above), `decide` (route, split brain, state), `failover` (a failover's steps
 //! and the trigger), `eligibility` and `reads` (which standby may take over, or serve
 //! reads), `coordination` (the shared view and its rules), `sharing` (etcd's news in, this
-//! proxy's fences, view and records out), `backend`, `settings`.
+//! proxy's fences, view and records out), `choice` (which standby, and the "what if"
+//! answer), `synchronous` (synchronous mode's lists), `repoints`, `switchover`, `backend`,
+//! `settings`.
 //!
 //! A failover ([`InFlight`]) moves through [`Step`]s:
 //! - **Detect fast.** The routed primary reaches `failure_threshold` consecutive *down*
@@ -50,6 +52,13 @@
 //! on its timeline) or, during a failover, is on the lost primary's timeline; after a
 //! failover the others are re-pointed at the new primary ([`Action::Repoint`]).
 //!
+//! The configured policy narrows and orders the choice (`choice`): `nofailover` standbys
+//! are never promoted, `zone_policy` keeps (or prefers) the lost primary's zone, and
+//! `priority` decides between standbys with the same WAL. With `failover.synchronous`, the
+//! machine also owns every server's `synchronous_standby_names` ([`Action::SetSynchronous`],
+//! `synchronous`), and a failover promotes only a standby sure to hold every write the lost
+//! primary acknowledged.
+//!
 //! [`State`], recomputed after every input: `healthy` (primary routed, a standby eligible),
 //! `recovery_in_progress` (a following standby still lags), `failover_complete` (after a
 //! failover until a standby is eligible), `failover_in_progress` (a candidate chosen, or
@@ -64,6 +73,7 @@ use crate::cluster::{DrainRecord, Maintenance, PauseAck, PauseRecord, Scope};
 use super::event::{Event, EventKind};
 
 mod backend;
+mod choice;
 mod coordination;
 mod decide;
 mod drain;
@@ -72,15 +82,21 @@ mod failover;
 mod inflight;
 mod inputs;
 mod reads;
+mod repoints;
 mod settings;
 mod sharing;
+mod switchover;
+mod synchronous;
 
-pub use backend::{Backend, Backends, Repoint};
+pub use backend::{Backend, Backends, Repoint, SyncAsk};
+pub use choice::{Candidates, Choice, Purpose};
 pub use coordination::Coordination;
+pub use eligibility::{Reason, ReasonKind};
 pub use inflight::{Counters, HeldBack, InFlight, Refusal, Started, Step, TriggerRequest};
 pub use reads::ReadStanding;
 pub use settings::Settings;
 pub use sharing::Recording;
+pub use synchronous::{SyncBook, SyncHealth, SyncSet};
 
 /// Seed state names; the numeric codes are `failover_state`'s values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -138,8 +154,10 @@ pub enum Action {
     Route { target: Option<BackendId>, reason: String },
     /// The route stays empty; publish a new reason for it (held clients, `/ready`).
     RouteReason(String),
-    /// Run `pg_promote()` on this backend; report with [`Machine::promoted`].
-    Promote { attempt: u64, backend: BackendId },
+    /// Run `pg_promote()` on this backend; report with [`Machine::promoted`]. With
+    /// `synchronous`, set its `synchronous_standby_names` to that first (synchronous mode:
+    /// what it needs as a primary).
+    Promote { attempt: u64, backend: BackendId, synchronous: Option<String> },
     /// Switchover: make the primary read-only and end its sessions; report its final WAL
     /// position with [`Machine::writes_stopped`].
     StopWrites { attempt: u64, backend: BackendId },
@@ -148,8 +166,12 @@ pub enum Action {
     AwaitReplay { attempt: u64, backend: BackendId, lsn: u64 },
     /// Undo a switchover's [`Action::StopWrites`]; report with [`Machine::writes_allowed`].
     AllowWrites { attempt: u64, backend: BackendId },
-    /// Point a standby's WAL receiver at the primary; report with [`Machine::repointed`].
+    /// Point a standby's WAL receiver at the primary (naming it by its backend name);
+    /// report with [`Machine::repointed`].
     Repoint { standby: BackendId, primary: BackendId },
+    /// Set a backend's `synchronous_standby_names` (`None`: reset it to the server's own
+    /// configuration) and reload; report with [`Machine::synchronous_applied`].
+    SetSynchronous { backend: BackendId, value: Option<String> },
     /// Check this backend now instead of at its next interval.
     CheckNow(BackendId),
     /// Record (and log) a history event.
@@ -248,6 +270,8 @@ pub struct Machine {
     gate: Option<Scope>,
     /// This proxy's answers to the shared pause and drain, for its view.
     acks: Acks,
+    /// Synchronous mode's book on the routed primary's list.
+    sync: SyncBook,
 }
 
 /// This proxy's answers to what the coordinated proxies share (see [`PauseAck`]), and which
@@ -283,7 +307,7 @@ impl Machine {
             })
             .collect();
         Machine {
-            settings,
+            settings: settings.fit(names.len()),
             backends: Backends::new(backends),
             state: State::Unknown,
             route: None,
@@ -302,6 +326,7 @@ impl Machine {
             maintenance: None,
             gate: None,
             acks: Acks::default(),
+            sync: SyncBook::default(),
         }
     }
 

@@ -4,6 +4,7 @@
 //! switchover, re-pointing standbys, history, metrics, the coordinator's writes) and
 //! publishes the [`status`] the admin API serves. The task decides nothing itself.
 
+pub mod candidates;
 pub mod check_error;
 pub mod conninfo;
 pub mod event;
@@ -13,6 +14,7 @@ pub mod machine;
 pub mod observation;
 pub mod operations;
 pub mod probe;
+pub mod standby_names;
 pub mod status;
 pub mod task;
 

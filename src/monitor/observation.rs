@@ -25,6 +25,54 @@ pub struct Observation {
     /// WAL it has not replayed yet, zero when it has replayed all it received (an idle
     /// cluster is not behind); `None` when unknown (nothing replayed yet).
     pub replay_delay: Option<Duration>,
+    /// Its `synchronous_standby_names` (a primary waits for these; on a standby it waits
+    /// for a promotion). `None` when the check did not read it.
+    pub sync_names: Option<String>,
+    /// The standbys streaming from it (`pg_stat_replication`), by `application_name`: who a
+    /// primary can count as synchronous, and who already cascades from a standby.
+    pub senders: Vec<Sender>,
+}
+
+/// One WAL sender of a server: a standby (or a base backup) receiving from it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sender {
+    /// The receiver's `application_name` (pgfailover sets the backend's name).
+    pub name: String,
+    /// `startup`, `catchup`, `streaming`, `backup`, `stopping`.
+    pub state: String,
+    /// `async`, `potential`, `sync` or `quorum`, as the server counts it for its
+    /// `synchronous_standby_names`.
+    pub sync_state: String,
+    /// WAL the receiver has flushed to disk: what a synchronous commit waited for.
+    pub flush_lsn: Option<u64>,
+}
+
+impl Sender {
+    /// Streaming, past its catch-up.
+    pub fn streaming(&self) -> bool {
+        self.state == "streaming"
+    }
+
+    /// The server counts it for its synchronous commits.
+    pub fn synchronous(&self) -> bool {
+        self.sync_state == "sync" || self.sync_state == "quorum"
+    }
+}
+
+/// Reads the check's `json_agg` of `pg_stat_replication` rows (`[name, state, sync_state,
+/// flush_lsn]` each; NULL when there is none). Rows it cannot read are left out.
+pub fn parse_senders(json: Option<&str>) -> Vec<Sender> {
+    let Some(rows) = json.and_then(|j| serde_json::from_str::<Vec<[Option<String>; 4]>>(j).ok()) else { return Vec::new() };
+    rows.into_iter()
+        .filter_map(|[name, state, sync, flush]| {
+            Some(Sender {
+                name: name?,
+                state: state.unwrap_or_default(),
+                sync_state: sync.unwrap_or_default(),
+                flush_lsn: flush.as_deref().and_then(parse_lsn),
+            })
+        })
+        .collect()
 }
 
 /// A standby's WAL receiver: whom it streams from, and on which timeline.
@@ -75,6 +123,16 @@ pub fn format_lsn(lsn: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn senders_are_read_from_json() {
+        let rows = parse_senders(Some(r#"[["pg-b", "streaming", "quorum", "0/3000060"], [null, "startup", null, null], ["x", "catchup", "async", null]]"#));
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0], Sender { name: "pg-b".into(), state: "streaming".into(), sync_state: "quorum".into(), flush_lsn: Some(0x3000060) });
+        assert!(rows[0].streaming() && rows[0].synchronous() && !rows[1].streaming() && !rows[1].synchronous());
+        assert!(parse_senders(None).is_empty());
+        assert!(parse_senders(Some("not json")).is_empty());
+    }
 
     #[test]
     fn lsn_round_trip() {

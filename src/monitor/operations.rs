@@ -61,12 +61,20 @@ pub enum PromoteError {
 }
 
 /// Runs `pg_promote(true, …)` on a standby and returns its first observation as a primary.
-/// A read-only default left behind by a switchover (set with ALTER SYSTEM) is cleared first.
-pub async fn promote(b: &BackendConfig, timeout: Duration, check_timeout: Duration) -> Result<Observation, PromoteError> {
+/// A read-only default left behind by a switchover (set with ALTER SYSTEM) is cleared first,
+/// and `synchronous` (synchronous mode) becomes its `synchronous_standby_names`: it is a
+/// primary's list from its first commit on. Either failing is logged and the promotion goes
+/// on (the monitor sets the list again once it is the primary).
+pub async fn promote(b: &BackendConfig, timeout: Duration, check_timeout: Duration, synchronous: Option<&str>) -> Result<Observation, PromoteError> {
     let tls = check_tls(b).map_err(PromoteError::NotSent)?;
     let client = connect(b, check_timeout, tls, None).await.map_err(PromoteError::NotSent)?;
     if let Err(e) = clear_read_only_leftover(&client, check_timeout).await {
         tracing::warn!(backend = %b.name, error = %e, "could not clear a leftover default_transaction_read_only before promoting");
+    }
+    if let Some(list) = synchronous {
+        if let Err(e) = apply_synchronous(&client, Some(list), check_timeout).await {
+            tracing::warn!(backend = %b.name, error = %e, "could not set synchronous_standby_names before promoting");
+        }
     }
     let secs = timeout.as_secs_f64().ceil().clamp(1.0, i32::MAX as f64) as u64;
     let asked = tokio::time::timeout(Duration::from_secs(secs) + check_timeout, client.simple_query(&format!("SELECT pg_promote(true, {secs})"))).await;
@@ -186,6 +194,48 @@ pub async fn allow_writes(b: &BackendConfig, check_timeout: Duration) -> Result<
     wait_setting(&client, "off", Instant::now() + check_timeout * 4).await
 }
 
+/// Sets `synchronous_standby_names` (`None`: back to the server's own configuration) and
+/// reloads; returns once this session sees the new value, so the postmaster has re-read it.
+pub async fn set_synchronous(b: &BackendConfig, value: Option<&str>, check_timeout: Duration) -> Result<(), OpError> {
+    let client = connect_to(b, check_timeout).await?;
+    apply_synchronous(&client, value, check_timeout).await
+}
+
+async fn apply_synchronous(client: &Client, value: Option<&str>, bound: Duration) -> Result<(), OpError> {
+    match value {
+        Some(v) => {
+            let literal = quote_literal(client, v, bound).await?;
+            query(client, bound, &format!("ALTER SYSTEM SET synchronous_standby_names = {literal}")).await?;
+        }
+        None => {
+            query(client, bound, "ALTER SYSTEM RESET synchronous_standby_names").await?;
+        }
+    }
+    query(client, bound, "SELECT pg_reload_conf()").await?;
+    // After RESET the value in force is the server's own: any change of it shows the reload.
+    let Some(want) = value else { return Ok(()) };
+    let deadline = Instant::now() + bound * 4;
+    loop {
+        let rows = query(client, bound, "SHOW synchronous_standby_names").await?;
+        if first_row(&rows).and_then(|r| r.get(0)) == Some(want) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(CheckError::Protocol(format!("synchronous_standby_names did not become {want:?} after pg_reload_conf()")).into());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// `s` as an SQL literal, quoted by the server (ALTER SYSTEM takes no parameters).
+async fn quote_literal(client: &Client, s: &str, bound: Duration) -> Result<String, CheckError> {
+    let quoted = tokio::time::timeout(bound, client.query_one("SELECT quote_literal($1::text)", &[&s]))
+        .await
+        .map_err(|_| CheckError::Timeout(bound))?
+        .map_err(|e| CheckError::from_postgres(&e))?;
+    Ok(quoted.get(0))
+}
+
 /// Polls a standby until it has replayed up to `target` (bounded by `within`).
 pub async fn await_replay(b: &BackendConfig, target: u64, check_timeout: Duration, within: Duration) -> Result<u64, OpError> {
     let within = within.max(MIN_WAIT);
@@ -215,15 +265,17 @@ pub struct Repointed {
 }
 
 /// Points `standby`'s WAL receiver at `primary`: its `primary_conninfo` gets the primary's
-/// host and port (everything else kept), its replication slot is created on the primary if
-/// missing (slots are not carried over by a promotion), and the configuration is reloaded.
-/// With `recovery_target_timeline = 'latest'` (the default) it then follows the new timeline.
+/// host and port and, as `application_name`, the standby's backend name (so a primary's
+/// `synchronous_standby_names` can name it); everything else is kept. Its replication slot
+/// is created on the primary if missing (slots are not carried over by a promotion), and the
+/// configuration is reloaded. With `recovery_target_timeline = 'latest'` (the default) it
+/// then follows the new timeline.
 pub async fn repoint(standby: &BackendConfig, primary: &BackendConfig, check_timeout: Duration) -> Result<Repointed, OpError> {
     let s = connect_to(standby, check_timeout).await?;
     let setting = |rows: &[tokio_postgres::SimpleQueryMessage]| first_row(rows).and_then(|r| r.get(0)).unwrap_or("").to_string();
     let current = setting(&query(&s, check_timeout, "SHOW primary_conninfo").await?);
     let slot = setting(&query(&s, check_timeout, "SHOW primary_slot_name").await?);
-    let wanted = conninfo::repoint(&current, &primary.host, primary.port)?;
+    let wanted = conninfo::repoint(&current, &primary.host, primary.port, &standby.name)?;
     let slot = (!slot.is_empty()).then_some(slot);
     if let Some(name) = &slot {
         let p = connect_to(primary, check_timeout).await?;
@@ -234,14 +286,9 @@ pub async fn repoint(standby: &BackendConfig, primary: &BackendConfig, check_tim
             .map_err(|_| CheckError::Timeout(check_timeout))?
             .map_err(|e| CheckError::from_postgres(&e))?;
     }
-    let changed = conninfo::address(&current) != conninfo::address(&wanted);
+    let changed = conninfo::address(&current) != conninfo::address(&wanted) || conninfo::application_name(&current) != conninfo::application_name(&wanted);
     if changed {
-        // ALTER SYSTEM takes no parameters: let the server quote the literal.
-        let quoted = tokio::time::timeout(check_timeout, s.query_one("SELECT quote_literal($1::text)", &[&wanted]))
-            .await
-            .map_err(|_| CheckError::Timeout(check_timeout))?
-            .map_err(|e| CheckError::from_postgres(&e))?;
-        let literal: String = quoted.get(0);
+        let literal = quote_literal(&s, &wanted, check_timeout).await?;
         query(&s, check_timeout, &format!("ALTER SYSTEM SET primary_conninfo = {literal}")).await?;
         query(&s, check_timeout, "SELECT pg_reload_conf()").await?;
     }

@@ -23,6 +23,7 @@ use super::observation::{parse_lsn, Observation, Receiver};
 /// receiver columns are NULL when none runs (and for a role without `pg_read_all_stats`).
 /// The last column is a standby's replay delay in ms: the age of its last replayed commit,
 /// but only while it has received WAL it has not replayed (0 when caught up; -1 unknown).
+/// Then its `synchronous_standby_names` and its WAL senders (who streams from it, by name).
 const CHECK_QUERY: &str = "SELECT pg_is_in_recovery(), \
      (SELECT system_identifier FROM pg_control_system())::text, \
      CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END, \
@@ -34,7 +35,9 @@ const CHECK_QUERY: &str = "SELECT pg_is_in_recovery(), \
      r.status, r.received_tli, r.sender_host, r.sender_port, \
      CASE WHEN pg_is_in_recovery() AND pg_last_wal_receive_lsn() > pg_last_wal_replay_lsn() \
           THEN COALESCE(extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000, -1) \
-          ELSE 0 END \
+          ELSE 0 END, \
+     current_setting('synchronous_standby_names'), \
+     (SELECT json_agg(json_build_array(application_name, state, sync_state, flush_lsn::text)) FROM pg_stat_replication) \
      FROM (SELECT 1) AS one LEFT JOIN pg_stat_wal_receiver r ON true";
 
 /// Connects and checks one backend.
@@ -116,6 +119,8 @@ pub(super) async fn observe(client: &Client) -> Result<Observation, CheckError> 
             Some(_) => None,
             None => Some(Duration::ZERO),
         },
+        sync_names: text(11).map(str::to_string),
+        senders: super::observation::parse_senders(text(12)),
     })
 }
 

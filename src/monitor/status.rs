@@ -5,13 +5,13 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::config::{BackendConfig, PromoteMode};
+use crate::config::{BackendConfig, PromoteMode, SyncMode};
 
 use super::check_error::ErrorKind;
 use crate::cluster::{BackendId, MemberView, PrimaryRecord};
 use crate::coord::Figures;
 
-use super::machine::{Coordination, Machine, ReadStanding, State};
+use super::machine::{Coordination, Machine, ReadStanding, State, SyncHealth};
 use super::observation::format_lsn;
 
 fn rfc3339(t: SystemTime) -> String {
@@ -62,6 +62,10 @@ pub struct BackendStatus {
     pub read_lag_ms: Option<f64>,
     /// WAL bytes its replay is behind the primary (standbys that serve reads).
     pub read_lag_bytes: Option<u64>,
+    /// How the routed primary counts it for synchronous commits (`pg_stat_replication`'s
+    /// `sync_state`: `quorum`, `sync`, `potential`, `async`); absent when it does not
+    /// stream from it under its name.
+    pub sync_state: Option<String>,
 }
 
 /// A re-point of a standby at the routed primary.
@@ -121,6 +125,8 @@ pub struct Status {
     /// Coordination through etcd: mode, leader, members and their views, etcd reachable,
     /// last revision (absent when this proxy decides alone).
     pub coordination: Option<CoordStatus>,
+    /// Synchronous mode: what protects the routed primary's writes.
+    pub synchronous: SyncStatus,
     pub updated_at: String,
     /// Every backend in config order (served by `/failover/health`).
     #[serde(skip)]
@@ -128,6 +134,28 @@ pub struct Status {
     /// The digest of the configuration the monitor decides with ([`crate::live`]).
     #[serde(skip)]
     pub config_digest: String,
+    /// "What if the primary died now?" (served by `/failover/candidates`).
+    #[serde(skip)]
+    pub candidates: super::candidates::CandidatesView,
+}
+
+/// Synchronous mode as `/failover/status` shows it.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncStatus {
+    /// `failover.synchronous`.
+    pub mode: SyncMode,
+    /// `failover.synchronous_count`.
+    pub count: u32,
+    /// `off`, `protected`, `unprotected` (`on` emptied the list), `blocked` (`strict`:
+    /// writes wait), `unknown` (no primary routed).
+    pub state: SyncHealth,
+    /// Why it is not protected.
+    pub reason: Option<String>,
+    /// The routed primary's `synchronous_standby_names` as last seen.
+    pub list: Option<String>,
+    /// The standbys it counts as synchronous now (streaming, listed).
+    pub standbys: Vec<String>,
 }
 
 /// What coordination shows (`/failover/status`, metrics): the machine's view of what the
@@ -234,10 +262,25 @@ impl Status {
                 None => MaintenanceStatus::default(),
             },
             coordination: None,
+            synchronous: sync_status(m),
             updated_at: rfc3339(SystemTime::now()),
             backends: records,
             config_digest: String::new(),
+            candidates: super::candidates::CandidatesView::build(m),
         }
+    }
+}
+
+fn sync_status(m: &Machine) -> SyncStatus {
+    let (state, reason) = m.sync_health();
+    let primary = m.route().and_then(|p| m.backends()[p].obs.as_ref());
+    SyncStatus {
+        mode: m.settings().synchronous,
+        count: m.settings().synchronous_count,
+        state,
+        reason: (!reason.is_empty() && matches!(state, SyncHealth::Unprotected | SyncHealth::Blocked)).then(|| reason.to_string()),
+        list: primary.and_then(|o| o.sync_names.clone()),
+        standbys: primary.map(|o| o.senders.iter().filter(|x| x.streaming() && x.synchronous()).map(|x| x.name.clone()).collect()).unwrap_or_default(),
     }
 }
 
@@ -301,5 +344,13 @@ fn backend_status(m: &Machine, cfg: &[BackendConfig], i: BackendId, read: &ReadS
             ReadStanding::Serves { lag_bytes, .. } => Some(*lag_bytes),
             ReadStanding::Not(_) => None,
         },
+        sync_state: sync_state(m, i),
     }
+}
+
+/// How the routed primary counts backend `i` for its synchronous commits.
+pub(super) fn sync_state(m: &Machine, i: BackendId) -> Option<String> {
+    let p = m.route().filter(|p| *p != i)?;
+    let name = &m.backends()[i].name;
+    m.backends()[p].obs.as_ref()?.senders.iter().find(|x| &x.name == name).map(|x| x.sync_state.clone())
 }

@@ -279,6 +279,7 @@ impl MonitorTask {
             Command::Replayed { attempt, i, result } => self.machine.replayed(attempt, i, result, now),
             Command::WritesAllowed { attempt, i, result } => self.machine.writes_allowed(attempt, i, result, now),
             Command::Repointed { standby, primary, result } => self.machine.repointed(standby, primary, result, now),
+            Command::SynchronousSet { i, value, result } => self.machine.synchronous_applied(i, value, result, now),
             Command::Recorded { i, epoch, rev } => self.machine.record_written(i, epoch, rev, now),
             Command::Trigger { req, reply } => {
                 tracing::warn!(who = %req.who, target = req.target.as_deref().unwrap_or("(best standby)"), force = req.force, "manual failover requested");
@@ -366,6 +367,10 @@ impl MonitorTask {
         x.paused.set(if m.paused().is_some() { 1.0 } else { 0.0 });
         x.maintenance.set(if m.maintenance().is_some() { 1.0 } else { 0.0 });
         x.held_sessions.set(self.gate.held() as f64);
+        let (sync, _) = m.sync_health();
+        x.synchronous_unprotected.set(if sync == super::machine::SyncHealth::Unprotected { 1.0 } else { 0.0 });
+        x.synchronous_blocked.set(if sync == super::machine::SyncHealth::Blocked { 1.0 } else { 0.0 });
+        x.synchronous_emptied_total.absolute(m.counters().sync_emptied);
         for (id, b) in m.backends().with_ids() {
             let (i, up) = (id.index(), if b.healthy { 1.0 } else { 0.0 });
             x.backend_healthy[i].set(up);
@@ -379,6 +384,7 @@ impl MonitorTask {
         let mut status = Status::build(m, &self.backends, r.epoch, &r.reason);
         status.coordination = self.coordination_status();
         status.config_digest = self.applied.clone();
+        x.synchronous_standbys.set(status.synchronous.standbys.len() as f64);
         self.coordination_metrics(&status);
         self.status_tx.send_replace(Arc::new(status));
     }

@@ -20,6 +20,18 @@ pub struct Repoint {
     pub outcome: Option<Result<(), String>>,
 }
 
+/// The last change of a backend's `synchronous_standby_names` the machine asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyncAsk {
+    /// The value asked for; `None`: back to the server's own configuration (`RESET`).
+    pub value: Option<String>,
+    /// When it was asked for: one that failed, or that the checks do not show yet, is
+    /// asked again some time later.
+    pub at: Instant,
+    /// When it ended, and how (`None` while running).
+    pub done: Option<(Instant, Result<(), String>)>,
+}
+
 /// Health and facts of one backend.
 #[derive(Clone, Debug)]
 pub struct Backend {
@@ -69,11 +81,16 @@ pub struct Backend {
     pub streamed_timeline: Option<u32>,
     /// A standby without a streaming WAL receiver since.
     pub not_streaming_since: Option<Instant>,
+    /// A standby whose WAL receiver streams, since (the start of the first check that saw
+    /// it): how long the primary has had to list it under its name.
+    pub streaming_since: Option<Instant>,
     /// A standby with received WAL it has not replayed, since (as the checks saw it): its
     /// replay delay when the server cannot say (no commit replayed since it started).
     pub behind_since: Option<Instant>,
     /// The last attempt to point it at the routed primary.
     pub repoint: Option<Repoint>,
+    /// The last change of its `synchronous_standby_names` asked for.
+    pub sync_asked: Option<SyncAsk>,
     /// Set when it was promoted: its first WAL position as a primary (its new timeline began
     /// at or before it). A standby still on the old timeline with more WAL than this has
     /// diverged from it.
@@ -103,8 +120,10 @@ impl Backend {
             success_started: None,
             streamed_timeline: None,
             not_streaming_since: None,
+            streaming_since: None,
             behind_since: None,
             repoint: None,
+            sync_asked: None,
             fork_lsn: None,
         }
     }
@@ -134,8 +153,10 @@ impl Backend {
             }
             if obs.streaming() {
                 self.not_streaming_since = None;
+                self.streaming_since.get_or_insert(started);
             } else {
                 self.not_streaming_since.get_or_insert(now.mono);
+                self.streaming_since = None;
             }
             if obs.replay_delay == Some(std::time::Duration::ZERO) {
                 self.behind_since = None;
@@ -145,6 +166,7 @@ impl Backend {
         } else {
             self.streamed_timeline = None;
             self.not_streaming_since = None;
+            self.streaming_since = None;
             self.behind_since = None;
         }
         self.obs = Some(obs);

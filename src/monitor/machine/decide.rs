@@ -7,7 +7,7 @@ use crate::monitor::event::EventKind;
 
 use crate::cluster::{BackendId, Fence, FenceKind};
 
-use super::{Action, Machine, Now, State, Step, Trigger};
+use super::{Action, Machine, Now, ReasonKind, State, Step, Trigger};
 
 impl Machine {
     /// Re-decides everything after an input. Order matters: fences first (they change who
@@ -42,6 +42,7 @@ impl Machine {
         self.advance(now, acts);
         self.clear_leftover_read_only(now, acts);
         self.plan_repoints(now, acts);
+        self.plan_synchronous(now, acts);
         self.state = self.compute_state();
         if self.state == State::Healthy {
             self.after_failover = false;
@@ -78,7 +79,7 @@ impl Machine {
                     if let Some(f) = self.in_flight.as_mut() {
                         f.step = Step::Promoting { asked: now.mono, pending: false };
                     }
-                    acts.push(Action::Promote { attempt, backend: c });
+                    acts.push(Action::Promote { attempt, backend: c, synchronous: self.start_list(c) });
                 }
             }
             (Step::Cascading { since }, Some(c)) => {
@@ -153,11 +154,6 @@ impl Machine {
             .max_by_key(|i| (self.backends[*i].timeline(), self.route == Some(*i), self.backends[*i].lsn(), Reverse(*i)))
     }
 
-    /// The eligible standby with the most WAL (ties: config order), skipping `excluding`.
-    pub(super) fn best_eligible(&self, excluding: &[BackendId]) -> Option<BackendId> {
-        self.backends.ids().filter(|i| !excluding.contains(i) && self.eligible(*i)).max_by_key(|i| (self.backends[*i].lsn(), Reverse(*i)))
-    }
-
     fn lost_reason(&self, t: BackendId) -> String {
         let b = &self.backends[t];
         if let Some(f) = &b.fence {
@@ -220,7 +216,11 @@ impl Machine {
                 Step::Waiting if !self.confirmed() => {
                     format!("promoting a standby if it stays down for {}", humantime::format_duration(self.settings.promote_after()))
                 }
-                Step::Waiting => format!("no standby can be promoted: {}", self.eligibility_report()),
+                Step::Waiting => {
+                    let since = f.from.and_then(|p| self.backends[p].failing_since);
+                    let wait = self.choose(f.from, super::Purpose::Failover, &f.failed, since).wait.map(|w| format!("{w}; ")).unwrap_or_default();
+                    format!("no standby can be promoted: {wait}{}", self.eligibility_report())
+                }
                 Step::Draining { .. } => "switchover: waiting for open transactions on the old primary to finish".into(),
                 Step::Cutting { .. } => "switchover: the old primary's sessions are ending on every proxy".into(),
                 Step::StoppingWrites => "switchover: stopping writes on the old primary".into(),
@@ -339,7 +339,10 @@ impl Machine {
             State::Healthy
         } else if standbys.iter().any(|i| {
             let b = &self.backends[*i];
-            b.healthy && b.fence.is_none() && self.same_cluster(*i) && self.following(*i, route)
+            // Catching up (or about to be listed as synchronous): it will be eligible by
+            // itself. A policy that excludes it (nofailover, zone) is no recovery.
+            let catching_up = self.reasons(*i, super::Purpose::Failover).iter().all(|r| matches!(r.kind, ReasonKind::Lagging | ReasonKind::NotSynchronous));
+            b.healthy && b.fence.is_none() && self.same_cluster(*i) && self.following(*i, route) && catching_up
         }) {
             State::RecoveryInProgress
         } else if self.after_failover {

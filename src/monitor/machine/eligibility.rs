@@ -1,15 +1,54 @@
-//! Which standby could take over: lag, timelines, whom it follows, and re-pointing the ones
-//! left behind by a failover.
+//! Which standby could take over: lag, timelines, whom it follows, the configured policy,
+//! and every reason one cannot.
 
 use crate::cluster::BackendId;
-use std::time::Duration;
 
 use crate::monitor::observation::format_lsn;
 
-use super::{Action, Machine, Now, Repoint};
+use super::{Machine, Purpose};
 
-/// A failed or ignored re-point is tried again after this.
-const REPOINT_RETRY: Duration = Duration::from_secs(10);
+/// Why a standby cannot be promoted, as a code for programs and a sentence for people.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reason {
+    /// Which rule: what programs (and the tests) look at.
+    pub kind: ReasonKind,
+    /// The sentence people read, with the facts behind it.
+    pub text: String,
+}
+
+impl Reason {
+    fn new(kind: ReasonKind, text: String) -> Reason {
+        Reason { kind, text }
+    }
+}
+
+/// The kinds of [`Reason`] (`/failover/candidates` shows them in snake case).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReasonKind {
+    /// Its checks are turned away (misconfigured, overloaded): its state is unknown.
+    ChecksFail,
+    Unhealthy,
+    Unchecked,
+    NotStandby,
+    OtherCluster,
+    Fenced,
+    /// No WAL receiver streaming from the primary (or from a fenced backend).
+    NotStreaming,
+    WrongTimeline,
+    /// Further behind than `failover.max_lag_bytes`.
+    Lagging,
+    NoPosition,
+    /// `nofailover = true`.
+    NoFailover,
+    /// In another zone than the primary, with `zone_policy = "same_only"`.
+    Zone,
+    /// Synchronous mode: not one of the standbys that may hold every acknowledged write.
+    NotSynchronous,
+    /// Synchronous mode: another synchronous standby has more WAL (only it is sure to hold
+    /// every acknowledged write).
+    BehindSynchronous,
+}
 
 /// The primary a standby must follow to be eligible.
 enum Reference {
@@ -64,43 +103,129 @@ impl Machine {
         b.in_recovery() && b.streaming() && b.timeline() == self.backends[w].timeline() && self.fenced_upstream(s).is_none()
     }
 
+    /// The routed primary `p` lists a standby as streaming under its backend name, caught up
+    /// past the point where `p`'s timeline began: that standby is on `p`'s timeline, even if
+    /// no check of its own saw it streaming there before `p` was lost (its WAL receiver's
+    /// timeline is gone with the connection).
+    pub(super) fn learn_timelines(&mut self, p: BackendId) {
+        let b = &self.backends[p];
+        let Some(obs) = b.obs.as_ref().filter(|o| self.route == Some(p) && !o.in_recovery) else { return };
+        let (tl, fork) = (b.timeline(), b.fork_lsn.unwrap_or(0));
+        let on_it: Vec<BackendId> = obs
+            .senders
+            .iter()
+            .filter(|x| x.streaming() && x.flush_lsn.is_some_and(|f| f >= fork))
+            .filter_map(|x| self.backends.find(&x.name))
+            .filter(|s| *s != p && self.backends[*s].in_recovery() && self.same_cluster(*s))
+            .collect();
+        for s in on_it {
+            let st = &mut self.backends[s].streamed_timeline;
+            *st = (*st).max(Some(tl));
+        }
+    }
+
+    /// Standby `s` follows `p` and, as far as its upstream address tells, streams from `p`
+    /// itself rather than cascading from another configured backend (an address in another
+    /// form than the configured one counts as `p`'s).
+    pub(super) fn streams_from(&self, s: BackendId, p: BackendId) -> bool {
+        let other = self.backends[s].upstream().is_some_and(|up| self.backends.ids().any(|i| i != p && i != s && self.backends[i].address == up));
+        self.following(s, p) && !other
+    }
+
     /// The fenced backend `s` streams from, if its upstream address names one.
-    fn fenced_upstream(&self, s: BackendId) -> Option<BackendId> {
+    pub(super) fn fenced_upstream(&self, s: BackendId) -> Option<BackendId> {
         let up = self.backends[s].upstream()?;
         self.backends.ids().find(|i| *i != s && self.backends[*i].fence.is_some() && !self.backends[*i].address.is_empty() && self.backends[*i].address == up)
     }
 
-    /// Whether backend `i` could be promoted now; `None` = eligible, else why not.
+    /// Whether backend `i` could be promoted automatically now; `None` = eligible, else the
+    /// first reason why not.
     pub fn not_eligible(&self, i: BackendId) -> Option<String> {
+        self.reasons(i, Purpose::Failover).into_iter().next().map(|r| r.text)
+    }
+
+    /// Every reason backend `i` cannot be promoted now for `purpose` (empty: it can).
+    /// Health, role and cluster first; replication (only for a standby of this cluster);
+    /// then the configured policy: `nofailover`, the zone (`same_only`), and with
+    /// `failover.synchronous` (failovers only: a switchover catches up first) whether it
+    /// was synchronous.
+    pub fn reasons(&self, i: BackendId, purpose: Purpose) -> Vec<Reason> {
         let b = &self.backends[i];
+        let mut out = Vec::new();
         if let Some(e) = b.problem() {
-            return Some(format!("checks fail ({}): {e}", e.kind().as_str()));
+            out.push(Reason::new(ReasonKind::ChecksFail, format!("checks fail ({}): {e}", e.kind().as_str())));
+        } else if !b.healthy {
+            let e = b.last_error.as_ref().map(|e| e.to_string()).unwrap_or_else(|| "not checked yet".into());
+            out.push(Reason::new(ReasonKind::Unhealthy, format!("unhealthy ({e})")));
         }
-        if !b.healthy {
-            return Some(format!("unhealthy ({})", b.last_error.as_ref().map(|e| e.to_string()).unwrap_or_else(|| "not checked yet".into())));
-        }
-        let Some(obs) = &b.obs else { return Some("not checked yet".into()) };
-        if !obs.in_recovery {
-            return Some("not a standby (reports not-in-recovery)".into());
-        }
-        if Some(obs.system_identifier) != self.system_identifier {
-            return Some("belongs to another cluster (system identifier differs)".into());
-        }
-        if let Some(f) = &b.fence {
-            return Some(format!("fenced: {}", f.reason));
-        }
-        match self.reference() {
-            Reference::Routed(w) if !self.following(i, w) => return Some(self.not_following(i, w)),
-            Reference::Lost(tl) if b.timeline() != tl => {
-                return Some(format!("on timeline {}, while the lost primary was on timeline {tl}: it was not following it", b.timeline()));
+        match &b.obs {
+            None => out.push(Reason::new(ReasonKind::Unchecked, "not checked yet".into())),
+            Some(obs) if !obs.in_recovery => out.push(Reason::new(ReasonKind::NotStandby, "not a standby (reports not-in-recovery)".into())),
+            Some(obs) if Some(obs.system_identifier) != self.system_identifier => {
+                out.push(Reason::new(ReasonKind::OtherCluster, "belongs to another cluster (system identifier differs)".into()))
             }
-            _ => {}
+            // Checks that fail leave an old observation: its replication facts are stale.
+            Some(_) if !b.healthy => {}
+            Some(obs) => {
+                if let Some(f) = &b.fence {
+                    out.push(Reason::new(ReasonKind::Fenced, format!("fenced: {}", f.reason)));
+                }
+                match self.reference() {
+                    Reference::Routed(w) if !self.following(i, w) => {
+                        let kind = if b.timeline() != self.backends[w].timeline() { ReasonKind::WrongTimeline } else { ReasonKind::NotStreaming };
+                        out.push(Reason::new(kind, self.not_following(i, w)));
+                    }
+                    Reference::Lost(tl) if b.timeline() != tl => out.push(Reason::new(
+                        ReasonKind::WrongTimeline,
+                        format!("on timeline {}, while the lost primary was on timeline {tl}: it was not following it", b.timeline()),
+                    )),
+                    _ => {}
+                }
+                match self.lag_bytes(i) {
+                    Some(lag) if lag > self.settings.max_lag_bytes => {
+                        out.push(Reason::new(ReasonKind::Lagging, format!("lag {lag} bytes exceeds max_lag_bytes {}", self.settings.max_lag_bytes)))
+                    }
+                    None if obs.lsn().is_none() => out.push(Reason::new(ReasonKind::NoPosition, "reports no WAL position".into())),
+                    _ => {}
+                }
+            }
         }
-        match self.lag_bytes(i) {
-            Some(lag) if lag > self.settings.max_lag_bytes => Some(format!("lag {lag} bytes exceeds max_lag_bytes {}", self.settings.max_lag_bytes)),
-            None if obs.lsn().is_none() => Some("reports no WAL position".into()),
-            _ => None,
+        if b.fence.is_some() && !out.iter().any(|r| r.kind == ReasonKind::Fenced) {
+            out.push(Reason::new(ReasonKind::Fenced, format!("fenced: {}", b.fence.as_ref().map(|f| f.reason.as_str()).unwrap_or_default())));
         }
+        let from = self.reference_primary();
+        if self.settings.policy(i).nofailover {
+            out.push(Reason::new(ReasonKind::NoFailover, "nofailover = true: pgfailover never promotes it".into()));
+        }
+        if let Some(why) = from.filter(|p| *p != i).and_then(|p| self.zone_refusal(i, p)) {
+            out.push(Reason::new(ReasonKind::Zone, why));
+        }
+        if purpose == Purpose::Failover {
+            if let Some(why) = self.not_synchronous(i) {
+                out.push(Reason::new(ReasonKind::NotSynchronous, why));
+            }
+        }
+        out
+    }
+
+    /// Why an operator's trigger naming `i` is refused, if it is: as [`Machine::reasons`],
+    /// but the zone policy is the operator's to override by naming, and `force` accepts a
+    /// standby that was not synchronous (the loss that may come with it).
+    pub(super) fn named_refusal(&self, i: BackendId, switchover: bool, force: bool) -> Option<String> {
+        let purpose = if switchover { Purpose::Switchover } else { Purpose::Failover };
+        self.reasons(i, purpose).into_iter().find(|r| r.kind != ReasonKind::Zone && !(force && r.kind == ReasonKind::NotSynchronous)).map(|r| {
+            if r.kind == ReasonKind::NotSynchronous {
+                format!("{}; add \"force\": true to promote it anyway (writes the primary acknowledged may be lost)", r.text)
+            } else {
+                r.text
+            }
+        })
+    }
+
+    /// The primary the standbys are judged against: the routed one, or the one a running
+    /// failover lost.
+    pub(super) fn reference_primary(&self) -> Option<BackendId> {
+        self.route.or_else(|| self.in_flight.as_ref().and_then(|f| f.from))
     }
 
     /// Why standby `s` does not follow the routed primary `w`, with what the proxy did
@@ -153,44 +278,6 @@ impl Machine {
             "no standbys are configured".into()
         } else {
             parts.join("; ")
-        }
-    }
-
-    /// After a failover (or whenever a standby stops following), points standbys at the
-    /// routed primary: at once when a standby is on another timeline, after three intervals
-    /// without streaming otherwise; again every [`REPOINT_RETRY`] while it still does not
-    /// follow.
-    pub(super) fn plan_repoints(&mut self, now: Now, acts: &mut Vec<Action>) {
-        if !self.settings.repoint_standbys || !self.may_promote() || self.in_flight.is_some() {
-            return;
-        }
-        let Some(w) = self.route else { return };
-        // Only a primary known to be the only one is followed: every backend checked, no
-        // other writable server of the cluster answering.
-        let all_checked = self.backends.iter().all(|b| b.last_check.is_some());
-        let another = self.backends.ids().any(|i| i != w && self.backends[i].fresh() && self.backends[i].claims_primary() && self.same_cluster(i));
-        if !all_checked || another {
-            return;
-        }
-        let stalled_after = self.settings.interval * 3;
-        for s in self.backends.ids().filter(|s| *s != w) {
-            let b = &self.backends[s];
-            if !(b.fresh() && b.healthy && b.in_recovery() && self.same_cluster(s) && b.fence.is_none()) || self.following(s, w) {
-                continue;
-            }
-            // Never towards a lower timeline: a standby ahead of the routed primary means
-            // the route is the stale one.
-            if b.timeline() > self.backends[w].timeline() {
-                continue;
-            }
-            let other_timeline = b.timeline() != self.backends[w].timeline();
-            let stalled = b.not_streaming_since.is_some_and(|t| now.mono.saturating_duration_since(t) >= stalled_after);
-            let recent = b.repoint.as_ref().is_some_and(|r| r.primary == w && now.mono.saturating_duration_since(r.at) < REPOINT_RETRY);
-            if !(other_timeline || stalled || self.fenced_upstream(s).is_some()) || recent {
-                continue;
-            }
-            self.backends[s].repoint = Some(Repoint { primary: w, at: now.mono, outcome: None });
-            acts.push(Action::Repoint { standby: s, primary: w });
         }
     }
 }

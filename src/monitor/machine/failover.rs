@@ -3,7 +3,7 @@
 
 use crate::config::PromoteMode;
 use crate::monitor::event::EventKind;
-use crate::monitor::operations::{OpError, PromoteError};
+use crate::monitor::operations::PromoteError;
 
 use crate::cluster::{BackendId, Fence, FenceKind};
 
@@ -35,6 +35,7 @@ impl Machine {
             failed: Vec::new(),
             unreached: Vec::new(),
             held_back: None,
+            note: None,
         });
         // Published (once, with its reason) at the end of the evaluation.
         self.route = None;
@@ -91,8 +92,21 @@ impl Machine {
         let mut excluded = f.failed.clone();
         excluded.extend(f.unreached.iter().filter(|(i, at)| self.backends[*i].success_started.is_none_or(|s| s <= *at)).map(|(i, _)| *i));
         let from = f.from;
-        let Some(c) = self.best_eligible(&excluded) else { return };
+        let since = from.and_then(|p| self.backends[p].failing_since);
+        let choice = self.choose(from, super::Purpose::Failover, &excluded, since);
+        let Some(c) = choice.to else {
+            if let Some(wait) = choice.wait.filter(|_| f.held_back != Some(HeldBack::Synchronous)) {
+                tracing::warn!(%wait, "failover waits");
+                if let Some(f) = self.in_flight.as_mut() {
+                    f.held_back = Some(HeldBack::Synchronous);
+                }
+            }
+            return;
+        };
         if self.corroborated(from, c) {
+            if let Some(f) = self.in_flight.as_mut() {
+                f.note = choice.note;
+            }
             self.begin_promotion(c, now, acts);
         } else if f.held_back != Some(HeldBack::Candidate(c)) {
             tracing::warn!(
@@ -169,8 +183,9 @@ impl Machine {
         if let Some(p) = from {
             self.fence_old(p, &trigger, &reason, now, acts);
         }
-        tracing::warn!(standby = %self.backends[c].name, "promoting standby");
-        acts.push(Action::Promote { attempt, backend: c });
+        let synchronous = self.start_list(c);
+        tracing::warn!(standby = %self.backends[c].name, synchronous_standby_names = synchronous.as_deref().unwrap_or("(as it is)"), "promoting standby");
+        acts.push(Action::Promote { attempt, backend: c, synchronous });
     }
 
     /// Fences the old primary (unless demoted or fenced already).
@@ -209,7 +224,11 @@ impl Machine {
         }
         // A switchover promoted only after the candidate replayed the final position.
         let distance = if f.switchover { Some(0) } else { f.from_lsn.zip(to_lsn).map(|(a, b)| a.saturating_sub(b)) };
-        let mut ev = self.event(now, EventKind::Failover, f.from, Some(w), f.reason.clone(), f.trigger.clone());
+        let reason = match &f.note {
+            Some(note) if !f.switchover => format!("{}; {note}", f.reason),
+            _ => f.reason.clone(),
+        };
+        let mut ev = self.event(now, EventKind::Failover, f.from, Some(w), reason, f.trigger.clone());
         if let Action::Record(e) = &mut ev {
             e.duration_ms = Some(duration.as_millis() as u64);
             e.wal_distance_bytes = distance;
@@ -321,12 +340,12 @@ impl Machine {
                 return Err(Refusal::Conflict(format!("a failover is already in progress ({what})")));
             }
         }
-        let candidate = self.pick(req.target.as_deref())?;
-        let mut acts = Vec::new();
-        let reason = format!("manual failover requested by {}", req.who);
         // A routed primary is switched over, not failed over, even if its latest check
         // failed: it may be writable, and promoting beside it would lose its writes.
         let healthy_primary = self.in_flight.is_none() && self.route.is_some_and(|p| self.keepable(p));
+        let (candidate, note) = self.pick(req.target.as_deref(), healthy_primary && !req.force, req.force)?;
+        let mut acts = Vec::new();
+        let reason = format!("manual failover requested by {}", req.who);
         if let Some(f) = self.in_flight.as_mut() {
             f.trigger = Trigger::Manual(req.who.clone());
             f.manual = true;
@@ -337,6 +356,7 @@ impl Machine {
         let switchover = healthy_primary && !req.force;
         let f = self.in_flight.as_mut().expect("started above");
         let attempt = f.attempt;
+        f.note = note;
         if switchover {
             f.switchover = true;
             f.to = Some(candidate);
@@ -348,146 +368,36 @@ impl Machine {
         Ok((Started { attempt, to: self.backends[candidate].name.clone(), switchover }, acts))
     }
 
-    /// The trigger's candidate: the named one if eligible, else the best eligible.
-    fn pick(&self, target: Option<&str>) -> Result<BackendId, Refusal> {
+    /// The trigger's candidate: the named one unless a reason stands against it (see
+    /// [`Machine::named_refusal`]), else the best by the automatic rule; with the choice's
+    /// note (synchronous mode).
+    fn pick(&self, target: Option<&str>, switchover: bool, force: bool) -> Result<(BackendId, Option<String>), Refusal> {
         match target {
             Some(name) => {
                 let i = self.index(name)?;
                 if self.route == Some(i) {
                     return Err(Refusal::Conflict(format!("{name} is already the primary")));
                 }
-                match self.not_eligible(i) {
+                match self.named_refusal(i, switchover, force) {
                     Some(why) => Err(Refusal::Conflict(format!("{name} cannot be promoted: {why}"))),
-                    None => Ok(i),
+                    None => Ok((i, None)),
                 }
             }
             None => {
-                let excluded: Vec<BackendId> = self.in_flight.as_ref().map(|f| f.failed.clone()).unwrap_or_default();
-                self.best_eligible(&excluded).ok_or_else(|| Refusal::Conflict(format!("no standby is eligible for promotion: {}", self.eligibility_report())))
-            }
-        }
-    }
-
-    /// Switchover: the old primary refuses writes and its final position is known, or
-    /// stopping failed (then everything is undone).
-    pub(super) fn after_stop_writes(&mut self, p: BackendId, result: Result<u64, OpError>, now: Now, acts: &mut Vec<Action>) {
-        let name = self.backends[p].name.clone();
-        match result {
-            Ok(lsn) => {
-                let Some(f) = self.in_flight.as_mut() else { return };
-                let Some(c) = f.to else { return };
-                f.step = Step::CatchingUp { lsn };
-                f.from_lsn = Some(lsn);
-                f.to_lsn = Some(lsn);
-                let attempt = f.attempt;
-                tracing::info!(primary = %name, final_lsn = %crate::monitor::observation::format_lsn(lsn), "switchover: writes stopped; waiting for the standby to replay up to the final position");
-                acts.push(Action::AwaitReplay { attempt, backend: c, lsn });
-            }
-            Err(e) => self.undo(Outcome::Failed(format!("stopping writes on {name} failed: {e}; switchover undone")), now, acts),
-        }
-    }
-
-    /// Switchover: the candidate replayed everything the old primary wrote (promote it),
-    /// or could not in time (undo).
-    pub(super) fn after_catch_up(&mut self, c: BackendId, result: Result<u64, OpError>, now: Now, acts: &mut Vec<Action>) {
-        match result {
-            Ok(_) => {
-                let others = self.cascade_candidates(c);
-                if others.is_empty() || !self.settings.repoint_standbys {
-                    return self.begin_promotion(c, now, acts);
-                }
-                if let Some(f) = self.in_flight.as_mut() {
-                    f.step = Step::Cascading { since: now.mono };
-                }
-                for s in others {
-                    tracing::info!(standby = %self.backends[s].name, upstream = %self.backends[c].name, "switchover: the standby will stream from the candidate");
-                    self.backends[s].repoint = Some(super::Repoint { primary: c, at: now.mono, outcome: None });
-                    acts.push(Action::Repoint { standby: s, primary: c });
+                let (excluded, from) = match &self.in_flight {
+                    Some(f) => (f.failed.clone(), f.from),
+                    None => (Vec::new(), self.route),
+                };
+                let purpose = if switchover { super::Purpose::Switchover } else { super::Purpose::Failover };
+                let choice = self.choose(from, purpose, &excluded, None);
+                match choice.to {
+                    Some(c) => Ok((c, choice.note)),
+                    None => {
+                        let wait = choice.wait.map(|w| format!("{w}; ")).unwrap_or_default();
+                        Err(Refusal::Conflict(format!("no standby is eligible for promotion: {wait}{}", self.eligibility_report())))
+                    }
                 }
             }
-            Err(e) => {
-                let old = self.in_flight.as_ref().and_then(|f| f.from).map(|p| self.backends[p].name.clone()).unwrap_or_default();
-                let reason = format!("{} did not catch up: {e}; switchover undone, {old} stays primary and nothing was lost", self.backends[c].name);
-                self.undo(Outcome::Aborted(reason), now, acts);
-            }
-        }
-    }
-
-    /// Standbys (other than the candidate) that should stream from the candidate before it
-    /// is promoted.
-    pub(super) fn cascade_candidates(&self, c: BackendId) -> Vec<BackendId> {
-        let from = self.in_flight.as_ref().and_then(|f| f.from);
-        self.backends
-            .ids()
-            .filter(|s| *s != c && Some(*s) != from)
-            .filter(|s| {
-                let b = &self.backends[*s];
-                b.healthy && b.in_recovery() && self.same_cluster(*s) && b.fence.is_none()
-            })
-            .collect()
-    }
-
-    /// Switchover: promotes the candidate once every other standby streams from it (or its
-    /// re-point failed, or the wait is over: it may then need rebuilding, which its status
-    /// will say).
-    pub(super) fn after_cascade(&mut self, c: BackendId, since: std::time::Instant, now: Now, acts: &mut Vec<Action>) {
-        let addr = self.backends[c].address.clone();
-        let pending: Vec<BackendId> = self
-            .cascade_candidates(c)
-            .into_iter()
-            .filter(|s| {
-                let b = &self.backends[*s];
-                let done = b.streaming() && b.upstream() == Some(addr.as_str());
-                let failed = matches!(b.repoint.as_ref().map(|r| &r.outcome), Some(Some(Err(_))));
-                !done && !failed
-            })
-            .collect();
-        let waited = now.mono.saturating_duration_since(since);
-        if !pending.is_empty() && waited < self.settings.switchover_wait.max(crate::monitor::operations::MIN_WAIT) {
-            return;
-        }
-        if !pending.is_empty() {
-            let names: Vec<&str> = pending.iter().map(|s| self.backends[*s].name.as_str()).collect();
-            tracing::warn!(standbys = %names.join(", "), "switchover: promoting although these standbys do not stream from the candidate yet");
-        }
-        self.begin_promotion(c, now, acts);
-    }
-
-    /// Undoes a switchover: the old primary is made writable again; once it is, it gets the
-    /// route back ([`finish_undo`](Self::finish_undo)).
-    pub(super) fn undo(&mut self, outcome: Outcome, _now: Now, acts: &mut Vec<Action>) {
-        let Some(f) = self.in_flight.as_mut() else { return };
-        let Some(p) = f.from else {
-            self.in_flight = None;
-            return;
-        };
-        let reason = match &outcome {
-            Outcome::Aborted(r) | Outcome::Failed(r) => r.clone(),
-            Outcome::Completed { .. } => String::new(),
-        };
-        tracing::warn!(%reason, "switchover undone");
-        f.step = Step::Undoing { outcome };
-        acts.push(Action::AllowWrites { attempt: f.attempt, backend: p });
-    }
-
-    /// The old primary accepts writes again (or could not be reached): the switchover is
-    /// over; its fence (if any) is lifted and the next evaluation routes to it.
-    pub(super) fn finish_undo(&mut self, now: Now, acts: &mut Vec<Action>) {
-        let Some(f) = self.in_flight.take() else { return };
-        let Step::Undoing { outcome } = f.step else { return };
-        let reason = match &outcome {
-            Outcome::Aborted(r) | Outcome::Failed(r) => r.clone(),
-            Outcome::Completed { .. } => String::new(),
-        };
-        if let Some(p) = f.from {
-            if matches!(self.backends[p].fence, Some(Fence { kind: FenceKind::Superseded, .. })) {
-                self.backends[p].fence = None;
-                acts.push(self.event(now, EventKind::Unfence, Some(p), None, reason.clone(), f.trigger.clone()));
-            }
-        }
-        acts.push(self.event(now, EventKind::SwitchoverAborted, f.from, f.to, reason, f.trigger.clone()));
-        if f.manual {
-            acts.push(Action::Concluded { attempt: f.attempt, outcome });
         }
     }
 }

@@ -69,6 +69,9 @@ pub struct InFlight {
     pub unreached: Vec<(BackendId, Instant)>,
     /// Why the choice of a candidate waits, as last logged (logged once per reason).
     pub held_back: Option<HeldBack>,
+    /// Synchronous mode: why the candidate holds every acknowledged write (its history
+    /// event says so).
+    pub note: Option<String>,
 }
 
 /// Why a failover's choice of a candidate waits.
@@ -78,6 +81,9 @@ pub enum HeldBack {
     Quorum,
     /// This candidate's answers do not yet show the old primary is the one that is down.
     Candidate(BackendId),
+    /// Synchronous mode: not enough synchronous standbys answer, or the one with the most
+    /// WAL cannot be promoted.
+    Synchronous,
 }
 
 /// Counters reported by the API and metrics.
@@ -91,6 +97,8 @@ pub struct Counters {
     pub check_failures: u64,
     /// Split brains resolved by fencing one side.
     pub split_brains: u64,
+    /// Synchronous mode `on`: times the primary's list was emptied (no standby left).
+    pub sync_emptied: u64,
 }
 
 /// Why a manual trigger cannot be carried out (HTTP 409, or 400 for an unknown name).

@@ -28,6 +28,7 @@ impl Machine {
                     self.counters.recoveries += 1;
                     acts.push(self.event(now, EventKind::Recovery, Some(i), None, "health checks succeed again".into(), Trigger::Automatic));
                 }
+                self.learn_timelines(i);
             }
             Err(e) => {
                 self.counters.check_failures += 1;
@@ -103,7 +104,8 @@ impl Machine {
                 let slot = r.slot.as_deref().map(|s| format!(", replication slot {s} ensured on {p}")).unwrap_or_default();
                 let what = if r.changed { "primary_conninfo now names" } else { "primary_conninfo already named" };
                 tracing::info!(standby = %s, primary = %p, changed = r.changed, "re-pointed standby");
-                acts.push(self.event(now, EventKind::Repoint, Some(standby), Some(primary), format!("{what} {p}{slot}"), Trigger::Automatic));
+                let reason = format!("{what} {p}, application_name {s}{slot}");
+                acts.push(self.event(now, EventKind::Repoint, Some(standby), Some(primary), reason, Trigger::Automatic));
                 Ok(())
             }
             Err(e) => {
@@ -122,7 +124,7 @@ impl Machine {
 
     /// A reload's settings (and `failover.quorum`), from the next decision on.
     pub fn reload(&mut self, settings: Settings, majority: bool, now: Now) -> Vec<Action> {
-        self.settings = settings;
+        self.settings = settings.fit(self.backends.len());
         if let Some(c) = self.coord.as_mut() {
             c.majority = majority;
         }

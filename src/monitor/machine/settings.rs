@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::config::PromoteMode;
+use crate::config::{PromoteMode, PromotionPolicy, SyncMode, ZonePolicy};
 
 /// The parts of the configuration the decisions depend on.
 #[derive(Clone, Debug)]
@@ -30,6 +30,14 @@ pub struct Settings {
     pub read: crate::config::ReadConfig,
     /// `failover.drain_timeout`: how long a switchover waits for open transactions.
     pub drain_timeout: Duration,
+    /// `failover.synchronous`: whether the machine manages `synchronous_standby_names`.
+    pub synchronous: SyncMode,
+    /// `failover.synchronous_count`: the most standbys a commit waits for.
+    pub synchronous_count: u32,
+    /// `failover.zone_policy`.
+    pub zone_policy: ZonePolicy,
+    /// Each backend's `priority`, `nofailover` and `zone`, in config order.
+    pub policies: Vec<PromotionPolicy>,
 }
 
 impl Settings {
@@ -45,7 +53,22 @@ impl Settings {
             drain_timeout: cfg.failover.drain_timeout,
             promote_timeout: cfg.failover.promote_timeout,
             read: cfg.read.clone(),
+            synchronous: cfg.failover.synchronous,
+            synchronous_count: cfg.failover.synchronous_count,
+            zone_policy: cfg.failover.zone_policy,
+            policies: cfg.backends().into_iter().map(|b| b.policy).collect(),
         }
+    }
+
+    /// Backend `i`'s promotion policy (the machine keeps one per backend).
+    pub fn policy(&self, i: crate::cluster::BackendId) -> &PromotionPolicy {
+        &self.policies[i.index()]
+    }
+
+    /// One policy per backend: the default for those the settings leave out.
+    pub(super) fn fit(mut self, backends: usize) -> Settings {
+        self.policies.resize(backends, PromotionPolicy::default());
+        self
     }
 
     /// How long the primary must fail without interruption before a standby is promoted.

@@ -10,7 +10,9 @@ use crate::monitor::operations::{OpError, PromoteError, Repointed};
 mod coordinated;
 mod drain;
 mod failover;
+mod policy;
 mod safety;
+mod synchronous;
 
 const SYSID: u64 = 7_000_000_000_000_000_001;
 
@@ -27,6 +29,11 @@ fn settings(promote: PromoteMode) -> Settings {
         read: crate::config::Config::default().read,
         // No drain: a switchover stops writes at once (tests/drain.rs covers the drain).
         drain_timeout: Duration::ZERO,
+        synchronous: crate::config::SyncMode::Off,
+        synchronous_count: 1,
+        zone_policy: crate::config::ZonePolicy::PreferSame,
+        // One default policy per backend (the machine fits the list to its backends).
+        policies: Vec::new(),
     }
 }
 
@@ -46,6 +53,8 @@ fn primary(lsn: u64, tl: u32) -> Observation {
         response_time: Duration::from_millis(2),
         receiver: None,
         replay_delay: None,
+        sync_names: Some(String::new()),
+        senders: Vec::new(),
     }
 }
 
@@ -61,6 +70,8 @@ fn standby(lsn: u64, tl: u32) -> Observation {
         response_time: Duration::from_millis(2),
         receiver: Some(Receiver { status: "streaming".into(), timeline: Some(tl), upstream: None }),
         replay_delay: Some(Duration::ZERO),
+        sync_names: Some(String::new()),
+        senders: Vec::new(),
     }
 }
 

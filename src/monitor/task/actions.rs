@@ -51,7 +51,7 @@ impl MonitorTask {
             Action::RouteReason(reason) => {
                 self.route.set(None, &reason);
             }
-            Action::Promote { attempt, backend: i } => {
+            Action::Promote { attempt, backend: i, synchronous } => {
                 let b = self.backends[i.index()].clone();
                 let failed = Command::Promoted { attempt, i, result: Err(PromoteError::Pending(TASK_FAILED.into())) };
                 // Coordinated: the fencing-token transaction records the decision first; no
@@ -64,7 +64,7 @@ impl MonitorTask {
                                 return Command::Promoted { attempt, i, result: Err(PromoteError::NotAllowed(why)) };
                             }
                         }
-                        Command::Promoted { attempt, i, result: operations::promote(&b, pt, ct).await }
+                        Command::Promoted { attempt, i, result: operations::promote(&b, pt, ct, synchronous.as_deref()).await }
                     },
                     failed,
                 );
@@ -115,6 +115,24 @@ impl MonitorTask {
                 tracing::info!(standby = %s.name, primary = %p.name, "re-pointing standby at the primary");
                 let failed = Command::Repointed { standby, primary, result: Err(task_failed()) };
                 self.run_op(async move { Command::Repointed { standby, primary, result: operations::repoint(&s, &p, ct).await } }, failed);
+            }
+            Action::SetSynchronous { backend: i, value } => {
+                let b = self.backends[i.index()].clone();
+                let failed = Command::SynchronousSet { i, value: value.clone(), result: Err(TASK_FAILED.into()) };
+                // Coordinated: only while this proxy still holds the leadership.
+                let coord = self.coord.clone();
+                self.run_op(
+                    async move {
+                        if let Some(c) = coord {
+                            if let Err(why) = c.confirm_leadership().await {
+                                return Command::SynchronousSet { i, value, result: Err(format!("not allowed: {why}")) };
+                            }
+                        }
+                        let result = operations::set_synchronous(&b, value.as_deref(), ct).await.map_err(|e| e.to_string());
+                        Command::SynchronousSet { i, value, result }
+                    },
+                    failed,
+                );
             }
             Action::CheckNow(i) => {
                 if let Some(p) = self.probe_now.get(i.index()) {
