@@ -92,7 +92,7 @@ fn main() -> ExitCode {
         }
     };
     let cli = Cli::parse();
-    raise_open_file_limit();
+    run::raise_open_file_limit();
     let overrides = Overrides {
         listen: cli.listen,
         listen_ro: cli.listen_ro,
@@ -111,7 +111,7 @@ fn main() -> ExitCode {
         Some(Cmd::Status { admin: Some(url), candidates }) => {
             // The token from wherever the configuration would take it (file, variables); a
             // configuration that does not load leaves none.
-            let token = Config::load(cli.config.as_deref(), &process_env, &overrides).ok().and_then(reading_token);
+            let token = Config::load(cli.config.as_deref(), &process_env, &overrides).ok().and_then(status::reading_token);
             return status::main(url, token.as_ref(), *candidates);
         }
         Some(Cmd::Health { admin: Some(url) }) => return status::health(url),
@@ -125,7 +125,9 @@ fn main() -> ExitCode {
         }
     };
     match &cli.command {
-        Some(Cmd::Status { candidates, .. }) => return status::main(&format!("http://{}", cfg.admin_listen), reading_token(cfg.clone()).as_ref(), *candidates),
+        Some(Cmd::Status { candidates, .. }) => {
+            return status::main(&format!("http://{}", cfg.admin_listen), status::reading_token(cfg.clone()).as_ref(), *candidates)
+        }
         Some(Cmd::Health { .. }) => return status::health(&format!("http://{}", cfg.admin_listen)),
         _ => {}
     }
@@ -140,20 +142,4 @@ fn main() -> ExitCode {
         tracing::info!(sockets = inherited.leftover().len(), "listening sockets inherited from systemd (LISTEN_FDS)");
     }
     run::until_signal(cfg, logs, Some(Source { file: cli.config.clone(), overrides, inherited }), |_| {})
-}
-
-/// The token `pgfailover status` reads with: the read token, else the admin token.
-fn reading_token(cfg: Config) -> Option<pgfailover::config::Secret> {
-    cfg.admin_read_token.or(cfg.admin_token)
-}
-
-/// Two descriptors per client: use all the open files the hard limit allows (the default
-/// `proxy.max_client_connections` is derived from it).
-fn raise_open_file_limit() {
-    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
-    let lim = getrlimit(Resource::Nofile);
-    // `None` is unlimited.
-    if lim.current.unwrap_or(u64::MAX) < lim.maximum.unwrap_or(u64::MAX) {
-        let _ = setrlimit(Resource::Nofile, Rlimit { current: lim.maximum, maximum: lim.maximum });
-    }
 }

@@ -235,11 +235,17 @@ async fn secret_files_others_can_read_are_reported_at_check_start_and_reload() {
     // `nobody`'s file, however private: that user can change the password pgfailover uses.
     let foreign = write("foreign-password", "foreign-value\n", 0o600);
     chown(&foreign, NOBODY);
-    let cfg = no_backend().set("", "admin_token_file", token.to_str().unwrap()).set("", "admin_read_token", "inline-read-value").set(
-        "primary",
-        "password_file",
-        private.to_str().unwrap(),
-    );
+    // The TLS key under termination, left readable by everyone (as `openssl` may leave it).
+    let pki = certs::Pki::new("security");
+    let leaf = pki.leaf("proxy", "localhost", &["DNS:localhost"]);
+    chmod(&leaf.key, 0o644);
+    let cfg = no_backend()
+        .set("", "admin_token_file", token.to_str().unwrap())
+        .set("", "admin_read_token", "inline-read-value")
+        .set("primary", "password_file", private.to_str().unwrap())
+        .set("tls", "mode", "terminate")
+        .set("tls", "cert_file", leaf.chain.to_str().unwrap())
+        .set("tls", "key_file", leaf.key.to_str().unwrap());
     site.write(&cfg);
     chmod(&site.config_path(), 0o644);
     let env = [("DB_PASSWORD_FILE", foreign.to_str().unwrap())];
@@ -253,6 +259,7 @@ async fn secret_files_others_can_read_are_reported_at_check_start_and_reload() {
         format!("{0} (it holds admin_read_token): {0}: every other user can read it (mode 0644", config.display()),
         format!("{}: admin_token_file: {}: every other user can read it (mode 0644", config.display(), token.display()),
         format!("environment: DB_PASSWORD_FILE: {}: belongs to another user (uid {NOBODY}), who can change it (mode 0600", foreign.display()),
+        format!("{}: tls.key_file: {}: every other user can read it (mode 0644", config.display(), leaf.key.display()),
     ];
     for e in &expected {
         assert!(stderr.contains(&format!("pgfailover: warning: {e}")), "{e:?} not in {stderr}");
@@ -271,6 +278,7 @@ async fn secret_files_others_can_read_are_reported_at_check_start_and_reload() {
 
     // Fixed on disk, then a reload: reported as they are now.
     chmod(&token, 0o600);
+    chmod(&leaf.key, 0o600);
     chown(&foreign, 0);
     chmod(&site.config_path(), 0o600);
     let before = p.log().len();

@@ -62,6 +62,7 @@ pub fn run(dir: &Path) {
             let t = &all[ti];
             let cpu0 = t.pid.map(targets::cpu_seconds);
             let (busy0, total0) = machine_jiffies();
+            let failovers_before = targets::failover_counts(&all);
             let start = Instant::now();
             let tps = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| workloads::run(Workload::SelectC16, t.addr, &env))).unwrap_or(f64::NAN);
             let wall = start.elapsed().as_secs_f64();
@@ -77,6 +78,7 @@ pub fn run(dir: &Path) {
                 busy * 100.0
             );
             samples[ti].push(Sample { tps, cpu_per_tx, busy });
+            targets::warn_failovers(&all, failovers_before, &t.name, Workload::SelectC16.label());
         }
     }
     println!("\n(b) pgbench -S -c16 -j2, {rounds} interleaved rounds: ratio = target / direct in the same round; median [min–max].\n");

@@ -82,6 +82,7 @@ fn watch(client: TcpStream, server: TcpStream) {
     let mut buf = vec![0u8; 64 * 1024];
     for i in 0..2 {
         loop {
+            // SAFETY: recv(2) writes at most buf.len() bytes into buf, which outlives the call.
             let n = unsafe { libc::recv(socks[i].as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
             let mut out = socks[1 - i];
             if n <= 0 || out.write_all(&buf[..n as usize]).is_err() {
@@ -93,6 +94,7 @@ fn watch(client: TcpStream, server: TcpStream) {
     while open[0] || open[1] {
         let mut fds: Vec<libc::pollfd> =
             socks.iter().zip(open).map(|(s, o)| libc::pollfd { fd: if o { s.as_raw_fd() } else { -1 }, events: libc::POLLRDHUP, revents: 0 }).collect();
+        // SAFETY: poll(2) reads and writes the two pollfd entries of fds, which outlives the call.
         if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } < 0 {
             break;
         }
@@ -118,6 +120,7 @@ fn watch(client: TcpStream, server: TcpStream) {
 fn tcp_bytes(fd: RawFd) -> (u64, u64) {
     let mut info = [0u8; 232];
     let mut len = info.len() as libc::socklen_t;
+    // SAFETY: getsockopt(2) writes at most len bytes into info (len is its size).
     if unsafe { libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, info.as_mut_ptr().cast(), &mut len) } != 0 || len < 136 {
         return (0, 0);
     }
@@ -152,6 +155,7 @@ impl Attr {
 }
 
 fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<RawFd> {
+    // SAFETY: bpf(2) reads and writes at most attr.0.len() bytes of attr, which outlives the call.
     let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.0.as_mut_ptr(), attr.0.len()) };
     if r < 0 {
         Err(io::Error::last_os_error())
@@ -229,6 +233,7 @@ impl Redirector {
 fn cookie(s: &TcpStream) -> io::Result<u64> {
     let mut v = 0u64;
     let mut len = 8 as libc::socklen_t;
+    // SAFETY: getsockopt(2) writes at most len (8) bytes into v, a u64.
     if unsafe { libc::getsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_COOKIE, (&mut v as *mut u64).cast(), &mut len) } != 0 {
         return Err(io::Error::last_os_error());
     }

@@ -185,30 +185,13 @@ fn throughput(dir: &std::path::Path) {
                 let ti = (k + round) % all.len();
                 let t = &all[ti];
                 let cpu0 = t.pid.map(targets::cpu_seconds);
-                let failovers_before: Vec<Option<u64>> = all.iter().map(|p| p.admin.and_then(targets::failovers)).collect();
+                let failovers_before = targets::failover_counts(&all);
                 let start = Instant::now();
                 // A target that fails a run (e.g. pgfailover refusing while it has no primary)
                 // is recorded as NaN and the benchmark goes on.
                 let v = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| workloads::run(*w, t.addr, &env))).unwrap_or(f64::NAN);
                 let wall = start.elapsed().as_secs_f64();
-                for (p, before) in all.iter().zip(failovers_before) {
-                    let after = p.admin.and_then(targets::failovers);
-                    if let (Some(before), Some(after)) = (before, after) {
-                        if after > before {
-                            println!(
-                                "WARNING: {} failed over while {} ran {}: {}",
-                                p.name,
-                                t.name,
-                                w.label(),
-                                p.admin.and_then(targets::last_event).unwrap_or_default()
-                            );
-                            let log = p.log();
-                            for line in log.lines().filter(|l| !l.contains("route: new sessions")).rev().take(20) {
-                                println!("  log: {line}");
-                            }
-                        }
-                    }
-                }
+                targets::warn_failovers(&all, failovers_before, &t.name, w.label());
                 let cpu_s = t.pid.map(|p| targets::cpu_seconds(p) - cpu0.unwrap());
                 let cpu = cpu_s.map(|c| c / wall * 100.0);
                 // CPU per unit of work: per transaction (pgbench) or per MB (COPY), in µs.
@@ -322,6 +305,12 @@ fn memory(dir: &std::path::Path) {
     let per = idle::per_connection(ours.addr, ours.pid.unwrap(), n);
     println!("| pgfailover | {per:.0} bytes/connection |");
     drop(ours);
+    // The build before a change, when given: idle memory must not grow.
+    if let Some(base) = std::env::var_os("BENCH_PGFAILOVER_BASELINE").map(std::path::PathBuf::from) {
+        let b = targets::pgfailover_build(dir, bouncer.addr.port(), None, &pw, &base, "pgfailover-baseline");
+        let per = idle::per_connection(b.addr, b.pid.unwrap(), n);
+        println!("| pgfailover-baseline | {per:.0} bytes/connection |");
+    }
     if let Some(h) = targets::haproxy(dir, bouncer.addr.port()) {
         let per = idle::per_connection(h.addr, h.pid.unwrap(), n);
         println!("| haproxy | {per:.0} bytes/connection |");

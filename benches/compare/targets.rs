@@ -38,7 +38,9 @@ impl Drop for Target {
         // PgBouncer runs under runuser; its own PID comes from its pidfile.
         if self.child.is_none() && self.pgfailover.is_none() {
             if let Some(pid) = self.pid {
-                unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+                if let Some(pid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+                }
             }
         }
     }
@@ -216,7 +218,7 @@ fn pgbouncer_with(dir: &Path, backend: u16, password: &str, extra: &str, name: &
         ),
     )
     .unwrap();
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = rustix::process::geteuid().is_root();
     // runuser's PAM session resets the soft descriptor limit to 1024; PgBouncer must hold
     // thousands of idle clients (memory benchmark), so raise it to the hard limit.
     let script = format!("ulimit -n \"$(ulimit -Hn)\" && exec '{}' -d '{}'", exe.display(), ini.display());
@@ -253,7 +255,7 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     let Ok(text) = fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
     let rest = &text[text.rfind(')').map(|i| i + 2).unwrap_or(0)..];
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let ticks = rustix::param::clock_ticks_per_second() as f64;
     (f[11].parse::<f64>().unwrap_or(0.0) + f[12].parse::<f64>().unwrap_or(0.0)) / ticks
 }
 
@@ -290,6 +292,29 @@ pub fn floor(kind: &str, backend: u16) -> Option<Target> {
 /// its numbers were measured against a different server).
 pub fn failovers(admin: SocketAddr) -> Option<u64> {
     get_json(admin, "/failover/status")?.get("failoverCount")?.as_u64()
+}
+
+/// Every pgfailover target's failover count (None for the others), before a run.
+pub fn failover_counts(all: &[Target]) -> Vec<Option<u64>> {
+    all.iter().map(|p| p.admin.and_then(failovers)).collect()
+}
+
+/// After a run of `workload` against `ran`: warns, with the newest history event and the
+/// end of its log, about every pgfailover that failed over meanwhile (its later figures were
+/// measured against another server).
+pub fn warn_failovers(all: &[Target], before: Vec<Option<u64>>, ran: &str, workload: &str) {
+    for (p, before) in all.iter().zip(before) {
+        let after = p.admin.and_then(failovers);
+        if let (Some(before), Some(after)) = (before, after) {
+            if after > before {
+                println!("WARNING: {} failed over while {ran} ran {workload}: {}", p.name, p.admin.and_then(last_event).unwrap_or_default());
+                let log = p.log();
+                for line in log.lines().filter(|l| !l.contains("route: new sessions")).rev().take(20) {
+                    println!("  log: {line}");
+                }
+            }
+        }
+    }
 }
 
 /// The newest history event, as JSON text.

@@ -112,3 +112,14 @@ pub fn until_signal(cfg: Config, logs: LogHandle, mut source: Option<Source>, re
         code
     })
 }
+
+/// Two descriptors per client: use all the open files the hard limit allows (the default
+/// `proxy.max_client_connections` is derived from it).
+pub fn raise_open_file_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let lim = getrlimit(Resource::Nofile);
+    // `None` is unlimited.
+    if lim.current.unwrap_or(u64::MAX) < lim.maximum.unwrap_or(u64::MAX) {
+        let _ = setrlimit(Resource::Nofile, Rlimit { current: lim.maximum, maximum: lim.maximum });
+    }
+}

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use pgfailover::config::Secret;
+use pgfailover::config::{Config, Secret};
 use serde_json::Value;
 
 /// The table; `token` (the read token, or the admin token) when the admin port asks for one.
@@ -20,6 +20,11 @@ pub fn main(admin: &str, token: Option<&Secret>, candidates: bool) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The token `pgfailover status` reads with: the read token, else the admin token.
+pub fn reading_token(cfg: Config) -> Option<Secret> {
+    cfg.admin_read_token.or(cfg.admin_token)
 }
 
 /// `pgfailover health`: exit 0 when `/health` answers 200 (a container HEALTHCHECK).

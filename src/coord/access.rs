@@ -75,6 +75,16 @@ pub async fn check(cfg: &CoordinationConfig) -> Result<Access, AccessError> {
     tokio::time::timeout(bound * 3, attempt).await.unwrap_or_else(|_| Ok(Access::Unknown("etcd did not answer in time".into())))
 }
 
+/// [`check`] before a proxy starts: a refusal is an error (the running process, if any, keeps
+/// serving); etcd not answering is logged, and coordination waits for it.
+pub async fn check_at_start(cfg: &CoordinationConfig) -> Result<(), AccessError> {
+    match check(cfg).await? {
+        Access::Granted => tracing::debug!(cluster = %cfg.cluster, "etcd grants this proxy read and write on its cluster's keys"),
+        Access::Unknown(why) => tracing::warn!(error = %why, "could not check the etcd user's access now (etcd does not answer); coordination waits for etcd"),
+    }
+    Ok(())
+}
+
 /// etcd's answer when it is a refusal of this user (not a network problem).
 fn refusal(e: &etcd_client::Error) -> Option<String> {
     match e {

@@ -31,15 +31,16 @@ pub enum Signal {
 }
 
 impl Signal {
-    fn number(self) -> libc::c_int {
+    fn number(self) -> rustix::process::Signal {
+        use rustix::process::Signal as S;
         match self {
-            Signal::Hup => libc::SIGHUP,
-            Signal::Int => libc::SIGINT,
-            Signal::Term => libc::SIGTERM,
-            Signal::Usr2 => libc::SIGUSR2,
-            Signal::Stop => libc::SIGSTOP,
-            Signal::Cont => libc::SIGCONT,
-            Signal::Kill => libc::SIGKILL,
+            Signal::Hup => S::HUP,
+            Signal::Int => S::INT,
+            Signal::Term => S::TERM,
+            Signal::Usr2 => S::USR2,
+            Signal::Stop => S::STOP,
+            Signal::Cont => S::CONT,
+            Signal::Kill => S::KILL,
         }
     }
 }
@@ -255,8 +256,7 @@ fn running(pid: u32) -> bool {
 
 /// kill(2); false when there is no such process.
 fn kill(pid: u32, sig: Signal) -> bool {
-    let pid = libc::pid_t::try_from(pid).expect("a PID fits pid_t");
-    // SAFETY: kill(2) touches no memory of ours; the PID is one this harness started (or an
-    // adopted successor checked to run this binary).
-    unsafe { libc::kill(pid, sig.number()) == 0 }
+    // The PID is one this harness started (or an adopted successor checked to run this binary).
+    let pid = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw).expect("a PID fits pid_t");
+    rustix::process::kill_process(pid, sig.number()).is_ok()
 }
