@@ -150,6 +150,12 @@ pub async fn prepare(direct: SocketAddr, pw: &str, pgbench: &Path, out_mb: usize
     .await
     .unwrap();
     c.batch_execute("VACUUM ANALYZE bench_big").await.unwrap();
+    // The data just written goes to disk now, not in the middle of a measured run. Without
+    // this, both servers stalled together for ~2 s within the first minute of a run (every
+    // proxy's checks of both timed out at once; most likely the kernel writing back these
+    // few hundred MB), which is long enough for a failover under the default health settings.
+    c.batch_execute("CHECKPOINT").await.unwrap();
+    rustix::fs::sync();
     let mut data = Vec::with_capacity(in_mb * 1_000_000 + 400);
     let mut g = 0u64;
     let row_text = "y".repeat(280);

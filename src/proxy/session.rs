@@ -34,12 +34,16 @@ pub async fn serve(mut client: TcpStream, dp: Arc<DataPath>, port: Port, stoppin
         tracing::debug!(error = %e, "client socket options");
     }
     // `[tls] mode = "terminate"`: the proxy answers the client's TLS itself.
+    // Boxed, here and for the refusals below: a rare path's state (a TLS connection, a
+    // throw-away handshake) must not size every plaintext session's task.
     if let Some(acceptor) = cfg.material.acceptor.clone() {
-        return super::terminate::serve(client, &dp, port, &stopping, &kill, acceptor).await;
+        return Box::pin(super::terminate::serve(client, &dp, port, &stopping, &kill, acceptor)).await;
     }
     let mut place = Placement::for_port(&dp, port);
     let opened = tokio::select! {
-        r = startup::open(&mut client, &dp, &mut place, &stopping) => r,
+        // Boxed: the startup's state is freed once it is done, instead of sizing the
+        // session's task for as long as the session lasts.
+        r = Box::pin(startup::open(&mut client, &dp, &mut place, &stopping)) => r,
         // The drain period is over and this client's server still has not answered.
         _ = kill.cancelled() => {
             m.session_closed(CloseReason::Shutdown);
@@ -64,19 +68,19 @@ pub async fn serve(mut client: TcpStream, dp: Arc<DataPath>, port: Port, stoppin
                 m.refused();
             }
             let deadline = tokio::time::Instant::now() + cfg.proxy.startup_timeout;
-            let outcome = wire::refuse(&mut client, pending, wire::SQLSTATE_CANNOT_CONNECT_NOW, &reason, deadline).await;
+            let outcome = Box::pin(wire::refuse(&mut client, pending, wire::SQLSTATE_CANNOT_CONNECT_NOW, &reason, deadline)).await;
             tracing::info!(%reason, outcome = outcome.as_str(), "client refused");
             return;
         }
         Err(Failed::BadSetting { reason, pending }) => {
             let deadline = tokio::time::Instant::now() + cfg.proxy.startup_timeout;
-            let outcome = wire::refuse(&mut client, pending, wire::SQLSTATE_INVALID_PARAMETER_VALUE, &reason, deadline).await;
+            let outcome = Box::pin(wire::refuse(&mut client, pending, wire::SQLSTATE_INVALID_PARAMETER_VALUE, &reason, deadline)).await;
             tracing::info!(%reason, outcome = outcome.as_str(), "client refused: bad pgfailover setting");
             return;
         }
         Err(Failed::DirectTls { hello, reason }) => {
             let deadline = tokio::time::Instant::now() + cfg.proxy.startup_timeout;
-            super::direct::refuse(client, hello, &reason, deadline).await;
+            Box::pin(super::direct::refuse(client, hello, &reason, deadline)).await;
             m.session_closed(CloseReason::ClientClosed);
             return;
         }
@@ -90,10 +94,11 @@ pub async fn serve(mut client: TcpStream, dp: Arc<DataPath>, port: Port, stoppin
     });
     // Followed from the server's first answer on, unless encrypted end to end.
     let mut down = Framer::new(Side::Backend);
-    let track = Arc::new(match &first {
+    // By value: the answer's buffer is freed here, not kept for as long as the session lasts.
+    let track = Arc::new(match first {
         Some(first) => {
             let t = Track::starting();
-            down.feed(first, &t);
+            down.feed(&first, &t);
             t
         }
         None => Track::opaque(),
@@ -106,7 +111,7 @@ pub async fn serve(mut client: TcpStream, dp: Arc<DataPath>, port: Port, stoppin
         _ = kill.cancelled() => CloseReason::Shutdown,
     };
     if reason == CloseReason::RouteChanged {
-        let ended = end(&mut client, &track, &place, port).await;
+        let ended = Box::pin(end(&mut client, &track, &place, port)).await;
         tracing::debug!(backend = %dp.backend(backend).name, ended = ended.as_str(), "session ended: the route moved away");
         m.session_closed(ended);
     } else {
@@ -343,21 +348,26 @@ async fn pump(from: &TcpStream, to: &TcpStream, dir: Direction, m: &Metrics, fir
                 }
                 Step::Drained => break,
                 Step::Sent(short) => short,
+                // Boxed: these waits are rare, and their state must not size every idle
+                // session's task (the readiness wait above is all an idle one holds).
                 Step::Rest(rest, short) => {
-                    write_all(to, &rest).await?;
+                    Box::pin(write_all(to, &rest)).await?;
                     short
                 }
                 Step::Hold(data, short) => {
                     let f = follow.as_mut().expect("only a followed session is held");
-                    loop {
-                        f.held().await;
-                        if f.admit() {
-                            break;
+                    Box::pin(async {
+                        loop {
+                            f.held().await;
+                            if f.admit() {
+                                break;
+                            }
                         }
-                    }
-                    f.client_fed(&data);
-                    m.add_bytes(up, data.len() as u64);
-                    write_all(to, &data).await?;
+                        f.client_fed(&data);
+                        m.add_bytes(up, data.len() as u64);
+                        write_all(to, &data).await
+                    })
+                    .await?;
                     short
                 }
             };
