@@ -309,7 +309,10 @@ const LARGE: usize = 256 * 1024;
 async fn pump(from: &TcpStream, to: &TcpStream, dir: Direction, m: &Metrics, first_eof: &AtomicU8, mut follow: Option<Follow<'_>>) -> io::Result<()> {
     let up = matches!(dir, Direction::Up);
     loop {
-        from.readable().await?;
+        // Readiness polled in place: the waker sits in the socket's own reader slot (this pump
+        // is the socket's only reader), so an idle session's task holds no waiter node per
+        // direction, as a `readable()` future would (152 bytes each).
+        std::future::poll_fn(|cx| from.poll_read_ready(cx)).await?;
         loop {
             // One chunk through the thread's scratch buffer, forwarded at once if the other
             // socket takes it; only what must wait (a held statement, a full socket) is
