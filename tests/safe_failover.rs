@@ -260,12 +260,7 @@ async fn two_failovers_in_a_row_with_two_standbys_lose_no_acknowledged_write() {
     let ledger = Ledger::start(p.client_addr, &pw).await;
     ledger.advance(100, LIMIT, "writes flowing").await;
 
-    let c2 = c.clone();
-    blocking(move || c2.kill(0).unwrap()).await;
-    let s = wait_status(&p, LIMIT, "a standby promoted", |s| s.current_primary.as_deref().is_some_and(|n| n != "pg-a")).await;
-    let first = s.current_primary.clone().unwrap();
-    let (first_i, other) = if first == "pg-b" { (1, "pg-c") } else { (2, "pg-b") };
-    let other_i = 3 - first_i;
+    let Promoted { first, first_i, other, other_i } = kill_primary_until_promoted(&c, &p, LIMIT).await;
     eprintln!("first failover: {first}");
     // The other standby follows the new primary: re-pointed, streaming on its timeline.
     let s = wait_status(&p, LIMIT, "the other standby re-pointed and streaming", |s| {
@@ -284,10 +279,7 @@ async fn two_failovers_in_a_row_with_two_standbys_lose_no_acknowledged_write() {
     blocking(move || c4.kill(first_i).unwrap()).await;
     let s = wait_status(&p, LIMIT, "the other standby promoted", |s| s.current_primary.as_deref() == Some(other)).await;
     assert_eq!(s.failover_count, 2);
-    let acked = ledger.finish().await;
-    let missing = missing_on(&c, other_i, &acked);
-    eprintln!("{} acknowledged writes, {} missing on {other}", acked.len(), missing.len());
-    assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
+    assert_none_lost(ledger, &c, other_i, other).await;
 }
 
 /// If the monitor dies (a bug), the proxy fails closed: the route is cleared, `/ready`

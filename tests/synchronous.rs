@@ -57,14 +57,6 @@ fn metric(p: &Proxy, name: &str) -> Option<f64> {
     p.metrics.render().lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')).and_then(|v| v.parse().ok()))
 }
 
-fn other_than(first: &str) -> (&'static str, usize) {
-    if first == "pg-b" {
-        ("pg-c", 2)
-    } else {
-        ("pg-b", 1)
-    }
-}
-
 /// The scenario with `synchronous = "on"`: the primary is killed, then the new one.
 /// Each time only a synchronous standby is promoted and the other standby, re-pointed and
 /// named, becomes synchronous for the new primary. After the second failover no standby is
@@ -90,12 +82,7 @@ async fn on_two_failovers_lose_no_acknowledged_write_and_writes_go_on_after_the_
     let ledger = Ledger::start(p.client_addr, &pw).await;
     ledger.advance(100, LIMIT, "writes flowing").await;
 
-    let c2 = c.clone();
-    blocking(move || c2.kill(0).unwrap()).await;
-    let s = wait_status(&p, LIMIT, "a standby promoted", |s| s.current_primary.as_deref().is_some_and(|n| n != "pg-a")).await;
-    let first = s.current_primary.clone().unwrap();
-    let first_i = if first == "pg-b" { 1 } else { 2 };
-    let (other, other_i) = other_than(&first);
+    let Promoted { first, first_i, other, other_i } = kill_primary_until_promoted(&c, &p, LIMIT).await;
     let ev = events(&p, EventKind::Failover).pop().unwrap();
     assert!(ev.reason.contains(&format!("{first} was synchronous on pg-a")) && ev.reason.contains("no write pg-a acknowledged is lost"), "{}", ev.reason);
     protected_by(&p, &first, &[other]).await;
@@ -115,10 +102,7 @@ async fn on_two_failovers_lose_no_acknowledged_write_and_writes_go_on_after_the_
     let lost = events(&p, EventKind::SynchronousUnprotected);
     assert!(lost.iter().any(|e| e.from.as_deref() == Some(other)), "{lost:?}");
 
-    let acked = ledger.finish().await;
-    let missing = missing_on(&c, other_i, &acked);
-    eprintln!("{} acknowledged writes, {} missing on {other}", acked.len(), missing.len());
-    assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
+    assert_none_lost(ledger, &c, other_i, other).await;
 }
 
 /// The same with `strict`: after the second failover writes wait (the server's own
@@ -134,12 +118,7 @@ async fn strict_writes_wait_with_no_standby_and_resume_when_one_returns() {
     let ledger = Ledger::start(p.client_addr, &pw).await;
     ledger.advance(100, LIMIT, "writes flowing").await;
 
-    let c2 = c.clone();
-    blocking(move || c2.kill(0).unwrap()).await;
-    let s = wait_status(&p, LIMIT, "a standby promoted", |s| s.current_primary.as_deref().is_some_and(|n| n != "pg-a")).await;
-    let first = s.current_primary.clone().unwrap();
-    let first_i = if first == "pg-b" { 1 } else { 2 };
-    let (other, other_i) = other_than(&first);
+    let Promoted { first, first_i, other, other_i } = kill_primary_until_promoted(&c, &p, LIMIT).await;
     protected_by(&p, &first, &[other]).await;
     ledger.advance(100, LIMIT, "writes on the first new primary").await;
 
@@ -175,10 +154,7 @@ async fn strict_writes_wait_with_no_standby_and_resume_when_one_returns() {
     assert!(events(&p, EventKind::SynchronousProtected).iter().any(|e| e.from.as_deref() == Some(other)));
     assert_eq!(metric(&p, "pgfailover_synchronous_blocked"), Some(0.0));
 
-    let acked = ledger.finish().await;
-    let missing = missing_on(&c, other_i, &acked);
-    eprintln!("{} acknowledged writes, {} missing on {other}", acked.len(), missing.len());
-    assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
+    assert_none_lost(ledger, &c, other_i, other).await;
     assert_eq!(c.psql(other_i, "select count(*) from ledger where id = -1").unwrap(), "1");
 }
 

@@ -18,6 +18,7 @@ use crate::monitor::Triggered;
 pub fn metrics_json(ctx: &AdminContext) -> Reply {
     let s = ctx.monitor.status();
     let st = &ctx.metrics.stats;
+    let (up, down) = st.bytes.totals();
     let get = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
     json(
         StatusCode::OK,
@@ -38,8 +39,8 @@ pub fn metrics_json(ctx: &AdminContext) -> Reply {
                 "readFallback": get(&st.read_fallback),
             },
             "bytes": {
-                "clientToServer": st.bytes.totals().0,
-                "serverToClient": st.bytes.totals().1,
+                "clientToServer": up,
+                "serverToClient": down,
             },
             "backendConnectErrors": get(&st.connect_errors),
             "noPrimarySeconds": ctx.metrics.no_primary_seconds(),

@@ -132,12 +132,7 @@ impl CandidatesView {
                     eligible: rank.is_some(),
                     rank,
                     reasons: reasons.iter().map(|r| ReasonView { code: r.kind, message: r.text.clone() }).collect(),
-                    role: match obs {
-                        _ if b.marked_down => "unknown",
-                        Some(o) if o.in_recovery => "standby",
-                        Some(_) => "primary",
-                        None => "unknown",
-                    },
+                    role: b.role(),
                     healthy: b.healthy,
                     fenced: b.fence.is_some(),
                     timeline: obs.map(|_| b.timeline()),

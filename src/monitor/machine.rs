@@ -146,6 +146,16 @@ pub enum Outcome {
     Failed(String),
 }
 
+impl Outcome {
+    /// Why it did not complete (empty when it did).
+    pub fn reason(&self) -> &str {
+        match self {
+            Outcome::Aborted(r) | Outcome::Failed(r) => r,
+            Outcome::Completed { .. } => "",
+        }
+    }
+}
+
 /// What the monitor must do after an input. `attempt` ties an operation's result to the
 /// failover that asked for it; late results of an earlier attempt are ignored.
 #[derive(Clone, Debug, PartialEq)]

@@ -109,9 +109,14 @@ impl Observation {
     }
 }
 
-/// Parses PostgreSQL's `X/Y` LSN text.
+/// Parses PostgreSQL's `X/Y` LSN text (each half 1 to 8 hex digits; a client's
+/// `pgfailover.min_lsn` too, so surrounding blanks are allowed and anything else refused).
 pub fn parse_lsn(s: &str) -> Option<u64> {
-    let (hi, lo) = s.split_once('/')?;
+    let (hi, lo) = s.trim().split_once('/')?;
+    let valid = |p: &str| !p.is_empty() && p.len() <= 8 && p.bytes().all(|b| b.is_ascii_hexdigit());
+    if !valid(hi) || !valid(lo) {
+        return None;
+    }
     Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
 }
 
@@ -140,5 +145,9 @@ mod tests {
         assert_eq!(format_lsn(0x16_B374_D848), "16/B374D848");
         assert_eq!(parse_lsn("0/0"), Some(0));
         assert_eq!(parse_lsn("nope"), None);
+        assert_eq!(parse_lsn(" 0/3000060 "), Some(0x300_0060));
+        for bad in ["", "0", "/1", "1/", "x/1", "0/123456789", "1/2/3", "-1/0"] {
+            assert_eq!(parse_lsn(bad), None, "{bad}");
+        }
     }
 }

@@ -292,14 +292,7 @@ fn backend_status(m: &Machine, cfg: &[BackendConfig], i: BackendId, read: &ReadS
     BackendStatus {
         name: b.name.clone(),
         address: cfg.get(i.index()).map(BackendConfig::address).unwrap_or_default(),
-        // What it said at its last check; nothing once it is down (a dead old primary is not
-        // a "primary" any more).
-        role: match obs {
-            _ if b.marked_down => "unknown",
-            Some(o) if o.in_recovery => "standby",
-            Some(_) => "primary",
-            None => "unknown",
-        },
+        role: b.role(),
         configured_role: if b.configured_primary { "primary" } else { "standby" },
         healthy: b.healthy,
         last_health_check: b.last_check.map(rfc3339),

@@ -119,10 +119,6 @@ impl Gate {
         self.settled.notify_waiters();
     }
 
-    pub fn scope(&self) -> Option<Scope> {
-        *self.changes.borrow()
-    }
-
     pub fn is_paused(&self) -> bool {
         self.scope.load(Ordering::Relaxed) != NONE
     }

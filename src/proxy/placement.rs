@@ -17,6 +17,7 @@ use tokio::sync::watch;
 
 use crate::cluster::BackendId;
 use crate::config::{Balance, Fallback};
+use crate::monitor::observation::format_lsn;
 use crate::route::{ReadRoute, Route};
 
 use super::datapath::{DataPath, Port};
@@ -140,7 +141,7 @@ impl Placement {
                     for b in behind {
                         let _ = dp.connect_failed.try_send(b);
                     }
-                    return Pick::Wait(format!("waiting for a standby to replay {} (pgfailover.min_lsn)", lsn_text(bound.min_lsn)));
+                    return Pick::Wait(format!("waiting for a standby to replay {} (pgfailover.min_lsn)", format_lsn(bound.min_lsn)));
                 }
                 if !fits.is_empty() {
                     let chosen = match read.balance {
@@ -152,7 +153,7 @@ impl Placement {
                 let why = if r.targets.is_empty() {
                     r.reason.to_string()
                 } else if bound.min_lsn > 0 && r.targets.iter().all(|t| t.replay_lsn < bound.min_lsn) {
-                    format!("no standby has replayed {} (pgfailover.min_lsn) within read.min_lsn_wait", lsn_text(bound.min_lsn))
+                    format!("no standby has replayed {} (pgfailover.min_lsn) within read.min_lsn_wait", format_lsn(bound.min_lsn))
                 } else {
                     format!(
                         "no standby is within this session's bound (max_lag {}, max_lag_bytes {})",
@@ -233,34 +234,4 @@ impl Placement {
 
 fn within(t: &crate::route::ReadTarget, bound: &Bound) -> bool {
     t.lag_bytes <= bound.max_lag_bytes && t.lag <= bound.max_lag && t.replay_lsn >= bound.min_lsn
-}
-
-/// An LSN as PostgreSQL writes it (`16/B374D848`).
-pub fn lsn_text(lsn: u64) -> String {
-    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
-}
-
-/// Reads an LSN as PostgreSQL writes it.
-pub fn parse_lsn(s: &str) -> Option<u64> {
-    let (hi, lo) = s.trim().split_once('/')?;
-    let valid = |p: &str| !p.is_empty() && p.len() <= 8 && p.bytes().all(|b| b.is_ascii_hexdigit());
-    if !valid(hi) || !valid(lo) {
-        return None;
-    }
-    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{lsn_text, parse_lsn};
-
-    #[test]
-    fn lsns_read_and_written_as_postgresql_does() {
-        assert_eq!(parse_lsn("16/B374D848"), Some(0x16_B374_D848));
-        assert_eq!(parse_lsn(" 0/3000060 "), Some(0x300_0060));
-        assert_eq!(lsn_text(0x16_B374_D848), "16/B374D848");
-        for bad in ["", "0", "/1", "1/", "x/1", "0/123456789", "1/2/3", "-1/0"] {
-            assert_eq!(parse_lsn(bad), None, "{bad}");
-        }
-    }
 }

@@ -227,7 +227,7 @@ fn client_bound(startup: &[u8]) -> Result<Option<Bound>, String> {
                     v.trim().parse().map_err(|_| format!("invalid value for parameter \"pgfailover.max_lag_bytes\": {v:?} (a number of bytes)"))?;
             }
             "pgfailover.min_lsn" => {
-                bound.min_lsn = super::placement::parse_lsn(&v).ok_or_else(|| {
+                bound.min_lsn = crate::monitor::observation::parse_lsn(&v).ok_or_else(|| {
                     format!("invalid value for parameter \"pgfailover.min_lsn\": {v:?} (an LSN such as 0/3000060, as pg_current_wal_insert_lsn() returns it)")
                 })?;
             }

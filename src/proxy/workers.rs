@@ -58,15 +58,6 @@ impl Workers {
         Ok(Workers { workers, stop })
     }
 
-    /// How many threads.
-    pub fn len(&self) -> usize {
-        self.workers.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.workers.is_empty()
-    }
-
     /// Runs `session` (built on its thread from the accepted socket) on the least loaded
     /// thread. The socket leaves the accepting runtime here and joins the thread's.
     pub fn spawn<F, Fut>(&self, client: std::net::TcpStream, session: F) -> tokio::task::JoinHandle<()>

@@ -37,6 +37,16 @@ fn p(path: &Path) -> &str {
     path.to_str().expect("utf-8 path")
 }
 
+/// A new P-256 key for `subject` (`/CN=...`) and its signing request.
+fn key_and_request(subject: &str, key: &Path, csr: &Path) {
+    openssl(&["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-subj", subject, "-keyout", p(key), "-out", p(csr)]);
+}
+
+/// Signs `csr` with the CA `ca`/`ca_key` for two days, with the extensions in `ext`.
+fn sign(csr: &Path, ca: &Path, ca_key: &Path, ext: &Path, out: &Path) {
+    openssl(&["x509", "-req", "-in", p(csr), "-CA", p(ca), "-CAkey", p(ca_key), "-CAcreateserial", "-days", "2", "-extfile", p(ext), "-out", p(out)]);
+}
+
 impl Pki {
     pub fn new(name: &str) -> Pki {
         let dir = tempfile::Builder::new().prefix("pgfailover-pki-").tempdir().unwrap();
@@ -64,40 +74,10 @@ impl Pki {
             p(&root),
         ]);
         let (inter, inter_key, csr) = (d.join("inter.crt"), d.join("inter.key"), d.join("inter.csr"));
-        openssl(&[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-subj",
-            &format!("/CN={name} intermediate"),
-            "-keyout",
-            p(&inter_key),
-            "-out",
-            p(&csr),
-        ]);
+        key_and_request(&format!("/CN={name} intermediate"), &inter_key, &csr);
         let ext = d.join("inter.ext");
         std::fs::write(&ext, "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\n").unwrap();
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            p(&csr),
-            "-CA",
-            p(&root),
-            "-CAkey",
-            p(&root_key),
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            p(&ext),
-            "-out",
-            p(&inter),
-        ]);
+        sign(&csr, &root, &root_key, &ext, &inter);
         Pki { dir, root, inter, inter_key }
     }
 
@@ -111,21 +91,7 @@ impl Pki {
             d.join(format!("{file}.ext")),
             d.join(format!("{file}.chain.crt")),
         );
-        openssl(&[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-subj",
-            &format!("/CN={cn}"),
-            "-keyout",
-            p(&key),
-            "-out",
-            p(&csr),
-        ]);
+        key_and_request(&format!("/CN={cn}"), &key, &csr);
         std::fs::write(
             &ext,
             format!(
@@ -134,23 +100,7 @@ impl Pki {
             ),
         )
         .unwrap();
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            p(&csr),
-            "-CA",
-            p(&self.inter),
-            "-CAkey",
-            p(&self.inter_key),
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            p(&ext),
-            "-out",
-            p(&cert),
-        ]);
+        sign(&csr, &self.inter, &self.inter_key, &ext, &cert);
         let mut pem = std::fs::read(&cert).unwrap();
         pem.extend(std::fs::read(&self.inter).unwrap());
         std::fs::write(&chain, pem).unwrap();

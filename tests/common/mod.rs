@@ -325,6 +325,33 @@ pub fn missing_on(c: &Cluster, i: usize, acked: &[i64]) -> Vec<i64> {
     try_missing_on(c, i, acked).expect("read the ledger")
 }
 
+/// Ends the ledger and asserts that every write it had acknowledged is on node `i` (`name`).
+pub async fn assert_none_lost(ledger: Ledger, c: &Cluster, i: usize, name: &str) {
+    let acked = ledger.finish().await;
+    let missing = missing_on(c, i, &acked);
+    eprintln!("{} acknowledged writes, {} missing on {name}", acked.len(), missing.len());
+    assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
+}
+
+/// Which standby of a primary and two standbys (pg-a, pg-b, pg-c) a failover promoted, and
+/// the one left.
+pub struct Promoted {
+    pub first: String,
+    pub first_i: usize,
+    pub other: &'static str,
+    pub other_i: usize,
+}
+
+/// Kills pg-a and waits until the proxy routes to one of its two standbys.
+pub async fn kill_primary_until_promoted(c: &Arc<Cluster>, p: &pgfailover::server::Proxy, limit: Duration) -> Promoted {
+    let c2 = c.clone();
+    blocking(move || c2.kill(0).unwrap()).await;
+    let s = wait_status(p, limit, "a standby promoted", |s| s.current_primary.as_deref().is_some_and(|n| n != "pg-a")).await;
+    let first = s.current_primary.clone().unwrap();
+    let (first_i, other) = if first == "pg-b" { (1, "pg-c") } else { (2, "pg-b") };
+    Promoted { first, first_i, other, other_i: 3 - first_i }
+}
+
 /// As [`missing_on`]; `None` while the ledger cannot be read there (a standby that has not
 /// replayed its creation yet).
 pub fn try_missing_on(c: &Cluster, i: usize, acked: &[i64]) -> Option<Vec<i64>> {

@@ -98,6 +98,17 @@ pub struct Backend {
 }
 
 impl Backend {
+    /// What it said at its last check; nothing once it is down (a dead old primary is not a
+    /// "primary" any more).
+    pub fn role(&self) -> &'static str {
+        match &self.obs {
+            _ if self.marked_down => "unknown",
+            Some(o) if o.in_recovery => "standby",
+            Some(_) => "primary",
+            None => "unknown",
+        }
+    }
+
     pub fn new(name: String, configured_primary: bool) -> Backend {
         Backend {
             name,

@@ -232,15 +232,8 @@ impl Machine {
     /// Ends a switchover that never stopped writes: the route goes back to the old primary.
     fn abort_drain(&mut self, outcome: Outcome, now: Now, acts: &mut Vec<Action>) {
         let Some(f) = self.in_flight.take() else { return };
-        let reason = match &outcome {
-            Outcome::Aborted(r) | Outcome::Failed(r) => r.clone(),
-            Outcome::Completed { .. } => String::new(),
-        };
-        tracing::warn!(%reason, "switchover undone");
-        acts.push(self.event(now, EventKind::SwitchoverAborted, f.from, f.to, reason, f.trigger.clone()));
-        if f.manual {
-            acts.push(Action::Concluded { attempt: f.attempt, outcome });
-        }
+        tracing::warn!(reason = %outcome.reason(), "switchover undone");
+        self.conclude_aborted(&f, outcome, now, acts);
     }
 
     /// Live coordinated proxies (not this one) that have not confirmed `phase` of this

@@ -6,6 +6,7 @@ use crate::monitor::operations::OpError;
 
 use crate::cluster::{BackendId, Fence, FenceKind};
 
+use super::inflight::InFlight;
 use super::{Action, Machine, Now, Outcome, Step};
 
 impl Machine {
@@ -102,11 +103,7 @@ impl Machine {
             self.in_flight = None;
             return;
         };
-        let reason = match &outcome {
-            Outcome::Aborted(r) | Outcome::Failed(r) => r.clone(),
-            Outcome::Completed { .. } => String::new(),
-        };
-        tracing::warn!(%reason, "switchover undone");
+        tracing::warn!(reason = %outcome.reason(), "switchover undone");
         f.step = Step::Undoing { outcome };
         acts.push(Action::AllowWrites { attempt: f.attempt, backend: p });
     }
@@ -114,19 +111,20 @@ impl Machine {
     /// The old primary accepts writes again (or could not be reached): the switchover is
     /// over; its fence (if any) is lifted and the next evaluation routes to it.
     pub(super) fn finish_undo(&mut self, now: Now, acts: &mut Vec<Action>) {
-        let Some(f) = self.in_flight.take() else { return };
-        let Step::Undoing { outcome } = f.step else { return };
-        let reason = match &outcome {
-            Outcome::Aborted(r) | Outcome::Failed(r) => r.clone(),
-            Outcome::Completed { .. } => String::new(),
-        };
+        let Some(mut f) = self.in_flight.take() else { return };
+        let Step::Undoing { outcome } = std::mem::replace(&mut f.step, Step::Waiting) else { return };
         if let Some(p) = f.from {
             if matches!(self.backends[p].fence, Some(Fence { kind: FenceKind::Superseded, .. })) {
                 self.backends[p].fence = None;
-                acts.push(self.event(now, EventKind::Unfence, Some(p), None, reason.clone(), f.trigger.clone()));
+                acts.push(self.event(now, EventKind::Unfence, Some(p), None, outcome.reason().to_string(), f.trigger.clone()));
             }
         }
-        acts.push(self.event(now, EventKind::SwitchoverAborted, f.from, f.to, reason, f.trigger.clone()));
+        self.conclude_aborted(&f, outcome, now, acts);
+    }
+
+    /// A switchover undone: its history event, and the answer to the operator who asked.
+    pub(super) fn conclude_aborted(&self, f: &InFlight, outcome: Outcome, now: Now, acts: &mut Vec<Action>) {
+        acts.push(self.event(now, EventKind::SwitchoverAborted, f.from, f.to, outcome.reason().to_string(), f.trigger.clone()));
         if f.manual {
             acts.push(Action::Concluded { attempt: f.attempt, outcome });
         }

@@ -13,7 +13,7 @@ use tokio_rustls::client::TlsStream;
 use crate::cluster::BackendId;
 use crate::config::ServerSslMode;
 use crate::proxy::datapath::DataPath;
-use crate::proxy::leg::Leg;
+use crate::proxy::leg::{Leg, Plain};
 use crate::proxy::socket;
 use crate::proxy::stream::Stream;
 use crate::proxy::wire::SSL_REQUEST;
@@ -58,8 +58,7 @@ impl ServerLeg {
     /// A connection in clear, whatever the `sslmode` (see [`super::auth`]: SCRAM from a client that
     /// supports channel binding under `prefer`).
     pub async fn connect_plain(dp: &DataPath, backend: BackendId) -> io::Result<ServerStream> {
-        let proxy = dp.config().proxy.clone();
-        Ok(Stream::Plain(socket::connect(dp.backend(backend), &proxy).await?))
+        Plain.connect(dp, backend).await.map(Stream::Plain)
     }
 }
 
