@@ -134,19 +134,6 @@ impl ReadRouteWriter {
     }
 }
 
-/// Resolves when the route no longer names `backend` (checked at once, then on every change).
-pub async fn left(route: &mut watch::Receiver<Route>, backend: BackendId) {
-    loop {
-        if route.borrow_and_update().target != Some(backend) {
-            return;
-        }
-        if route.changed().await.is_err() {
-            // The writer is gone (proxy stopping); shutdown ends the session instead.
-            std::future::pending::<()>().await;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

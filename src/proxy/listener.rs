@@ -62,19 +62,16 @@ impl Spawn {
     fn session(&self, client: TcpStream, dp: Arc<DataPath>, port: Port) {
         let (stopping, kill) = (self.stopping.clone(), self.kill.clone());
         let Some(workers) = &self.workers else {
-            self.sessions.spawn(session::serve(client, dp, port, stopping, kill));
+            self.sessions.spawn(session::serve(client, dp, port, stopping, kill, ()));
             return;
         };
         // Counted for the drain from now, while it moves to its thread.
         let counted = self.sessions.token();
-        match client.into_std() {
-            Ok(client) => {
-                workers.spawn(client, move |client| async move {
-                    let _counted = counted;
-                    session::serve(client, dp, port, stopping, kill).await
-                });
-            }
-            Err(e) => tracing::warn!(error = %e, "a new client's socket could not leave the accepting runtime"),
+        let moved = client
+            .into_std()
+            .and_then(|client| workers.spawn(client, move |client, on_thread| session::serve(client, dp, port, stopping, kill, (counted, on_thread))));
+        if let Err(e) = moved {
+            tracing::warn!(error = %e, "a new client's socket could not move to its data-path thread");
         }
     }
 }

@@ -195,18 +195,28 @@ impl Placement {
     }
 
     /// Resolves when a session on `backend` must be cut: the main port when the route
-    /// leaves it; the read port when the backend is lost or fenced.
-    pub async fn left(&mut self, backend: BackendId) {
-        match self {
-            Placement::Primary(route) => crate::route::left(route, backend).await,
-            Placement::Read { route, .. } => loop {
-                if !route.borrow_and_update().live.contains(&backend) {
+    /// leaves it; the read port when the backend is lost or fenced. (An `async` block, with
+    /// one wait: every spliced session holds this future, see `session::serve`.)
+    #[allow(clippy::manual_async_fn, reason = "an async fn stores its arguments twice in its future")]
+    pub fn left(&mut self, backend: BackendId) -> impl std::future::Future<Output = ()> + Send + '_ {
+        async move {
+            loop {
+                let stays = match self {
+                    Placement::Primary(route) => route.borrow_and_update().target == Some(backend),
+                    Placement::Read { route, .. } => route.borrow_and_update().live.contains(&backend),
+                };
+                if !stays {
                     return;
                 }
-                if route.changed().await.is_err() {
+                let closed = match self {
+                    Placement::Primary(route) => route.changed().await.is_err(),
+                    Placement::Read { route, .. } => route.changed().await.is_err(),
+                };
+                if closed {
+                    // The writer is gone (the proxy is stopping): shutdown ends the session.
                     std::future::pending::<()>().await;
                 }
-            },
+            }
         }
     }
 

@@ -2,6 +2,7 @@
 //! [`startup`]), then splice bytes both ways until either side ends, the
 //! route moves away, or the proxy shuts down.
 
+use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -23,99 +24,127 @@ use super::wire;
 
 /// Serves one accepted client until the session ends. Never panics on client input.
 /// `stopping`: the proxy stops accepting (held clients are refused at once); `kill`: the
-/// drain period is over (spliced sessions are closed).
-pub async fn serve(mut client: TcpStream, dp: Arc<DataPath>, port: Port, stopping: CancellationToken, kill: CancellationToken) {
-    let m = &dp.metrics;
-    m.accepted();
-    let _active = m.session_started();
-    // The settings in force when the client came: one read per session.
-    let cfg = dp.config();
-    if let Err(e) = socket::tune(&client, &cfg.proxy) {
-        tracing::debug!(error = %e, "client socket options");
-    }
-    // `[tls] mode = "terminate"`: the proxy answers the client's TLS itself.
-    // Boxed, here and for the refusals below: a rare path's state (a TLS connection, a
-    // throw-away handshake) must not size every plaintext session's task.
-    if let Some(acceptor) = cfg.material.acceptor.clone() {
-        return Box::pin(super::terminate::serve(client, &dp, port, &stopping, &kill, acceptor)).await;
-    }
-    let mut place = Placement::for_port(&dp, port);
-    let opened = tokio::select! {
-        // Boxed: the startup's state is freed once it is done, instead of sizing the
-        // session's task for as long as the session lasts.
-        r = Box::pin(startup::open(&mut client, &dp, &mut place, &stopping)) => r,
-        // The drain period is over and this client's server still has not answered.
-        _ = kill.cancelled() => {
-            m.session_closed(CloseReason::Shutdown);
-            return;
-        }
-    };
-    let (server, backend, first) = match opened {
-        Ok(opened) => (opened.server, opened.backend, opened.first),
-        Err(Failed::Abandoned) => {
-            m.session_closed(CloseReason::ClientClosed);
-            return;
-        }
-        Err(Failed::Invalid(len)) => {
-            tracing::debug!(len, "invalid length of startup packet: connection closed");
-            m.session_closed(CloseReason::InvalidStartup);
-            return;
-        }
-        Err(Failed::Refused { reason, pending }) => {
-            if port.is_read() {
-                m.read_refused();
-            } else {
-                m.refused();
+/// drain period is over (spliced sessions are closed). `guard` is kept for as long as the
+/// session lasts (its counts on the data-path thread and in the drain).
+///
+/// An `async` block rather than an `async fn`, here and in the splice below: an async fn's
+/// arguments are stored twice in its future (once as captured, once as moved into its body),
+/// and this future is what every idle session costs. Locals that are taken apart (the opened
+/// connection, the server's first answer) live in inner blocks for the same reason: a local
+/// moved out of in part keeps its room in the future until its scope ends.
+#[allow(clippy::manual_async_fn, reason = "an async fn stores its arguments twice in its future")]
+pub fn serve<G: Send + 'static>(
+    mut client: TcpStream,
+    dp: Arc<DataPath>,
+    port: Port,
+    stopping: CancellationToken,
+    kill: CancellationToken,
+    guard: G,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        // Kept where it was captured (a rebinding would store it twice).
+        let _ = &guard;
+        let m = &dp.metrics;
+        m.accepted();
+        let _active = m.session_started();
+        // The settings in force when the client came: one read per session (in a block, so
+        // that the handle on them is not kept for the session's life).
+        let startup_timeout = {
+            let cfg = dp.config();
+            if let Err(e) = socket::tune(&client, &cfg.proxy) {
+                tracing::debug!(error = %e, "client socket options");
             }
-            let deadline = tokio::time::Instant::now() + cfg.proxy.startup_timeout;
-            let outcome = Box::pin(wire::refuse(&mut client, pending, wire::SQLSTATE_CANNOT_CONNECT_NOW, &reason, deadline)).await;
-            tracing::info!(%reason, outcome = outcome.as_str(), "client refused");
-            return;
+            // `[tls] mode = "terminate"`: the proxy answers the client's TLS itself.
+            // Boxed, here and for the refusals below: a rare path's state (a TLS connection, a
+            // throw-away handshake) must not size every plaintext session's task.
+            if let Some(acceptor) = cfg.material.acceptor.clone() {
+                return Box::pin(super::terminate::serve(client, &dp, port, &stopping, &kill, acceptor)).await;
+            }
+            cfg.proxy.startup_timeout
+        };
+        let mut place = Placement::for_port(&dp, port);
+        let (server, backend, first) = {
+            let opened = tokio::select! {
+                // Boxed: the startup's state is freed once it is done, instead of sizing the
+                // session's task for as long as the session lasts.
+                r = Box::pin(startup::open(&mut client, &dp, &mut place, &stopping)) => r,
+                // The drain period is over and this client's server still has not answered.
+                _ = kill.cancelled() => {
+                    m.session_closed(CloseReason::Shutdown);
+                    return;
+                }
+            };
+            match opened {
+                Ok(opened) => (opened.server, opened.backend, opened.first),
+                Err(failed) => return Box::pin(refused(client, failed, m, port, startup_timeout)).await,
+            }
+        };
+        // A read session counts toward its backend's load (least_connections) while it lasts.
+        let _reading = port.is_read().then(|| {
+            if place.is_fallback(backend) {
+                m.read_fallback();
+            }
+            m.read_session_started(backend)
+        });
+        // Followed from the server's first answer on, unless encrypted end to end.
+        let (track, down) = followed_from(first);
+        let _counted = dp.gate.register(track.clone(), backend);
+        let reason = tokio::select! {
+            r = splice_with(&client, &server, m, Some(Tracking { track: &track, gate: &dp.gate, backend, down })) => r,
+            _ = place.left(backend) => CloseReason::RouteChanged,
+            _ = kill.cancelled() => CloseReason::Shutdown,
+        };
+        if reason == CloseReason::RouteChanged {
+            let ended = Box::pin(end(&mut client, &track, &place, port)).await;
+            tracing::debug!(backend = %dp.backend(backend).name, ended = ended.as_str(), "session ended: the route moved away");
+            m.session_closed(ended);
+        } else {
+            m.session_closed(reason);
         }
-        Err(Failed::BadSetting { reason, pending }) => {
-            let deadline = tokio::time::Instant::now() + cfg.proxy.startup_timeout;
-            let outcome = Box::pin(wire::refuse(&mut client, pending, wire::SQLSTATE_INVALID_PARAMETER_VALUE, &reason, deadline)).await;
-            tracing::info!(%reason, outcome = outcome.as_str(), "client refused: bad pgfailover setting");
-            return;
-        }
-        Err(Failed::DirectTls { hello, reason }) => {
-            let deadline = tokio::time::Instant::now() + cfg.proxy.startup_timeout;
-            Box::pin(super::direct::refuse(client, hello, &reason, deadline)).await;
-            m.session_closed(CloseReason::ClientClosed);
-            return;
-        }
-    };
-    // A read session counts toward its backend's load (least_connections) while it lasts.
-    let _reading = port.is_read().then(|| {
-        if place.is_fallback(backend) {
-            m.read_fallback();
-        }
-        m.read_session_started(backend)
-    });
-    // Followed from the server's first answer on, unless encrypted end to end.
+    }
+}
+
+/// A new session's standing and its server side's framing, from the server's first
+/// answer (freed here); `None`: encrypted end to end, not followed.
+fn followed_from(first: Option<Vec<u8>>) -> (Arc<Track>, Framer) {
     let mut down = Framer::new(Side::Backend);
-    // By value: the answer's buffer is freed here, not kept for as long as the session lasts.
-    let track = Arc::new(match first {
+    let track = match first {
         Some(first) => {
             let t = Track::starting();
             down.feed(&first, &t);
             t
         }
         None => Track::opaque(),
-    });
-    let _counted = dp.gate.register(track.clone(), backend);
-    let tracking = Tracking { track: &track, gate: &dp.gate, backend, down };
-    let reason = tokio::select! {
-        r = splice_with(&client, &server, m, Some(tracking)) => r,
-        _ = place.left(backend) => CloseReason::RouteChanged,
-        _ = kill.cancelled() => CloseReason::Shutdown,
     };
-    if reason == CloseReason::RouteChanged {
-        let ended = Box::pin(end(&mut client, &track, &place, port)).await;
-        tracing::debug!(backend = %dp.backend(backend).name, ended = ended.as_str(), "session ended: the route moved away");
-        m.session_closed(ended);
-    } else {
-        m.session_closed(reason);
+    (Arc::new(track), down)
+}
+
+/// Answers a client whose session could not be opened, and counts it.
+async fn refused(mut client: TcpStream, failed: Failed, m: &Metrics, port: Port, startup_timeout: std::time::Duration) {
+    let deadline = tokio::time::Instant::now() + startup_timeout;
+    match failed {
+        Failed::Abandoned => m.session_closed(CloseReason::ClientClosed),
+        Failed::Invalid(len) => {
+            tracing::debug!(len, "invalid length of startup packet: connection closed");
+            m.session_closed(CloseReason::InvalidStartup);
+        }
+        Failed::Refused { reason, pending } => {
+            if port.is_read() {
+                m.read_refused();
+            } else {
+                m.refused();
+            }
+            let outcome = wire::refuse(&mut client, pending, wire::SQLSTATE_CANNOT_CONNECT_NOW, &reason, deadline).await;
+            tracing::info!(%reason, outcome = outcome.as_str(), "client refused");
+        }
+        Failed::BadSetting { reason, pending } => {
+            let outcome = wire::refuse(&mut client, pending, wire::SQLSTATE_INVALID_PARAMETER_VALUE, &reason, deadline).await;
+            tracing::info!(%reason, outcome = outcome.as_str(), "client refused: bad pgfailover setting");
+        }
+        Failed::DirectTls { hello, reason } => {
+            super::direct::refuse(client, hello, &reason, deadline).await;
+            m.session_closed(CloseReason::ClientClosed);
+        }
     }
 }
 
@@ -181,24 +210,38 @@ pub struct Tracking<'a> {
 }
 
 /// [`splice`], following the framing when `tracking` is given: a quiet session's next
-/// message waits while the gate holds its server.
-pub async fn splice_with(client: &TcpStream, server: &TcpStream, m: &Metrics, tracking: Option<Tracking<'_>>) -> CloseReason {
-    // Which side reached EOF first: 0 = none yet, else the Direction's tag.
-    let first_eof = AtomicU8::new(0);
-    let (up_ctx, down_ctx) = match tracking {
+/// message waits while the gate holds its server. (An `async` block: see [`serve`].)
+#[allow(clippy::manual_async_fn, reason = "an async fn stores its arguments twice in its future")]
+pub fn splice_with<'a>(
+    client: &'a TcpStream,
+    server: &'a TcpStream,
+    m: &'a Metrics,
+    tracking: Option<Tracking<'a>>,
+) -> impl Future<Output = CloseReason> + Send + 'a {
+    async move {
+        // Which side reached EOF first: 0 = none yet, else the Direction's tag.
+        let first_eof = AtomicU8::new(0);
+        // Moved whole into the pumps, so that they are not stored twice.
+        let (up_ctx, down_ctx) = follows(tracking);
+        let up = pump(client, server, Direction::Up, m, &first_eof, up_ctx);
+        let down = pump(server, client, Direction::Down, m, &first_eof, down_ctx);
+        match tokio::try_join!(up, down) {
+            Ok(_) if first_eof.load(Ordering::Relaxed) == Direction::Down as u8 => CloseReason::ServerClosed,
+            Ok(_) => CloseReason::ClientClosed,
+            Err(_) => CloseReason::Error,
+        }
+    }
+}
+
+/// Each direction's part in following the framing, if it is followed.
+fn follows(tracking: Option<Tracking<'_>>) -> (Option<Follow<'_>>, Option<Follow<'_>>) {
+    match tracking {
         Some(t) if !t.track.is_opaque() => {
-            let up = Follow { track: t.track, gate: t.gate, backend: t.backend, framer: Framer::new(Side::Frontend), opened: false };
-            let down = Follow { track: t.track, gate: t.gate, backend: t.backend, framer: t.down, opened: false };
+            let up = Follow::new(t.track, t.gate, t.backend, Framer::new(Side::Frontend));
+            let down = Follow::new(t.track, t.gate, t.backend, t.down);
             (Some(up), Some(down))
         }
         _ => (None, None),
-    };
-    let up = pump(client, server, Direction::Up, m, &first_eof, up_ctx);
-    let down = pump(server, client, Direction::Down, m, &first_eof, down_ctx);
-    match tokio::try_join!(up, down) {
-        Ok(_) if first_eof.load(Ordering::Relaxed) == Direction::Down as u8 => CloseReason::ServerClosed,
-        Ok(_) => CloseReason::ClientClosed,
-        Err(_) => CloseReason::Error,
     }
 }
 
@@ -306,81 +349,99 @@ const LARGE: usize = 256 * 1024;
 
 /// Copies one direction. A buffer exists only while data flows: it is taken when the socket
 /// becomes readable and dropped once the socket is drained, so an idle session holds none.
-async fn pump(from: &TcpStream, to: &TcpStream, dir: Direction, m: &Metrics, first_eof: &AtomicU8, mut follow: Option<Follow<'_>>) -> io::Result<()> {
-    let up = matches!(dir, Direction::Up);
-    loop {
-        // Readiness polled in place: the waker sits in the socket's own reader slot (this pump
-        // is the socket's only reader), so an idle session's task holds no waiter node per
-        // direction, as a `readable()` future would (152 bytes each).
-        std::future::poll_fn(|cx| from.poll_read_ready(cx)).await?;
+#[allow(clippy::manual_async_fn, reason = "an async fn stores its arguments twice in its future")]
+fn pump<'a>(
+    from: &'a TcpStream,
+    to: &'a TcpStream,
+    dir: Direction,
+    m: &'a Metrics,
+    first_eof: &'a AtomicU8,
+    mut follow: Option<Follow<'a>>,
+) -> impl Future<Output = io::Result<()>> + Send + 'a {
+    // An `async` block: see [`serve`].
+    async move {
+        let up = matches!(dir, Direction::Up);
         loop {
-            // One chunk through the thread's scratch buffer, forwarded at once if the other
-            // socket takes it; only what must wait (a held statement, a full socket) is
-            // copied into a buffer of the session's own.
-            let step = SCRATCH.with_borrow_mut(|buf| -> io::Result<Step> {
-                buf.clear();
-                let n = match read_chunk(from, buf) {
-                    Ok(0) => return Ok(Step::Eof),
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Step::Drained),
-                    Err(e) => return Err(e),
-                };
-                let short = n < buf.capacity();
-                match (&mut follow, dir) {
-                    (Some(f), Direction::Up) => {
-                        if !f.admit() {
-                            return Ok(Step::Hold(buf.to_vec(), short));
-                        }
-                        f.client_fed(buf);
-                    }
-                    (Some(f), Direction::Down) => f.server_bytes(buf),
-                    (None, _) => {}
-                }
-                m.add_bytes(up, n as u64);
-                let sent = write_now(to, buf)?;
-                if sent < n {
-                    return Ok(Step::Rest(buf[sent..].to_vec(), short));
-                }
-                Ok(Step::Sent(short))
-            })?;
-            let short = match step {
-                Step::Eof => {
-                    let _ = first_eof.compare_exchange(0, dir as u8, Ordering::Relaxed, Ordering::Relaxed);
-                    socket::shutdown_write(to);
-                    return Ok(());
-                }
-                Step::Drained => break,
-                Step::Sent(short) => short,
-                // Boxed: these waits are rare, and their state must not size every idle
-                // session's task (the readiness wait above is all an idle one holds).
-                Step::Rest(rest, short) => {
-                    Box::pin(write_all(to, &rest)).await?;
-                    short
-                }
-                Step::Hold(data, short) => {
-                    let f = follow.as_mut().expect("only a followed session is held");
-                    Box::pin(async {
-                        loop {
-                            f.held().await;
-                            if f.admit() {
-                                break;
+            // Readiness polled in place: the waker sits in the socket's own reader slot (this pump
+            // is the socket's only reader), so an idle session's task holds no waiter node per
+            // direction, as a `readable()` future would (152 bytes each).
+            std::future::poll_fn(|cx| from.poll_read_ready(cx)).await?;
+            loop {
+                // One chunk through the thread's scratch buffer, forwarded at once if the other
+                // socket takes it; only what must wait (a held statement, a full socket) is
+                // copied into a buffer of the session's own.
+                let step = SCRATCH.with_borrow_mut(|buf| -> io::Result<Step> {
+                    buf.clear();
+                    let n = match read_chunk(from, buf) {
+                        Ok(0) => return Ok(Step::Eof),
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Step::Drained),
+                        Err(e) => return Err(e),
+                    };
+                    let short = n < buf.capacity();
+                    match (&mut follow, dir) {
+                        (Some(f), Direction::Up) => {
+                            if !f.admit() {
+                                return Ok(Step::Hold(buf.to_vec(), short));
                             }
+                            f.client_fed(buf);
                         }
-                        f.client_fed(&data);
-                        m.add_bytes(up, data.len() as u64);
-                        write_all(to, &data).await
-                    })
-                    .await?;
-                    short
+                        (Some(f), Direction::Down) => f.server_bytes(buf),
+                        (None, _) => {}
+                    }
+                    m.add_bytes(up, n as u64);
+                    let sent = write_now(to, buf)?;
+                    if sent < n {
+                        return Ok(Step::Rest(buf[sent..].to_vec(), short));
+                    }
+                    Ok(Step::Sent(short))
+                })?;
+                let short = match step {
+                    Step::Eof => {
+                        let _ = first_eof.compare_exchange(0, dir as u8, Ordering::Relaxed, Ordering::Relaxed);
+                        socket::shutdown_write(to);
+                        return Ok(());
+                    }
+                    Step::Drained => break,
+                    Step::Sent(short) => short,
+                    // Boxed, and the step moved whole into it: these waits are rare, and their
+                    // state must not size every idle session's task (the readiness wait above
+                    // is all an idle one holds).
+                    waits => Box::pin(wait_then_send(waits, to, follow.as_mut(), m, up)).await?,
+                };
+                if let (Some(f), Direction::Down) = (&follow, dir) {
+                    f.server_bytes_sent();
                 }
-            };
-            if let (Some(f), Direction::Down) = (&follow, dir) {
-                f.server_bytes_sent();
-            }
-            if short {
-                break;
+                if short {
+                    break;
+                }
             }
         }
+    }
+}
+
+/// A chunk that could not go at once ([`Step::Rest`], [`Step::Hold`]): sends it when it
+/// may. Returns whether the read was short.
+async fn wait_then_send(step: Step, to: &TcpStream, follow: Option<&mut Follow<'_>>, m: &Metrics, up: bool) -> io::Result<bool> {
+    match step {
+        Step::Rest(rest, short) => {
+            write_all(to, &rest).await?;
+            Ok(short)
+        }
+        Step::Hold(data, short) => {
+            let f = follow.expect("only a followed session is held");
+            loop {
+                f.held().await;
+                if f.admit() {
+                    break;
+                }
+            }
+            f.client_fed(&data);
+            m.add_bytes(up, data.len() as u64);
+            write_all(to, &data).await?;
+            Ok(short)
+        }
+        Step::Eof | Step::Drained | Step::Sent(_) => unreachable!("sent or ended at once"),
     }
 }
 

@@ -31,7 +31,7 @@ pub struct Workers {
 }
 
 /// A session counted on its thread until it ends.
-struct Counted(Arc<AtomicUsize>);
+pub struct Counted(Arc<AtomicUsize>);
 
 impl Drop for Counted {
     fn drop(&mut self) {
@@ -58,24 +58,25 @@ impl Workers {
         Ok(Workers { workers, stop })
     }
 
-    /// Runs `session` (built on its thread from the accepted socket) on the least loaded
-    /// thread. The socket leaves the accepting runtime here and joins the thread's.
-    pub fn spawn<F, Fut>(&self, client: std::net::TcpStream, session: F) -> tokio::task::JoinHandle<()>
+    /// Runs `session` on the least loaded thread. The socket leaves the accepting runtime here
+    /// and joins that thread's reactor before the session's future is built, so the task
+    /// spawned is the session's own future and nothing around it: what an idle session costs.
+    /// `session` gets the thread's count of it, to keep for as long as it runs.
+    pub fn spawn<F, Fut>(&self, client: std::net::TcpStream, session: F) -> std::io::Result<()>
     where
-        F: FnOnce(tokio::net::TcpStream) -> Fut + Send + 'static,
+        F: FnOnce(tokio::net::TcpStream, Counted) -> Fut,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
         let w = self.workers.iter().min_by_key(|w| w.sessions.load(Ordering::Relaxed)).expect("at least one data-path thread");
+        // Registered with the thread's reactor from here: its driver is thread-safe.
+        let client = {
+            let _on = w.handle.enter();
+            tokio::net::TcpStream::from_std(client)?
+        };
         w.sessions.fetch_add(1, Ordering::Relaxed);
         let counted = Counted(w.sessions.clone());
-        w.handle.spawn(async move {
-            let _counted = counted;
-            // On the thread now: the socket registers with this runtime's reactor.
-            match tokio::net::TcpStream::from_std(client) {
-                Ok(client) => session(client).await,
-                Err(e) => tracing::warn!(error = %e, "a new client's socket could not join its data-path thread"),
-            }
-        })
+        w.handle.spawn(session(client, counted));
+        Ok(())
     }
 }
 
