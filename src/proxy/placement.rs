@@ -195,8 +195,8 @@ impl Placement {
     }
 
     /// Resolves when a session on `backend` must be cut: the main port when the route
-    /// leaves it; the read port when the backend is lost or fenced. (An `async` block, with
-    /// one wait: every spliced session holds this future, see `session::serve`.)
+    /// leaves it; the read port when the backend is lost or fenced. (An `async` block: every
+    /// spliced session holds this future, see `session::serve`.)
     #[allow(clippy::manual_async_fn, reason = "an async fn stores its arguments twice in its future")]
     pub fn left(&mut self, backend: BackendId) -> impl std::future::Future<Output = ()> + Send + '_ {
         async move {
@@ -213,7 +213,7 @@ impl Placement {
                     Placement::Read { route, .. } => route.changed().await.is_err(),
                 };
                 if closed {
-                    // The writer is gone (the proxy is stopping): shutdown ends the session.
+                    // The writer is gone (the proxy is stopping): shutdown ends the wait.
                     std::future::pending::<()>().await;
                 }
             }

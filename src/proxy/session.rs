@@ -42,26 +42,24 @@ pub fn serve<G: Send + 'static>(
     guard: G,
 ) -> impl Future<Output = ()> + Send {
     async move {
-        // Kept where it was captured (a rebinding would store it twice).
-        let _ = &guard;
         let m = &dp.metrics;
         m.accepted();
         let _active = m.session_started();
         // The settings in force when the client came: one read per session (in a block, so
         // that the handle on them is not kept for the session's life).
-        let startup_timeout = {
+        let (startup_timeout, acceptor) = {
             let cfg = dp.config();
             if let Err(e) = socket::tune(&client, &cfg.proxy) {
                 tracing::debug!(error = %e, "client socket options");
             }
-            // `[tls] mode = "terminate"`: the proxy answers the client's TLS itself.
-            // Boxed, here and for the refusals below: a rare path's state (a TLS connection, a
-            // throw-away handshake) must not size every plaintext session's task.
-            if let Some(acceptor) = cfg.material.acceptor.clone() {
-                return Box::pin(super::terminate::serve(client, &dp, port, &stopping, &kill, acceptor)).await;
-            }
-            cfg.proxy.startup_timeout
+            (cfg.proxy.startup_timeout, cfg.material.acceptor.clone())
         };
+        // `[tls] mode = "terminate"`: the proxy answers the client's TLS itself.
+        // Boxed, here and for the refusals below: a rare path's state (a TLS connection, a
+        // throw-away handshake) must not size every plaintext session's task.
+        if let Some(acceptor) = acceptor {
+            return Box::pin(super::terminate::serve(client, &dp, port, &stopping, &kill, acceptor)).await;
+        }
         let mut place = Placement::for_port(&dp, port);
         let (server, backend, first) = {
             let opened = tokio::select! {
@@ -101,6 +99,9 @@ pub fn serve<G: Send + 'static>(
         } else {
             m.session_closed(reason);
         }
+        // Named last so that it is captured last, and so released after the sockets: the
+        // drain ends only once the session's sockets are closed.
+        let _ = &guard;
     }
 }
 
