@@ -91,6 +91,11 @@ async fn sighup_applies_a_new_interval_live_and_refuses_a_broken_file() {
     eventually(LIMIT, "the reload is applied", || async { (reloads(&metrics(&s).await, "ok") == 1).then_some(()) }).await;
     let st = status(&s).await;
     assert_ne!(st["config"]["digest"], before["config"]["digest"], "a new configuration, a new digest");
+    // The log names the configuration in force, as the status does: listen_ro kept as it runs.
+    let digest = st["config"]["digest"].as_str().expect("a digest").to_string();
+    let logged =
+        eventually(LIMIT, "the reload's log line", || async { p.log().lines().find(|l| l.contains("configuration reloaded")).map(str::to_string) }).await;
+    assert!(logged.contains(&digest), "the status's digest {digest} in {logged}");
     assert_eq!(st["config"]["pid"], p.pid(), "the same process");
     eventually(LIMIT, "[read] applies live: the primary serves reads", || async {
         (backend_status(&status(&s).await, "pg-a")?["servesReads"] == true).then_some(())

@@ -37,7 +37,6 @@ pub async fn reload(proxy: &Proxy, src: &Source, file: Option<String>, logs: &Lo
     for w in super::check::warnings(&cfg) {
         tracing::warn!("{w}");
     }
-    let digest = pgfailover::live::digest(&cfg);
     let log_cfg = cfg.clone();
     match proxy.reload(cfg, file).await {
         Ok(r) => {
@@ -48,6 +47,7 @@ pub async fn reload(proxy: &Proxy, src: &Source, file: Option<String>, logs: &Lo
             for key in &r.need_restart {
                 tracing::warn!(key, "changed in the file, but takes effect only after a restart or a takeover (SIGUSR2)");
             }
+            let digest = &r.digest;
             if r.handover {
                 tracing::warn!(%digest, "configuration reloaded: the backends changed, so a fresh process takes over (sessions here drain)");
             } else {

@@ -28,6 +28,10 @@ pub struct Reloaded {
     pub need_restart: Vec<&'static str>,
     /// `log_level` or `log_format` changed.
     pub logging: bool,
+    /// The digest of the configuration now in force, as `/failover/status` shows it (keys
+    /// that need a restart kept as they run); under a handover, that of the file, which the
+    /// fresh process loads.
+    pub digest: String,
 }
 
 impl Proxy {
@@ -52,6 +56,7 @@ impl Proxy {
                 return Err(ReloadError::RemovesPrimary(p.clone()));
             }
             out.handover = true;
+            out.digest = crate::live::digest(&new);
             return Ok(out);
         }
         // What needs a restart is logged and stays as it runs, so the status and the next
@@ -71,11 +76,11 @@ impl Proxy {
         keep(&old.proxy.worker_threads, &mut new.proxy.worker_threads, "proxy.worker_threads", &mut out);
         out.logging = old.log_level != new.log_level || old.log_format != new.log_format;
         let next = Loaded::now(new, file)?;
-        let digest = next.info.digest.clone();
+        out.digest = next.info.digest.clone();
         self.live.publish(next);
         // The data path and the admin port read it from now on; the monitor applies it in
         // its own time, and the reload is reported done once it has.
-        if !self.monitor.applied(&digest, std::time::Duration::from_secs(5)).await {
+        if !self.monitor.applied(&out.digest, std::time::Duration::from_secs(5)).await {
             tracing::warn!("the health monitor has not applied the reloaded configuration yet");
         }
         Ok(out)
