@@ -7,12 +7,12 @@ use std::io;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
-use tokio::io::{AsyncWrite, AsyncWriteExt, Interest};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::BackendId;
-use crate::metrics::{CloseReason, Metrics};
+use crate::metrics::{CloseReason, Metrics, ReadGuard};
 
 use super::datapath::{DataPath, Port};
 use super::framing::{Framer, Side, Track};
@@ -47,19 +47,20 @@ pub fn serve<G: Send + 'static>(
         let _active = m.session_started();
         // The settings in force when the client came: one read per session (in a block, so
         // that the handle on them is not kept for the session's life).
-        let (startup_timeout, acceptor) = {
+        let startup_timeout = {
             let cfg = dp.config();
             if let Err(e) = socket::tune(&client, &cfg.proxy) {
                 tracing::debug!(error = %e, "client socket options");
             }
-            (cfg.proxy.startup_timeout, cfg.material.acceptor.clone())
+            // `[tls] mode = "terminate"`: the proxy answers the client's TLS itself.
+            // Boxed, here and for the refusals below: a rare path's state (a TLS connection, a
+            // throw-away handshake) must not size every plaintext session's task.
+            if let Some(acceptor) = cfg.material.acceptor.clone() {
+                drop(cfg);
+                return Box::pin(super::terminate::serve(client, &dp, port, &stopping, &kill, acceptor)).await;
+            }
+            cfg.proxy.startup_timeout
         };
-        // `[tls] mode = "terminate"`: the proxy answers the client's TLS itself.
-        // Boxed, here and for the refusals below: a rare path's state (a TLS connection, a
-        // throw-away handshake) must not size every plaintext session's task.
-        if let Some(acceptor) = acceptor {
-            return Box::pin(super::terminate::serve(client, &dp, port, &stopping, &kill, acceptor)).await;
-        }
         let mut place = Placement::for_port(&dp, port);
         let (server, backend, first) = {
             let opened = tokio::select! {
@@ -74,18 +75,14 @@ pub fn serve<G: Send + 'static>(
             };
             match opened {
                 Ok(opened) => (opened.server, opened.backend, opened.first),
-                Err(failed) => return Box::pin(refused(client, failed, m, port, startup_timeout)).await,
+                // One await, so that `opened` is not kept in more than one state of this future.
+                Err(failed) => return Box::pin(refused(client, failed, m, port, tokio::time::Instant::now() + startup_timeout)).await,
             }
         };
-        // A read session counts toward its backend's load (least_connections) while it lasts.
-        let _reading = port.is_read().then(|| {
-            if place.is_fallback(backend) {
-                m.read_fallback();
-            }
-            m.read_session_started(backend)
-        });
-        // Followed from the server's first answer on, unless encrypted end to end.
-        let (track, down) = followed_from(first);
+        let _reading = read_counted(m, &place, port, backend);
+        // Followed from the server's first answer on, unless encrypted end to end. (By value:
+        // the answer is freed here, not kept for as long as the session lasts.)
+        let (track, down) = followed_from_owned(first);
         let _counted = dp.gate.register(track.clone(), backend);
         let reason = tokio::select! {
             r = splice_with(&client, &server, m, Some(Tracking { track: &track, gate: &dp.gate, backend, down })) => r,
@@ -105,14 +102,14 @@ pub fn serve<G: Send + 'static>(
     }
 }
 
-/// A new session's standing and its server side's framing, from the server's first
-/// answer (freed here); `None`: encrypted end to end, not followed.
-fn followed_from(first: Option<Vec<u8>>) -> (Arc<Track>, Framer) {
+/// A new session's standing and its server side's framing, fed the server's first answer;
+/// `None`: encrypted end to end, not followed.
+pub(super) fn followed_from(first: Option<&[u8]>) -> (Arc<Track>, Framer) {
     let mut down = Framer::new(Side::Backend);
     let track = match first {
         Some(first) => {
             let t = Track::starting();
-            down.feed(&first, &t);
+            down.feed(first, &t);
             t
         }
         None => Track::opaque(),
@@ -120,11 +117,40 @@ fn followed_from(first: Option<Vec<u8>>) -> (Arc<Track>, Framer) {
     (Arc::new(track), down)
 }
 
-/// Answers a client whose session could not be opened, and counts it.
-async fn refused(mut client: TcpStream, failed: Failed, m: &Metrics, port: Port, startup_timeout: std::time::Duration) {
-    let deadline = tokio::time::Instant::now() + startup_timeout;
+/// [`followed_from`], freeing the answer.
+fn followed_from_owned(first: Option<Vec<u8>>) -> (Arc<Track>, Framer) {
+    followed_from(first.as_deref())
+}
+
+/// [`refuse`] for a plain session, whose direct-TLS client gets a throw-away handshake
+/// first, to be told in words.
+async fn refused(mut client: TcpStream, failed: Failed, m: &Metrics, port: Port, deadline: tokio::time::Instant) {
     match failed {
-        Failed::Abandoned => m.session_closed(CloseReason::ClientClosed),
+        Failed::DirectTls { hello, reason } => {
+            super::direct::refuse(client, hello, &reason, deadline).await;
+            m.session_closed(CloseReason::ClientClosed);
+        }
+        failed => refuse(&mut client, failed, m, port, deadline).await,
+    }
+}
+
+/// A read session counts toward its backend's load (least_connections) while it lasts; one
+/// on the primary by fallback is counted as such.
+pub(super) fn read_counted<'m>(m: &'m Metrics, place: &Placement, port: Port, backend: BackendId) -> Option<ReadGuard<'m>> {
+    port.is_read().then(|| {
+        if place.is_fallback(backend) {
+            m.read_fallback();
+        }
+        m.read_session_started(backend)
+    })
+}
+
+/// Answers a client whose session could not be opened, and counts it. A direct-TLS client
+/// is the caller's to answer (a plain session hands it a throw-away handshake); here it is
+/// only counted.
+pub(super) async fn refuse<C: AsyncRead + AsyncWrite + Unpin>(client: &mut C, failed: Failed, m: &Metrics, port: Port, deadline: tokio::time::Instant) {
+    match failed {
+        Failed::Abandoned | Failed::DirectTls { .. } => m.session_closed(CloseReason::ClientClosed),
         Failed::Invalid(len) => {
             tracing::debug!(len, "invalid length of startup packet: connection closed");
             m.session_closed(CloseReason::InvalidStartup);
@@ -135,16 +161,12 @@ async fn refused(mut client: TcpStream, failed: Failed, m: &Metrics, port: Port,
             } else {
                 m.refused();
             }
-            let outcome = wire::refuse(&mut client, pending, wire::SQLSTATE_CANNOT_CONNECT_NOW, &reason, deadline).await;
+            let outcome = wire::refuse(client, pending, wire::SQLSTATE_CANNOT_CONNECT_NOW, &reason, deadline).await;
             tracing::info!(%reason, outcome = outcome.as_str(), "client refused");
         }
         Failed::BadSetting { reason, pending } => {
-            let outcome = wire::refuse(&mut client, pending, wire::SQLSTATE_INVALID_PARAMETER_VALUE, &reason, deadline).await;
+            let outcome = wire::refuse(client, pending, wire::SQLSTATE_INVALID_PARAMETER_VALUE, &reason, deadline).await;
             tracing::info!(%reason, outcome = outcome.as_str(), "client refused: bad pgfailover setting");
-        }
-        Failed::DirectTls { hello, reason } => {
-            super::direct::refuse(client, hello, &reason, deadline).await;
-            m.session_closed(CloseReason::ClientClosed);
         }
     }
 }

@@ -18,10 +18,11 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::CloseReason;
 
 use super::datapath::{DataPath, Port};
-use super::framing::{Framer, Side, Track};
+use super::framing::{Framer, Side};
 use super::placement::Placement;
-use super::startup::{self, Failed};
-use super::wire::{self, Packet, PROTOCOL_3};
+use super::session;
+use super::startup;
+use super::wire::{Packet, PROTOCOL_3};
 
 pub mod auth;
 pub mod copy;
@@ -77,24 +78,13 @@ pub async fn serve(tcp: TcpStream, dp: &Arc<DataPath>, port: Port, stopping: &Ca
     };
     let (server, backend, first) = match opened {
         Ok(o) => (o.server, o.backend, o.first),
-        Err(failed) => return refuse(&mut client, failed, dp, port, tokio::time::Instant::now() + cfg.proxy.startup_timeout).await,
+        // Under termination a direct-TLS hello is the proxy's own to answer (`negotiate`), so
+        // it never comes back from the opening.
+        Err(failed) => return session::refuse(&mut client, failed, m, port, tokio::time::Instant::now() + cfg.proxy.startup_timeout).await,
     };
-    let _reading = port.is_read().then(|| {
-        if place.is_fallback(backend) {
-            m.read_fallback();
-        }
-        m.read_session_started(backend)
-    });
+    let _reading = session::read_counted(m, &place, port, backend);
     let mut up = Framer::new(Side::Frontend);
-    let mut down = Framer::new(Side::Backend);
-    let track = Arc::new(match &first {
-        Some(first) => {
-            let t = Track::starting();
-            down.feed(first, &t);
-            t
-        }
-        None => Track::opaque(),
-    });
+    let (track, down) = session::followed_from(first.as_deref());
     let mut server = match &first {
         Some(first) if tls_client => match auth::channel_binding(&mut client, server, first, &startup_bytes, dp, backend, deadline).await {
             auth::Outcome::Go { server, forwarded } => {
@@ -124,30 +114,5 @@ pub async fn serve(tcp: TcpStream, dp: &Arc<DataPath>, port: Port, stopping: &Ca
         m.session_closed(ended);
     } else {
         m.session_closed(reason);
-    }
-}
-
-/// Answers a client no server took, inside its TLS.
-async fn refuse(client: &mut negotiate::ClientStream, failed: Failed, dp: &DataPath, port: Port, deadline: tokio::time::Instant) {
-    let m = &dp.metrics;
-    match failed {
-        Failed::Abandoned | Failed::DirectTls { .. } => m.session_closed(CloseReason::ClientClosed),
-        Failed::Invalid(len) => {
-            tracing::debug!(len, "invalid length of startup packet: connection closed");
-            m.session_closed(CloseReason::InvalidStartup);
-        }
-        Failed::Refused { reason, pending } => {
-            if port.is_read() {
-                m.read_refused();
-            } else {
-                m.refused();
-            }
-            let outcome = wire::refuse(client, pending, wire::SQLSTATE_CANNOT_CONNECT_NOW, &reason, deadline).await;
-            tracing::info!(%reason, outcome = outcome.as_str(), "client refused");
-        }
-        Failed::BadSetting { reason, pending } => {
-            let outcome = wire::refuse(client, pending, wire::SQLSTATE_INVALID_PARAMETER_VALUE, &reason, deadline).await;
-            tracing::info!(%reason, outcome = outcome.as_str(), "client refused: bad pgfailover setting");
-        }
     }
 }
