@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
-use common::binary::{Cluster, Process, ProxyToml, Signal, Site};
+use common::binary::{Process, Signal, Site};
 use common::etcd;
 use common::proxies::*;
 use common::*;
@@ -140,21 +140,6 @@ async fn maintenance_turned_on_through_one_proxy_shows_on_all_and_ends_through_a
     }
 }
 
-/// A lone proxy with a state directory, as an operator runs it.
-fn lone(c: &Cluster, s: &Site) -> ProxyToml {
-    ProxyToml::new()
-        .cluster(c, c.nodes.len())
-        .admin_token(TOKEN)
-        .state_dir(&s.state())
-        .log_level("info")
-        .health_interval(Duration::from_millis(250))
-        .health_timeout(Duration::from_millis(500))
-        .failure_threshold(3)
-        .promote("auto")
-        .hold_timeout(Duration::from_secs(10))
-        .shutdown_grace(Duration::from_millis(500))
-}
-
 /// Stops the process on the site with SIGTERM, waits for a clean exit, and starts the next
 /// one on the same configuration and state directory.
 async fn restart(mut p: Process, s: &Site, name: &str) -> Process {
@@ -172,7 +157,7 @@ async fn maintenance_mode_outlives_a_restart() {
     let c = cluster(1).await;
     let pw = c.options.password.clone();
     let mut s = Site::new();
-    let cfg = lone(&c, &s);
+    let cfg = operated(&c, &s).hold_timeout(Duration::from_secs(10));
     s.write(&cfg);
     let mut p = s.start("first");
     p.ready(LIMIT).await;

@@ -50,22 +50,28 @@ pub struct ProxyProc {
     _site: Site,
 }
 
+/// A proxy in front of `c` as an operator runs one, with a state directory on `site`: fast
+/// checks (250 ms, 500 ms, 3 failures), automatic promotion, a 500 ms shutdown grace.
+pub fn operated(c: &Cluster, site: &Site) -> ProxyToml {
+    ProxyToml::new()
+        .cluster(c, c.nodes.len())
+        .admin_token(TOKEN)
+        .state_dir(&site.state())
+        .log_level("info")
+        .health_interval(Duration::from_millis(250))
+        .health_timeout(Duration::from_millis(500))
+        .failure_threshold(3)
+        .promote("auto")
+        .shutdown_grace(Duration::from_millis(500))
+}
+
 impl ProxyProc {
     /// Starts proxy `name` in front of `c`; `ports` overrides a backend's port (a relay).
     pub async fn start(c: &Cluster, name: &str, o: &Opts, ports: &[(usize, u16)]) -> ProxyProc {
         let mut site = Site::new();
-        let mut cfg = ProxyToml::new()
-            .cluster(c, c.nodes.len())
-            .admin_token(TOKEN)
-            .state_dir(&site.state())
-            .log_level("info")
-            .health_interval(Duration::from_millis(250))
-            .health_timeout(Duration::from_millis(500))
-            .failure_threshold(3)
-            .promote("auto")
+        let mut cfg = operated(c, &site)
             .hold_timeout(o.hold_timeout)
             .quorum(o.quorum)
-            .shutdown_grace(Duration::from_millis(500))
             .coordination(&o.endpoints, "main", name)
             .lease_ttl(o.lease_ttl)
             .drain_timeout(o.drain_timeout);
